@@ -1,0 +1,149 @@
+# AITBC Agent Coordinator — build, lint and test tooling (GNU make).
+#
+#   make help          list targets
+#   make install       venv in $(VENV) with the package (editable) + dev tools, and buf
+#   make test          check-protos + lint + pytest
+#
+# Everything is installed under $(VENV): Python packages in the venv itself, Node
+# tools (buf) under $(VENV)/node.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON3 ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+PYTEST_ARGS ?=
+
+VENV_STAMP := $(VENV)/.install.stamp
+
+BUF_VERSION := 1.75.0
+NODE_PREFIX := $(VENV)/node
+BUF := $(NODE_PREFIX)/node_modules/.bin/buf
+BUF_STAMP := $(NODE_PREFIX)/.buf-$(BUF_VERSION).stamp
+
+PROTO_DIR := protos
+GEN_DIR := generated/python
+DESCRIPTOR_SET := aitbc/coordinator/v1/descriptor_set.binpb
+# Sorted so the descriptor set (and everything else) is byte-for-byte reproducible.
+PROTO_FILES := $(shell find $(PROTO_DIR) -type f -name '*.proto' 2>/dev/null | LC_ALL=C sort)
+
+LINT_PATHS := src tests $(wildcard bench)
+
+# $(call gen_protos,OUT_DIR): the one protoc invocation shared by `protos` and
+# `check-protos` (so they cannot drift). OUT_DIR must not exist yet, or be empty.
+# Writes *_pb2.py, *_pb2.pyi, *_pb2_grpc.py, the descriptor set (with comments, for
+# server reflection / `grpcurl describe`) and an empty __init__.py in every package dir.
+define gen_protos
+if [ -z "$(PROTO_FILES)" ]; then echo "error: no .proto files under $(PROTO_DIR)/" >&2; exit 1; fi; \
+mkdir -p "$(1)/$(dir $(DESCRIPTOR_SET))"; \
+$(PY) -m grpc_tools.protoc -I $(PROTO_DIR) \
+	--python_out="$(1)" --pyi_out="$(1)" --grpc_python_out="$(1)" \
+	--descriptor_set_out="$(1)/$(DESCRIPTOR_SET)" --include_source_info --include_imports \
+	$(PROTO_FILES); \
+find "$(1)" -mindepth 1 -type d -exec sh -c ': > "$$1/__init__.py"' sh {} \;
+endef
+
+# The editable install maps only the top-level packages that existed when it ran. If
+# src/coordinator/__init__.py or generated/python/aitbc/__init__.py appeared since
+# (first `make protos`, new checkout), refresh it: quick, changes no dependency.
+TOP_PACKAGES := coordinator=$(abspath src/coordinator/__init__.py) aitbc=$(abspath $(GEN_DIR)/aitbc/__init__.py)
+define ensure_editable
+if ! $(PY) -I -c 'import importlib.util as u, os, sys; sys.exit(any(os.path.exists(f) and u.find_spec(m) is None for m, f in (a.split("=", 1) for a in sys.argv[1:])))' $(TOP_PACKAGES); then \
+	echo "Refreshing the editable install (new top-level package)"; \
+	$(PY) -m pip install --quiet --quiet --no-deps -e .; \
+fi
+endef
+
+.PHONY: help install run test protos check-protos lint bench-discovery clean check-redis
+
+help: ## List targets
+	@echo "Usage: make <target> [VENV=.venv] [ARGS=...] [PYTEST_ARGS=...]"
+	@echo
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(firstword $(MAKEFILE_LIST)) \
+		| awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
+
+install: $(VENV_STAMP) $(BUF_STAMP) ## Create the venv (VENV=.venv), pip install -e '.[dev]', install buf
+	@$(ensure_editable)
+
+# Re-runs whenever pyproject.toml changes.
+$(VENV_STAMP): pyproject.toml
+	@if ! { [ -f $(VENV)/bin/activate ] && $(PY) -m pip --version >/dev/null 2>&1; }; then \
+		echo "Creating virtualenv $(VENV) with $$(command -v $(PYTHON3) || echo $(PYTHON3))"; \
+		if ! $(PYTHON3) -m venv $(VENV); then \
+			echo >&2; \
+			echo "error: '$(PYTHON3) -m venv $(VENV)' failed." >&2; \
+			echo "       On Debian/Ubuntu install the venv module first:  apt-get install python3-venv" >&2; \
+			exit 1; \
+		fi; \
+	fi
+	$(PY) -m pip install --quiet --quiet --upgrade pip
+	$(PY) -m pip install --quiet --quiet --progress-bar off -e '.[dev]'
+	@touch $@
+
+$(BUF_STAMP):
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "error: npm not found; install Node.js and npm (apt-get install nodejs npm)" >&2; exit 1; }
+	@# --prefix also moves npm's global config to $(NODE_PREFIX)/etc/npmrc; keep the machine's
+	@# (registry, proxy, cafile settings) in force.
+	npm install --globalconfig "$$(npm config get globalconfig)" \
+		--prefix $(NODE_PREFIX) --no-save --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION)
+	@$(BUF) --version >/dev/null
+	@touch $@
+
+check-redis: ## Make sure redis-server is on PATH (apt-get installs it if possible)
+	@if command -v redis-server >/dev/null 2>&1; then exit 0; fi; \
+	echo "redis-server is not on PATH; trying to install it with apt-get"; \
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=""; \
+	elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; \
+	else echo "error: redis-server is missing and cannot be installed (not root, no sudo)." >&2; \
+		echo "       Install it yourself: apt-get install redis-server" >&2; exit 1; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "error: redis-server is missing and apt-get is not available; install redis-server yourself." >&2; exit 1; fi; \
+	$$SUDO apt-get update; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; \
+	command -v redis-server >/dev/null 2>&1 || { echo "error: redis-server still not on PATH" >&2; exit 1; }
+
+run: install check-redis ## Run the server with a private redis-server (extra flags: ARGS=...)
+	$(PY) -m coordinator serve --private-redis $(ARGS)
+
+test: install check-redis check-protos lint ## check-protos + lint + pytest (extra flags: PYTEST_ARGS=...)
+	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests (exit code 5)" >&2; fi; \
+	exit $$rc
+
+protos: $(VENV_STAMP) ## Regenerate generated/python from protos/**/*.proto
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(call gen_protos,$$tmp/python); \
+	rm -rf $(GEN_DIR); mkdir -p $(dir $(GEN_DIR)); \
+	mv "$$tmp/python" $(GEN_DIR); \
+	echo "Regenerated $(GEN_DIR) from: $(PROTO_FILES)"
+	@$(ensure_editable)
+
+check-protos: $(VENV_STAMP) ## Fail if generated/python is not what `make protos` would write
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(call gen_protos,$$tmp/python); \
+	if diff -r -x __pycache__ -x '*.pyc' "$$tmp/python" $(GEN_DIR) > "$$tmp/diff.txt" 2>&1; then \
+		echo "check-protos: $(GEN_DIR) is up to date"; \
+	else \
+		head -n 40 "$$tmp/diff.txt" >&2; \
+		echo "generated/ is stale: run make protos" >&2; \
+		exit 1; \
+	fi
+
+lint: install ## ruff check, ruff format --check, mypy, buf lint
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+	cd $(PROTO_DIR) && $(abspath $(BUF)) lint
+
+bench-discovery: install check-redis ## Run bench/discovery_scale.py (extra flags: ARGS=...)
+	$(PY) bench/discovery_scale.py $(ARGS)
+
+clean: ## Remove the venv, .state and caches (keeps generated/)
+	rm -rf -- "$(VENV)" .state .pytest_cache .mypy_cache .ruff_cache build dist
+	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +
