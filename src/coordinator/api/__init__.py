@@ -1,0 +1,1 @@
+"""The gRPC edge: servicers, the protobuf <-> domain conversions and the error mapping."""

@@ -1,0 +1,115 @@
+"""AgentService: thin async handlers that validate, call the registry and convert."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
+from coordinator import validation
+from coordinator.api import wire
+from coordinator.config import Settings
+from coordinator.errors import Unimplemented
+from coordinator.registry import AgentRegistry
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    """The registry over gRPC."""
+
+    def __init__(self, registry: AgentRegistry, settings: Settings) -> None:
+        self._registry = registry
+        self._settings = settings
+
+    async def RegisterAgent(
+        self, request: agent_pb2.RegisterAgentRequest, context: Context
+    ) -> agent_pb2.RegisterAgentResponse:
+        registration = validation.registration(
+            agent_id=request.agent_id,
+            agent_type=request.agent_type,
+            capabilities=request.capabilities,
+            services=request.services,
+            endpoints=request.endpoints,
+            metadata=request.metadata,
+            labels=request.labels,
+            max_concurrency=request.max_concurrency,
+            weight=request.weight,
+            allowed_agent_types=self._settings.agent_types,
+            any_agent_type=self._settings.any_agent_type,
+        )
+        result = await self._registry.register(registration)
+        return agent_pb2.RegisterAgentResponse(
+            agent=wire.agent_to_proto(result.agent),
+            created=result.created,
+            heartbeat_interval=wire.duration_from_s(self._settings.heartbeat_interval_s),
+            liveness_timeout=wire.duration_from_s(self._settings.liveness_timeout_s),
+        )
+
+    async def Heartbeat(
+        self, request: agent_pb2.HeartbeatRequest, context: Context
+    ) -> agent_pb2.HeartbeatResponse:
+        load_metrics, status = validation.heartbeat(
+            request.agent_id, request.load_metrics, wire.status_from_proto(request.status)
+        )
+        agent = await self._registry.heartbeat(request.agent_id, load_metrics, status)
+        return agent_pb2.HeartbeatResponse(
+            status=wire.status_to_proto(agent.status),
+            health_score=agent.health_score,
+            heartbeat_interval=wire.duration_from_s(self._settings.heartbeat_interval_s),
+        )
+
+    async def UpdateAgentStatus(
+        self, request: agent_pb2.UpdateAgentStatusRequest, context: Context
+    ) -> agent_pb2.UpdateAgentStatusResponse:
+        status, load_metrics, reason = validation.status_update(
+            request.agent_id,
+            wire.status_from_proto(request.status),
+            request.load_metrics,
+            request.reason,
+        )
+        agent = await self._registry.update_status(request.agent_id, status, load_metrics, reason)
+        return agent_pb2.UpdateAgentStatusResponse(agent=wire.agent_to_proto(agent))
+
+    async def DeregisterAgent(
+        self, request: agent_pb2.DeregisterAgentRequest, context: Context
+    ) -> agent_pb2.DeregisterAgentResponse:
+        agent_id = validation.agent_id(request.agent_id)
+        return agent_pb2.DeregisterAgentResponse(existed=await self._registry.deregister(agent_id))
+
+    async def GetAgent(
+        self, request: agent_pb2.GetAgentRequest, context: Context
+    ) -> agent_pb2.GetAgentResponse:
+        agent = await self._registry.get(validation.agent_id(request.agent_id))
+        return agent_pb2.GetAgentResponse(agent=wire.agent_to_proto(agent))
+
+    async def DiscoverAgents(
+        self, request: agent_pb2.DiscoverAgentsRequest, context: Context
+    ) -> agent_pb2.DiscoverAgentsResponse:
+        query = validation.discover_query(
+            statuses=[wire.status_from_proto(s) for s in request.statuses],
+            agent_type=request.agent_type,
+            capabilities=request.capabilities,
+            services=request.services,
+            labels=request.labels,
+            min_health_score=request.min_health_score,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        page = await self._registry.discover(query)
+        return agent_pb2.DiscoverAgentsResponse(
+            agents=[wire.agent_to_proto(a) for a in page.agents],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def StreamAssignments(
+        self, request: agent_pb2.StreamAssignmentsRequest, context: Context
+    ) -> AsyncIterator[agent_pb2.StreamAssignmentsResponse]:
+        raise Unimplemented(
+            "StreamAssignments is not served by this version of the coordinator yet: "
+            "task assignment arrives with the task queue (issue #3)"
+        )
+        yield  # pragma: no cover - makes this an async generator, like the real stream

@@ -1,0 +1,140 @@
+"""The one place where errors become gRPC status codes.
+
+An interceptor wraps every handler of the coordinator's own services: ``CoordinatorError``
+kinds map to their codes, InvalidArgument carries ``google.rpc.BadRequest`` field violations
+in the rich status details, a Redis outage is UNAVAILABLE, and anything unforeseen is logged
+with its traceback and answered INTERNAL (never UNKNOWN with a stack trace).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc.aio import AbortError  # raised by context.abort(): it must propagate
+from grpc_status import rpc_status
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from coordinator import errors
+
+log = logging.getLogger(__name__)
+
+OWN_SERVICES_PREFIX = "/aitbc.coordinator.v1."
+
+_CODES: dict[type[errors.CoordinatorError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
+
+
+def to_status(exc: BaseException) -> status_pb2.Status:
+    """The google.rpc.Status for an error raised by a handler."""
+    if isinstance(exc, errors.CoordinatorError):
+        code = _code_of(exc)
+        status = status_pb2.Status(code=code.value[0], message=str(exc))
+        if isinstance(exc, errors.InvalidArgument):
+            details = any_pb2.Any()
+            details.Pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in exc.violations
+                    ]
+                )
+            )
+            status.details.append(details)
+        return status
+    if isinstance(exc, REDIS_OUTAGES):
+        return status_pb2.Status(
+            code=code_pb2.UNAVAILABLE,
+            message=f"Redis is unreachable ({type(exc).__name__}); retry later",
+        )
+    return status_pb2.Status(
+        code=code_pb2.INTERNAL, message="internal error; the coordinator logged the details"
+    )
+
+
+def _code_of(exc: errors.CoordinatorError) -> grpc.StatusCode:
+    for kind in type(exc).__mro__:
+        if kind in _CODES:
+            return _CODES[kind]
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort(exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+    status = to_status(exc)
+    if status.code == code_pb2.INTERNAL:
+        log.exception("unexpected error in %s", method, exc_info=exc)
+    elif status.code == code_pb2.UNAVAILABLE:
+        log.warning("%s failed: %s", method, status.message)
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions of the coordinator's handlers to status codes (see module docstring)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(OWN_SERVICES_PREFIX):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _wrap_unary(behavior: Any, method: str) -> Any:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except Exception as exc:
+            if isinstance(exc, AbortError):
+                raise
+            await _abort(exc, context, method)
+
+    return wrapped
+
+
+def _wrap_stream(behavior: Any, method: str) -> Any:
+    async def wrapped(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except Exception as exc:
+            if isinstance(exc, AbortError):
+                raise
+            await _abort(exc, context, method)
+
+    return wrapped

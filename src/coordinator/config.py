@@ -1,0 +1,206 @@
+"""Typed configuration, read once at start-up from the environment and an optional env file.
+
+Real environment variables win over the env file (systemd's ``EnvironmentFile=`` puts the
+file's values into the environment anyway). A bad value raises ``ConfigError`` naming the
+variable, and the server does not start.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
+
+from dotenv import dotenv_values
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/1"
+DEFAULT_AGENT_TYPES = (
+    "coordinator",
+    "worker",
+    "specialist",
+    "monitor",
+    "gateway",
+    "orchestrator",
+    "inference",
+    "training",
+    "processing",
+)
+ANY_AGENT_TYPE = "*"
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_AGENT_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a bad value; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the coordinator reads from its environment. Units are in the names."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    redis_url_explicit: bool = False
+    """True when REDIS_URL was set: the coordinator then never substitutes a private Redis."""
+    host: str = "0.0.0.0"
+    port: int = 9001
+    node_id: str = ""
+    heartbeat_interval_s: float = 10.0
+    liveness_timeout_s: float = 30.0
+    inactive_retention_s: float = 86_400.0
+    sweep_interval_s: float = 2.0
+    agent_types: tuple[str, ...] = DEFAULT_AGENT_TYPES
+    max_message_bytes: int = 4 * 1024 * 1024
+    shutdown_grace_s: float = 10.0
+    health_check_interval_s: float = 1.0
+    redis_timeout_s: float = 2.0
+    keepalive_time_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def any_agent_type(self) -> bool:
+        """True when the allow-list is ``*``: any well-formed agent type is accepted."""
+        return ANY_AGENT_TYPE in self.agent_types
+
+    @property
+    def address(self) -> str:
+        """The host:port the gRPC server binds."""
+        return f"{self.host}:{self.port}"
+
+
+def default_node_id() -> str:
+    """Host name plus a short random suffix, so two processes on one host differ."""
+    host = re.sub(r"[^A-Za-z0-9._:-]", "-", socket.gethostname())[:100] or "node"
+    return f"{host}-{secrets.token_hex(3)}"
+
+
+def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None) -> Settings:
+    """Build and validate Settings from ``environ`` over the values of ``env_file``."""
+    values: dict[str, str] = {}
+    if env_file is not None:
+        path = Path(env_file)
+        if not path.is_file():
+            raise ConfigError(f"--env-file: {path} does not exist or is not a file")
+        values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    values.update(environ)
+    reader = _Reader(values)
+
+    settings = Settings(
+        redis_url=reader.get("REDIS_URL", DEFAULT_REDIS_URL, _redis_url),
+        redis_url_explicit=bool(values.get("REDIS_URL", "").strip()),
+        host=reader.get("COORDINATOR_HOST", "0.0.0.0", _non_empty),
+        port=reader.get("COORDINATOR_PORT", 9001, _port),
+        node_id=reader.get("NODE_ID", "", _node_id) or default_node_id(),
+        heartbeat_interval_s=reader.get("COORDINATOR_HEARTBEAT_INTERVAL_S", 10.0, _positive),
+        liveness_timeout_s=reader.get("COORDINATOR_LIVENESS_TIMEOUT_S", 30.0, _positive),
+        inactive_retention_s=reader.get("COORDINATOR_INACTIVE_RETENTION_S", 86_400.0, _positive),
+        sweep_interval_s=reader.get("COORDINATOR_SWEEP_INTERVAL_S", 2.0, _positive),
+        agent_types=reader.get("COORDINATOR_AGENT_TYPES", DEFAULT_AGENT_TYPES, _agent_types),
+        max_message_bytes=reader.get("COORDINATOR_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, _msg_size),
+        shutdown_grace_s=reader.get("COORDINATOR_SHUTDOWN_GRACE_S", 10.0, _non_negative),
+        health_check_interval_s=reader.get("COORDINATOR_HEALTH_CHECK_INTERVAL_S", 1.0, _positive),
+        redis_timeout_s=reader.get("COORDINATOR_REDIS_TIMEOUT_S", 2.0, _positive),
+        keepalive_time_s=reader.get("COORDINATOR_KEEPALIVE_TIME_S", 30.0, _positive),
+        keepalive_timeout_s=reader.get("COORDINATOR_KEEPALIVE_TIMEOUT_S", 10.0, _positive),
+        log_level=reader.get("COORDINATOR_LOG_LEVEL", "INFO", _log_level),
+    )
+    if settings.liveness_timeout_s <= settings.heartbeat_interval_s:
+        raise ConfigError(
+            "COORDINATOR_LIVENESS_TIMEOUT_S: must be greater than COORDINATOR_HEARTBEAT_INTERVAL_S "
+            f"({settings.liveness_timeout_s} <= {settings.heartbeat_interval_s})"
+        )
+    if settings.health_check_interval_s + settings.redis_timeout_s > 4.0:
+        raise ConfigError(
+            "COORDINATOR_HEALTH_CHECK_INTERVAL_S: with COORDINATOR_REDIS_TIMEOUT_S it must stay "
+            "under 4 s so that health follows Redis within 5 s"
+        )
+    return settings
+
+
+class _Reader:
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = values
+
+    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        raw = self._values.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc} (got {raw!r})") from None
+
+
+def _non_empty(raw: str) -> str:
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    parsed = urlparse(raw)
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    if parsed.scheme != "unix" and not parsed.hostname:
+        raise ValueError("must name a host, as in redis://host:6379/1")
+    return raw
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 <= port <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return port
+
+
+def _positive(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a number of seconds greater than 0")
+    return value
+
+
+def _non_negative(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def _msg_size(raw: str) -> int:
+    value = int(raw)
+    if not 64 * 1024 <= value <= 256 * 1024 * 1024:
+        raise ValueError("must be a byte count from 65536 to 268435456")
+    return value
+
+
+def _node_id(raw: str) -> str:
+    if not _NODE_ID.match(raw):
+        raise ValueError(
+            "must be 1 to 128 letters, digits or . _ : - starting with a letter or digit"
+        )
+    return raw
+
+
+def _agent_types(raw: str) -> tuple[str, ...]:
+    types = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
+    if not types:
+        raise ValueError("must list at least one agent type, or *")
+    for agent_type in types:
+        if agent_type != ANY_AGENT_TYPE and not _AGENT_TYPE.match(agent_type):
+            raise ValueError(f"{agent_type!r} is not a valid agent type ([a-z][a-z0-9_-]*)")
+    return types
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in _LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+    return level

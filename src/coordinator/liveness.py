@@ -1,0 +1,69 @@
+"""The liveness sweeper: one node at a time takes agents with expired heartbeats out of
+``agents:active`` and deletes agents inactive for longer than the retention.
+
+Every node runs a sweeper; each round, only the node that wins a short Redis lock sweeps.
+The sweep itself is idempotent, so a lock that lapses mid-sweep costs nothing but work.
+Liveness never depends on the sweep: readers compute INACTIVE from the heartbeat timestamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio import Redis
+
+from coordinator import keys
+from coordinator.api.error_mapping import REDIS_OUTAGES
+from coordinator.registry import AgentRegistry
+
+log = logging.getLogger(__name__)
+
+
+class LivenessSweeper:
+    """Runs ``sweep_once`` every ``interval_s`` on whichever node holds the lock."""
+
+    def __init__(
+        self, registry: AgentRegistry, redis: Redis, node_id: str, interval_s: float
+    ) -> None:
+        self._registry = registry
+        self._redis = redis
+        self._node_id = node_id
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin sweeping in the background."""
+        self._task = asyncio.create_task(self._run(), name="liveness-sweeper")
+
+    async def stop(self) -> None:
+        """Stop sweeping (idempotent)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def sweep_once(self) -> bool:
+        """Sweep if this node wins this round's lock; returns whether it swept.
+
+        The lock is not released: it expires after one interval, so the cluster sweeps about
+        once per interval whatever the number of nodes.
+        """
+        won = await self._redis.set(
+            keys.LIVENESS_SWEEP_LOCK, self._node_id, nx=True, px=int(self._interval_s * 1000)
+        )
+        if not won:
+            return False
+        await self._registry.sweep_stale()
+        await self._registry.purge_expired()
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.sweep_once()
+            except REDIS_OUTAGES as exc:
+                log.debug("liveness sweep skipped: Redis unreachable (%s)", exc)
+            except Exception:
+                log.exception("liveness sweep failed")

@@ -1,0 +1,306 @@
+"""The agent registry in Redis: register, heartbeat, status, deregister, get and discover.
+
+Records are hashes at ``agent:{agent_id}``; every multi-key change is one Lua script, so the
+indexes stay exact whatever nodes run concurrently. Time comes from Redis (``TIME``), so
+liveness and health are the same on every node whatever its clock says.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from coordinator import keys
+from coordinator.config import Settings
+from coordinator.errors import InvalidArgument, NotFound
+from coordinator.health_score import health_score
+from coordinator.models import (
+    Agent,
+    AgentRegistration,
+    AgentStatus,
+    DiscoverPage,
+    DiscoverQuery,
+    RegistrationResult,
+)
+from coordinator.scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+
+class AgentRegistry:
+    """Agents' records and indexes, shared by every node that uses the same Redis."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._scripts = Scripts(redis)
+        self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
+
+    async def register(self, registration: AgentRegistration) -> RegistrationResult:
+        """Create or update an agent's record; see ``lua/register_agent.lua``."""
+        r = registration
+        index_keys = [
+            keys.type_index(r.agent_type),
+            *(keys.capability_index(c) for c in r.capabilities),
+            *(keys.service_index(s) for s in r.services),
+            *(keys.label_index(k, v) for k, v in sorted(r.labels.items())),
+        ]
+        fields = {
+            "agent_type": r.agent_type,
+            "capabilities": json.dumps(list(r.capabilities)),
+            "services": json.dumps(list(r.services)),
+            "endpoints": json.dumps(r.endpoints, sort_keys=True),
+            "metadata": json.dumps(r.metadata, sort_keys=True),
+            "labels": json.dumps(r.labels, sort_keys=True),
+            "max_concurrency": str(r.max_concurrency),
+            "weight": repr(r.weight),
+        }
+        created, now_ms, record = await self._scripts.register_agent(
+            keys=[
+                keys.agent(r.agent_id),
+                keys.AGENTS_ALL,
+                keys.AGENTS_HEARTBEATS,
+                *keys.status_indexes(),
+                *index_keys,
+            ],
+            args=[r.agent_id, *(item for pair in fields.items() for item in pair)],
+        )
+        agent = self._decode(_pairs(record), int(now_ms))
+        log.info(
+            "agent registered" if created else "agent re-registered",
+            extra={"agent_id": r.agent_id, "agent_type": r.agent_type},
+        )
+        return RegistrationResult(agent=agent, created=bool(created))
+
+    async def heartbeat(
+        self, agent_id: str, load_metrics: dict[str, float], status: AgentStatus | None
+    ) -> Agent:
+        """Refresh liveness; replace load metrics if any are given; report ACTIVE or BUSY."""
+        reply = await self._scripts.heartbeat(
+            keys=[keys.agent(agent_id), keys.AGENTS_HEARTBEATS, *keys.status_indexes()],
+            args=[
+                agent_id,
+                status.name if status else "",
+                json.dumps(load_metrics, sort_keys=True) if load_metrics else "",
+            ],
+        )
+        return self._decode_reply(agent_id, reply)
+
+    async def update_status(
+        self, agent_id: str, status: AgentStatus, load_metrics: dict[str, float], reason: str
+    ) -> Agent:
+        """Set status, reason and load metrics."""
+        reply = await self._scripts.update_agent_status(
+            keys=[keys.agent(agent_id), keys.AGENTS_HEARTBEATS, *keys.status_indexes()],
+            args=[
+                agent_id,
+                status.name,
+                json.dumps(load_metrics, sort_keys=True),
+                reason,
+                self._liveness_timeout_ms,
+            ],
+        )
+        agent = self._decode_reply(agent_id, reply)
+        log.info(
+            "agent status set to %s", status.name, extra={"agent_id": agent_id, "reason": reason}
+        )
+        return agent
+
+    async def deregister(self, agent_id: str, heartbeat_bound_ms: int | None = None) -> bool:
+        """Remove every trace of an agent; True if there was one. Idempotent.
+
+        With ``heartbeat_bound_ms``, only an agent whose last heartbeat is at or before it.
+        """
+        removed = await self._scripts.deregister_agent(
+            keys=[
+                keys.agent(agent_id),
+                keys.AGENTS_ALL,
+                keys.AGENTS_HEARTBEATS,
+                *keys.status_indexes(),
+            ],
+            args=[agent_id, "" if heartbeat_bound_ms is None else heartbeat_bound_ms],
+        )
+        if removed:
+            log.info("agent deregistered", extra={"agent_id": agent_id})
+        return bool(removed)
+
+    async def get(self, agent_id: str) -> Agent:
+        """One agent's record with effective status and health; NotFound if unknown."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hgetall(keys.agent(agent_id))
+            (seconds, micros), record = await pipe.execute()
+        if not record:
+            raise NotFound(f"agent_id: no agent {agent_id!r} is registered")
+        return self._decode(record, int(seconds) * 1000 + int(micros) // 1000)
+
+    async def discover(self, query: DiscoverQuery) -> DiscoverPage:
+        """Agents matching ``query``, best health first, then by id, one page at a time."""
+        fingerprint = _fingerprint(query)
+        after = _decode_page_token(query.page_token, fingerprint)
+        stored = [s for s in keys.STORED_STATUSES if s in query.statuses]
+        filter_keys = [
+            *([keys.type_index(query.agent_type)] if query.agent_type else []),
+            *(keys.capability_index(c) for c in query.capabilities),
+            *(keys.service_index(s) for s in query.services),
+            *(keys.label_index(k, v) for k, v in sorted(query.labels.items())),
+        ]
+        now_ms, records = await self._scripts.discover_agents(
+            keys=[keys.AGENTS_HEARTBEATS, *(keys.status_index(s) for s in stored), *filter_keys],
+            args=[
+                len(stored),
+                1 if AgentStatus.INACTIVE in query.statuses else 0,
+                self._liveness_timeout_ms,
+                keys.AGENT_KEY_PREFIX,
+            ],
+        )
+        matches = [
+            agent
+            for agent in (self._decode(_pairs(r), int(now_ms)) for r in records if r)
+            if _matches(agent, query)
+        ]
+        matches.sort(key=_order)
+        remaining = matches if after is None else [a for a in matches if _order(a) > after]
+        page = remaining[: query.page_size]
+        more = len(remaining) > query.page_size
+        return DiscoverPage(
+            agents=page,
+            next_page_token=_encode_page_token(_order(page[-1]), fingerprint) if more else "",
+            total_size=len(matches),
+        )
+
+    async def sweep_stale(self) -> list[str]:
+        """Take agents with an expired heartbeat out of agents:active; returns their ids."""
+        removed: list[str] = await self._scripts.sweep_stale_agents(
+            keys=[keys.AGENTS_HEARTBEATS, keys.AGENTS_ACTIVE],
+            args=[self._liveness_timeout_ms],
+        )
+        for agent_id in removed:
+            log.warning("agent missed its heartbeats: now INACTIVE", extra={"agent_id": agent_id})
+        return removed
+
+    async def purge_expired(self, batch: int = 500) -> list[str]:
+        """Deregister agents that have been INACTIVE longer than the retention."""
+        seconds, micros = await self._redis.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        bound_ms = (
+            now_ms - self._liveness_timeout_ms - int(self._settings.inactive_retention_s * 1000)
+        )
+        expired = [
+            str(agent_id)
+            for agent_id in await self._redis.zrangebyscore(
+                keys.AGENTS_HEARTBEATS, "-inf", bound_ms, start=0, num=batch
+            )
+        ]
+        purged = [a for a in expired if await self.deregister(a, heartbeat_bound_ms=bound_ms)]
+        for agent_id in purged:
+            log.info("inactive agent past retention deleted", extra={"agent_id": agent_id})
+        return purged
+
+    def _decode_reply(self, agent_id: str, reply: Sequence[Any]) -> Agent:
+        if not reply:
+            raise NotFound(f"agent_id: no agent {agent_id!r} is registered; register it again")
+        now_ms, record = reply
+        return self._decode(_pairs(record), int(now_ms))
+
+    def _decode(self, record: dict[str, str], now_ms: int) -> Agent:
+        """An Agent from its stored hash, with status and health computed for ``now_ms``."""
+        stored_status = AgentStatus[record["status"]]
+        last_heartbeat_ms = int(record["last_heartbeat_at_ms"])
+        age_s = max(0.0, (now_ms - last_heartbeat_ms) / 1000)
+        live = age_s <= self._settings.liveness_timeout_s
+        status = stored_status if live else AgentStatus.INACTIVE
+        load_metrics = {
+            k: float(v) for k, v in json.loads(record.get("load_metrics", "{}")).items()
+        }
+        active_tasks = int(record.get("active_tasks", 0))
+        max_concurrency = int(record["max_concurrency"])
+        return Agent(
+            agent_id=record["agent_id"],
+            agent_type=record["agent_type"],
+            capabilities=tuple(json.loads(record["capabilities"])),
+            services=tuple(json.loads(record["services"])),
+            endpoints=json.loads(record["endpoints"]),
+            metadata=json.loads(record["metadata"]),
+            labels=json.loads(record["labels"]),
+            max_concurrency=max_concurrency,
+            weight=float(record["weight"]),
+            status=status,
+            stored_status=stored_status,
+            health_score=health_score(
+                status=status,
+                heartbeat_age_s=age_s,
+                heartbeat_interval_s=self._settings.heartbeat_interval_s,
+                liveness_timeout_s=self._settings.liveness_timeout_s,
+                active_tasks=active_tasks,
+                max_concurrency=max_concurrency,
+                load_metrics=load_metrics,
+            ),
+            load_metrics=load_metrics,
+            active_tasks=active_tasks,
+            registered_at_ms=int(record["registered_at_ms"]),
+            last_heartbeat_at_ms=last_heartbeat_ms,
+            node_id=record.get("node_id", ""),
+            status_reason=record.get("status_reason", ""),
+        )
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A dict from a Lua HGETALL reply (a flat list of field, value)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _matches(agent: Agent, query: DiscoverQuery) -> bool:
+    """The full check of one candidate (the indexes only narrow the candidates down)."""
+    return (
+        agent.status in query.statuses
+        and (not query.agent_type or agent.agent_type == query.agent_type)
+        and set(query.capabilities) <= set(agent.capabilities)
+        and set(query.services) <= set(agent.services)
+        and all(agent.labels.get(k) == v for k, v in query.labels.items())
+        and agent.health_score >= query.min_health_score
+    )
+
+
+def _order(agent: Agent) -> tuple[float, str]:
+    """Discovery order: best health first, then agent_id."""
+    return (-agent.health_score, agent.agent_id)
+
+
+def _fingerprint(query: DiscoverQuery) -> str:
+    canonical = json.dumps(
+        [
+            sorted(s.name for s in query.statuses),
+            query.agent_type,
+            sorted(query.capabilities),
+            sorted(query.services),
+            sorted(query.labels.items()),
+            query.min_health_score,
+        ]
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _encode_page_token(after: tuple[float, str], fingerprint: str) -> str:
+    raw = json.dumps({"f": fingerprint, "h": after[0], "id": after[1]}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, fingerprint: str) -> tuple[float, str] | None:
+    if not token:
+        return None
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if raw["f"] == fingerprint:
+            return (float(raw["h"]), str(raw["id"]))
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise InvalidArgument.of(
+        "page_token", "is not a next_page_token returned for these same filters"
+    )

@@ -1,0 +1,162 @@
+"""Assembling, starting and stopping one coordinator node.
+
+``create_server(settings)`` builds and starts a node and returns it with its bound port, so
+tests can bind port 0 and talk to a real server; ``serve(settings)`` runs a node until
+SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2
+from coordinator import reflection
+from coordinator.api.agent_service import AgentService
+from coordinator.api.error_mapping import ErrorMappingInterceptor
+from coordinator.api.unimplemented import unimplemented_service
+from coordinator.config import Settings
+from coordinator.health import RedisHealthMonitor
+from coordinator.liveness import LivenessSweeper
+from coordinator.registry import AgentRegistry
+
+log = logging.getLogger(__name__)
+
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
+TASK_SERVICE = task_pb2.DESCRIPTOR.services_by_name["TaskService"]
+SERVICE_NAMES = (AGENT_SERVICE.full_name, TASK_SERVICE.full_name)
+
+CLIENT_PING_MIN_INTERVAL_MS = 10_000
+"""Agents may send keepalive pings every 10 s or more without being told to go away."""
+
+
+def connect_redis(settings: Settings) -> Redis:
+    """A pooled asyncio Redis client whose calls fail fast (then UNAVAILABLE) when it is down."""
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_keepalive=True,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        client_name=f"aitbc-coordinator:{settings.node_id}",
+    )
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel options for long-lived agent streams and configurable message sizes."""
+    return [
+        ("grpc.so_reuseport", 0),  # a second node on the same port must fail, not share it
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", CLIENT_PING_MIN_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
+class Coordinator:
+    """One running node: the gRPC server, its Redis client and its background tasks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = connect_redis(settings)
+        self.registry = AgentRegistry(self.redis, settings)
+        self.server = grpc.aio.server(
+            interceptors=[ErrorMappingInterceptor()], options=server_options(settings)
+        )
+        self.health = RedisHealthMonitor(
+            health.aio.HealthServicer(),
+            self.redis,
+            SERVICE_NAMES,
+            interval_s=settings.health_check_interval_s,
+            timeout_s=settings.redis_timeout_s,
+        )
+        self.sweeper = LivenessSweeper(
+            self.registry, self.redis, settings.node_id, settings.sweep_interval_s
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(self.registry, settings), self.server
+        )
+        self.server.add_generic_rpc_handlers(
+            (unimplemented_service(TASK_SERVICE, "the task queue arrives with issue #3"),)
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
+        reflection.enable(self.server, [*SERVICE_NAMES, health.SERVICE_NAME])
+        self.port = 0
+        self._stop_lock = asyncio.Lock()
+        self._stopped = False
+
+    async def start(self) -> int:
+        """Bind, start serving and start the background tasks; returns the bound port."""
+        self.port = self.server.add_insecure_port(self.settings.address)
+        if self.port == 0:
+            raise OSError(f"could not bind {self.settings.address}")
+        await self.server.start()
+        await self.health.start()
+        self.sweeper.start()
+        log.info(
+            "coordinator serving on %s:%d (Redis %s, health %s)",
+            self.settings.host,
+            self.port,
+            _redacted(self.settings.redis_url),
+            "SERVING" if self.health.serving else "NOT_SERVING",
+        )
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Health NOT_SERVING first, refuse new calls, let running calls finish within the
+        grace period, then close Redis. Idempotent: later calls wait for the first."""
+        async with self._stop_lock:
+            if self._stopped:
+                return
+            grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+            await self.health.stop()
+            await self.health.servicer.enter_graceful_shutdown()
+            await self.sweeper.stop()
+            log.info("draining: health NOT_SERVING, new calls refused, grace %.1f s", grace)
+            await self.server.stop(grace)
+            await self.redis.aclose()
+            self._stopped = True
+            log.info("coordinator stopped")
+
+
+async def create_server(settings: Settings) -> tuple[Coordinator, int]:
+    """Build and start a node; returns it and the port it bound (useful with port 0)."""
+    coordinator = Coordinator(settings)
+    port = await coordinator.start()
+    return coordinator, port
+
+
+async def serve(settings: Settings) -> int:
+    """Run one node until SIGTERM or SIGINT, then shut down gracefully; returns 0."""
+    coordinator, _ = await create_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: shutting down")
+    await coordinator.stop()
+    return 0
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
