@@ -1,0 +1,133 @@
+"""Shared fixtures: a real redis-server per session (flushed per test) and real coordinator
+nodes on free ports, in-process or as subprocesses."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2_grpc
+
+from aitbc.coordinator.v1 import agent_pb2_grpc, task_pb2_grpc
+from coordinator.config import Settings
+from coordinator.server import Coordinator, create_server
+from support import CoordinatorProcess, RedisServer
+
+TEST_DB = 1
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole session (tests flush it)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the session Redis's test database, flushed before each test."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_server.url(TEST_DB))
+    client.flushdb()
+    client.close()
+    return redis_server.url(TEST_DB)
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A direct client on the test database, to check what the coordinator stored."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def make_settings(redis_url: str) -> Callable[..., Settings]:
+    """Settings for an in-process node on a free port, with fast timings; override any field."""
+
+    def make(**overrides: Any) -> Settings:
+        base = Settings(
+            redis_url=redis_url,
+            redis_url_explicit=True,
+            host="127.0.0.1",
+            port=0,
+            node_id="test-node",
+            heartbeat_interval_s=1.0,
+            liveness_timeout_s=3.0,
+            sweep_interval_s=0.2,
+            health_check_interval_s=0.2,
+            redis_timeout_s=0.5,
+            shutdown_grace_s=1.0,
+        )
+        return dataclasses.replace(base, **overrides)
+
+    return make
+
+
+@dataclasses.dataclass
+class Node:
+    """A running in-process node and stubs bound to it."""
+
+    coordinator: Coordinator
+    port: int
+    channel: grpc.aio.Channel
+    agents: agent_pb2_grpc.AgentServiceStub
+    tasks: task_pb2_grpc.TaskServiceStub
+    health: health_pb2_grpc.HealthStub
+
+
+@pytest.fixture
+async def start_node(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
+    """Start in-process nodes (``await start_node(**settings_overrides)``); all stop at the end."""
+    nodes: list[Node] = []
+
+    async def start(**overrides: Any) -> Node:
+        coordinator, port = await create_server(make_settings(**overrides))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        node = Node(
+            coordinator=coordinator,
+            port=port,
+            channel=channel,
+            agents=agent_pb2_grpc.AgentServiceStub(channel),
+            tasks=task_pb2_grpc.TaskServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+        )
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        await node.channel.close()
+        await node.coordinator.stop(grace_s=0)
+
+
+@pytest.fixture
+async def node(start_node: Callable[..., Awaitable[Node]]) -> Node:
+    """One in-process node on the session Redis."""
+    return await start_node()
+
+
+@pytest.fixture
+def spawn_node(redis_url: str) -> Iterator[Callable[..., CoordinatorProcess]]:
+    """Start coordinator subprocesses (``spawn_node(env={...})``); all are killed at the end.
+
+    REDIS_URL defaults to the session Redis; pass env to override anything."""
+    processes: list[CoordinatorProcess] = []
+
+    def spawn(env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> CoordinatorProcess:
+        process = CoordinatorProcess({"REDIS_URL": redis_url, **(env or {})}, args)
+        processes.append(process)
+        return process
+
+    yield spawn
+    for process in processes:
+        process.close()

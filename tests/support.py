@@ -1,0 +1,170 @@
+"""Real processes for tests: redis-server on free ports and coordinator nodes as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate, timeout_s: float = 10.0, interval_s: float = 0.02, what: str = "condition"
+):
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, with no persistence. Restartable on the
+    same port, to test outages."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (make test installs it)")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="coordinator-test-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                "redis.log",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+            wait_until(lambda: self._pings(client), what=f"redis-server on port {self.port}")
+        finally:
+            client.close()
+
+    @staticmethod
+    def _pings(client: redis.Redis) -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class CoordinatorProcess:
+    """``python -m coordinator serve`` as a subprocess on a free port, logs in a file."""
+
+    def __init__(self, env: Mapping[str, str], args: tuple[str, ...] = ()) -> None:
+        self.port = int(env.get("COORDINATOR_PORT") or free_port())
+        self.log_path = Path(tempfile.mkstemp(prefix="coordinator-", suffix=".log")[1])
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("COORDINATOR_", "REDIS_URL", "NODE_ID"))
+        }
+        full_env.update(
+            {
+                "COORDINATOR_HOST": "127.0.0.1",
+                "COORDINATOR_PORT": str(self.port),
+                "COORDINATOR_SHUTDOWN_GRACE_S": "3",
+                "PYTHONUNBUFFERED": "1",
+                **env,
+            }
+        )
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "coordinator", "serve", *args],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=env.get("CWD", str(REPO)),
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def health(self, service: str = "", timeout_s: float = 1.0) -> str:
+        """The health status name, or the gRPC error code name if the call failed."""
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+                )
+            except grpc.RpcError as exc:
+                return exc.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def wait_serving(self, timeout_s: float = 20.0) -> None:
+        def serving() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"coordinator exited early:\n{self.logs()}")
+            return self.health() == "SERVING"
+
+        wait_until(serving, timeout_s, interval_s=0.1, what=f"coordinator on {self.address}")
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float = 20.0) -> int:
+        return self.process.wait(timeout=timeout_s)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)

@@ -1,0 +1,74 @@
+"""Health follows Redis: NOT_SERVING within 5 s of an outage, SERVING again within 5 s of its
+return; RPCs during the outage are UNAVAILABLE, never UNKNOWN."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from aitbc.coordinator.v1 import agent_pb2
+from coordinator.server import SERVICE_NAMES
+from support import RedisServer
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture
+def own_redis():
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+async def statuses(node) -> set[int]:
+    replies = await asyncio.gather(
+        *(node.health.Check(health_pb2.HealthCheckRequest(service=s)) for s in ("", *SERVICE_NAMES))
+    )
+    return {r.status for r in replies}
+
+
+async def next_status(stream, timeout_s=5.0) -> int:
+    reply = await asyncio.wait_for(stream.read(), timeout_s)
+    return reply.status
+
+
+async def test_redis_outage_flips_health_and_rpcs_are_unavailable(start_node, own_redis):
+    node = await start_node(redis_url=own_redis.url(1))
+    assert await statuses(node) == {SERVING}
+    watch = node.health.Watch(health_pb2.HealthCheckRequest(service=""))
+    assert await next_status(watch) == SERVING
+
+    own_redis.stop()
+    started = time.monotonic()
+    assert await next_status(watch) == NOT_SERVING
+    assert time.monotonic() - started < 5.0
+    assert await statuses(node) == {NOT_SERVING}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await node.agents.RegisterAgent(
+            agent_pb2.RegisterAgentRequest(agent_id="a", agent_type="worker")
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Redis" in caught.value.details()
+
+    own_redis.start()
+    started = time.monotonic()
+    assert await next_status(watch) == SERVING
+    assert time.monotonic() - started < 5.0
+    assert await statuses(node) == {SERVING}
+    reply = await node.agents.RegisterAgent(
+        agent_pb2.RegisterAgentRequest(agent_id="a", agent_type="worker")
+    )
+    assert reply.created
+    watch.cancel()
+
+
+async def test_unknown_service_name_is_not_found(node):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await node.health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND

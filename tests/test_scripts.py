@@ -1,0 +1,157 @@
+"""Each named Lua script on its own, against a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator import keys
+from coordinator.scripts import SCRIPT_NAMES, Scripts, source
+
+STATUS_SETS = keys.status_indexes()
+
+
+@pytest.fixture
+def scripts(redis_client):
+    return Scripts(redis_client)
+
+
+def pairs(flat):
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+async def register(scripts, agent_id, index_keys=(), **fields):
+    fields = {"agent_type": "worker", "max_concurrency": "1", **fields}
+    return await scripts.register_agent(
+        keys=[
+            keys.agent(agent_id),
+            keys.AGENTS_ALL,
+            keys.AGENTS_HEARTBEATS,
+            *STATUS_SETS,
+            *index_keys,
+        ],
+        args=[agent_id, *(x for kv in fields.items() for x in kv)],
+    )
+
+
+async def heartbeat(scripts, agent_id, status="", metrics=""):
+    return await scripts.heartbeat(
+        keys=[keys.agent(agent_id), keys.AGENTS_HEARTBEATS, *STATUS_SETS],
+        args=[agent_id, status, metrics],
+    )
+
+
+def test_every_script_documents_its_keys_and_args():
+    for name in SCRIPT_NAMES:
+        text = source(name)
+        assert "KEYS[1]" in text and "ARGV[1]" in text and "Returns" in text, name
+
+
+async def test_register_adds_then_moves_index_entries(scripts, redis_client):
+    created, now_ms, record = await register(
+        scripts, "a", ["agents:capability:x", "agents:capability:y"]
+    )
+    assert created == 1
+    stored = pairs(record)
+    assert stored["registered_at_ms"] == stored["last_heartbeat_at_ms"] == str(now_ms)
+    assert stored["status"] == "ACTIVE" and stored["active_tasks"] == "0"
+    assert await redis_client.smembers("agents:capability:x") == {"a"}
+
+    await redis_client.hset("agent:a", mapping={"active_tasks": 2, "node_id": "n1"})
+    created, _, record = await register(
+        scripts, "a", ["agents:capability:y", "agents:capability:z"]
+    )
+    assert created == 0
+    assert pairs(record)["registered_at_ms"] == stored["registered_at_ms"]
+    assert pairs(record)["active_tasks"] == "2" and pairs(record)["node_id"] == "n1"  # kept
+    assert not await redis_client.exists("agents:capability:x")
+    assert await redis_client.smembers("agents:capability:z") == {"a"}
+
+
+async def test_register_keeps_sticky_statuses_and_resets_busy(scripts, redis_client):
+    await register(scripts, "a")
+    await redis_client.hset("agent:a", "status", "BUSY")
+    await redis_client.smove(keys.AGENTS_ACTIVE, "agents:status:busy", "a")
+    _, _, record = await register(scripts, "a")
+    assert pairs(record)["status"] == "ACTIVE"
+    assert not await redis_client.exists("agents:status:busy")
+    await redis_client.hset("agent:a", "status", "ERROR")
+    _, _, record = await register(scripts, "a")
+    assert pairs(record)["status"] == "ERROR"
+    assert await redis_client.smembers("agents:status:error") == {"a"}
+    assert not await redis_client.sismember(keys.AGENTS_ACTIVE, "a")
+
+
+async def test_heartbeat_unknown_agent_returns_empty(scripts):
+    assert await heartbeat(scripts, "ghost") == []
+
+
+async def test_heartbeat_never_overwrites_maintenance(scripts, redis_client):
+    await register(scripts, "a")
+    await redis_client.hset("agent:a", "status", "MAINTENANCE")
+    await redis_client.smove(keys.AGENTS_ACTIVE, "agents:status:maintenance", "a")
+    now_ms, record = await heartbeat(scripts, "a", status="BUSY", metrics='{"cpu": 0.5}')
+    assert pairs(record)["status"] == "MAINTENANCE"
+    assert pairs(record)["load_metrics"] == '{"cpu": 0.5}'
+    assert pairs(record)["last_heartbeat_at_ms"] == str(now_ms)
+    assert await redis_client.smembers("agents:status:maintenance") == {"a"}
+    assert not await redis_client.exists("agents:status:busy")
+
+
+async def test_update_status_does_not_put_a_stale_agent_into_active(scripts, redis_client):
+    await register(scripts, "a")
+    await redis_client.zadd(keys.AGENTS_HEARTBEATS, {"a": 1})
+    await redis_client.srem(keys.AGENTS_ACTIVE, "a")
+    reply = await scripts.update_agent_status(
+        keys=[keys.agent("a"), keys.AGENTS_HEARTBEATS, *STATUS_SETS],
+        args=["a", "ACTIVE", "{}", "", 3000],
+    )
+    assert pairs(reply[1])["status"] == "ACTIVE"
+    assert not await redis_client.sismember(keys.AGENTS_ACTIVE, "a")
+
+
+async def test_deregister_respects_the_heartbeat_bound(scripts, redis_client):
+    _, now_ms, _ = await register(scripts, "a", ["agents:label:z=1"])
+    deregister_keys = [keys.agent("a"), keys.AGENTS_ALL, keys.AGENTS_HEARTBEATS, *STATUS_SETS]
+    assert await scripts.deregister_agent(keys=deregister_keys, args=["a", now_ms - 1]) == 0
+    assert await redis_client.exists("agent:a")
+    assert await scripts.deregister_agent(keys=deregister_keys, args=["a", now_ms]) == 1
+    assert await redis_client.keys("*") == []
+    assert await scripts.deregister_agent(keys=deregister_keys, args=["a", ""]) == 0
+
+
+async def test_sweep_takes_only_stale_agents_out_of_active(scripts, redis_client):
+    for agent_id in ("fresh", "stale", "stale-busy"):
+        await register(scripts, agent_id)
+    await redis_client.zadd(keys.AGENTS_HEARTBEATS, {"stale": 1, "stale-busy": 1})
+    await redis_client.smove(keys.AGENTS_ACTIVE, "agents:status:busy", "stale-busy")
+    removed = await scripts.sweep_stale_agents(
+        keys=[keys.AGENTS_HEARTBEATS, keys.AGENTS_ACTIVE], args=[3000]
+    )
+    assert removed == ["stale"]
+    assert await redis_client.smembers(keys.AGENTS_ACTIVE) == {"fresh"}
+    assert (
+        await scripts.sweep_stale_agents(
+            keys=[keys.AGENTS_HEARTBEATS, keys.AGENTS_ACTIVE], args=[3000]
+        )
+        == []
+    )
+
+
+async def test_discover_intersects_indexes_and_adds_stale_candidates(scripts, redis_client):
+    await register(scripts, "a", ["agents:capability:x", "agents:label:z=1"])
+    await register(scripts, "b", ["agents:capability:x"])
+    await register(scripts, "c", ["agents:capability:x", "agents:label:z=1"])
+    await redis_client.zadd(keys.AGENTS_HEARTBEATS, {"c": 1})
+
+    async def discover(status_keys, filters, include_inactive):
+        _, records = await scripts.discover_agents(
+            keys=[keys.AGENTS_HEARTBEATS, *status_keys, *filters],
+            args=[len(status_keys), int(include_inactive), 3000, keys.AGENT_KEY_PREFIX],
+        )
+        return sorted(pairs(r)["agent_id"] for r in records)
+
+    both = ["agents:capability:x", "agents:label:z=1"]
+    assert await discover([keys.AGENTS_ACTIVE], both, False) == ["a", "c"]  # c: caller filters
+    assert await discover([], both, True) == ["c"]
+    assert await discover([], ["agents:capability:x"], True) == ["c"]
+    assert await discover([keys.AGENTS_ACTIVE], [], False) == ["a", "b", "c"]
