@@ -54,6 +54,8 @@ def test_agent_type_allow_list_and_wildcard():
         ({"COORDINATOR_LOG_LEVEL": "LOUD"}, "COORDINATOR_LOG_LEVEL"),
         ({"COORDINATOR_HEALTH_CHECK_INTERVAL_S": "5"}, "COORDINATOR_HEALTH_CHECK_INTERVAL_S"),
         ({"COORDINATOR_INACTIVE_RETENTION_S": "nan"}, "COORDINATOR_INACTIVE_RETENTION_S"),
+        ({"COORDINATOR_REDIS_MAX_CONNECTIONS": "2"}, "COORDINATOR_REDIS_MAX_CONNECTIONS"),
+        ({"COORDINATOR_HOST": "bad host"}, "COORDINATOR_HOST"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(env, variable):
@@ -65,3 +67,16 @@ def test_bad_values_fail_naming_the_variable(env, variable):
 def test_missing_env_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="--env-file"):
         load_settings({}, tmp_path / "absent.env")
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("0.0.0.0", "0.0.0.0:9001"),
+        ("::", "[::]:9001"),
+        ("[::1]", "[::1]:9001"),
+        ("node-a.lan", "node-a.lan:9001"),
+    ],
+)
+def test_bind_address_brackets_bare_ipv6(host, address):
+    assert load_settings({"COORDINATOR_HOST": host}).address == address

@@ -34,6 +34,7 @@ ANY_AGENT_TYPE = "*"
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _AGENT_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9._-]+)$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 T = TypeVar("T")
@@ -62,6 +63,7 @@ class Settings:
     shutdown_grace_s: float = 10.0
     health_check_interval_s: float = 1.0
     redis_timeout_s: float = 2.0
+    redis_max_connections: int = 256
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
     log_level: str = "INFO"
@@ -74,6 +76,8 @@ class Settings:
     @property
     def address(self) -> str:
         """The host:port the gRPC server binds."""
+        if ":" in self.host and not self.host.startswith("["):
+            return f"[{self.host}]:{self.port}"  # a bare IPv6 address such as ::
         return f"{self.host}:{self.port}"
 
 
@@ -97,7 +101,7 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
     settings = Settings(
         redis_url=reader.get("REDIS_URL", DEFAULT_REDIS_URL, _redis_url),
         redis_url_explicit=bool(values.get("REDIS_URL", "").strip()),
-        host=reader.get("COORDINATOR_HOST", "0.0.0.0", _non_empty),
+        host=reader.get("COORDINATOR_HOST", "0.0.0.0", _host),
         port=reader.get("COORDINATOR_PORT", 9001, _port),
         node_id=reader.get("NODE_ID", "", _node_id) or default_node_id(),
         heartbeat_interval_s=reader.get("COORDINATOR_HEARTBEAT_INTERVAL_S", 10.0, _positive),
@@ -109,6 +113,7 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         shutdown_grace_s=reader.get("COORDINATOR_SHUTDOWN_GRACE_S", 10.0, _non_negative),
         health_check_interval_s=reader.get("COORDINATOR_HEALTH_CHECK_INTERVAL_S", 1.0, _positive),
         redis_timeout_s=reader.get("COORDINATOR_REDIS_TIMEOUT_S", 2.0, _positive),
+        redis_max_connections=reader.get("COORDINATOR_REDIS_MAX_CONNECTIONS", 256, _connections),
         keepalive_time_s=reader.get("COORDINATOR_KEEPALIVE_TIME_S", 30.0, _positive),
         keepalive_timeout_s=reader.get("COORDINATOR_KEEPALIVE_TIMEOUT_S", 10.0, _positive),
         log_level=reader.get("COORDINATOR_LOG_LEVEL", "INFO", _log_level),
@@ -140,8 +145,17 @@ class _Reader:
             raise ConfigError(f"{name}: {exc} (got {raw!r})") from None
 
 
-def _non_empty(raw: str) -> str:
+def _host(raw: str) -> str:
+    if not _HOST.match(raw):
+        raise ValueError("must be a host name, an IPv4 address or an IPv6 address (:: or [::])")
     return raw
+
+
+def _connections(raw: str) -> int:
+    value = int(raw)
+    if not 4 <= value <= 10_000:
+        raise ValueError("must be a connection count from 4 to 10000")
+    return value
 
 
 def _redis_url(raw: str) -> str:
