@@ -48,3 +48,15 @@ async def test_file_lookup_and_fallback_for_stock_services(node):
     assert "grpc_health/v1/health.proto" in health  # the name grpcio-health-checking uses
     missing = await ask(node, file_containing_symbol="no.such.Symbol")
     assert missing.HasField("error_response")
+
+
+async def test_every_method_resolves_for_describe(node):
+    for symbol in (
+        "aitbc.coordinator.v1.AgentService.Heartbeat",
+        "aitbc.coordinator.v1.TaskService.WatchTask",
+        "aitbc.coordinator.v1.Agent.health_score",
+        "aitbc.coordinator.v1.TaskPriority",
+        "grpc.health.v1.Health.Check",
+    ):
+        reply = await ask(node, file_containing_symbol=symbol)
+        assert not reply.HasField("error_response"), symbol
