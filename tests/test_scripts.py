@@ -146,9 +146,17 @@ async def test_discover_intersects_indexes_and_adds_stale_candidates(scripts, re
     async def discover(status_keys, filters, include_inactive):
         _, records = await scripts.discover_agents(
             keys=[keys.AGENTS_HEARTBEATS, *status_keys, *filters],
-            args=[len(status_keys), int(include_inactive), 3000, keys.AGENT_KEY_PREFIX],
+            args=[
+                len(status_keys),
+                int(include_inactive),
+                3000,
+                keys.AGENT_KEY_PREFIX,
+                "agent_id",
+                "status",
+            ],
         )
-        return sorted(pairs(r)["agent_id"] for r in records)
+        assert all(status == "ACTIVE" for _, status in records)
+        return sorted(agent_id for agent_id, _ in records)
 
     both = ["agents:capability:x", "agents:label:z=1"]
     assert await discover([keys.AGENTS_ACTIVE], both, False) == ["a", "c"]  # c: caller filters

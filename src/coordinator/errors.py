@@ -15,7 +15,7 @@ class CoordinatorError(Exception):
 
 @dataclass(frozen=True)
 class FieldViolation:
-    """One invalid field of a request: ``field`` is its path, for example ``labels["zone"]``."""
+    """One invalid field of a request: ``field`` is its path, for example ``labels['zone']``."""
 
     field: str
     description: str

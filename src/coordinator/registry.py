@@ -8,6 +8,7 @@ liveness and health are the same on every node whatever its clock says.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -31,6 +32,26 @@ from coordinator.models import (
 from coordinator.scripts import Scripts
 
 log = logging.getLogger(__name__)
+
+RECORD_FIELDS = (
+    "agent_id",
+    "agent_type",
+    "capabilities",
+    "services",
+    "endpoints",
+    "metadata",
+    "labels",
+    "max_concurrency",
+    "weight",
+    "status",
+    "status_reason",
+    "load_metrics",
+    "active_tasks",
+    "registered_at_ms",
+    "last_heartbeat_at_ms",
+    "node_id",
+)
+"""The fields of ``agent:{agent_id}`` that make an Agent (``index_keys`` is the scripts' own)."""
 
 
 class AgentRegistry:
@@ -158,11 +179,15 @@ class AgentRegistry:
                 1 if AgentStatus.INACTIVE in query.statuses else 0,
                 self._liveness_timeout_ms,
                 keys.AGENT_KEY_PREFIX,
+                *RECORD_FIELDS,
             ],
         )
         matches = [
             agent
-            for agent in (self._decode(_pairs(r), int(now_ms)) for r in records if r)
+            for agent in (
+                self._decode(dict(zip(RECORD_FIELDS, values, strict=True)), int(now_ms))
+                for values in records
+            )
             if _matches(agent, query)
         ]
         matches.sort(key=_order)
@@ -216,19 +241,20 @@ class AgentRegistry:
         age_s = max(0.0, (now_ms - last_heartbeat_ms) / 1000)
         live = age_s <= self._settings.liveness_timeout_s
         status = stored_status if live else AgentStatus.INACTIVE
-        load_metrics = {
-            k: float(v) for k, v in json.loads(record.get("load_metrics", "{}")).items()
-        }
+        raw_metrics = record.get("load_metrics", "{}")  # differs per agent: not cached
+        load_metrics = (
+            {k: float(v) for k, v in json.loads(raw_metrics).items()} if raw_metrics != "{}" else {}
+        )
         active_tasks = int(record.get("active_tasks", 0))
         max_concurrency = int(record["max_concurrency"])
         return Agent(
             agent_id=record["agent_id"],
             agent_type=record["agent_type"],
-            capabilities=tuple(json.loads(record["capabilities"])),
-            services=tuple(json.loads(record["services"])),
-            endpoints=json.loads(record["endpoints"]),
-            metadata=json.loads(record["metadata"]),
-            labels=json.loads(record["labels"]),
+            capabilities=_json_list(record["capabilities"]),
+            services=_json_list(record["services"]),
+            endpoints=dict(_json_items(record["endpoints"])),
+            metadata=dict(_json_items(record["metadata"])),
+            labels=dict(_json_items(record["labels"])),
             max_concurrency=max_concurrency,
             weight=float(record["weight"]),
             status=status,
@@ -249,6 +275,19 @@ class AgentRegistry:
             node_id=record.get("node_id", ""),
             status_reason=record.get("status_reason", ""),
         )
+
+
+# Decoding records is the hot path of discovery. Agents of one fleet share most of their
+# JSON fields (capabilities, labels, empty maps), so decoded values are cached by their raw
+# text, as immutable tuples.
+@functools.lru_cache(maxsize=8192)
+def _json_list(raw: str) -> tuple[str, ...]:
+    return tuple(json.loads(raw))
+
+
+@functools.lru_cache(maxsize=8192)
+def _json_items(raw: str) -> tuple[tuple[str, Any], ...]:
+    return tuple(json.loads(raw).items())
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:

@@ -170,6 +170,6 @@ async def test_an_indexed_filter_reads_only_candidate_records(node, redis_client
     await redis_client.config_resetstat()
     assert len(await discover_ids(node, capabilities=["needle"])) == 5
     stats = await redis_client.info("commandstats")
-    assert stats["cmdstat_hgetall"]["calls"] == 5  # one per candidate, never one per agent
+    assert stats["cmdstat_hmget"]["calls"] == 5  # one per candidate, never one per agent
     for scan in ("cmdstat_keys", "cmdstat_scan", "cmdstat_smembers"):
         assert scan not in stats

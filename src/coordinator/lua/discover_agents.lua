@@ -10,12 +10,14 @@
 -- ARGV[2]      1 to include INACTIVE agents, else 0
 -- ARGV[3]      liveness timeout in milliseconds
 -- ARGV[4]      prefix of agent hash keys (agent:), from coordinator.keys
--- Returns      {now_ms, {HGETALL of each candidate}}
+-- ARGV[5..]    the record fields to read
+-- Returns      {now_ms, {HMGET of the fields, for each candidate}}
 local heartbeats = KEYS[1]
 local status_key_count = tonumber(ARGV[1])
 local include_inactive = ARGV[2] == '1'
 local liveness_timeout_ms = tonumber(ARGV[3])
 local agent_key_prefix = ARGV[4]
+local first_field_arg = 5
 local first_filter_key = status_key_count + 2
 
 local time = redis.call('TIME')
@@ -57,8 +59,12 @@ if include_inactive then
   end
 end
 
+local fields = {}
+for i = first_field_arg, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
 local records = {}
 for _, agent_id in ipairs(candidates) do
-  records[#records + 1] = redis.call('HGETALL', agent_key_prefix .. agent_id)
+  records[#records + 1] = redis.call('HMGET', agent_key_prefix .. agent_id, unpack(fields))
 end
 return {now_ms, records}
