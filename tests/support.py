@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -100,11 +101,16 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+_SERVING_LINE = re.compile(r"coordinator serving on \S+:(\d+)")
+
+
 class CoordinatorProcess:
     """``python -m coordinator serve`` as a subprocess on a free port, logs in a file."""
 
     def __init__(self, env: Mapping[str, str], args: tuple[str, ...] = ()) -> None:
-        self.port = int(env.get("COORDINATOR_PORT") or free_port())
+        # Port 0 unless the test names one: the node binds a free port itself and logs it,
+        # so no other process can take the port between choosing and binding it.
+        self._port = int(env.get("COORDINATOR_PORT") or 0)
         self.log_path = Path(tempfile.mkstemp(prefix="coordinator-", suffix=".log")[1])
         full_env = {
             k: v
@@ -114,7 +120,7 @@ class CoordinatorProcess:
         full_env.update(
             {
                 "COORDINATOR_HOST": "127.0.0.1",
-                "COORDINATOR_PORT": str(self.port),
+                "COORDINATOR_PORT": str(self._port),
                 "COORDINATOR_SHUTDOWN_GRACE_S": "3",
                 "PYTHONUNBUFFERED": "1",
                 **env,
@@ -128,6 +134,19 @@ class CoordinatorProcess:
             stderr=subprocess.STDOUT,
             cwd=env.get("CWD", str(REPO)),
         )
+
+    @property
+    def port(self) -> int:
+        """The bound port; with port 0, read from the node's start-up log line."""
+        if not self._port:
+            self._port = wait_until(self._logged_port, 20.0, interval_s=0.05, what="the bound port")
+        return self._port
+
+    def _logged_port(self) -> int | None:
+        if self.process.poll() is not None and not _SERVING_LINE.search(self.logs()):
+            raise AssertionError(f"coordinator exited before binding:\n{self.logs()}")
+        found = _SERVING_LINE.search(self.logs())
+        return int(found.group(1)) if found else None
 
     @property
     def address(self) -> str:
