@@ -3,6 +3,11 @@ nodes on free ports, in-process or as subprocesses."""
 
 from __future__ import annotations
 
+import os
+
+# gRPC core prints an INFO line for every GOAWAY when a test node stops: keep output readable.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
