@@ -408,3 +408,15 @@ async def test_a_burst_beyond_the_redis_pool_queues_instead_of_failing(start_nod
     assert all(reply.created for reply in replies)
     assert await redis_client.scard("agents:all") == 300
     assert node.coordinator.health.serving
+
+
+async def test_messages_over_the_configured_size_are_refused(start_node):
+    node = await start_node(max_message_bytes=64 * 1024)
+    small = agent_pb2.RegisterAgentRequest(agent_id="small", agent_type="worker")
+    assert (await node.agents.RegisterAgent(small)).created
+    big = agent_pb2.RegisterAgentRequest(
+        agent_id="big", agent_type="worker", metadata={f"k{i}": "x" * 1000 for i in range(70)}
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await node.agents.RegisterAgent(big)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
