@@ -72,3 +72,37 @@ async def test_unknown_service_name_is_not_found(node):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await node.health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_redis_that_refuses_writes_is_not_serving(start_node, own_redis):
+    """A primary demoted to replica (as after a failover) answers PING but refuses writes."""
+    import redis.asyncio as aioredis
+
+    node = await start_node(redis_url=own_redis.url(1))
+    admin = aioredis.Redis(port=own_redis.port)
+    watch = node.health.Watch(health_pb2.HealthCheckRequest(service=""))
+    try:
+        assert await next_status(watch) == SERVING
+        await admin.replicaof("127.0.0.1", "1")  # no primary there: stays a read-only replica
+        assert await next_status(watch) == NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await node.agents.RegisterAgent(
+                agent_pb2.RegisterAgentRequest(agent_id="a", agent_type="worker")
+            )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "refuses writes" in caught.value.details()
+
+        await admin.replicaof("NO", "ONE")
+        assert await next_status(watch) == SERVING
+        reply = await node.agents.RegisterAgent(
+            agent_pb2.RegisterAgentRequest(agent_id="a", agent_type="worker")
+        )
+        assert reply.created
+    finally:
+        watch.cancel()
+        await admin.aclose()
+
+
+async def test_each_node_keeps_a_presence_key_while_it_serves(node, redis_client):
+    ttl_ms = await redis_client.pttl("coordinator:nodes:test-node")
+    assert 0 < ttl_ms <= 1100  # three 0.2 s health intervals plus the 0.5 s Redis timeout

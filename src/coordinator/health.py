@@ -1,10 +1,13 @@
 """Serving health follows Redis: the standard grpc.health.v1 service reports SERVING only
-while Redis answers.
+while Redis answers and accepts writes.
 
-A monitor pings Redis every COORDINATOR_HEALTH_CHECK_INTERVAL_S (with a
-COORDINATOR_REDIS_TIMEOUT_S deadline) and sets ``""`` and every service of the coordinator
-to SERVING or NOT_SERVING; Watch streams see each change. Settings keep the interval plus the
-deadline under 4 s, so a change shows within 5 s.
+Every COORDINATOR_HEALTH_CHECK_INTERVAL_S (with a COORDINATOR_REDIS_TIMEOUT_S deadline) a
+monitor writes the node's presence key (``coordinator:nodes:{node_id}``, expiring after a
+few intervals) and sets ``""`` and every service of the coordinator to SERVING or
+NOT_SERVING; Watch streams see each change. A write, not a PING, because a Redis that
+answers but refuses writes (a replica after a failover, maxmemory, a failing disk) cannot
+serve the registry either. Settings keep the interval plus the deadline under 4 s, so a
+change shows within 5 s.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from collections.abc import Iterable
 
 from grpc_health.v1 import health, health_pb2
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from coordinator.api.error_mapping import REDIS_OUTAGES
+from coordinator import keys
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +36,14 @@ class RedisHealthMonitor:
         servicer: health.aio.HealthServicer,
         redis: Redis,
         service_names: Iterable[str],
+        node_id: str,
         interval_s: float,
         timeout_s: float,
     ) -> None:
         self.servicer = servicer
         self._redis = redis
+        self._presence_key = keys.node_presence(node_id)
+        self._presence_ttl_ms = int((3 * interval_s + timeout_s) * 1000)
         self._names = ["", *service_names]
         self._interval_s = interval_s
         self._timeout_s = timeout_s
@@ -61,17 +68,20 @@ class RedisHealthMonitor:
             self._task = None
 
     async def check(self) -> bool:
-        """Ping Redis once and publish the result; returns whether it answered."""
+        """Write the presence key once and publish the result; returns whether it worked."""
         try:
-            await asyncio.wait_for(self._redis.ping(), self._timeout_s)
+            await asyncio.wait_for(
+                self._redis.set(self._presence_key, "1", px=self._presence_ttl_ms),
+                self._timeout_s,
+            )
             reachable = True
-        except (*REDIS_OUTAGES, OSError, TimeoutError) as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             reachable = False
             if self._serving is not False:
-                log.error("Redis is unreachable: health is NOT_SERVING (%s)", exc)
+                log.error("Redis is unreachable or refuses writes: health is NOT_SERVING (%r)", exc)
         if reachable != self._serving:
             if reachable and self._serving is False:
-                log.warning("Redis is reachable again: health is SERVING")
+                log.warning("Redis accepts writes again: health is SERVING")
             self._serving = reachable
             for name in self._names:
                 await self.servicer.set(name, SERVING if reachable else NOT_SERVING)

@@ -25,6 +25,11 @@ LIVENESS_SWEEP_LOCK = "coordinator:lock:liveness-sweep"
 """Held by the one node that runs a liveness sweep, so two nodes never sweep at once."""
 
 
+def node_presence(node_id: str) -> str:
+    """Written by each node's health check and expiring soon after: the nodes alive now."""
+    return f"coordinator:nodes:{node_id}"
+
+
 AGENT_KEY_PREFIX = "agent:"
 """Prefix of the agent hashes; scripts that read records found in an index are given it."""
 

@@ -14,7 +14,7 @@ import logging
 from redis.asyncio import Redis
 
 from coordinator import keys
-from coordinator.api.error_mapping import REDIS_OUTAGES
+from coordinator.api.error_mapping import redis_unavailable
 from coordinator.registry import AgentRegistry
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class LivenessSweeper:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.sweep_once()
-            except REDIS_OUTAGES as exc:
-                log.debug("liveness sweep skipped: Redis unreachable (%s)", exc)
-            except Exception:
-                log.exception("liveness sweep failed")
+            except Exception as exc:
+                if redis_unavailable(exc):
+                    log.debug("liveness sweep skipped: Redis unavailable (%r)", exc)
+                else:
+                    log.exception("liveness sweep failed")

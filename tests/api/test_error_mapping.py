@@ -5,7 +5,14 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.exceptions import (
+    BusyLoadingError,
+    ConnectionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TimeoutError,
+)
 
 from aitbc.coordinator.v1 import agent_pb2
 from coordinator import errors
@@ -23,6 +30,16 @@ from coordinator.api.error_mapping import to_status
         (ConnectionError("refused"), code_pb2.UNAVAILABLE),
         (TimeoutError("slow"), code_pb2.UNAVAILABLE),
         (BusyLoadingError("loading"), code_pb2.UNAVAILABLE),
+        (ReadOnlyError("You can't write against a read only replica."), code_pb2.UNAVAILABLE),
+        (
+            OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+            code_pb2.UNAVAILABLE,
+        ),
+        (ResponseError("MISCONF Redis is configured to save RDB snapshots"), code_pb2.UNAVAILABLE),
+        (
+            ResponseError("WRONGTYPE Operation against a key holding the wrong kind"),
+            code_pb2.INTERNAL,
+        ),
         (KeyError("bug"), code_pb2.INTERNAL),
     ],
 )

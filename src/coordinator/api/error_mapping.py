@@ -17,7 +17,13 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc.aio import AbortError  # raised by context.abort(): it must propagate
 from grpc_status import rpc_status
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import (
+    BusyLoadingError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -37,6 +43,18 @@ _CODES: dict[type[errors.CoordinatorError], grpc.StatusCode] = {
 }
 
 REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
+"""Redis cannot be reached, timed out, or is still loading its data."""
+
+REDIS_WRITE_REFUSALS = (ReadOnlyError, OutOfMemoryError)
+"""Redis answers but refuses writes: a replica after a failover, or maxmemory reached."""
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """True when a Redis error means "try again later" rather than a bug of ours."""
+    if isinstance(exc, REDIS_OUTAGES + REDIS_WRITE_REFUSALS):
+        return True
+    # MISCONF: Redis stops writes because it cannot persist (a full or failing disk).
+    return isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
 
 
 def to_status(exc: BaseException) -> status_pb2.Status:
@@ -63,9 +81,18 @@ def to_status(exc: BaseException) -> status_pb2.Status:
             code=code_pb2.UNAVAILABLE,
             message=f"Redis is unreachable ({type(exc).__name__}); retry later",
         )
+    if isinstance(exc, RedisError) and redis_unavailable(exc):
+        return status_pb2.Status(
+            code=code_pb2.UNAVAILABLE,
+            message=f"Redis refuses writes ({type(exc).__name__}: {_first_line(exc)}); retry later",
+        )
     return status_pb2.Status(
         code=code_pb2.INTERNAL, message="internal error; the coordinator logged the details"
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split(". script:", 1)[0].splitlines()[0] if str(exc) else ""
 
 
 def _code_of(exc: errors.CoordinatorError) -> grpc.StatusCode:
