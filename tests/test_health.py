@@ -106,3 +106,5 @@ async def test_a_redis_that_refuses_writes_is_not_serving(start_node, own_redis)
 async def test_each_node_keeps_a_presence_key_while_it_serves(node, redis_client):
     ttl_ms = await redis_client.pttl("coordinator:nodes:test-node")
     assert 0 < ttl_ms <= 1100  # three 0.2 s health intervals plus the 0.5 s Redis timeout
+    await node.coordinator.stop(grace_s=0)
+    assert not await redis_client.exists("coordinator:nodes:test-node")

@@ -67,6 +67,13 @@ class RedisHealthMonitor:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
+    async def withdraw(self) -> None:
+        """Delete the presence key at shutdown (best effort: it expires anyway)."""
+        try:
+            await asyncio.wait_for(self._redis.delete(self._presence_key), self._timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.debug("could not delete the presence key (%r); it will expire", exc)
+
     async def check(self) -> bool:
         """Write the presence key once and publish the result; returns whether it worked."""
         try:

@@ -143,6 +143,7 @@ class Coordinator:
             await self.sweeper.stop()
             log.info("draining: health NOT_SERVING, new calls refused, grace %.1f s", grace)
             await self.server.stop(grace)
+            await self.health.withdraw()
             await self.redis.aclose()
             await self.health_redis.aclose()
             self._stopped = True
