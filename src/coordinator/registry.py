@@ -156,10 +156,10 @@ class AgentRegistry:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.time()
             pipe.hgetall(keys.agent(agent_id))
-            (seconds, micros), record = await pipe.execute()
+            redis_time, record = await pipe.execute()
         if not record:
             raise NotFound(f"agent_id: no agent {agent_id!r} is registered")
-        return self._decode(record, int(seconds) * 1000 + int(micros) // 1000)
+        return self._decode(record, _epoch_ms(redis_time))
 
     async def discover(self, query: DiscoverQuery) -> DiscoverPage:
         """Agents matching ``query``, best health first, then by id, one page at a time."""
@@ -212,8 +212,7 @@ class AgentRegistry:
 
     async def purge_expired(self, batch: int = 500) -> list[str]:
         """Deregister agents that have been INACTIVE longer than the retention."""
-        seconds, micros = await self._redis.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        now_ms = _epoch_ms(await self._redis.time())
         bound_ms = (
             now_ms - self._liveness_timeout_ms - int(self._settings.inactive_retention_s * 1000)
         )
@@ -288,6 +287,12 @@ def _json_list(raw: str) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=8192)
 def _json_items(raw: str) -> tuple[tuple[str, Any], ...]:
     return tuple(json.loads(raw).items())
+
+
+def _epoch_ms(redis_time: Sequence[Any]) -> int:
+    """Epoch milliseconds from a Redis TIME reply (seconds, microseconds)."""
+    seconds, micros = redis_time
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
