@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from coordinator import keys
+from coordinator.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,9 @@ class RedisHealthMonitor:
         self._presence_key = keys.node_presence(node_id)
         self._presence_ttl_ms = int((3 * interval_s + timeout_s) * 1000)
         self._names = ["", *service_names]
-        self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._serving: bool | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("redis-health-monitor", interval_s, self.check)
 
     @property
     def serving(self) -> bool:
@@ -58,14 +58,11 @@ class RedisHealthMonitor:
     async def start(self) -> None:
         """Check once now (so the first answer is already right), then keep checking."""
         await self.check()
-        self._task = asyncio.create_task(self._run(), name="redis-health-monitor")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop checking (idempotent). Call before entering graceful shutdown."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
 
     async def withdraw(self) -> None:
         """Delete the presence key at shutdown (best effort: it expires anyway)."""
@@ -93,11 +90,3 @@ class RedisHealthMonitor:
             for name in self._names:
                 await self.servicer.set(name, SERVING if reachable else NOT_SERVING)
         return reachable
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.check()
-            except Exception:  # a monitor that dies silently would freeze health
-                log.exception("health check failed unexpectedly")

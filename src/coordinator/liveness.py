@@ -8,13 +8,13 @@ Liveness never depends on the sweep: readers compute INACTIVE from the heartbeat
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from redis.asyncio import Redis
 
 from coordinator import keys
 from coordinator.api.error_mapping import redis_unavailable
+from coordinator.periodic import Periodic
 from coordinator.registry import AgentRegistry
 
 log = logging.getLogger(__name__)
@@ -30,18 +30,15 @@ class LivenessSweeper:
         self._redis = redis
         self._node_id = node_id
         self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("liveness-sweeper", interval_s, self._sweep_round)
 
     def start(self) -> None:
         """Begin sweeping in the background."""
-        self._task = asyncio.create_task(self._run(), name="liveness-sweeper")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop sweeping (idempotent)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
 
     async def sweep_once(self) -> bool:
         """Sweep if this node wins this round's lock; returns whether it swept.
@@ -58,13 +55,10 @@ class LivenessSweeper:
         await self._registry.purge_expired()
         return True
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.sweep_once()
-            except Exception as exc:
-                if redis_unavailable(exc):
-                    log.debug("liveness sweep skipped: Redis unavailable (%r)", exc)
-                else:
-                    log.exception("liveness sweep failed")
+    async def _sweep_round(self) -> None:
+        try:
+            await self.sweep_once()
+        except Exception as exc:
+            if not redis_unavailable(exc):
+                raise
+            log.debug("liveness sweep skipped: Redis unavailable (%r)", exc)
