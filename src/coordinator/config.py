@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 
+from coordinator.balancing import Strategy
+
 DEFAULT_REDIS_URL = "redis://localhost:6379/1"
 DEFAULT_AGENT_TYPES = (
     "coordinator",
@@ -67,6 +69,13 @@ class Settings:
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
     log_level: str = "INFO"
+    balancing_strategy: str = "least_connections"
+    """The cluster's strategy until SetBalancingStrategy stores another one in Redis."""
+    max_task_data_bytes: int = 1024 * 1024
+    idempotency_window_s: float = 86_400.0
+    stream_grace_s: float = 15.0
+    task_timer_interval_s: float = 0.5
+    task_retention_s: float = 7 * 86_400.0
 
     @property
     def any_agent_type(self) -> bool:
@@ -117,11 +126,27 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         keepalive_time_s=reader.get("COORDINATOR_KEEPALIVE_TIME_S", 30.0, _positive),
         keepalive_timeout_s=reader.get("COORDINATOR_KEEPALIVE_TIMEOUT_S", 10.0, _positive),
         log_level=reader.get("COORDINATOR_LOG_LEVEL", "INFO", _log_level),
+        balancing_strategy=reader.get(
+            "COORDINATOR_BALANCING_STRATEGY", "least_connections", _strategy
+        ),
+        max_task_data_bytes=reader.get(
+            "COORDINATOR_MAX_TASK_DATA_BYTES", 1024 * 1024, _task_data_size
+        ),
+        idempotency_window_s=reader.get("COORDINATOR_IDEMPOTENCY_WINDOW_S", 86_400.0, _positive),
+        stream_grace_s=reader.get("COORDINATOR_STREAM_GRACE_S", 15.0, _non_negative),
+        task_timer_interval_s=reader.get("COORDINATOR_TASK_TIMER_INTERVAL_S", 0.5, _positive),
+        task_retention_s=reader.get("COORDINATOR_TASK_RETENTION_S", 7 * 86_400.0, _positive),
     )
     if settings.liveness_timeout_s <= settings.heartbeat_interval_s:
         raise ConfigError(
             "COORDINATOR_LIVENESS_TIMEOUT_S: must be greater than COORDINATOR_HEARTBEAT_INTERVAL_S "
             f"({settings.liveness_timeout_s} <= {settings.heartbeat_interval_s})"
+        )
+    if settings.max_task_data_bytes > settings.max_message_bytes - 64 * 1024:
+        raise ConfigError(
+            "COORDINATOR_MAX_TASK_DATA_BYTES: must leave 64 KiB of COORDINATOR_MAX_MESSAGE_BYTES "
+            "for the rest of a message "
+            f"({settings.max_task_data_bytes} > {settings.max_message_bytes} - 65536)"
         )
     if settings.health_check_interval_s + settings.redis_timeout_s > 4.0:
         raise ConfigError(
@@ -211,6 +236,17 @@ def _agent_types(raw: str) -> tuple[str, ...]:
         if agent_type != ANY_AGENT_TYPE and not _AGENT_TYPE.match(agent_type):
             raise ValueError(f"{agent_type!r} is not a valid agent type ([a-z][a-z0-9_-]*)")
     return types
+
+
+def _strategy(raw: str) -> str:
+    return Strategy.parse(raw).name.lower()
+
+
+def _task_data_size(raw: str) -> int:
+    value = int(raw)
+    if not 1024 <= value <= 256 * 1024 * 1024:
+        raise ValueError("must be a byte count from 1024 to 268435456")
+    return value
 
 
 def _log_level(raw: str) -> str:

@@ -46,6 +46,10 @@ class FailedPrecondition(CoordinatorError):
     """The request is valid but the resource's state does not allow it."""
 
 
+class Aborted(CoordinatorError):
+    """The call lost to a concurrent one (a newer assignment stream replaced this one)."""
+
+
 class Unavailable(CoordinatorError):
     """A dependency (Redis) cannot be reached; the client may retry."""
 

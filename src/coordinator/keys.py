@@ -25,9 +25,12 @@ LIVENESS_SWEEP_LOCK = "coordinator:lock:liveness-sweep"
 """Held by the one node that runs a liveness sweep, so two nodes never sweep at once."""
 
 
+NODE_PRESENCE_PREFIX = "coordinator:nodes:"
+
+
 def node_presence(node_id: str) -> str:
     """Written by each node's health check and expiring soon after: the nodes alive now."""
-    return f"coordinator:nodes:{node_id}"
+    return f"{NODE_PRESENCE_PREFIX}{node_id}"
 
 
 AGENT_KEY_PREFIX = "agent:"
@@ -84,3 +87,173 @@ def service_index(service: str) -> str:
 def label_index(key: str, value: str) -> str:
     """The set of agents carrying one label pair (label keys cannot contain ``=``)."""
     return f"agents:label:{key}={value}"
+
+
+# --- Tasks -----------------------------------------------------------------------------------
+# The task scripts build some of these keys themselves (a task's agent is only known inside
+# the script), so the prefixes below are injected into every task script by
+# ``coordinator.scripts`` as the Lua table ``K``: this module stays the one place they are
+# spelled.
+
+TASK_KEY_PREFIX = "task:"
+"""Prefix of the task hashes ``task:{task_id}``."""
+
+TASK_SEQUENCE = "tasks:seq"
+"""Counter giving every task its place in line (FIFO within a priority)."""
+
+TASK_QUEUE_PREFIX = "tasks:queue:"
+"""``tasks:queue:{PRIORITY}``: sorted set of every PENDING task of one priority, scored by its
+place in line; ``tasks:queue:{PRIORITY}:{class}``: the same, for one requirements class."""
+
+TASK_CLASSES_PREFIX = "tasks:classes:"
+"""``tasks:classes:{PRIORITY}``: the requirements classes that have queued tasks."""
+
+TASK_SCHEDULED = "tasks:scheduled"
+"""Sorted set: tasks waiting for their retry backoff, scored by when they may run again."""
+
+TASK_LEASES = "tasks:leases"
+"""Sorted set: ASSIGNED and RUNNING tasks scored by the end of their lease."""
+
+TASK_START_DEADLINES = "tasks:start-deadlines"
+"""Sorted set: PENDING tasks scored by when their schedule-to-start timeout expires them."""
+
+TASK_DEAD_LETTER = "tasks:dead-letter"
+"""Sorted set: FAILED tasks scored by when they failed."""
+
+TASK_ALL = "tasks:all"
+"""Sorted set: every task scored by its creation time (ListTasks, newest first)."""
+
+TASK_STATE_PREFIX = "tasks:state:"
+"""``tasks:state:{STATE}``: sorted set of the tasks in one state, scored by creation time."""
+
+TASK_FINISHED = "tasks:finished"
+"""Sorted set: tasks in a final state, scored by when they ended (the retention clean-up)."""
+
+TASK_BY_AGENT_PREFIX = "tasks:agent:"
+"""``tasks:agent:{agent_id}``: tasks whose current (or last) attempt is on that agent."""
+
+TASK_REQUEST_PREFIX = "tasks:request:"
+"""``tasks:request:{request_id}``: the task a request_id created, for the idempotency window."""
+
+TASK_STATS = "tasks:stats"
+"""Hash of cluster-wide counters (tasks_submitted, tasks_distributed, ...)."""
+
+TASK_ASSIGN_LATENCIES = "tasks:assign-latencies"
+"""List of the latest submit-to-assignment times in milliseconds, newest first."""
+
+TASK_ASSIGNMENTS_PER_AGENT = "tasks:assignments-per-agent"
+"""Hash: agent_id to the number of assignments it received."""
+
+AGENT_TASKS_PREFIX = "agent-tasks:"
+"""``agent-tasks:{agent_id}``: the tasks an agent holds now (ASSIGNED or RUNNING)."""
+
+AGENTS_HOLDING = "agents:holding"
+"""Set of agents holding at least one task: the ones the reaper must watch."""
+
+AGENTS_CONNECTED = "agents:connected"
+"""Hash: agent_id to ``{node_id} {session_id}`` of its open StreamAssignments."""
+
+AGENTS_DISCONNECTED = "agents:disconnected"
+"""Sorted set: agents holding tasks whose stream closed, scored by when it closed."""
+
+NODE_CHANNEL_PREFIX = "coordinator:node:"
+"""Pub/sub channel ``coordinator:node:{node_id}``: assignments and cancel notices for the
+streams that node holds."""
+
+TASK_CHANNEL_PREFIX = "coordinator:task:"
+"""Pub/sub channel ``coordinator:task:{task_id}``: one message per transition (WatchTask)."""
+
+DISPATCH_CHANNEL = "coordinator:dispatch"
+"""Pub/sub channel: a task was queued or a slot was freed; some node should run a dispatch."""
+
+DISPATCH_LOCK = "coordinator:lock:dispatch"
+"""Held by the node running a dispatch pass, so passes do not race for the same tasks."""
+
+DISPATCH_WANTED = "coordinator:dispatch:wanted"
+"""Set when a dispatch pass is wanted; the lock holder runs passes until it is clear."""
+
+TASK_REAP_LOCK = "coordinator:lock:task-reaper"
+"""Held by the node running a reaper round (leases, retries, expiries, lost agents)."""
+
+BALANCING_STRATEGY = "coordinator:balancing:strategy"
+"""The cluster's load-balancing strategy (lower-case name)."""
+
+BALANCER_STATE = "coordinator:balancing:state"
+"""JSON memory of the rotating strategies (round robin position, weighted round robin)."""
+
+TASK_SCRIPT_KEYS = {
+    "task": TASK_KEY_PREFIX,
+    "sequence": TASK_SEQUENCE,
+    "queue": TASK_QUEUE_PREFIX,
+    "classes": TASK_CLASSES_PREFIX,
+    "scheduled": TASK_SCHEDULED,
+    "leases": TASK_LEASES,
+    "start_deadlines": TASK_START_DEADLINES,
+    "dead_letter": TASK_DEAD_LETTER,
+    "all": TASK_ALL,
+    "state": TASK_STATE_PREFIX,
+    "finished": TASK_FINISHED,
+    "by_agent": TASK_BY_AGENT_PREFIX,
+    "request": TASK_REQUEST_PREFIX,
+    "stats": TASK_STATS,
+    "assign_latencies": TASK_ASSIGN_LATENCIES,
+    "assignments_per_agent": TASK_ASSIGNMENTS_PER_AGENT,
+    "agent": AGENT_KEY_PREFIX,
+    "agent_tasks": AGENT_TASKS_PREFIX,
+    "holding": AGENTS_HOLDING,
+    "connected": AGENTS_CONNECTED,
+    "disconnected": AGENTS_DISCONNECTED,
+    "heartbeats": AGENTS_HEARTBEATS,
+    "active": AGENTS_ACTIVE,
+    "node": NODE_PRESENCE_PREFIX,
+    "node_channel": NODE_CHANNEL_PREFIX,
+    "task_channel": TASK_CHANNEL_PREFIX,
+    "dispatch_channel": DISPATCH_CHANNEL,
+}
+"""The keys and prefixes the task scripts use, by the name they have in the Lua table ``K``."""
+
+
+def task(task_id: str) -> str:
+    """The hash holding one task."""
+    return f"{TASK_KEY_PREFIX}{task_id}"
+
+
+def task_queue(priority_name: str, requirements_class: str = "") -> str:
+    """All PENDING tasks of one priority, or only those of one requirements class."""
+    base = f"{TASK_QUEUE_PREFIX}{priority_name}"
+    return f"{base}:{requirements_class}" if requirements_class else base
+
+
+def task_classes(priority_name: str) -> str:
+    """The requirements classes with queued tasks at one priority."""
+    return f"{TASK_CLASSES_PREFIX}{priority_name}"
+
+
+def tasks_in_state(state_name: str) -> str:
+    """The tasks in one state."""
+    return f"{TASK_STATE_PREFIX}{state_name}"
+
+
+def tasks_by_agent(agent_id: str) -> str:
+    """The tasks whose current attempt is on one agent."""
+    return f"{TASK_BY_AGENT_PREFIX}{agent_id}"
+
+
+def task_request(request_id: str) -> str:
+    """The idempotency record of one request_id."""
+    return f"{TASK_REQUEST_PREFIX}{request_id}"
+
+
+def agent_tasks(agent_id: str) -> str:
+    """The tasks one agent holds now."""
+    return f"{AGENT_TASKS_PREFIX}{agent_id}"
+
+
+def node_channel(node_id: str) -> str:
+    """The pub/sub channel of one node's assignment streams."""
+    return f"{NODE_CHANNEL_PREFIX}{node_id}"
+
+
+def task_channel(task_id: str) -> str:
+    """The pub/sub channel of one task's transitions."""
+    return f"{TASK_CHANNEL_PREFIX}{task_id}"

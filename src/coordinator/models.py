@@ -63,6 +63,10 @@ class Agent:
     last_heartbeat_at_ms: int
     node_id: str
     status_reason: str
+    avg_duration_ms: float | None = None
+    """Moving average of the agent's measured task durations; None before the first."""
+    recent_success: float = 1.0
+    """Moving average of the agent's attempt outcomes (1 success, 0 failure)."""
 
 
 @dataclass(frozen=True)

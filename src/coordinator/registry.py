@@ -50,6 +50,8 @@ RECORD_FIELDS = (
     "registered_at_ms",
     "last_heartbeat_at_ms",
     "node_id",
+    "avg_duration_ms",
+    "recent_success",
 )
 """The fields of ``agent:{agent_id}`` that make an Agent (``index_keys`` is the scripts' own)."""
 
@@ -101,17 +103,27 @@ class AgentRegistry:
 
     async def heartbeat(
         self, agent_id: str, load_metrics: dict[str, float], status: AgentStatus | None
-    ) -> Agent:
-        """Refresh liveness; replace load metrics if any are given; report ACTIVE or BUSY."""
+    ) -> tuple[Agent, bool]:
+        """Refresh liveness; replace load metrics if any are given; report ACTIVE or BUSY.
+
+        Returns the agent and whether its assignment stream is open on a live node.
+        """
         reply = await self._scripts.heartbeat(
-            keys=[keys.agent(agent_id), keys.AGENTS_HEARTBEATS, *keys.status_indexes()],
+            keys=[
+                keys.agent(agent_id),
+                keys.AGENTS_HEARTBEATS,
+                *keys.status_indexes(),
+                keys.AGENTS_CONNECTED,
+            ],
             args=[
                 agent_id,
                 status.name if status else "",
                 json.dumps(load_metrics, sort_keys=True) if load_metrics else "",
+                keys.NODE_PRESENCE_PREFIX,
             ],
         )
-        return self._decode_reply(agent_id, reply)
+        agent = self._decode_reply(agent_id, reply[:2])
+        return agent, bool(reply[2])
 
     async def update_status(
         self, agent_id: str, status: AgentStatus, load_metrics: dict[str, float], reason: str
@@ -159,7 +171,21 @@ class AgentRegistry:
             redis_time, record = await pipe.execute()
         if not record:
             raise NotFound(f"agent_id: no agent {agent_id!r} is registered")
-        return self._decode(record, _epoch_ms(redis_time))
+        return self._decode(record, epoch_ms(redis_time))
+
+    async def read_many(self, agent_ids: Sequence[str]) -> list[Agent]:
+        """The registered agents among ``agent_ids``, computed for one Redis moment."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            for agent_id in agent_ids:
+                pipe.hmget(keys.agent(agent_id), RECORD_FIELDS)
+            redis_time, *rows = await pipe.execute()
+        now_ms = epoch_ms(redis_time)
+        return [
+            self._decode(dict(zip(RECORD_FIELDS, row, strict=True)), now_ms)
+            for row in rows
+            if row[0] is not None
+        ]
 
     async def discover(self, query: DiscoverQuery) -> DiscoverPage:
         """Agents matching ``query``, best health first, then by id, one page at a time."""
@@ -212,7 +238,7 @@ class AgentRegistry:
 
     async def purge_expired(self, batch: int = 500) -> list[str]:
         """Deregister agents that have been INACTIVE longer than the retention."""
-        now_ms = _epoch_ms(await self._redis.time())
+        now_ms = epoch_ms(await self._redis.time())
         bound_ms = (
             now_ms - self._liveness_timeout_ms - int(self._settings.inactive_retention_s * 1000)
         )
@@ -244,8 +270,10 @@ class AgentRegistry:
         load_metrics = (
             {k: float(v) for k, v in json.loads(raw_metrics).items()} if raw_metrics != "{}" else {}
         )
-        active_tasks = int(record.get("active_tasks", 0))
+        active_tasks = int(record.get("active_tasks") or 0)
         max_concurrency = int(record["max_concurrency"])
+        recent_success = float(record.get("recent_success") or 1.0)
+        avg_duration_ms = record.get("avg_duration_ms")
         return Agent(
             agent_id=record["agent_id"],
             agent_type=record["agent_type"],
@@ -266,13 +294,16 @@ class AgentRegistry:
                 active_tasks=active_tasks,
                 max_concurrency=max_concurrency,
                 load_metrics=load_metrics,
+                recent_failure_rate=1.0 - recent_success,
             ),
             load_metrics=load_metrics,
             active_tasks=active_tasks,
             registered_at_ms=int(record["registered_at_ms"]),
             last_heartbeat_at_ms=last_heartbeat_ms,
-            node_id=record.get("node_id", ""),
-            status_reason=record.get("status_reason", ""),
+            node_id=record.get("node_id") or "",
+            status_reason=record.get("status_reason") or "",
+            avg_duration_ms=float(avg_duration_ms) if avg_duration_ms else None,
+            recent_success=recent_success,
         )
 
 
@@ -289,7 +320,7 @@ def _json_items(raw: str) -> tuple[tuple[str, Any], ...]:
     return tuple(json.loads(raw).items())
 
 
-def _epoch_ms(redis_time: Sequence[Any]) -> int:
+def epoch_ms(redis_time: Sequence[Any]) -> int:
     """Epoch milliseconds from a Redis TIME reply (seconds, microseconds)."""
     seconds, micros = redis_time
     return int(seconds) * 1000 + int(micros) // 1000

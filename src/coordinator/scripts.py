@@ -2,6 +2,11 @@
 
 Each script documents its KEYS and ARGV at the top of its file. redis-py sends EVALSHA and
 falls back to EVAL (loading the script) after a Redis restart.
+
+Task scripts share helpers: each is sent as the Lua table ``K`` (the key names of
+``keys.TASK_SCRIPT_KEYS``), then ``lua/task_lib.lua``, then its own file. Their keys are
+built from ``K`` inside the script, because which agent or queue a task touches is only
+known there; like the registry's, they need a single Redis, not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from importlib import resources
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from coordinator.keys import TASK_SCRIPT_KEYS
+
 SCRIPT_NAMES = (
     "register_agent",
     "heartbeat",
@@ -19,15 +26,44 @@ SCRIPT_NAMES = (
     "deregister_agent",
     "sweep_stale_agents",
     "discover_agents",
+    "release_lock",
+)
+
+TASK_SCRIPT_NAMES = (
+    "submit_task",
+    "assign_task",
+    "report_task",
+    "release_task",
+    "cancel_task",
+    "promote_due_tasks",
+    "expire_tasks",
+    "connect_stream",
+    "disconnect_stream",
+    "forget_finished_tasks",
 )
 
 
 @cache
 def source(name: str) -> str:
     """The Lua source of one named script."""
-    if name not in SCRIPT_NAMES:
-        raise KeyError(f"no Lua script named {name!r}")
+    if name in SCRIPT_NAMES:
+        return _read(name)
+    if name in TASK_SCRIPT_NAMES:
+        return "\n".join((_key_table(), _read("task_lib"), _read(name)))
+    raise KeyError(f"no Lua script named {name!r}")
+
+
+def _read(name: str) -> str:
     return resources.files("coordinator").joinpath("lua", f"{name}.lua").read_text()
+
+
+def _key_table() -> str:
+    entries = ", ".join(f"{name} = {_lua_string(value)}" for name, value in TASK_SCRIPT_KEYS.items())
+    return f"local K = {{{entries}}}"
+
+
+def _lua_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class Scripts:
@@ -40,7 +76,27 @@ class Scripts:
         self.deregister_agent = self._bind(redis, "deregister_agent")
         self.sweep_stale_agents = self._bind(redis, "sweep_stale_agents")
         self.discover_agents = self._bind(redis, "discover_agents")
+        self.release_lock = self._bind(redis, "release_lock")
 
     @staticmethod
     def _bind(redis: Redis, name: str) -> AsyncScript:
         return redis.register_script(source(name))
+
+
+class TaskScripts:
+    """Every task script, registered on one Redis client. Call with ``args=[...]`` only."""
+
+    def __init__(self, redis: Redis) -> None:
+        for name in TASK_SCRIPT_NAMES:
+            setattr(self, name, redis.register_script(source(name)))
+
+    submit_task: AsyncScript
+    assign_task: AsyncScript
+    report_task: AsyncScript
+    release_task: AsyncScript
+    cancel_task: AsyncScript
+    promote_due_tasks: AsyncScript
+    expire_tasks: AsyncScript
+    connect_stream: AsyncScript
+    disconnect_stream: AsyncScript
+    forget_finished_tasks: AsyncScript

@@ -20,15 +20,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2
+from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
 from coordinator import reflection
 from coordinator.api.agent_service import AgentService
 from coordinator.api.error_mapping import ErrorMappingInterceptor
-from coordinator.api.unimplemented import unimplemented_service
+from coordinator.api.task_service import TaskService
 from coordinator.config import Settings
+from coordinator.dispatcher import Dispatcher
+from coordinator.events import EventHub
 from coordinator.health import RedisHealthMonitor
 from coordinator.liveness import LivenessSweeper
+from coordinator.reaper import TaskReaper
 from coordinator.registry import AgentRegistry
+from coordinator.streams import AssignmentStreams
+from coordinator.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,19 @@ class Coordinator:
         self.settings = settings
         self.redis = connect_redis(settings)
         self.registry = AgentRegistry(self.redis, settings)
+        self.tasks = TaskStore(self.redis, settings)
+        self.dispatcher = Dispatcher(self.redis, self.registry, self.tasks, settings)
+        self.streams = AssignmentStreams(
+            self.redis, self.tasks, settings.node_id, resync_s=settings.heartbeat_interval_s
+        )
+        self.events = EventHub(
+            self.redis,
+            settings.node_id,
+            on_dispatch=self.dispatcher.request,
+            on_node_message=self.streams.on_node_message,
+            on_reconnect=self._resynchronise,
+        )
+        self.reaper = TaskReaper(self.redis, settings)
         self.server = grpc.aio.server(
             interceptors=[ErrorMappingInterceptor()], options=server_options(settings)
         )
@@ -100,10 +118,10 @@ class Coordinator:
             self.registry, self.redis, settings.node_id, settings.sweep_interval_s
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(self.registry, settings), self.server
+            AgentService(self.registry, self.streams, self.dispatcher, settings), self.server
         )
-        self.server.add_generic_rpc_handlers(
-            (unimplemented_service(TASK_SERVICE, "the task queue arrives with issue #3"),)
+        task_pb2_grpc.add_TaskServiceServicer_to_server(
+            TaskService(self.tasks, self.events, settings), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         reflection.enable(self.server, SERVICE_NAMES, [health.SERVICE_NAME])
@@ -121,6 +139,9 @@ class Coordinator:
             ) from None
         await self.server.start()
         await self.health.start()
+        await self.events.start()
+        self.dispatcher.start()
+        self.reaper.start()
         self.sweeper.start()
         log.info(
             "coordinator serving on %s:%d (Redis %s, health %s)",
@@ -141,13 +162,25 @@ class Coordinator:
             await self.health.stop()
             await self.health.servicer.enter_graceful_shutdown()
             await self.sweeper.stop()
+            await self.reaper.stop()
+            await self.dispatcher.stop()
             log.info("draining: health NOT_SERVING, new calls refused, grace %.1f s", grace)
+            # Agents are told to reconnect elsewhere; their tasks wait for them.
+            await self.streams.drain()
             await self.server.stop(grace)
+            await self.events.stop()
+            await self.streams.wait_closed()
             await self.health.withdraw()
             await self.redis.aclose()
             await self.health_redis.aclose()
             self._stopped = True
             log.info("coordinator stopped")
+
+
+    def _resynchronise(self) -> None:
+        """After the pub/sub connection (re)connects: look in Redis for what was missed."""
+        self.streams.resync_all()
+        self.dispatcher.request()
 
 
 async def create_server(settings: Settings) -> tuple[Coordinator, int]:

@@ -1,4 +1,5 @@
-"""AgentService: thin async handlers that validate, call the registry and convert."""
+"""AgentService: thin async handlers that validate, call the registry and convert, and the
+assignment stream, which forwards a node-local session's events (``coordinator.streams``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
 from coordinator import validation
 from coordinator.api import wire
 from coordinator.config import Settings
-from coordinator.errors import Unimplemented
+from coordinator.dispatcher import Dispatcher
+from coordinator.errors import Aborted, FailedPrecondition
 from coordinator.registry import AgentRegistry
+from coordinator.streams import AssignmentEvent, AssignmentStreams, EndEvent
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -20,8 +23,16 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     """The registry over gRPC."""
 
-    def __init__(self, registry: AgentRegistry, settings: Settings) -> None:
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        streams: AssignmentStreams,
+        dispatcher: Dispatcher,
+        settings: Settings,
+    ) -> None:
         self._registry = registry
+        self._streams = streams
+        self._dispatcher = dispatcher
         self._settings = settings
 
     async def RegisterAgent(
@@ -54,7 +65,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         load_metrics, status = validation.heartbeat(
             request.agent_id, request.load_metrics, wire.status_from_proto(request.status)
         )
-        agent = await self._registry.heartbeat(request.agent_id, load_metrics, status)
+        agent, streaming = await self._registry.heartbeat(request.agent_id, load_metrics, status)
+        if not streaming:
+            raise FailedPrecondition(
+                f"agent_id: agent {request.agent_id!r} has no open StreamAssignments on any "
+                "coordinator node and receives no work; open the stream (the heartbeat was "
+                "recorded)"
+            )
         return agent_pb2.HeartbeatResponse(
             status=wire.status_to_proto(agent.status),
             health_score=agent.health_score,
@@ -108,8 +125,37 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def StreamAssignments(
         self, request: agent_pb2.StreamAssignmentsRequest, context: Context
     ) -> AsyncIterator[agent_pb2.StreamAssignmentsResponse]:
-        raise Unimplemented(
-            "StreamAssignments is not served by this version of the coordinator yet: "
-            "task assignment arrives with the task queue (issue #3)"
-        )
-        yield  # pragma: no cover - makes this an async generator, like the real stream
+        agent_id = validation.agent_id(request.agent_id)
+        session = await self._streams.open(agent_id)
+        try:
+            yield agent_pb2.StreamAssignmentsResponse(
+                ready=agent_pb2.StreamReady(
+                    node_id=self._settings.node_id,
+                    heartbeat_interval=wire.duration_from_s(self._settings.heartbeat_interval_s),
+                )
+            )
+            self._dispatcher.request()  # the agent's slots are free to fill
+            while True:
+                for event in await session.next_events():
+                    if isinstance(event, EndEvent):
+                        if event.replaced:
+                            raise Aborted(
+                                f"agent_id: a newer StreamAssignments for agent {agent_id!r} "
+                                "replaced this one"
+                            )
+                        yield agent_pb2.StreamAssignmentsResponse(
+                            draining=agent_pb2.NodeDraining(node_id=self._settings.node_id)
+                        )
+                        return
+                    if isinstance(event, AssignmentEvent):
+                        yield agent_pb2.StreamAssignmentsResponse(
+                            assignment=wire.assignment_to_proto(event.task)
+                        )
+                    else:
+                        yield agent_pb2.StreamAssignmentsResponse(
+                            cancel=agent_pb2.CancelNotice(
+                                task_id=event.task_id, attempt=event.attempt, reason=event.reason
+                            )
+                        )
+        finally:
+            self._streams.close(session)

@@ -3,11 +3,17 @@ types except the servicers, which call these functions at the boundary."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from aitbc.coordinator.v1 import agent_pb2
+from aitbc.coordinator.v1 import agent_pb2, task_pb2
+from coordinator.balancing import Strategy
 from coordinator.models import Agent, AgentStatus
+from coordinator.task_models import Priority, QueueStats, Task, TaskError, TaskState, TaskStats
 
 STATUS_PREFIX = "AGENT_STATUS_"
 
@@ -59,4 +65,185 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
         last_heartbeat_at=timestamp_from_ms(agent.last_heartbeat_at_ms),
         node_id=agent.node_id,
         status_reason=agent.status_reason,
+    )
+
+
+# --- Tasks -----------------------------------------------------------------------------------
+
+PRIORITY_PREFIX = "TASK_PRIORITY_"
+STATE_PREFIX = "TASK_STATE_"
+STRATEGY_PREFIX = "BALANCING_STRATEGY_"
+
+
+def priority_from_proto(value: int) -> Priority | None:
+    """The domain priority of a wire value; None for UNSPECIFIED or an unknown number."""
+    try:
+        return Priority[task_pb2.TaskPriority.Name(value).removeprefix(PRIORITY_PREFIX)]
+    except (ValueError, KeyError):
+        return None
+
+
+def state_from_proto(value: int) -> TaskState | None:
+    """The domain state of a wire value; None for UNSPECIFIED or an unknown number."""
+    try:
+        return TaskState[task_pb2.TaskState.Name(value).removeprefix(STATE_PREFIX)]
+    except (ValueError, KeyError):
+        return None
+
+
+def strategy_from_proto(value: int) -> Strategy | None:
+    """The domain strategy of a wire value; None for UNSPECIFIED or an unknown number."""
+    try:
+        return Strategy[task_pb2.BalancingStrategy.Name(value).removeprefix(STRATEGY_PREFIX)]
+    except (ValueError, KeyError):
+        return None
+
+
+def strategy_to_proto(strategy: Strategy | None) -> str:
+    """The wire enum value name of a strategy (UNSPECIFIED for None)."""
+    return STRATEGY_PREFIX + (strategy.name if strategy else "UNSPECIFIED")
+
+
+def struct_to_dict(struct: Struct) -> dict[str, Any]:
+    """A JSON-like dict from a Struct."""
+    return json_format.MessageToDict(struct)
+
+
+def struct_from_dict(data: dict[str, Any] | None) -> Struct | None:
+    """A Struct from a JSON-like dict (None stays None)."""
+    if data is None:
+        return None
+    struct = Struct()
+    struct.update(data)
+    return struct
+
+
+def duration_s(duration: Duration) -> float:
+    """Seconds of a Duration."""
+    return duration.seconds + duration.nanos / 1e9
+
+
+def _error_to_proto(error: TaskError | None) -> task_pb2.TaskError | None:
+    if error is None:
+        return None
+    return task_pb2.TaskError(
+        message=error.message,
+        type=error.type,
+        retryable=error.retryable,
+        details=struct_from_dict(error.details) if error.details else None,
+    )
+
+
+def _optional_timestamp(epoch_ms: int | None) -> Timestamp | None:
+    return None if epoch_ms is None else timestamp_from_ms(epoch_ms)
+
+
+def task_to_proto(task: Task) -> task_pb2.Task:
+    """The wire form of a task with its history."""
+    r = task.requirements
+    return task_pb2.Task(
+        task_id=task.task_id,
+        task_type=task.task_type,
+        state=STATE_PREFIX + task.state.name,
+        priority=PRIORITY_PREFIX + task.priority.name,
+        task_data=struct_from_dict(task.task_data),
+        requirements=task_pb2.TaskRequirements(
+            agent_type=r.agent_type,
+            capabilities=r.capabilities,
+            services=r.services,
+            labels=r.labels,
+            agent_id=r.agent_id,
+            min_health_score=r.min_health_score,
+            preferred_capabilities=r.preferred_capabilities,
+        ),
+        max_attempts=task.max_attempts,
+        attempt=task.attempt,
+        agent_id=task.agent_id,
+        schedule_to_start_timeout=duration_from_s(task.schedule_to_start_s),
+        start_to_close_timeout=duration_from_s(task.start_to_close_s),
+        retry_policy=task_pb2.RetryPolicy(
+            initial_backoff=duration_from_s(task.retry_policy.initial_backoff_s),
+            max_backoff=duration_from_s(task.retry_policy.max_backoff_s),
+            backoff_multiplier=task.retry_policy.backoff_multiplier,
+        ),
+        request_id=task.request_id,
+        balancing_strategy=strategy_to_proto(task.strategy),
+        routing_key=task.routing_key,
+        result=struct_from_dict(task.result),
+        error=_error_to_proto(task.error),
+        attempts=[
+            task_pb2.TaskAttempt(
+                attempt=a.attempt,
+                agent_id=a.agent_id,
+                node_id=a.node_id,
+                assigned_at=timestamp_from_ms(a.assigned_at_ms),
+                started_at=_optional_timestamp(a.started_at_ms),
+                ended_at=_optional_timestamp(a.ended_at_ms),
+                outcome=STATE_PREFIX + (a.outcome.name if a.outcome else "UNSPECIFIED"),
+                error=_error_to_proto(a.error),
+            )
+            for a in task.attempts
+        ],
+        transitions=[
+            task_pb2.TaskTransition(
+                state=STATE_PREFIX + t.state.name,
+                at=timestamp_from_ms(t.at_ms),
+                attempt=t.attempt,
+                agent_id=t.agent_id,
+                reason=t.reason,
+            )
+            for t in task.transitions
+        ],
+        created_at=timestamp_from_ms(task.created_at_ms),
+        updated_at=timestamp_from_ms(task.updated_at_ms),
+        lease_expires_at=_optional_timestamp(task.lease_expires_at_ms),
+        dead_lettered=task.dead_lettered,
+    )
+
+
+def assignment_to_proto(task: Task) -> agent_pb2.Assignment:
+    """The assignment of a task's current attempt, as pushed to its agent."""
+    current = task.attempts[-1]
+    return agent_pb2.Assignment(
+        task_id=task.task_id,
+        attempt=task.attempt,
+        fencing_token=task.fencing_token,
+        task_type=task.task_type,
+        task_data=struct_from_dict(task.task_data),
+        priority=PRIORITY_PREFIX + task.priority.name,
+        assigned_at=timestamp_from_ms(current.assigned_at_ms),
+        lease_expires_at=_optional_timestamp(task.lease_expires_at_ms),
+        start_to_close_timeout=duration_from_s(task.start_to_close_s),
+    )
+
+
+def queue_stats_to_proto(queue: QueueStats) -> task_pb2.QueueStats:
+    """The wire form of one queue's figures."""
+    return task_pb2.QueueStats(
+        priority=PRIORITY_PREFIX + queue.priority.name,
+        pending=queue.pending,
+        oldest_task_age=duration_from_s(queue.oldest_task_age_s),
+    )
+
+
+def stats_to_proto(stats: TaskStats) -> task_pb2.GetStatsResponse:
+    """The wire form of the cluster statistics."""
+    lb = stats.load_balancer_stats
+    return task_pb2.GetStatsResponse(
+        tasks_submitted=stats.tasks_submitted,
+        tasks_distributed=stats.tasks_distributed,
+        tasks_completed=stats.tasks_completed,
+        tasks_failed=stats.tasks_failed,
+        tasks_cancelled=stats.tasks_cancelled,
+        tasks_expired=stats.tasks_expired,
+        avg_submit_to_assignment_ms=stats.avg_submit_to_assignment_ms,
+        p99_submit_to_assignment_ms=stats.p99_submit_to_assignment_ms,
+        load_balancer_stats=task_pb2.LoadBalancerStats(
+            strategy=strategy_to_proto(lb.strategy),
+            active_agents=lb.active_agents,
+            total_assignments=lb.total_assignments,
+            avg_agent_load=lb.avg_agent_load,
+            assignments_per_agent=lb.assignments_per_agent,
+        ),
+        queues=[queue_stats_to_proto(q) for q in stats.queues],
     )

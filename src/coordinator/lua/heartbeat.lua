@@ -5,16 +5,21 @@
 -- KEYS[1]      agent hash                agent:{agent_id}
 -- KEYS[2]      liveness sorted set       agents:heartbeats
 -- KEYS[3..6]   status index sets         ACTIVE (agents:active), BUSY, MAINTENANCE, ERROR
+-- KEYS[7]      open streams hash         agents:connected
 -- ARGV[1]      agent_id
 -- ARGV[2]      reported status (ACTIVE or BUSY), or '' to keep the stored one
 -- ARGV[3]      load metrics as a JSON object, or '' to keep the stored ones
--- Returns      {} when the agent is unknown, else {now_ms, HGETALL of the record}
+-- ARGV[4]      prefix of the node presence keys (coordinator:nodes:)
+-- Returns      {} when the agent is unknown, else {now_ms, HGETALL of the record, streaming}
+--              where streaming is 1 when the agent's stream is open on a live node
 local agent_key = KEYS[1]
 local heartbeats = KEYS[2]
 local status_sets = {ACTIVE = KEYS[3], BUSY = KEYS[4], MAINTENANCE = KEYS[5], ERROR = KEYS[6]}
+local connected = KEYS[7]
 local agent_id = ARGV[1]
 local reported_status = ARGV[2]
 local load_metrics_json = ARGV[3]
+local node_prefix = ARGV[4]
 
 local stored_status = redis.call('HGET', agent_key, 'status')
 if not stored_status then
@@ -37,4 +42,9 @@ redis.call('HSET', agent_key, 'last_heartbeat_at_ms', now_ms, 'status', status)
 if load_metrics_json ~= '' then
   redis.call('HSET', agent_key, 'load_metrics', load_metrics_json)
 end
-return {now_ms, redis.call('HGETALL', agent_key)}
+local streaming = 0
+local connection = redis.call('HGET', connected, agent_id)
+if connection then
+  streaming = redis.call('EXISTS', node_prefix .. string.match(connection, '^(%S+)'))
+end
+return {now_ms, redis.call('HGETALL', agent_key), streaming}

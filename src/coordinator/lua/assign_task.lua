@@ -1,0 +1,87 @@
+-- Assigns a queued task to an agent, or refuses without changing anything. Everything moves
+-- together: the task leaves its queues and gets its agent, attempt, fencing token and lease;
+-- the agent's active count rises; the node holding the agent's stream is told. The checks
+-- are repeated here because the dispatcher chose from a snapshot: another node may have
+-- taken the task or the slot meanwhile.
+--
+-- ARGV[1]      task_id
+-- ARGV[2]      agent_id
+-- ARGV[3]      random part of the fencing token
+-- ARGV[4]      liveness timeout in milliseconds
+-- ARGV[5]      node_id of the assigning node (recorded in the attempt)
+-- Returns      {'ok', attempt} or {refusal, detail}; refusals about the task are
+--              'task_gone', about the agent 'agent_gone', 'agent_unavailable', 'agent_full'
+local task_id = ARGV[1]
+local agent_id = ARGV[2]
+local token_nonce = ARGV[3]
+local liveness_timeout_ms = tonumber(ARGV[4])
+local node_id = ARGV[5]
+
+local task = load_task(task_id, TASK_FIELDS)
+if not task or task.state ~= 'PENDING'
+    or not redis.call('ZSCORE', K.queue .. task.priority, task_id) then
+  return {'task_gone', task and task.state or 'missing'}
+end
+
+local agent_key = K.agent .. agent_id
+local agent = redis.call('HMGET', agent_key, 'status', 'max_concurrency', 'active_tasks')
+if not agent[1] then
+  return {'agent_gone', 'not registered'}
+end
+if agent[1] ~= 'ACTIVE' then
+  return {'agent_unavailable', agent[1]}
+end
+local now = now_ms()
+local last_heartbeat = tonumber(redis.call('ZSCORE', K.heartbeats, agent_id) or 0)
+if last_heartbeat < now - liveness_timeout_ms then
+  return {'agent_unavailable', 'heartbeat expired'}
+end
+local connection = redis.call('HGET', K.connected, agent_id)
+if not connection then
+  return {'agent_unavailable', 'no open stream'}
+end
+local stream_node = string.match(connection, '^(%S+)')
+if redis.call('EXISTS', K.node .. stream_node) == 0 then
+  return {'agent_unavailable', 'its node ' .. stream_node .. ' is gone'}
+end
+if tonumber(agent[3] or 0) >= tonumber(agent[2]) then
+  return {'agent_full', agent[3]}
+end
+
+dequeue(task)
+local previous_agent = task.agent_id
+local attempt = tonumber(task.attempt) + 1
+local token = attempt .. ':' .. token_nonce
+local lease_ms = now + tonumber(task.start_to_close_ms)
+local attempts = decode_list(task.attempts)
+attempts[#attempts + 1] = {
+  attempt = attempt, agent_id = agent_id, node_id = node_id, assigned_at_ms = now,
+  token = token,
+}
+task.attempt = attempt
+task.agent_id = agent_id
+redis.call('HSET', K.task .. task_id,
+  'attempt', attempt, 'agent_id', agent_id, 'fencing_token', token,
+  'lease_expires_at_ms', lease_ms, 'assigned_at_ms', now, 'attempts', encode_list(attempts))
+transition(task, 'ASSIGNED', now, 'assigned by node ' .. node_id)
+
+redis.call('ZADD', K.leases, lease_ms, task_id)
+redis.call('SADD', K.agent_tasks .. agent_id, task_id)
+redis.call('SADD', K.holding, agent_id)
+redis.call('HINCRBY', agent_key, 'active_tasks', 1)
+if previous_agent ~= '' and previous_agent ~= agent_id then
+  redis.call('ZREM', K.by_agent .. previous_agent, task_id)
+end
+redis.call('ZADD', K.by_agent .. agent_id, tonumber(task.created_at_ms), task_id)
+
+redis.call('HINCRBY', K.stats, 'tasks_distributed', 1)
+redis.call('HINCRBY', K.assignments_per_agent, agent_id, 1)
+if attempt == 1 then
+  local latency_ms = now - tonumber(task.created_at_ms)
+  redis.call('HINCRBY', K.stats, 'submit_to_assignment_ms_total', latency_ms)
+  redis.call('HINCRBY', K.stats, 'submit_to_assignment_count', 1)
+  redis.call('LPUSH', K.assign_latencies, latency_ms)
+  redis.call('LTRIM', K.assign_latencies, 0, 9999)
+end
+notify_agent(agent_id, {kind = 'assign', task_id = task_id, attempt = attempt})
+return {'ok', attempt}

@@ -1,0 +1,189 @@
+-- Shared by every task script: coordinator.scripts prepends this file, after the table K of
+-- key names and prefixes that coordinator/keys.py defines (TASK_SCRIPT_KEYS).
+--
+-- A task is the hash K.task .. task_id. Its attempts and transitions are JSON lists in the
+-- hash; the scripts append to them, so every change of state and its history are one
+-- atomic step. Time is Redis's clock (TIME), shared by every node.
+
+local FINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, EXPIRED = true}
+local HELD = {ASSIGNED = true, RUNNING = true}
+local EWMA_ALPHA = 0.2  -- weight of the newest sample in an agent's moving averages
+
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
+-- Reads the named fields of a task into a table; nil when the task does not exist.
+local function load_task(task_id, fields)
+  local values = redis.call('HMGET', K.task .. task_id, 'state', unpack(fields))
+  if not values[1] then
+    return nil
+  end
+  local task = {id = task_id, state = values[1]}
+  for i, name in ipairs(fields) do
+    task[name] = values[i + 1]
+  end
+  return task
+end
+
+local function decode_list(raw)
+  if not raw or raw == '' or raw == '[]' then
+    return {}
+  end
+  return cjson.decode(raw)
+end
+
+-- cjson encodes an empty table as {}; the lists must stay lists.
+local function encode_list(list)
+  if #list == 0 then
+    return '[]'
+  end
+  return cjson.encode(list)
+end
+
+-- Moves the task to a new state: the state indexes, the transitions list, updated_at and
+-- the WatchTask channel. ``task`` needs created_at_ms, transitions, attempt and agent_id.
+local function transition(task, state, now, reason)
+  local key = K.task .. task.id
+  redis.call('ZREM', K.state .. task.state, task.id)
+  redis.call('ZADD', K.state .. state, tonumber(task.created_at_ms), task.id)
+  local transitions = decode_list(task.transitions)
+  transitions[#transitions + 1] = {
+    state = state, at_ms = now, attempt = tonumber(task.attempt) or 0,
+    agent_id = task.agent_id or '', reason = reason or '',
+  }
+  task.transitions = encode_list(transitions)
+  redis.call('HSET', key, 'state', state, 'updated_at_ms', now, 'transitions', task.transitions)
+  if FINAL[state] then
+    redis.call('ZADD', K.finished, now, task.id)
+    redis.call('HSET', key, 'lease_expires_at_ms', '')
+  end
+  task.state = state
+  redis.call('PUBLISH', K.task_channel .. task.id, state)
+end
+
+-- Puts a task in line: its priority queue, its requirements-class queue, and the
+-- schedule-to-start deadline. ``task`` needs priority, class, seq and schedule_to_start_ms.
+local function enqueue(task, now)
+  local queue = K.queue .. task.priority
+  redis.call('ZADD', queue, tonumber(task.seq), task.id)
+  redis.call('ZADD', queue .. ':' .. task.class, tonumber(task.seq), task.id)
+  redis.call('SADD', K.classes .. task.priority, task.class)
+  redis.call('ZADD', K.start_deadlines, now + tonumber(task.schedule_to_start_ms), task.id)
+  redis.call('HSET', K.task .. task.id, 'queued_at_ms', now)
+  redis.call('PUBLISH', K.dispatch_channel, task.priority)
+end
+
+-- Takes a task out of line (queues, class set when emptied, deadline, retry schedule).
+local function dequeue(task)
+  local queue = K.queue .. task.priority
+  local class_queue = queue .. ':' .. task.class
+  redis.call('ZREM', queue, task.id)
+  redis.call('ZREM', class_queue, task.id)
+  if redis.call('EXISTS', class_queue) == 0 then
+    redis.call('SREM', K.classes .. task.priority, task.class)
+  end
+  redis.call('ZREM', K.start_deadlines, task.id)
+  redis.call('ZREM', K.scheduled, task.id)
+end
+
+-- Sends a message to the node holding an agent's stream, if any node does.
+local function notify_agent(agent_id, message)
+  local connection = redis.call('HGET', K.connected, agent_id)
+  if connection then
+    local node_id = string.match(connection, '^(%S+)')
+    message.agent_id = agent_id
+    redis.call('PUBLISH', K.node_channel .. node_id, cjson.encode(message))
+  end
+end
+
+-- Gives back the slot an attempt held. Called exactly once per attempt, by the script that
+-- moves the task out of ASSIGNED or RUNNING, so active counts never drift.
+local function release_slot(task)
+  local agent_id = task.agent_id
+  redis.call('ZREM', K.leases, task.id)
+  redis.call('SREM', K.agent_tasks .. agent_id, task.id)
+  local agent_key = K.agent .. agent_id
+  if redis.call('EXISTS', agent_key) == 1 then
+    local active = redis.call('HINCRBY', agent_key, 'active_tasks', -1)
+    if active < 0 then  -- only reachable if a record was rewritten by hand
+      redis.call('HSET', agent_key, 'active_tasks', 0)
+    end
+  end
+  if redis.call('SCARD', K.agent_tasks .. agent_id) == 0 then
+    redis.call('SREM', K.holding, agent_id)
+    redis.call('ZREM', K.disconnected, agent_id)
+  end
+  redis.call('PUBLISH', K.dispatch_channel, 'slot')
+end
+
+-- Folds one attempt's outcome into the agent's moving averages (predictive and
+-- least_response_time strategies, health score). ``duration_ms`` is nil for failures.
+local function record_outcome(agent_id, succeeded, duration_ms)
+  local agent_key = K.agent .. agent_id
+  if redis.call('EXISTS', agent_key) == 0 then
+    return
+  end
+  local old = redis.call('HMGET', agent_key, 'recent_success', 'avg_duration_ms')
+  local success = tonumber(old[1]) or 1
+  local sample = succeeded and 1 or 0
+  success = success + EWMA_ALPHA * (sample - success)
+  redis.call('HSET', agent_key, 'recent_success', string.format('%.6f', success))
+  if duration_ms then
+    local avg = tonumber(old[2])
+    if avg then
+      avg = avg + EWMA_ALPHA * (duration_ms - avg)
+    else
+      avg = duration_ms
+    end
+    redis.call('HSET', agent_key, 'avg_duration_ms', string.format('%.3f', avg))
+  end
+end
+
+-- Ends the current attempt in the attempts list. ``fields`` adds outcome, error, reported.
+local function end_attempt(task, now, outcome, err, reported)
+  local attempts = decode_list(task.attempts)
+  local current = attempts[#attempts]
+  if current then
+    current.ended_at_ms = now
+    current.outcome = outcome
+    if err then
+      current.error = err
+    end
+    if reported then
+      current.reported = reported
+    end
+  end
+  task.attempts = encode_list(attempts)
+  redis.call('HSET', K.task .. task.id, 'attempts', task.attempts)
+  return current
+end
+
+-- After a failed attempt: back in line after a backoff while attempts remain and the error
+-- is retryable, else FAILED and dead-lettered. ``task`` needs the fields of TASK_FIELDS.
+local function retry_or_fail(task, now, err, reason)
+  local key = K.task .. task.id
+  redis.call('HSET', key, 'error', cjson.encode(err))
+  local attempt = tonumber(task.attempt)
+  if err.retryable and attempt < tonumber(task.max_attempts) then
+    local retry = cjson.decode(task.retry)
+    local backoff = retry.initial_ms * retry.multiplier ^ (attempt - 1)
+    backoff = math.floor(math.min(backoff, retry.max_ms))
+    redis.call('ZADD', K.scheduled, now + backoff, task.id)
+    transition(task, 'PENDING', now, reason .. '; retry in ' .. backoff .. ' ms')
+    return 'PENDING'
+  end
+  redis.call('ZADD', K.dead_letter, now, task.id)
+  redis.call('HSET', key, 'dead_lettered', 1)
+  redis.call('HINCRBY', K.stats, 'tasks_failed', 1)
+  transition(task, 'FAILED', now, reason)
+  return 'FAILED'
+end
+
+-- The fields most scripts read.
+local TASK_FIELDS = {
+  'attempt', 'agent_id', 'fencing_token', 'max_attempts', 'retry', 'priority', 'class',
+  'seq', 'created_at_ms', 'schedule_to_start_ms', 'start_to_close_ms', 'attempts',
+  'transitions', 'lease_expires_at_ms',
+}

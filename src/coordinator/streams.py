@@ -1,0 +1,197 @@
+"""The assignment streams this node holds: one session per agent with an open
+StreamAssignments.
+
+Opening a session records in Redis which node holds the agent's stream (that is the agent's
+presence); assignments made by any node are announced on this node's pub/sub channel and
+forwarded here. A session never trusts the announcement alone: it sends what Redis says the
+agent holds and has not acknowledged, when it opens, when nudged and on a timer. So a lost
+message delays an assignment but never loses it, and an agent that reconnects receives its
+unacknowledged assignments again (at-least-once delivery; the agent recognises a repeat by
+task_id and attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from coordinator import keys
+from coordinator.errors import NotFound
+from coordinator.scripts import TaskScripts
+from coordinator.task_models import Task, TaskState
+from coordinator.tasks import TaskStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AssignmentEvent:
+    """Send this attempt of this task to the agent."""
+
+    task: Task
+
+
+@dataclass(frozen=True)
+class CancelEvent:
+    """Tell the agent to stop an attempt."""
+
+    task_id: str
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class EndEvent:
+    """End the stream: replaced by a newer one, or the node is draining."""
+
+    replaced: bool
+
+
+StreamEvent = AssignmentEvent | CancelEvent | EndEvent
+
+
+class Session:
+    """One open stream: the events to send to one agent, in order."""
+
+    def __init__(self, agent_id: str, store: TaskStore, redis: Redis, resync_s: float) -> None:
+        self.agent_id = agent_id
+        self.session_id = uuid.uuid4().hex
+        self._store = store
+        self._redis = redis
+        self._resync_s = resync_s
+        self._nudged = asyncio.Event()
+        self._pending: list[StreamEvent] = []
+        self._sent: set[tuple[str, int]] = set()
+
+    def nudge(self) -> None:
+        """Something changed for this agent: look in Redis before waiting again."""
+        self._nudged.set()
+
+    def push(self, event: StreamEvent) -> None:
+        """Queue an event that needs no lookup (cancel notices, the end)."""
+        self._pending.append(event)
+        self._nudged.set()
+
+    async def next_events(self) -> list[StreamEvent]:
+        """The next events to send, waiting until there is at least one."""
+        while True:
+            events, self._pending = self._pending, []
+            if any(isinstance(e, EndEvent) for e in events):
+                return [e for e in events if isinstance(e, EndEvent)][:1]
+            events.extend(await self._unsent_assignments())
+            if events:
+                return events
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudged.wait(), self._resync_s)
+            self._nudged.clear()
+
+    async def _unsent_assignments(self) -> list[StreamEvent]:
+        """Assignments the agent holds, has not acknowledged, and this stream has not sent."""
+        held = sorted(await self._redis.smembers(keys.agent_tasks(self.agent_id)))
+        if not held:
+            self._sent.clear()
+            return []
+        tasks = await self._store.get_many(held)
+        current = {(t.task_id, t.attempt) for t in tasks}
+        self._sent &= current  # forget attempts that ended
+        fresh: list[StreamEvent] = []
+        for task in tasks:
+            key = (task.task_id, task.attempt)
+            if (
+                task.state is TaskState.ASSIGNED
+                and task.agent_id == self.agent_id
+                and key not in self._sent
+            ):
+                self._sent.add(key)
+                fresh.append(AssignmentEvent(task))
+        return fresh
+
+
+class AssignmentStreams:
+    """Every session of this node, by agent id."""
+
+    def __init__(self, redis: Redis, store: TaskStore, node_id: str, resync_s: float) -> None:
+        self._redis = redis
+        self._store = store
+        self._node_id = node_id
+        self._resync_s = resync_s
+        self._scripts = TaskScripts(redis)
+        self._sessions: dict[str, Session] = {}
+        self._closing: set[asyncio.Task[Any]] = set()
+
+    async def open(self, agent_id: str) -> Session:
+        """Record the stream in Redis (replacing any older one); NotFound if unregistered."""
+        session = Session(agent_id, self._store, self._redis, self._resync_s)
+        older = self._sessions.get(agent_id)
+        self._sessions[agent_id] = session
+        if older is not None:
+            older.push(EndEvent(replaced=True))
+        connected = await self._scripts.connect_stream(
+            args=[agent_id, self._node_id, session.session_id]
+        )
+        if not connected:
+            self._forget(session)
+            raise NotFound(f"agent_id: no agent {agent_id!r} is registered; register it first")
+        log.info("assignment stream opened", extra={"agent_id": agent_id})
+        return session
+
+    def close(self, session: Session) -> None:
+        """Record that the stream closed, in the background (the handler may be cancelled)."""
+        self._forget(session)
+        task = asyncio.create_task(self._disconnect(session), name="stream-disconnect")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _disconnect(self, session: Session) -> None:
+        try:
+            await self._scripts.disconnect_stream(
+                args=[session.agent_id, self._node_id, session.session_id]
+            )
+            log.info("assignment stream closed", extra={"agent_id": session.agent_id})
+        except Exception as exc:  # the agent stays "connected" to this node until it is gone
+            log.warning(
+                "could not record a closed stream (%r)", exc, extra={"agent_id": session.agent_id}
+            )
+
+    def _forget(self, session: Session) -> None:
+        if self._sessions.get(session.agent_id) is session:
+            del self._sessions[session.agent_id]
+
+    def on_node_message(self, message: dict[str, Any]) -> None:
+        """A message from the node channel (see the task scripts' notify_agent)."""
+        session = self._sessions.get(message.get("agent_id", ""))
+        if session is None:
+            return
+        kind = message.get("kind")
+        if kind == "assign":
+            session.nudge()
+        elif kind == "cancel":
+            session.push(
+                CancelEvent(message["task_id"], int(message["attempt"]), message.get("reason", ""))
+            )
+        elif kind == "replaced" and message.get("session_id") == session.session_id:
+            self._forget(session)
+            session.push(EndEvent(replaced=True))
+
+    def resync_all(self) -> None:
+        """After a pub/sub reconnect: every session looks in Redis at once."""
+        for session in self._sessions.values():
+            session.nudge()
+
+    async def drain(self) -> None:
+        """Node shutdown: end every stream (agents reconnect elsewhere) and record it."""
+        for session in list(self._sessions.values()):
+            session.push(EndEvent(replaced=False))
+            self.close(session)
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait for the background disconnect records to be written."""
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -1,0 +1,430 @@
+"""The task store in Redis: submit, read, list, cancel, the agents' fenced reports, queues
+and cluster statistics.
+
+A task is the hash ``task:{task_id}``; every change of state is one Lua script
+(``lua/*_task*.lua`` with the shared ``lua/task_lib.lua``), so queues, indexes, slots and
+counters move together or not at all, whichever nodes run at once. Assignment itself is the
+dispatcher's (``coordinator.dispatcher``); giving up attempts on timers is the reaper's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from coordinator import keys
+from coordinator.balancing import Strategy
+from coordinator.config import Settings
+from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
+from coordinator.registry import epoch_ms
+from coordinator.scripts import TaskScripts
+from coordinator.task_models import (
+    PRIORITIES_MOST_URGENT_FIRST,
+    Attempt,
+    ListTasksQuery,
+    LoadBalancerStats,
+    Priority,
+    QueueReport,
+    QueueStats,
+    Requirements,
+    RetryPolicy,
+    Task,
+    TaskError,
+    TaskPage,
+    TaskState,
+    TaskStats,
+    TaskSubmission,
+    Transition,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+"""Most tasks one script call or one index read handles."""
+
+
+class TaskStore:
+    """Tasks, queues and statistics, shared by every node that uses the same Redis."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._scripts = TaskScripts(redis)
+        self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
+
+    # --- clients --------------------------------------------------------------------------
+
+    async def submit(self, submission: TaskSubmission) -> tuple[Task, bool]:
+        """Queue a task; with a request_id seen within the window, return that task instead."""
+        s = submission
+        fields = {
+            "task_type": s.task_type,
+            "task_data": json.dumps(s.task_data, separators=(",", ":")),
+            "requirements": s.requirements.to_json(),
+            "max_attempts": str(s.max_attempts),
+            "start_to_close_ms": str(round(s.start_to_close_s * 1000)),
+            "retry": s.retry_policy.to_json(),
+            "strategy": s.strategy.name.lower() if s.strategy else "",
+            "routing_key": s.routing_key,
+        }
+        created, task_id = await self._scripts.submit_task(
+            args=[
+                uuid.uuid4().hex,
+                s.request_id,
+                round(self._settings.idempotency_window_s * 1000),
+                s.priority.name,
+                s.requirements.eligibility_class(),
+                round(s.schedule_to_start_s * 1000),
+                *(item for pair in fields.items() for item in pair),
+            ]
+        )
+        if created:
+            log.info(
+                "task submitted",
+                extra={"task_id": task_id, "priority": s.priority.name, "task_type": s.task_type},
+            )
+        return await self.get(task_id), bool(created)
+
+    async def get(self, task_id: str) -> Task:
+        """One task with its history; NotFound if unknown (or past its retention)."""
+        record = await self._redis.hgetall(keys.task(task_id))
+        if not record:
+            raise NotFound(f"task_id: no task {task_id!r}")
+        return decode_task(record)
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
+        """The tasks that still exist among ``task_ids``, in that order."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(keys.task(task_id))
+            records = await pipe.execute()
+        return [decode_task(r) for r in records if r]
+
+    async def list(self, query: ListTasksQuery) -> TaskPage:
+        """Tasks matching ``query``, newest first, one page at a time."""
+        fingerprint = _fingerprint(query)
+        after = _decode_page_token(query.page_token, fingerprint)
+        if query.dead_letter:
+            index = keys.TASK_DEAD_LETTER
+        elif query.agent_id:
+            index = keys.tasks_by_agent(query.agent_id)
+        elif len(query.states) == 1:
+            index = keys.tasks_in_state(next(iter(query.states)).name)
+        else:
+            index = keys.TASK_ALL
+        page: list[Task] = []
+        cursor = after
+        more = False
+        while len(page) <= query.page_size:
+            high: float | str = "+inf" if cursor is None else cursor[0]
+            entries = await self._redis.zrevrangebyscore(
+                index, high, "-inf", start=0, num=BATCH, withscores=True
+            )
+            if cursor is not None:
+                entries = [
+                    (m, s) for m, s in entries if s < cursor[0] or (s == cursor[0] and m < cursor[1])
+                ]
+            if not entries:
+                break
+            by_id = {t.task_id: t for t in await self.get_many([m for m, _ in entries])}
+            for member, score in entries:
+                cursor = (score, member)
+                task = by_id.get(member)
+                if task is not None and _matches(task, query):
+                    if len(page) == query.page_size:
+                        more = True
+                        break
+                    page.append(task)
+            if more:
+                break
+        token = ""
+        if more and page:
+            last = page[-1]
+            score = await self._redis.zscore(index, last.task_id)
+            token = _encode_page_token((float(score or 0), last.task_id), fingerprint)
+        return TaskPage(tasks=page, next_page_token=token)
+
+    async def cancel(self, task_id: str, reason: str) -> Task:
+        """Cancel a PENDING, ASSIGNED or RUNNING task; a finished one is FAILED_PRECONDITION."""
+        outcome = await self._scripts.cancel_task(args=[task_id, reason or "cancelled by client", ""])
+        if outcome[0] == "not_found":
+            raise NotFound(f"task_id: no task {task_id!r}")
+        if outcome[0] == "final":
+            raise FailedPrecondition(f"task_id: task {task_id!r} is already {outcome[1]}")
+        log.info("task cancelled", extra={"task_id": task_id, "reason": reason})
+        return await self.get(task_id)
+
+    # --- agents' reports ------------------------------------------------------------------
+
+    async def acknowledge(self, task_id: str, agent_id: str, fencing_token: str) -> int:
+        """ASSIGNED to RUNNING; returns the end of the lease in epoch milliseconds."""
+        reply = await self._report(task_id, agent_id, fencing_token, "ack", "")
+        return int(reply[2])
+
+    async def extend_lease(
+        self, task_id: str, agent_id: str, fencing_token: str, lease_s: float | None
+    ) -> int:
+        """A new lease from now; returns its end in epoch milliseconds."""
+        payload = "" if lease_s is None else str(round(lease_s * 1000))
+        reply = await self._report(task_id, agent_id, fencing_token, "extend", payload)
+        return int(reply[2])
+
+    async def complete(
+        self, task_id: str, agent_id: str, fencing_token: str, result: dict[str, Any]
+    ) -> Task:
+        """COMPLETED with a result."""
+        payload = json.dumps(result, separators=(",", ":"))
+        await self._report(task_id, agent_id, fencing_token, "complete", payload)
+        return await self.get(task_id)
+
+    async def fail(self, task_id: str, agent_id: str, fencing_token: str, error: TaskError) -> Task:
+        """Back in line after a backoff if retryable and attempts remain, else FAILED."""
+        await self._report(task_id, agent_id, fencing_token, "fail", error.to_json())
+        return await self.get(task_id)
+
+    async def _report(
+        self, task_id: str, agent_id: str, fencing_token: str, action: str, payload: str
+    ) -> list[Any]:
+        reply = await self._scripts.report_task(
+            args=[task_id, agent_id, fencing_token, action, payload]
+        )
+        verdict = reply[0]
+        if verdict == "not_found":
+            raise NotFound(f"task_id: no task {task_id!r}")
+        if verdict == "stale":
+            raise FailedPrecondition(
+                f"fencing_token: not the current attempt of task {task_id!r} for agent "
+                f"{agent_id!r} (the task is {reply[1]} at attempt {reply[2]}); "
+                "drop this attempt's work"
+            )
+        if verdict == "not_held":
+            raise FailedPrecondition(
+                f"task_id: task {task_id!r} is {reply[1]}; the attempt can no longer be reported"
+            )
+        if verdict == "ok":
+            log.info("task %s by agent", action, extra={"task_id": task_id, "agent_id": agent_id})
+        return list(reply)
+
+    # --- queues and statistics ------------------------------------------------------------
+
+    async def queues(self) -> QueueReport:
+        """Pending tasks per priority, retries waiting, and the dead-letter size."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            for priority in PRIORITIES_MOST_URGENT_FIRST:
+                pipe.zcard(keys.task_queue(priority.name))
+                pipe.zrange(keys.task_queue(priority.name), 0, 0)
+            pipe.zcard(keys.TASK_SCHEDULED)
+            pipe.zcard(keys.TASK_DEAD_LETTER)
+            replies = await pipe.execute()
+        now_ms = epoch_ms(replies[0])
+        heads = replies[1:-2]
+        oldest = await self.get_many([h[0] for h in heads[1::2] if h])
+        created = {t.task_id: t.created_at_ms for t in oldest}
+        queues = []
+        for i, priority in enumerate(PRIORITIES_MOST_URGENT_FIRST):
+            size, head = heads[2 * i], heads[2 * i + 1]
+            age_ms = now_ms - created[head[0]] if head and head[0] in created else 0
+            queues.append(QueueStats(priority, int(size), max(0, age_ms) / 1000))
+        return QueueReport(queues, scheduled_retries=int(replies[-2]), dead_letter=int(replies[-1]))
+
+    async def purge(self, priority: Priority, reason: str) -> int:
+        """Cancel every PENDING task of one priority (queued or waiting for a retry)."""
+        reason = reason or f"queue {priority.name} purged"
+        cancelled = 0
+        seen: set[str] = set()
+        while True:
+            batch = [
+                t for t in await self._redis.zrange(keys.task_queue(priority.name), 0, BATCH - 1)
+            ]
+            batch = [t for t in batch if t not in seen]
+            if not batch:
+                break
+            seen.update(batch)
+            cancelled += await self._cancel_pending(batch, reason)
+        waiting = await self._redis.zrange(keys.TASK_SCHEDULED, 0, -1)
+        for chunk in _chunks(waiting, BATCH):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for task_id in chunk:
+                    pipe.hget(keys.task(task_id), "priority")
+                priorities = await pipe.execute()
+            matching = [t for t, p in zip(chunk, priorities, strict=True) if p == priority.name]
+            cancelled += await self._cancel_pending(matching, reason)
+        log.warning("queue purged", extra={"priority": priority.name, "cancelled": cancelled})
+        return cancelled
+
+    async def _cancel_pending(self, task_ids: Sequence[str], reason: str) -> int:
+        cancelled = 0
+        for task_id in task_ids:
+            outcome = await self._scripts.cancel_task(args=[task_id, reason, "pending_only"])
+            cancelled += outcome[0] == "ok"
+        return cancelled
+
+    async def strategy(self) -> Strategy:
+        """The cluster's load-balancing strategy."""
+        stored = await self._redis.get(keys.BALANCING_STRATEGY)
+        return Strategy.parse(stored or self._settings.balancing_strategy)
+
+    async def set_strategy(self, strategy: Strategy) -> Strategy:
+        """Store the cluster's strategy for every node; returns the previous one."""
+        previous = await self._redis.set(keys.BALANCING_STRATEGY, strategy.name.lower(), get=True)
+        log.info("balancing strategy set to %s", strategy.name.lower())
+        return Strategy.parse(previous or self._settings.balancing_strategy)
+
+    async def stats(self) -> TaskStats:
+        """Cluster-wide counters and latencies: the same on every node."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hgetall(keys.TASK_STATS)
+            pipe.lrange(keys.TASK_ASSIGN_LATENCIES, 0, -1)
+            pipe.hgetall(keys.TASK_ASSIGNMENTS_PER_AGENT)
+            pipe.smembers(keys.AGENTS_ACTIVE)
+            now, counters, latencies, per_agent, active = await pipe.execute()
+        now_ms = epoch_ms(now)
+        active_ids = sorted(active)
+        load = 0.0
+        live = 0
+        if active_ids:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zmscore(keys.AGENTS_HEARTBEATS, active_ids)
+                for agent_id in active_ids:
+                    pipe.hmget(keys.agent(agent_id), "active_tasks", "max_concurrency")
+                scores, *slots = await pipe.execute()
+            loads = [
+                int(used or 0) / int(total)
+                for score, (used, total) in zip(scores, slots, strict=True)
+                if score is not None and score >= now_ms - self._liveness_timeout_ms and total
+            ]
+            live = len(loads)
+            load = sum(loads) / live if live else 0.0
+        count = int(counters.get("submit_to_assignment_count", 0))
+        total_ms = int(counters.get("submit_to_assignment_ms_total", 0))
+        samples = sorted(int(x) for x in latencies)
+        p99 = float(samples[max(0, math.ceil(0.99 * len(samples)) - 1)]) if samples else 0.0
+        distributed = int(counters.get("tasks_distributed", 0))
+        return TaskStats(
+            tasks_submitted=int(counters.get("tasks_submitted", 0)),
+            tasks_distributed=distributed,
+            tasks_completed=int(counters.get("tasks_completed", 0)),
+            tasks_failed=int(counters.get("tasks_failed", 0)),
+            tasks_cancelled=int(counters.get("tasks_cancelled", 0)),
+            tasks_expired=int(counters.get("tasks_expired", 0)),
+            avg_submit_to_assignment_ms=total_ms / count if count else 0.0,
+            p99_submit_to_assignment_ms=p99,
+            load_balancer_stats=LoadBalancerStats(
+                strategy=await self.strategy(),
+                active_agents=live,
+                total_assignments=distributed,
+                avg_agent_load=round(load, 6),
+                assignments_per_agent={k: int(v) for k, v in sorted(per_agent.items())},
+            ),
+            queues=(await self.queues()).queues,
+        )
+
+
+def decode_task(record: dict[str, str]) -> Task:
+    """A Task from its stored hash."""
+    lease = record.get("lease_expires_at_ms", "")
+    return Task(
+        task_id=record["task_id"],
+        task_type=record.get("task_type", ""),
+        state=TaskState[record["state"]],
+        priority=Priority[record["priority"]],
+        task_data=json.loads(record.get("task_data") or "{}"),
+        requirements=Requirements.from_json(record["requirements"]),
+        max_attempts=int(record["max_attempts"]),
+        attempt=int(record["attempt"]),
+        agent_id=record.get("agent_id", ""),
+        schedule_to_start_s=int(record["schedule_to_start_ms"]) / 1000,
+        start_to_close_s=int(record["start_to_close_ms"]) / 1000,
+        retry_policy=RetryPolicy.from_json(record["retry"]),
+        request_id=record.get("request_id", ""),
+        strategy=Strategy.parse(record["strategy"]) if record.get("strategy") else None,
+        routing_key=record.get("routing_key", ""),
+        result=json.loads(record["result"]) if record.get("result") else None,
+        error=TaskError.from_dict(json.loads(record["error"])) if record.get("error") else None,
+        attempts=tuple(_attempt(a) for a in json.loads(record.get("attempts") or "[]")),
+        transitions=tuple(_transition(t) for t in json.loads(record.get("transitions") or "[]")),
+        created_at_ms=int(record["created_at_ms"]),
+        updated_at_ms=int(record["updated_at_ms"]),
+        lease_expires_at_ms=int(float(lease)) if lease else None,
+        dead_lettered=record.get("dead_lettered") == "1",
+        fencing_token=record.get("fencing_token", ""),
+    )
+
+
+def _attempt(data: dict[str, Any]) -> Attempt:
+    def ms(name: str) -> int | None:
+        return int(data[name]) if name in data else None
+
+    return Attempt(
+        attempt=int(data["attempt"]),
+        agent_id=data["agent_id"],
+        node_id=data.get("node_id", ""),
+        assigned_at_ms=int(data["assigned_at_ms"]),
+        started_at_ms=ms("started_at_ms"),
+        ended_at_ms=ms("ended_at_ms"),
+        outcome=TaskState[data["outcome"]] if "outcome" in data else None,
+        error=TaskError.from_dict(data["error"]) if "error" in data else None,
+    )
+
+
+def _transition(data: dict[str, Any]) -> Transition:
+    return Transition(
+        state=TaskState[data["state"]],
+        at_ms=int(data["at_ms"]),
+        attempt=int(data["attempt"]),
+        agent_id=data.get("agent_id", ""),
+        reason=data.get("reason", ""),
+    )
+
+
+def _matches(task: Task, query: ListTasksQuery) -> bool:
+    return (
+        (not query.states or task.state in query.states)
+        and (not query.priorities or task.priority in query.priorities)
+        and (not query.agent_id or task.agent_id == query.agent_id)
+        and (not query.dead_letter or task.dead_lettered)
+    )
+
+
+def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _fingerprint(query: ListTasksQuery) -> str:
+    return json.dumps(
+        [
+            sorted(s.name for s in query.states),
+            query.agent_id,
+            sorted(p.name for p in query.priorities),
+            query.dead_letter,
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _encode_page_token(after: tuple[float, str], fingerprint: str) -> str:
+    raw = json.dumps({"f": fingerprint, "s": after[0], "id": after[1]}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, fingerprint: str) -> tuple[float, str] | None:
+    if not token:
+        return None
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if raw["f"] == fingerprint:
+            return (float(raw["s"]), str(raw["id"]))
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise InvalidArgument.of(
+        "page_token", "is not a next_page_token returned for these same filters"
+    )
