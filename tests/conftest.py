@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2_grpc
 
+from agent_harness import ScriptedAgent
 from aitbc.coordinator.v1 import agent_pb2_grpc, task_pb2_grpc
 from coordinator.config import Settings
 from coordinator.server import Coordinator, create_server
@@ -119,6 +120,23 @@ async def start_node(
 async def node(start_node: Callable[..., Awaitable[Node]]) -> Node:
     """One in-process node on the session Redis."""
     return await start_node()
+
+
+@pytest.fixture
+async def hold_stream() -> AsyncIterator[Callable[[Node, str], Awaitable[ScriptedAgent]]]:
+    """``await hold_stream(node, agent_id)``: open the StreamAssignments of an agent that is
+    already registered and keep it open (it sends no heartbeats of its own), so the agent's
+    Heartbeat answers OK. ``await agent.stop()`` closes it early; all close at the end."""
+    agents: list[ScriptedAgent] = []
+
+    async def hold(node: Node, agent_id: str) -> ScriptedAgent:
+        agent = ScriptedAgent(node.channel, agent_id)
+        agents.append(agent)
+        return await agent.start(register=False, heartbeat=False)
+
+    yield hold
+    for agent in agents:
+        await agent.stop()
 
 
 @pytest.fixture

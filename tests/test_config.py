@@ -56,12 +56,95 @@ def test_agent_type_allow_list_and_wildcard():
         ({"COORDINATOR_INACTIVE_RETENTION_S": "nan"}, "COORDINATOR_INACTIVE_RETENTION_S"),
         ({"COORDINATOR_REDIS_MAX_CONNECTIONS": "2"}, "COORDINATOR_REDIS_MAX_CONNECTIONS"),
         ({"COORDINATOR_HOST": "bad host"}, "COORDINATOR_HOST"),
+        ({"COORDINATOR_BALANCING_STRATEGY": "fastest"}, "COORDINATOR_BALANCING_STRATEGY"),
+        ({"COORDINATOR_BALANCING_STRATEGY": "round robin"}, "COORDINATOR_BALANCING_STRATEGY"),
+        ({"COORDINATOR_MAX_TASK_DATA_BYTES": "1mb"}, "COORDINATOR_MAX_TASK_DATA_BYTES"),
+        ({"COORDINATOR_MAX_TASK_DATA_BYTES": "1023"}, "COORDINATOR_MAX_TASK_DATA_BYTES"),
+        ({"COORDINATOR_IDEMPOTENCY_WINDOW_S": "0"}, "COORDINATOR_IDEMPOTENCY_WINDOW_S"),
+        ({"COORDINATOR_IDEMPOTENCY_WINDOW_S": "a day"}, "COORDINATOR_IDEMPOTENCY_WINDOW_S"),
+        ({"COORDINATOR_STREAM_GRACE_S": "-1"}, "COORDINATOR_STREAM_GRACE_S"),
+        ({"COORDINATOR_STREAM_GRACE_S": "inf"}, "COORDINATOR_STREAM_GRACE_S"),
+        ({"COORDINATOR_TASK_TIMER_INTERVAL_S": "0"}, "COORDINATOR_TASK_TIMER_INTERVAL_S"),
+        ({"COORDINATOR_TASK_TIMER_INTERVAL_S": "nan"}, "COORDINATOR_TASK_TIMER_INTERVAL_S"),
+        ({"COORDINATOR_TASK_RETENTION_S": "-5"}, "COORDINATOR_TASK_RETENTION_S"),
+        ({"COORDINATOR_TASK_RETENTION_S": "week"}, "COORDINATOR_TASK_RETENTION_S"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(env, variable):
     with pytest.raises(ConfigError) as caught:
         load_settings(env)
     assert str(caught.value).startswith(variable)
+
+
+def test_task_defaults():
+    settings = load_settings({})
+    assert settings.balancing_strategy == "least_connections"
+    assert settings.max_task_data_bytes == 1024 * 1024
+    assert settings.idempotency_window_s == 86_400
+    assert settings.stream_grace_s == 15
+    assert settings.task_timer_interval_s == 0.5
+    assert settings.task_retention_s == 7 * 86_400
+
+
+def test_task_variables_are_read():
+    settings = load_settings(
+        {
+            "COORDINATOR_MAX_TASK_DATA_BYTES": "2048",
+            "COORDINATOR_IDEMPOTENCY_WINDOW_S": "60",
+            "COORDINATOR_STREAM_GRACE_S": "0",  # 0: tasks move at once
+            "COORDINATOR_TASK_TIMER_INTERVAL_S": "0.1",
+            "COORDINATOR_TASK_RETENTION_S": "3600",
+        }
+    )
+    assert settings.max_task_data_bytes == 2048
+    assert settings.idempotency_window_s == 60
+    assert settings.stream_grace_s == 0
+    assert settings.task_timer_interval_s == 0.1
+    assert settings.task_retention_s == 3600
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("round_robin", "round_robin"),
+        ("ROUND_ROBIN", "round_robin"),
+        ("Weighted_Round_Robin", "weighted_round_robin"),
+        (" consistent_hash ", "consistent_hash"),
+    ],
+)
+def test_balancing_strategy_accepts_any_case(raw, stored):
+    assert load_settings({"COORDINATOR_BALANCING_STRATEGY": raw}).balancing_strategy == stored
+
+
+def test_unknown_balancing_strategy_lists_the_valid_ones():
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"COORDINATOR_BALANCING_STRATEGY": "fastest"})
+    message = str(caught.value)
+    assert message.startswith("COORDINATOR_BALANCING_STRATEGY")
+    assert "fastest" in message and "least_connections" in message
+
+
+def test_max_task_data_leaves_64_kib_of_the_message_size():
+    limit = 256 * 1024
+    fits = load_settings(
+        {
+            "COORDINATOR_MAX_MESSAGE_BYTES": str(limit),
+            "COORDINATOR_MAX_TASK_DATA_BYTES": str(limit - 65536),
+        }
+    )
+    assert fits.max_task_data_bytes == limit - 65536
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                "COORDINATOR_MAX_MESSAGE_BYTES": str(limit),
+                "COORDINATOR_MAX_TASK_DATA_BYTES": str(limit - 65535),
+            }
+        )
+    assert str(caught.value).startswith("COORDINATOR_MAX_TASK_DATA_BYTES")
+    assert "COORDINATOR_MAX_MESSAGE_BYTES" in str(caught.value)
+    # The default task data size (1 MiB) needs a message size above it.
+    with pytest.raises(ConfigError, match=r"^COORDINATOR_MAX_TASK_DATA_BYTES"):
+        load_settings({"COORDINATOR_MAX_MESSAGE_BYTES": str(1024 * 1024)})
 
 
 def test_missing_env_file_is_an_error(tmp_path):

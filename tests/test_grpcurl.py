@@ -137,10 +137,43 @@ def test_invalid_register_shows_invalid_argument_and_bad_request_details(address
     assert fields == ["agent_id", "labels['bad=key']"], details
 
 
-def test_task_service_rpc_is_unimplemented(address):
-    for rpc in ("GetTask", "WatchTask"):
-        result = grpcurl(address, method(TASK_SERVICE, rpc), data={"task_id": "task-1"})
-        assert result.returncode != 0
-        output = result.stdout + result.stderr
-        assert "Code: Unimplemented" in output, output
-        assert f"{rpc} is not served by this version" in output
+def test_submit_and_get_a_task_with_json(address):
+    result = grpcurl(address, "describe", TASK_SERVICE.full_name)
+    assert result.returncode == 0, result.stderr
+    assert "rpc SubmitTask (" in result.stdout
+    assert "rpc GetTask (" in result.stdout
+
+    request = {
+        "task_type": "grpcurl-task",
+        "task_data": {"prompt": "hello", "n": 2},
+        "priority": "TASK_PRIORITY_HIGH",
+        "requirements": {"capabilities": ["text-generation"]},
+        "request_id": "grpcurl-request-1",
+    }
+    submitted = ok_json(grpcurl(address, method(TASK_SERVICE, "SubmitTask"), data=request))
+    assert submitted["created"] is True
+    task = submitted["task"]
+    assert task["taskId"]
+    assert task["taskType"] == "grpcurl-task"
+    assert task["state"] == "TASK_STATE_PENDING"  # no agent can take it
+    assert task["priority"] == "TASK_PRIORITY_HIGH"
+    assert task["taskData"] == {"prompt": "hello", "n": 2}
+
+    # The same request_id again: the same task, nothing created.
+    again = ok_json(grpcurl(address, method(TASK_SERVICE, "SubmitTask"), data=request))
+    assert again.get("created", False) is False
+    assert again["task"]["taskId"] == task["taskId"]
+
+    got = ok_json(
+        grpcurl(address, method(TASK_SERVICE, "GetTask"), data={"task_id": task["taskId"]})
+    )["task"]
+    assert got["taskId"] == task["taskId"]
+    assert got["state"] == "TASK_STATE_PENDING"
+    assert got["taskData"] == {"prompt": "hello", "n": 2}
+    assert got["requirements"]["capabilities"] == ["text-generation"]
+    assert [t["state"] for t in got["transitions"]] == ["TASK_STATE_PENDING"]
+
+    unknown_id = "0" * 32  # well formed, never issued
+    missing = grpcurl(address, method(TASK_SERVICE, "GetTask"), data={"task_id": unknown_id})
+    assert missing.returncode != 0
+    assert "Code: NotFound" in missing.stdout + missing.stderr

@@ -26,7 +26,7 @@ async def get(node, agent_id):
 
 
 async def test_missed_heartbeats_make_an_agent_inactive_and_a_heartbeat_revives_it(
-    start_node, redis_client
+    start_node, redis_client, hold_stream
 ):
     node = await start_node(**FAST)
     await node.agents.RegisterAgent(
@@ -47,6 +47,8 @@ async def test_missed_heartbeats_make_an_agent_inactive_and_a_heartbeat_revives_
     )
     assert list(discovered.agents) == []
 
+    await hold_stream(node, "a")  # a stream alone does not revive it: heartbeats do
+    assert (await get(node, "a")).status == agent_pb2.AGENT_STATUS_INACTIVE
     reply = await node.agents.Heartbeat(agent_pb2.HeartbeatRequest(agent_id="a"))
     assert reply.status == agent_pb2.AGENT_STATUS_ACTIVE
     assert await redis_client.sismember(keys.AGENTS_ACTIVE, "a")
@@ -67,7 +69,7 @@ async def test_health_decays_between_heartbeats(start_node, redis_client):
     assert agent.health_score == pytest.approx(0.5, abs=0.01)
 
 
-async def test_an_operator_status_stays_while_the_agent_is_away(start_node):
+async def test_an_operator_status_stays_while_the_agent_is_away(start_node, hold_stream):
     node = await start_node(**FAST)
     await node.agents.RegisterAgent(
         agent_pb2.RegisterAgentRequest(agent_id="a", agent_type="worker")
@@ -77,13 +79,14 @@ async def test_an_operator_status_stays_while_the_agent_is_away(start_node):
     )
     await asyncio.sleep(0.8)
     assert (await get(node, "a")).status == agent_pb2.AGENT_STATUS_INACTIVE
+    await hold_stream(node, "a")
     reply = await node.agents.Heartbeat(
         agent_pb2.HeartbeatRequest(agent_id="a", status=agent_pb2.AGENT_STATUS_ACTIVE)
     )
     assert reply.status == agent_pb2.AGENT_STATUS_MAINTENANCE
 
 
-async def test_agents_past_the_retention_are_deleted(start_node, redis_client):
+async def test_agents_past_the_retention_are_deleted(start_node, redis_client, hold_stream):
     node = await start_node(**FAST, inactive_retention_s=0.3)
     await node.agents.RegisterAgent(
         agent_pb2.RegisterAgentRequest(agent_id="gone", agent_type="worker", labels={"z": "1"})
@@ -91,6 +94,7 @@ async def test_agents_past_the_retention_are_deleted(start_node, redis_client):
     await node.agents.RegisterAgent(
         agent_pb2.RegisterAgentRequest(agent_id="kept", agent_type="worker")
     )
+    await hold_stream(node, "kept")
 
     async def keep_alive():
         while True:

@@ -36,6 +36,26 @@ def stub_for() -> Iterator:
 
 
 @pytest.fixture
+def hold_stream() -> Iterator:
+    """``hold_stream(stub, agent_id)``: open the agent's StreamAssignments through ``stub``
+    and keep it open until the end of the test (heartbeats need it); returns StreamReady."""
+    calls: list = []
+
+    def hold(stub, agent_id: str) -> agent_pb2.StreamReady:
+        call = stub.StreamAssignments(
+            agent_pb2.StreamAssignmentsRequest(agent_id=agent_id), timeout=60
+        )
+        calls.append(call)
+        first = next(call)
+        assert first.WhichOneof("event") == "ready", first
+        return first.ready
+
+    yield hold
+    for call in calls:
+        call.cancel()
+
+
+@pytest.fixture
 def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
@@ -56,7 +76,7 @@ def not_found(call) -> bool:
     return False
 
 
-def test_one_registry_through_two_nodes(spawn_node, stub_for):
+def test_one_registry_through_two_nodes(spawn_node, stub_for, hold_stream):
     node_a = spawn_node(env={"NODE_ID": "node-a"})
     node_b = spawn_node(env={"NODE_ID": "node-b"})
     node_a.wait_serving()
@@ -96,7 +116,8 @@ def test_one_registry_through_two_nodes(spawn_node, stub_for):
     assert discover_ids(a, labels={"zone": "us-1"}) == ["agent-2"]
     assert discover_ids(b, labels={"zone": "eu-1"}, capabilities=["embedding"]) == []
 
-    # A heartbeat through B is seen on A.
+    # The agent's stream is on A; a heartbeat through B finds it and is seen on A.
+    assert hold_stream(a, "agent-1").node_id == "node-a"
     beat = b.Heartbeat(
         agent_pb2.HeartbeatRequest(agent_id="agent-1", load_metrics={"cpu": 0.5}), timeout=5
     )
@@ -137,7 +158,7 @@ def test_one_registry_through_two_nodes(spawn_node, stub_for):
 
 
 def test_silent_agent_goes_inactive_on_both_nodes_and_one_node_sweeps(
-    spawn_node, stub_for, sync_redis
+    spawn_node, stub_for, sync_redis, hold_stream
 ):
     # A foreign holder owns the sweep lock first: while it does, no node may sweep.
     sync_redis.set(keys.LIVENESS_SWEEP_LOCK, "test-holder", px=60_000)
@@ -157,6 +178,7 @@ def test_silent_agent_goes_inactive_on_both_nodes_and_one_node_sweeps(
             agent_pb2.RegisterAgentRequest(agent_id=agent_id, agent_type="worker"), timeout=5
         )
     assert sync_redis.smembers(keys.AGENTS_ACTIVE) == {"silent", "lively"}
+    hold_stream(a, "lively")
 
     def status_on(stub, agent_id: str) -> int:
         return stub.GetAgent(agent_pb2.GetAgentRequest(agent_id=agent_id), timeout=5).agent.status
@@ -211,7 +233,9 @@ def test_silent_agent_goes_inactive_on_both_nodes_and_one_node_sweeps(
     wait_until(sweep_log_lines, timeout_s=5, what="the sweep's log line")
     assert len(sweep_log_lines()) == 1, sweep_log_lines()
 
-    # A heartbeat brings the agent back, on both nodes and in agents:active.
+    # A heartbeat (with the agent's stream open) brings the agent back, on both nodes and in
+    # agents:active.
+    hold_stream(b, "silent")
     assert a.Heartbeat(agent_pb2.HeartbeatRequest(agent_id="silent"), timeout=5).status == ACTIVE
     assert status_on(b, "silent") == ACTIVE
     assert "silent" in sync_redis.smembers(keys.AGENTS_ACTIVE)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from coordinator import keys
@@ -35,8 +37,8 @@ async def register(scripts, agent_id, index_keys=(), **fields):
 
 async def heartbeat(scripts, agent_id, status="", metrics=""):
     return await scripts.heartbeat(
-        keys=[keys.agent(agent_id), keys.AGENTS_HEARTBEATS, *STATUS_SETS],
-        args=[agent_id, status, metrics],
+        keys=[keys.agent(agent_id), keys.AGENTS_HEARTBEATS, *STATUS_SETS, keys.AGENTS_CONNECTED],
+        args=[agent_id, status, metrics, keys.NODE_PRESENCE_PREFIX],
     )
 
 
@@ -89,12 +91,28 @@ async def test_heartbeat_never_overwrites_maintenance(scripts, redis_client):
     await register(scripts, "a")
     await redis_client.hset("agent:a", "status", "MAINTENANCE")
     await redis_client.smove(keys.AGENTS_ACTIVE, "agents:status:maintenance", "a")
-    now_ms, record = await heartbeat(scripts, "a", status="BUSY", metrics='{"cpu": 0.5}')
+    now_ms, record, streaming = await heartbeat(scripts, "a", status="BUSY", metrics='{"cpu": 0.5}')
+    assert streaming == 0
     assert pairs(record)["status"] == "MAINTENANCE"
     assert pairs(record)["load_metrics"] == '{"cpu": 0.5}'
     assert pairs(record)["last_heartbeat_at_ms"] == str(now_ms)
     assert await redis_client.smembers("agents:status:maintenance") == {"a"}
     assert not await redis_client.exists("agents:status:busy")
+
+
+async def test_heartbeat_says_whether_the_stream_is_open_on_a_live_node(scripts, redis_client):
+    await register(scripts, "a")
+    await redis_client.zadd(keys.AGENTS_HEARTBEATS, {"a": 1})
+    now_ms, _, streaming = await heartbeat(scripts, "a")
+    assert streaming == 0  # no stream at all
+    assert await redis_client.zscore(keys.AGENTS_HEARTBEATS, "a") == now_ms  # still recorded
+
+    await redis_client.hset(keys.AGENTS_CONNECTED, "a", "node-1 session-1")
+    assert (await heartbeat(scripts, "a"))[2] == 0  # its node has no presence key
+    await redis_client.set(keys.node_presence("node-1"), "1")
+    assert (await heartbeat(scripts, "a"))[2] == 1
+    await redis_client.delete(keys.node_presence("node-1"))
+    assert (await heartbeat(scripts, "a"))[2] == 0
 
 
 async def test_update_status_does_not_put_a_stale_agent_into_active(scripts, redis_client):
@@ -111,12 +129,40 @@ async def test_update_status_does_not_put_a_stale_agent_into_active(scripts, red
 
 async def test_deregister_respects_the_heartbeat_bound(scripts, redis_client):
     _, now_ms, _ = await register(scripts, "a", ["agents:label:z=1"])
-    deregister_keys = [keys.agent("a"), keys.AGENTS_ALL, keys.AGENTS_HEARTBEATS, *STATUS_SETS]
-    assert await scripts.deregister_agent(keys=deregister_keys, args=["a", now_ms - 1]) == 0
+    deregister_keys = [
+        keys.agent("a"),
+        keys.AGENTS_ALL,
+        keys.AGENTS_HEARTBEATS,
+        *STATUS_SETS,
+        keys.AGENTS_CONNECTED,
+    ]
+    prefix = keys.NODE_CHANNEL_PREFIX
+    assert await scripts.deregister_agent(keys=deregister_keys, args=["a", now_ms - 1, prefix]) == 0
     assert await redis_client.exists("agent:a")
-    assert await scripts.deregister_agent(keys=deregister_keys, args=["a", now_ms]) == 1
+    assert await scripts.deregister_agent(keys=deregister_keys, args=["a", now_ms, prefix]) == 1
     assert await redis_client.keys("agent*") == []
-    assert await scripts.deregister_agent(keys=deregister_keys, args=["a", ""]) == 0
+    assert await scripts.deregister_agent(keys=deregister_keys, args=["a", "", prefix]) == 0
+
+
+async def test_deregister_ends_the_agents_stream(scripts, redis_client):
+    await register(scripts, "a")
+    await redis_client.hset(keys.AGENTS_CONNECTED, "a", "node-1 session-1")
+    deregister_keys = [
+        keys.agent("a"),
+        keys.AGENTS_ALL,
+        keys.AGENTS_HEARTBEATS,
+        *STATUS_SETS,
+        keys.AGENTS_CONNECTED,
+    ]
+    async with redis_client.pubsub() as pubsub:
+        await pubsub.subscribe(keys.node_channel("node-1"))
+        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        args = ["a", "", keys.NODE_CHANNEL_PREFIX]
+        assert await scripts.deregister_agent(keys=deregister_keys, args=args) == 1
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+    assert message is not None
+    assert json.loads(message["data"]) == {"kind": "deregistered", "agent_id": "a"}
+    assert not await redis_client.hexists(keys.AGENTS_CONNECTED, "a")
 
 
 async def test_sweep_takes_only_stale_agents_out_of_active(scripts, redis_client):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from aitbc.coordinator.v1 import task_pb2
 from agent_harness import ScriptedAgent, submit_request
+from aitbc.coordinator.v1 import task_pb2
 
 
 async def test_round_trip(node):

@@ -3,11 +3,15 @@ and every validation error with its status code and field."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from aitbc.coordinator.v1 import agent_pb2, task_pb2
+from agent_harness import ScriptedAgent
+from aitbc.coordinator.v1 import agent_pb2
+from coordinator import keys
 
 ACTIVE = agent_pb2.AGENT_STATUS_ACTIVE
 BUSY = agent_pb2.AGENT_STATUS_BUSY
@@ -103,8 +107,9 @@ async def test_get_agent_and_not_found(node):
     assert "ghost" in caught.value.details()
 
 
-async def test_heartbeat_refreshes_liveness_metrics_and_status(node, redis_client):
+async def test_heartbeat_refreshes_liveness_metrics_and_status(node, redis_client, hold_stream):
     registered = (await node.agents.RegisterAgent(registration(max_concurrency=2))).agent
+    await hold_stream(node, "agent-1")
     reply = await node.agents.Heartbeat(
         agent_pb2.HeartbeatRequest(agent_id="agent-1", load_metrics={"cpu": 0.5}, status=BUSY)
     )
@@ -135,9 +140,10 @@ async def test_heartbeat_of_unknown_agent_is_not_found(node):
 
 @pytest.mark.parametrize("operator_status", [MAINTENANCE, ERROR])
 async def test_operator_status_survives_heartbeats_and_reregistration(
-    node, redis_client, operator_status
+    node, redis_client, hold_stream, operator_status
 ):
     await node.agents.RegisterAgent(registration())
+    await hold_stream(node, "agent-1")
     updated = await node.agents.UpdateAgentStatus(
         agent_pb2.UpdateAgentStatusRequest(
             agent_id="agent-1", status=operator_status, reason="kernel upgrade"
@@ -165,8 +171,9 @@ async def test_operator_status_survives_heartbeats_and_reregistration(
     assert not await redis_client.smembers("agents:status:error")
 
 
-async def test_update_status_replaces_load_metrics(node):
+async def test_update_status_replaces_load_metrics(node, hold_stream):
     await node.agents.RegisterAgent(registration())
+    await hold_stream(node, "agent-1")
     await node.agents.Heartbeat(
         agent_pb2.HeartbeatRequest(agent_id="agent-1", load_metrics={"cpu": 0.9, "queue": 3})
     )
@@ -301,20 +308,157 @@ async def test_invalid_ids_on_get_and_deregister(node):
         assert "agent_id" in field_violations(caught.value)
 
 
-async def test_stream_assignments_and_task_rpcs_say_they_are_not_served_yet(node):
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in node.agents.StreamAssignments(
-            agent_pb2.StreamAssignmentsRequest(agent_id="agent-1")
-        ):
-            pass
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "StreamAssignments" in caught.value.details()
+async def heartbeat_code(node, agent_id: str = "agent-1") -> grpc.StatusCode:
+    try:
+        await node.agents.Heartbeat(agent_pb2.HeartbeatRequest(agent_id=agent_id))
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def wait_for(predicate, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_heartbeat_needs_an_open_stream_on_a_live_node(node, redis_client, hold_stream):
+    await node.agents.RegisterAgent(registration())
+    # Pretend the last heartbeat is old, to see the refused heartbeat still refresh it.
+    await redis_client.zadd(keys.AGENTS_HEARTBEATS, {"agent-1": 1})
+    await redis_client.hset(keys.agent("agent-1"), "last_heartbeat_at_ms", 1)
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await node.tasks.SubmitTask(task_pb2.SubmitTaskRequest())
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "SubmitTask" in caught.value.details()
+        await node.agents.Heartbeat(
+            agent_pb2.HeartbeatRequest(agent_id="agent-1", load_metrics={"cpu": 0.25})
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "agent_id" in caught.value.details() and "StreamAssignments" in caught.value.details()
+    assert await redis_client.zscore(keys.AGENTS_HEARTBEATS, "agent-1") > 1  # still recorded
+    agent = (await node.agents.GetAgent(agent_pb2.GetAgentRequest(agent_id="agent-1"))).agent
+    assert agent.last_heartbeat_at.ToMilliseconds() > 1
+    assert agent.load_metrics == {"cpu": 0.25}
+
+    stream = await hold_stream(node, "agent-1")
+    assert await heartbeat_code(node) == grpc.StatusCode.OK
+
+    await stream.stop()
+
+    async def disconnected() -> bool:
+        return not await redis_client.hexists(keys.AGENTS_CONNECTED, "agent-1")
+
+    await wait_for(disconnected)
+    assert await heartbeat_code(node) == grpc.StatusCode.FAILED_PRECONDITION
+
+    # The stream is open, but on a node that no longer shows it is alive (its health check
+    # stopped and its presence key is gone, as after a crash): no work can reach the agent.
+    await hold_stream(node, "agent-1")
+    assert await heartbeat_code(node) == grpc.StatusCode.OK
+    await node.coordinator.health.stop()
+    await redis_client.delete(keys.node_presence("test-node"))
+    assert await redis_client.hexists(keys.AGENTS_CONNECTED, "agent-1")
+    assert await heartbeat_code(node) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_stream_assignments_of_an_unregistered_agent_is_not_found(node, redis_client):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in node.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id="t")):
+        async for _ in node.agents.StreamAssignments(
+            agent_pb2.StreamAssignmentsRequest(agent_id="ghost")
+        ):
             pass
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "agent_id" in caught.value.details() and "ghost" in caught.value.details()
+    assert not await redis_client.exists(keys.AGENTS_CONNECTED)
+
+
+@pytest.mark.parametrize("agent_id", ["", "has space", "x" * 129])
+async def test_stream_assignments_with_a_bad_agent_id_is_invalid_argument(node, agent_id):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in node.agents.StreamAssignments(
+            agent_pb2.StreamAssignmentsRequest(agent_id=agent_id)
+        ):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "agent_id" in field_violations(caught.value)
+
+
+async def test_stream_assignments_starts_with_ready(node, redis_client):
+    await node.agents.RegisterAgent(registration())
+    call = node.agents.StreamAssignments(agent_pb2.StreamAssignmentsRequest(agent_id="agent-1"))
+    try:
+        first = await asyncio.wait_for(call.read(), 5)
+        assert first.WhichOneof("event") == "ready"
+        assert first.ready.node_id == "test-node"
+        assert first.ready.heartbeat_interval.ToSeconds() == 1  # the node's heartbeat interval
+        connection = await redis_client.hget(keys.AGENTS_CONNECTED, "agent-1")
+        assert connection.startswith("test-node ")
+        assert await redis_client.hget(keys.agent("agent-1"), "node_id") == "test-node"
+    finally:
+        call.cancel()
+
+
+async def test_a_second_stream_for_the_same_agent_aborts_the_first(node, redis_client):
+    await node.agents.RegisterAgent(registration())
+    first = await ScriptedAgent(node.channel, "agent-1").start(register=False, heartbeat=False)
+    first_connection = await redis_client.hget(keys.AGENTS_CONNECTED, "agent-1")
+    second = await ScriptedAgent(node.channel, "agent-1").start(register=False, heartbeat=False)
+    try:
+
+        async def first_ended() -> bool:
+            return first.stream_error is not None
+
+        await wait_for(first_ended)
+        assert first.stream_error.code() == grpc.StatusCode.ABORTED
+        assert "agent_id" in first.stream_error.details()
+        assert "replaced" in first.stream_error.details()
+        # The newer stream is the agent's stream, and stays so once the first has closed.
+        await asyncio.sleep(0.1)
+        connection = await redis_client.hget(keys.AGENTS_CONNECTED, "agent-1")
+        assert connection != first_connection and connection.startswith("test-node ")
+        assert second.stream_error is None
+        assert await heartbeat_code(node) == grpc.StatusCode.OK
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_a_stream_on_another_node_aborts_the_first(start_node, redis_client):
+    node_a = await start_node(node_id="node-a")
+    node_b = await start_node(node_id="node-b")
+    await node_a.agents.RegisterAgent(registration())
+    first = await ScriptedAgent(node_a.channel, "agent-1").start(register=False, heartbeat=False)
+    second = await ScriptedAgent(node_b.channel, "agent-1").start(register=False, heartbeat=False)
+    try:
+
+        async def first_ended() -> bool:
+            return first.stream_error is not None
+
+        await wait_for(first_ended)
+        assert first.stream_error.code() == grpc.StatusCode.ABORTED
+        await asyncio.sleep(0.1)
+        assert (await redis_client.hget(keys.AGENTS_CONNECTED, "agent-1")).startswith("node-b ")
+        assert second.stream_error is None
+        assert await heartbeat_code(node_a) == grpc.StatusCode.OK
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_deregistering_an_agent_ends_its_stream(start_node, redis_client):
+    node_a = await start_node(node_id="node-a")
+    node_b = await start_node(node_id="node-b")
+    await node_a.agents.RegisterAgent(registration())
+    agent = await ScriptedAgent(node_a.channel, "agent-1").start(register=False, heartbeat=False)
+    try:
+        await node_b.agents.DeregisterAgent(agent_pb2.DeregisterAgentRequest(agent_id="agent-1"))
+
+        async def ended() -> bool:
+            return agent.stream_error is not None
+
+        await wait_for(ended)
+        assert agent.stream_error.code() == grpc.StatusCode.NOT_FOUND
+        assert "deregistered" in agent.stream_error.details()
+        assert not await redis_client.hexists(keys.AGENTS_CONNECTED, "agent-1")
+    finally:
+        await agent.stop()

@@ -74,7 +74,9 @@ async def test_filters(fleet, query, expected):
     assert await discover_ids(fleet, **query) == expected
 
 
-async def test_status_filter_and_health_order(fleet):
+async def test_status_filter_and_health_order(fleet, hold_stream):
+    for agent_id in ("b", "c"):
+        await hold_stream(fleet, agent_id)  # a heartbeat without a stream is refused
     await fleet.agents.Heartbeat(agent_pb2.HeartbeatRequest(agent_id="b", status=BUSY))
     await fleet.agents.Heartbeat(
         agent_pb2.HeartbeatRequest(agent_id="c", load_metrics={"cpu": 0.8})
