@@ -44,6 +44,9 @@ HEADS_PER_CLASS = 64
 LOCK_TTL_MS = 5_000
 """A node that dies holding the dispatch lock delays dispatching by at most this long."""
 
+STOP_WAIT_S = 2.0
+"""How long stopping waits for a pass in progress before cancelling it."""
+
 AGENT_REFUSALS = ("agent_gone", "agent_unavailable", "agent_full")
 
 
@@ -78,12 +81,19 @@ class Dispatcher:
         self._task = asyncio.create_task(self._run(), name="dispatcher")
 
     async def stop(self) -> None:
-        """Stop dispatching and wait for the loop to end (idempotent)."""
+        """Stop dispatching and wait for the loop to end (idempotent).
+
+        A pass in progress may finish first (briefly), so that the lock is released rather
+        than left to expire, which would pause the other nodes' dispatching.
+        """
         self._stopping.set()
         self._wake.set()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), STOP_WAIT_S)
+            except TimeoutError:
+                task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
@@ -188,7 +198,9 @@ class Dispatcher:
             for cls, entries in zip(open_classes, heads, strict=True):
                 if entries:
                     after[cls] = f"({entries[-1][1]:.0f}"
-            exhausted = {cls for cls, entries in zip(open_classes, heads, strict=True) if not entries}
+            exhausted = {
+                cls for cls, entries in zip(open_classes, heads, strict=True) if not entries
+            }
             details = await self._task_details([task_id for _, task_id, _ in line])
             blocked: set[str] = set()
             for _, task_id, cls in line:
@@ -196,12 +208,16 @@ class Dispatcher:
                     continue
                 requirements, strategy, routing_key = details[task_id]
                 if cls not in eligible_by_class:
-                    eligible_by_class[cls] = [
-                        a for a in free.values() if _fits(a, requirements)
-                    ]
+                    eligible_by_class[cls] = [a for a in free.values() if _fits(a, requirements)]
                 if await self._assign_one(
-                    task_id, requirements, strategy or default_strategy, routing_key,
-                    eligible_by_class[cls], free, used, state,
+                    task_id,
+                    requirements,
+                    strategy or default_strategy,
+                    routing_key,
+                    eligible_by_class[cls],
+                    free,
+                    used,
+                    state,
                 ):
                     assigned += 1
                 elif not any(a.agent_id in free for a in eligible_by_class[cls]):
@@ -252,7 +268,9 @@ class Dispatcher:
                 return True
             if verdict not in AGENT_REFUSALS:
                 return False  # another node took the task, or it was cancelled
-            log.debug("agent refused: %s (%s)", verdict, detail, extra={"agent_id": chosen.agent_id})
+            log.debug(
+                "agent refused: %s (%s)", verdict, detail, extra={"agent_id": chosen.agent_id}
+            )
             del free[chosen.agent_id]
 
     async def _free_agents(self) -> dict[str, Agent]:

@@ -118,19 +118,19 @@ TASK_START_DEADLINES = "tasks:start-deadlines"
 """Sorted set: PENDING tasks scored by when their schedule-to-start timeout expires them."""
 
 TASK_DEAD_LETTER = "tasks:dead-letter"
-"""Sorted set: FAILED tasks scored by when they failed."""
+"""Sorted set: FAILED tasks, scored by their place in line (seq: creation order)."""
 
 TASK_ALL = "tasks:all"
-"""Sorted set: every task scored by its creation time (ListTasks, newest first)."""
+"""Sorted set: every task scored by seq, its creation order (ListTasks, newest first)."""
 
 TASK_STATE_PREFIX = "tasks:state:"
-"""``tasks:state:{STATE}``: sorted set of the tasks in one state, scored by creation time."""
+"""``tasks:state:{STATE}``: sorted set of the tasks in one state, scored by seq."""
 
 TASK_FINISHED = "tasks:finished"
 """Sorted set: tasks in a final state, scored by when they ended (the retention clean-up)."""
 
 TASK_BY_AGENT_PREFIX = "tasks:agent:"
-"""``tasks:agent:{agent_id}``: tasks whose current (or last) attempt is on that agent."""
+"""``tasks:agent:{agent_id}``: tasks whose current (or last) attempt is on that agent, by seq."""
 
 TASK_REQUEST_PREFIX = "tasks:request:"
 """``tasks:request:{request_id}``: the task a request_id created, for the idempotency window."""

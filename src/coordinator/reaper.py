@@ -71,18 +71,25 @@ class TaskReaper:
         return True
 
     async def _expire_leases(self, now_ms: int) -> None:
-        due = await self._redis.zrangebyscore(keys.TASK_LEASES, "-inf", now_ms, start=0, num=BATCH)
+        due = [
+            str(t)
+            for t in await self._redis.zrangebyscore(
+                keys.TASK_LEASES, "-inf", now_ms, start=0, num=BATCH
+            )
+        ]
         for task_id in due:
             state = await self._scripts.release_task(
                 args=[task_id, "", "lease", "lease_expired", "lease expired without a report"]
             )
             if state:
                 log.warning(
-                    "lease expired: attempt given up, task now %s", state, extra={"task_id": task_id}
+                    "lease expired: attempt given up, task now %s",
+                    state,
+                    extra={"task_id": task_id},
                 )
 
     async def _release_lost_agents(self, now_ms: int) -> None:
-        holders = sorted(await self._redis.smembers(keys.AGENTS_HOLDING))
+        holders = sorted(str(a) for a in await self._redis.smembers(keys.AGENTS_HOLDING))
         if not holders:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -123,7 +130,7 @@ class TaskReaper:
             await self._release_agent(agent_id, reason)
 
     async def _release_agent(self, agent_id: str, reason: str) -> None:
-        held = sorted(await self._redis.smembers(keys.agent_tasks(agent_id)))
+        held = sorted(str(t) for t in await self._redis.smembers(keys.agent_tasks(agent_id)))
         for task_id in held:
             state = await self._scripts.release_task(
                 args=[task_id, agent_id, "", "agent_lost", reason]

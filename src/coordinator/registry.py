@@ -156,8 +156,13 @@ class AgentRegistry:
                 keys.AGENTS_ALL,
                 keys.AGENTS_HEARTBEATS,
                 *keys.status_indexes(),
+                keys.AGENTS_CONNECTED,
             ],
-            args=[agent_id, "" if heartbeat_bound_ms is None else heartbeat_bound_ms],
+            args=[
+                agent_id,
+                "" if heartbeat_bound_ms is None else heartbeat_bound_ms,
+                keys.NODE_CHANNEL_PREFIX,
+            ],
         )
         if removed:
             log.info("agent deregistered", extra={"agent_id": agent_id})

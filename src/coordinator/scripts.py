@@ -58,7 +58,9 @@ def _read(name: str) -> str:
 
 
 def _key_table() -> str:
-    entries = ", ".join(f"{name} = {_lua_string(value)}" for name, value in TASK_SCRIPT_KEYS.items())
+    entries = ", ".join(
+        f"{name} = {_lua_string(value)}" for name, value in TASK_SCRIPT_KEYS.items()
+    )
     return f"local K = {{{entries}}}"
 
 

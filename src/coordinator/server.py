@@ -176,7 +176,6 @@ class Coordinator:
             self._stopped = True
             log.info("coordinator stopped")
 
-
     def _resynchronise(self) -> None:
         """After the pub/sub connection (re)connects: look in Redis for what was missed."""
         self.streams.resync_all()

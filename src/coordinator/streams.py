@@ -48,9 +48,9 @@ class CancelEvent:
 
 @dataclass(frozen=True)
 class EndEvent:
-    """End the stream: replaced by a newer one, or the node is draining."""
+    """End the stream: ``replaced`` by a newer one, agent ``deregistered``, node ``draining``."""
 
-    replaced: bool
+    reason: str
 
 
 StreamEvent = AssignmentEvent | CancelEvent | EndEvent
@@ -83,7 +83,7 @@ class Session:
         while True:
             events, self._pending = self._pending, []
             if any(isinstance(e, EndEvent) for e in events):
-                return [e for e in events if isinstance(e, EndEvent)][:1]
+                return [next(e for e in events if isinstance(e, EndEvent))]
             events.extend(await self._unsent_assignments())
             if events:
                 return events
@@ -93,7 +93,7 @@ class Session:
 
     async def _unsent_assignments(self) -> list[StreamEvent]:
         """Assignments the agent holds, has not acknowledged, and this stream has not sent."""
-        held = sorted(await self._redis.smembers(keys.agent_tasks(self.agent_id)))
+        held = sorted(str(t) for t in await self._redis.smembers(keys.agent_tasks(self.agent_id)))
         if not held:
             self._sent.clear()
             return []
@@ -131,7 +131,7 @@ class AssignmentStreams:
         older = self._sessions.get(agent_id)
         self._sessions[agent_id] = session
         if older is not None:
-            older.push(EndEvent(replaced=True))
+            older.push(EndEvent("replaced"))
         connected = await self._scripts.connect_stream(
             args=[agent_id, self._node_id, session.session_id]
         )
@@ -177,7 +177,10 @@ class AssignmentStreams:
             )
         elif kind == "replaced" and message.get("session_id") == session.session_id:
             self._forget(session)
-            session.push(EndEvent(replaced=True))
+            session.push(EndEvent("replaced"))
+        elif kind == "deregistered":
+            self._forget(session)
+            session.push(EndEvent("deregistered"))
 
     def resync_all(self) -> None:
         """After a pub/sub reconnect: every session looks in Redis at once."""
@@ -187,7 +190,7 @@ class AssignmentStreams:
     async def drain(self) -> None:
         """Node shutdown: end every stream (agents reconnect elsewhere) and record it."""
         for session in list(self._sessions.values()):
-            session.push(EndEvent(replaced=False))
+            session.push(EndEvent("draining"))
             self.close(session)
         await self.wait_closed()
 

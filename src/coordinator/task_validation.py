@@ -254,7 +254,9 @@ def task_error(message: str, type_: str, retryable: bool, details: dict[str, Any
 def reason(value: str) -> str:
     """A reason given with a cancel or purge."""
     if len(value) > MAX_REASON_CHARS:
-        raise InvalidArgument.of("reason", f"has {len(value)} characters; at most {MAX_REASON_CHARS}")
+        raise InvalidArgument.of(
+            "reason", f"has {len(value)} characters; at most {MAX_REASON_CHARS}"
+        )
     return value
 
 

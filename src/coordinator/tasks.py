@@ -94,7 +94,7 @@ class TaskStore:
 
     async def get(self, task_id: str) -> Task:
         """One task with its history; NotFound if unknown (or past its retention)."""
-        record = await self._redis.hgetall(keys.task(task_id))
+        record: dict[str, str] = await self._redis.hgetall(keys.task(task_id))  # type: ignore[assignment]
         if not record:
             raise NotFound(f"task_id: no task {task_id!r}")
         return decode_task(record)
@@ -107,7 +107,7 @@ class TaskStore:
             records = await pipe.execute()
         return [decode_task(r) for r in records if r]
 
-    async def list(self, query: ListTasksQuery) -> TaskPage:
+    async def list_tasks(self, query: ListTasksQuery) -> TaskPage:
         """Tasks matching ``query``, newest first, one page at a time."""
         fingerprint = _fingerprint(query)
         after = _decode_page_token(query.page_token, fingerprint)
@@ -121,39 +121,39 @@ class TaskStore:
             index = keys.TASK_ALL
         page: list[Task] = []
         cursor = after
+        last_listed: tuple[float, str] | None = None
         more = False
-        while len(page) <= query.page_size:
+        while not more:
             high: float | str = "+inf" if cursor is None else cursor[0]
-            entries = await self._redis.zrevrangebyscore(
+            replies: list[tuple[Any, Any]] = await self._redis.zrevrangebyscore(
                 index, high, "-inf", start=0, num=BATCH, withscores=True
-            )
+            )  # type: ignore[assignment]
+            entries = [(float(score), str(member)) for member, score in replies]
             if cursor is not None:
-                entries = [
-                    (m, s) for m, s in entries if s < cursor[0] or (s == cursor[0] and m < cursor[1])
-                ]
+                entries = [entry for entry in entries if entry < cursor]
             if not entries:
                 break
-            by_id = {t.task_id: t for t in await self.get_many([m for m, _ in entries])}
-            for member, score in entries:
-                cursor = (score, member)
-                task = by_id.get(member)
-                if task is not None and _matches(task, query):
-                    if len(page) == query.page_size:
-                        more = True
-                        break
-                    page.append(task)
-            if more:
-                break
+            by_id = {t.task_id: t for t in await self.get_many([m for _, m in entries])}
+            for entry in entries:
+                cursor = entry
+                task = by_id.get(entry[1])
+                if task is None or not _matches(task, query):
+                    continue
+                if len(page) == query.page_size:
+                    more = True
+                    break
+                page.append(task)
+                last_listed = entry
         token = ""
-        if more and page:
-            last = page[-1]
-            score = await self._redis.zscore(index, last.task_id)
-            token = _encode_page_token((float(score or 0), last.task_id), fingerprint)
+        if more and last_listed is not None:
+            token = _encode_page_token(last_listed, fingerprint)
         return TaskPage(tasks=page, next_page_token=token)
 
     async def cancel(self, task_id: str, reason: str) -> Task:
         """Cancel a PENDING, ASSIGNED or RUNNING task; a finished one is FAILED_PRECONDITION."""
-        outcome = await self._scripts.cancel_task(args=[task_id, reason or "cancelled by client", ""])
+        outcome = await self._scripts.cancel_task(
+            args=[task_id, reason or "cancelled by client", ""]
+        )
         if outcome[0] == "not_found":
             raise NotFound(f"task_id: no task {task_id!r}")
         if outcome[0] == "final":
@@ -242,14 +242,15 @@ class TaskStore:
         seen: set[str] = set()
         while True:
             batch = [
-                t for t in await self._redis.zrange(keys.task_queue(priority.name), 0, BATCH - 1)
+                str(t)
+                for t in await self._redis.zrange(keys.task_queue(priority.name), 0, BATCH - 1)
             ]
             batch = [t for t in batch if t not in seen]
             if not batch:
                 break
             seen.update(batch)
             cancelled += await self._cancel_pending(batch, reason)
-        waiting = await self._redis.zrange(keys.TASK_SCHEDULED, 0, -1)
+        waiting = [str(t) for t in await self._redis.zrange(keys.TASK_SCHEDULED, 0, -1)]
         for chunk in _chunks(waiting, BATCH):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for task_id in chunk:
@@ -270,13 +271,13 @@ class TaskStore:
     async def strategy(self) -> Strategy:
         """The cluster's load-balancing strategy."""
         stored = await self._redis.get(keys.BALANCING_STRATEGY)
-        return Strategy.parse(stored or self._settings.balancing_strategy)
+        return Strategy.parse(str(stored or self._settings.balancing_strategy))
 
     async def set_strategy(self, strategy: Strategy) -> Strategy:
         """Store the cluster's strategy for every node; returns the previous one."""
         previous = await self._redis.set(keys.BALANCING_STRATEGY, strategy.name.lower(), get=True)
         log.info("balancing strategy set to %s", strategy.name.lower())
-        return Strategy.parse(previous or self._settings.balancing_strategy)
+        return Strategy.parse(str(previous or self._settings.balancing_strategy))
 
     async def stats(self) -> TaskStats:
         """Cluster-wide counters and latencies: the same on every node."""

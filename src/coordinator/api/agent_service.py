@@ -13,7 +13,7 @@ from coordinator import validation
 from coordinator.api import wire
 from coordinator.config import Settings
 from coordinator.dispatcher import Dispatcher
-from coordinator.errors import Aborted, FailedPrecondition
+from coordinator.errors import Aborted, FailedPrecondition, NotFound
 from coordinator.registry import AgentRegistry
 from coordinator.streams import AssignmentEvent, AssignmentStreams, EndEvent
 
@@ -138,10 +138,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             while True:
                 for event in await session.next_events():
                     if isinstance(event, EndEvent):
-                        if event.replaced:
+                        if event.reason == "replaced":
                             raise Aborted(
                                 f"agent_id: a newer StreamAssignments for agent {agent_id!r} "
                                 "replaced this one"
+                            )
+                        if event.reason == "deregistered":
+                            raise NotFound(
+                                f"agent_id: agent {agent_id!r} was deregistered; register it "
+                                "again to receive work"
                             )
                         yield agent_pb2.StreamAssignmentsResponse(
                             draining=agent_pb2.NodeDraining(node_id=self._settings.node_id)

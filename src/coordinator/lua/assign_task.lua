@@ -72,7 +72,7 @@ redis.call('HINCRBY', agent_key, 'active_tasks', 1)
 if previous_agent ~= '' and previous_agent ~= agent_id then
   redis.call('ZREM', K.by_agent .. previous_agent, task_id)
 end
-redis.call('ZADD', K.by_agent .. agent_id, tonumber(task.created_at_ms), task_id)
+redis.call('ZADD', K.by_agent .. agent_id, tonumber(task.seq), task_id)
 
 redis.call('HINCRBY', K.stats, 'tasks_distributed', 1)
 redis.call('HINCRBY', K.assignments_per_agent, agent_id, 1)

@@ -45,7 +45,7 @@ local task = {
   schedule_to_start_ms = schedule_to_start_ms, created_at_ms = now, attempt = 0,
   agent_id = '', transitions = '[]',
 }
-redis.call('ZADD', K.all, now, task_id)
+redis.call('ZADD', K.all, seq, task_id)
 transition(task, 'PENDING', now, 'submitted')
 enqueue(task, now)
 redis.call('HINCRBY', K.stats, 'tasks_submitted', 1)

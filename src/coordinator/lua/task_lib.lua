@@ -43,11 +43,12 @@ local function encode_list(list)
 end
 
 -- Moves the task to a new state: the state indexes, the transitions list, updated_at and
--- the WatchTask channel. ``task`` needs created_at_ms, transitions, attempt and agent_id.
+-- the WatchTask channel. ``task`` needs seq, transitions, attempt and agent_id. The listing
+-- indexes are scored by seq, which is unique and follows creation order.
 local function transition(task, state, now, reason)
   local key = K.task .. task.id
   redis.call('ZREM', K.state .. task.state, task.id)
-  redis.call('ZADD', K.state .. state, tonumber(task.created_at_ms), task.id)
+  redis.call('ZADD', K.state .. state, tonumber(task.seq), task.id)
   local transitions = decode_list(task.transitions)
   transitions[#transitions + 1] = {
     state = state, at_ms = now, attempt = tonumber(task.attempt) or 0,
@@ -174,7 +175,7 @@ local function retry_or_fail(task, now, err, reason)
     transition(task, 'PENDING', now, reason .. '; retry in ' .. backoff .. ' ms')
     return 'PENDING'
   end
-  redis.call('ZADD', K.dead_letter, now, task.id)
+  redis.call('ZADD', K.dead_letter, tonumber(task.seq), task.id)
   redis.call('HSET', key, 'dead_lettered', 1)
   redis.call('HINCRBY', K.stats, 'tasks_failed', 1)
   transition(task, 'FAILED', now, reason)
