@@ -175,8 +175,9 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchTask(self, request, context):
-        """Streams a task's state: the current state first, then every transition, until the task
-        ends. Transitions made on any node are seen.
+        """Streams a task: as it is now first, then again after each change, until the task ends.
+        Changes made on any node are seen. Each message carries the complete transitions list;
+        two transitions that land within a few milliseconds may arrive in one message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
