@@ -7,9 +7,7 @@ liveness and health are the same on every node whatever its clock says.
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -17,9 +15,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from coordinator import keys
+from coordinator import keys, page_tokens
 from coordinator.config import Settings
-from coordinator.errors import InvalidArgument, NotFound
+from coordinator.errors import NotFound
 from coordinator.health_score import health_score
 from coordinator.models import (
     Agent,
@@ -195,7 +193,7 @@ class AgentRegistry:
     async def discover(self, query: DiscoverQuery) -> DiscoverPage:
         """Agents matching ``query``, best health first, then by id, one page at a time."""
         fingerprint = _fingerprint(query)
-        after = _decode_page_token(query.page_token, fingerprint)
+        after = page_tokens.decode(query.page_token, fingerprint)
         stored = [s for s in keys.STORED_STATUSES if s in query.statuses]
         filter_keys = [
             *([keys.type_index(query.agent_type)] if query.agent_type else []),
@@ -227,7 +225,7 @@ class AgentRegistry:
         more = len(remaining) > query.page_size
         return DiscoverPage(
             agents=page,
-            next_page_token=_encode_page_token(_order(page[-1]), fingerprint) if more else "",
+            next_page_token=page_tokens.encode(_order(page[-1]), fingerprint) if more else "",
             total_size=len(matches),
         )
 
@@ -354,7 +352,7 @@ def _order(agent: Agent) -> tuple[float, str]:
 
 
 def _fingerprint(query: DiscoverQuery) -> str:
-    canonical = json.dumps(
+    return page_tokens.fingerprint(
         [
             sorted(s.name for s in query.statuses),
             query.agent_type,
@@ -363,24 +361,4 @@ def _fingerprint(query: DiscoverQuery) -> str:
             sorted(query.labels.items()),
             query.min_health_score,
         ]
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _encode_page_token(after: tuple[float, str], fingerprint: str) -> str:
-    raw = json.dumps({"f": fingerprint, "h": after[0], "id": after[1]}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_page_token(token: str, fingerprint: str) -> tuple[float, str] | None:
-    if not token:
-        return None
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if raw["f"] == fingerprint:
-            return (float(raw["h"]), str(raw["id"]))
-    except (ValueError, KeyError, TypeError):
-        pass
-    raise InvalidArgument.of(
-        "page_token", "is not a next_page_token returned for these same filters"
     )

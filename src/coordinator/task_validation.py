@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from coordinator.balancing import Strategy
-from coordinator.errors import FieldViolation, InvalidArgument
+from coordinator.errors import InvalidArgument
 from coordinator.task_models import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SCHEDULE_TO_START_S,
@@ -33,8 +33,8 @@ from coordinator.validation import (
     MAX_LABELS,
     MAX_PAGE_SIZE,
     MAX_REASON_CHARS,
-    MAX_TAGS,
-    TAG,
+    Violations,
+    tags,
 )
 
 TASK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -49,18 +49,6 @@ MAX_ERROR_MESSAGE_CHARS = 4096
 MAX_ERROR_DETAILS_BYTES = 64 * 1024
 
 
-class _Violations:
-    def __init__(self) -> None:
-        self.items: list[FieldViolation] = []
-
-    def add(self, field: str, description: str) -> None:
-        self.items.append(FieldViolation(field, description))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise InvalidArgument(self.items)
-
-
 def task_id(value: str, field: str = "task_id") -> str:
     """A well-formed task id (32 lower-case hex digits, as SubmitTask returns)."""
     if not value:
@@ -70,29 +58,19 @@ def task_id(value: str, field: str = "task_id") -> str:
     return value
 
 
-def _enum(raw: int, parsed: Any, field: str, v: _Violations) -> None:
+def _enum(raw: int, parsed: Any, field: str, v: Violations) -> None:
     if raw != 0 and parsed is None:
         v.add(field, f"{raw} is not a known value")
 
 
 def _seconds(
-    value: float | None, default: float, field: str, low: float, high: float, v: _Violations
+    value: float | None, default: float, field: str, low: float, high: float, v: Violations
 ) -> float:
     if value is None:
         return default
     if not math.isfinite(value) or not low <= value <= high:
         v.add(field, f"must be from {low:g} s to {high:g} s; got {value:g} s")
     return value
-
-
-def _tag_list(values: Iterable[str], field: str, v: _Violations) -> tuple[str, ...]:
-    unique = tuple(dict.fromkeys(values))
-    if len(unique) > MAX_TAGS:
-        v.add(field, f"has {len(unique)} entries; at most {MAX_TAGS}")
-    for index, tag in enumerate(unique):
-        if not TAG.match(tag):
-            v.add(f"{field}[{index}]", f"{tag!r} is not a valid capability or service name")
-    return unique
 
 
 def requirements(
@@ -104,7 +82,7 @@ def requirements(
     agent_id: str,
     min_health_score: float,
     preferred_capabilities: Iterable[str],
-    v: _Violations,
+    v: Violations,
 ) -> Requirements:
     """Validated requirements (violations are added to ``v``)."""
     prefix = "requirements."
@@ -121,14 +99,12 @@ def requirements(
         v.add(prefix + "min_health_score", f"must be from 0 to 1; got {min_health_score}")
     return Requirements(
         agent_type=agent_type,
-        capabilities=_tag_list(capabilities, prefix + "capabilities", v),
-        services=_tag_list(services, prefix + "services", v),
+        capabilities=tags(capabilities, prefix + "capabilities", v),
+        services=tags(services, prefix + "services", v),
         labels=dict(labels),
         agent_id=agent_id,
         min_health_score=min_health_score,
-        preferred_capabilities=_tag_list(
-            preferred_capabilities, prefix + "preferred_capabilities", v
-        ),
+        preferred_capabilities=tags(preferred_capabilities, prefix + "preferred_capabilities", v),
     )
 
 
@@ -153,7 +129,7 @@ def submission(
     routing_key: str,
 ) -> TaskSubmission:
     """A validated SubmitTask request with defaults applied."""
-    v = _Violations()
+    v = Violations()
     if task_data_bytes > max_task_data_bytes:
         v.add(
             "task_data",
@@ -218,7 +194,7 @@ def submission(
 
 def report(task_id_value: str, agent_id: str, fencing_token: str) -> None:
     """The fields every agent report carries."""
-    v = _Violations()
+    v = Violations()
     if not TASK_ID.match(task_id_value):
         v.add("task_id", "is required" if not task_id_value else "is not a task id")
     if not AGENT_ID.match(agent_id):
@@ -230,7 +206,7 @@ def report(task_id_value: str, agent_id: str, fencing_token: str) -> None:
 
 def lease(seconds: float | None) -> float | None:
     """A lease length for ExtendTaskLease (None: the task's start_to_close_timeout)."""
-    v = _Violations()
+    v = Violations()
     value = _seconds(seconds, 0.0, "lease_duration", MIN_LEASE_S, MAX_TIMEOUT_S, v)
     v.raise_if_any()
     return None if seconds is None else value
@@ -238,7 +214,7 @@ def lease(seconds: float | None) -> float | None:
 
 def task_error(message: str, type_: str, retryable: bool, details: dict[str, Any]) -> TaskError:
     """The error of FailTask."""
-    v = _Violations()
+    v = Violations()
     if not message:
         v.add("error.message", "is required: say what went wrong")
     elif len(message) > MAX_ERROR_MESSAGE_CHARS:
@@ -270,7 +246,7 @@ def list_query(
     page_token: str,
 ) -> ListTasksQuery:
     """A validated ListTasks query (page size 0 means 100)."""
-    v = _Violations()
+    v = Violations()
     wanted_states = set()
     for index, (raw, state) in enumerate(states):
         if state is None:

@@ -9,7 +9,6 @@ dispatcher's (``coordinator.dispatcher``); giving up attempts on timers is the r
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -19,10 +18,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from coordinator import keys
+from coordinator import keys, page_tokens
 from coordinator.balancing import Strategy
 from coordinator.config import Settings
-from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
+from coordinator.errors import FailedPrecondition, NotFound
 from coordinator.registry import epoch_ms
 from coordinator.scripts import TaskScripts
 from coordinator.task_models import (
@@ -110,7 +109,7 @@ class TaskStore:
     async def list_tasks(self, query: ListTasksQuery) -> TaskPage:
         """Tasks matching ``query``, newest first, one page at a time."""
         fingerprint = _fingerprint(query)
-        after = _decode_page_token(query.page_token, fingerprint)
+        after = page_tokens.decode(query.page_token, fingerprint)
         if query.dead_letter:
             index = keys.TASK_DEAD_LETTER
         elif query.agent_id:
@@ -146,7 +145,7 @@ class TaskStore:
                 last_listed = entry
         token = ""
         if more and last_listed is not None:
-            token = _encode_page_token(last_listed, fingerprint)
+            token = page_tokens.encode(last_listed, fingerprint)
         return TaskPage(tasks=page, next_page_token=token)
 
     async def cancel(self, task_id: str, reason: str) -> Task:
@@ -401,31 +400,11 @@ def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
 
 
 def _fingerprint(query: ListTasksQuery) -> str:
-    return json.dumps(
+    return page_tokens.fingerprint(
         [
             sorted(s.name for s in query.states),
             query.agent_id,
             sorted(p.name for p in query.priorities),
             query.dead_letter,
-        ],
-        separators=(",", ":"),
-    )
-
-
-def _encode_page_token(after: tuple[float, str], fingerprint: str) -> str:
-    raw = json.dumps({"f": fingerprint, "s": after[0], "id": after[1]}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_page_token(token: str, fingerprint: str) -> tuple[float, str] | None:
-    if not token:
-        return None
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if raw["f"] == fingerprint:
-            return (float(raw["s"]), str(raw["id"]))
-    except (ValueError, KeyError, TypeError):
-        pass
-    raise InvalidArgument.of(
-        "page_token", "is not a next_page_token returned for these same filters"
+        ]
     )

@@ -44,7 +44,9 @@ SETTABLE_STATUSES = (
 )
 
 
-class _Violations:
+class Violations:
+    """Collects every problem of a request, then raises them all at once."""
+
     def __init__(self) -> None:
         self.items: list[FieldViolation] = []
 
@@ -58,13 +60,13 @@ class _Violations:
 
 def agent_id(value: str, field: str = "agent_id") -> str:
     """A well-formed agent id, or InvalidArgument naming ``field``."""
-    violations = _Violations()
+    violations = Violations()
     _check_agent_id(value, field, violations)
     violations.raise_if_any()
     return value
 
 
-def _check_agent_id(value: str, field: str, violations: _Violations) -> None:
+def _check_agent_id(value: str, field: str, violations: Violations) -> None:
     if not value:
         violations.add(field, "is required")
     elif not AGENT_ID.match(value):
@@ -75,7 +77,7 @@ def _check_agent_id(value: str, field: str, violations: _Violations) -> None:
 
 
 def _check_agent_type(
-    value: str, field: str, allowed: Iterable[str], any_type: bool, violations: _Violations
+    value: str, field: str, allowed: Iterable[str], any_type: bool, violations: Violations
 ) -> None:
     allowed = tuple(allowed)
     if not value:
@@ -86,7 +88,7 @@ def _check_agent_type(
         violations.add(field, f"{value!r} is not allowed; allowed types: {', '.join(allowed)}")
 
 
-def _tags(values: Iterable[str], field: str, violations: _Violations) -> tuple[str, ...]:
+def tags(values: Iterable[str], field: str, violations: Violations) -> tuple[str, ...]:
     unique = tuple(dict.fromkeys(values))
     if len(unique) > MAX_TAGS:
         violations.add(field, f"has {len(unique)} entries; at most {MAX_TAGS}")
@@ -104,7 +106,7 @@ def _string_map(
     field: str,
     max_entries: int,
     max_value_chars: int,
-    violations: _Violations,
+    violations: Violations,
 ) -> dict[str, str]:
     if len(values) > max_entries:
         violations.add(field, f"has {len(values)} entries; at most {max_entries}")
@@ -122,7 +124,7 @@ def _string_map(
 
 
 def _load_metrics(
-    values: Mapping[str, float], field: str, violations: _Violations
+    values: Mapping[str, float], field: str, violations: Violations
 ) -> dict[str, float]:
     if len(values) > MAX_LOAD_METRICS:
         violations.add(field, f"has {len(values)} entries; at most {MAX_LOAD_METRICS}")
@@ -154,11 +156,11 @@ def registration(
     any_agent_type: bool,
 ) -> AgentRegistration:
     """A validated registration, with defaults applied (0 slots means 1, weight 0 means 1)."""
-    v = _Violations()
+    v = Violations()
     _check_agent_id(agent_id, "agent_id", v)
     _check_agent_type(agent_type, "agent_type", allowed_agent_types, any_agent_type, v)
-    caps = _tags(capabilities, "capabilities", v)
-    svcs = _tags(services, "services", v)
+    caps = tags(capabilities, "capabilities", v)
+    svcs = tags(services, "services", v)
     eps = _string_map(endpoints, "endpoints", MAX_ENDPOINTS, MAX_ENDPOINT_VALUE_CHARS, v)
     meta = _string_map(metadata, "metadata", MAX_METADATA, MAX_METADATA_VALUE_CHARS, v)
     total = sum(len(k) + len(val) for k, val in metadata.items())
@@ -190,7 +192,7 @@ def heartbeat(
     agent_id: str, load_metrics: Mapping[str, float], status: AgentStatus | None
 ) -> tuple[dict[str, float], AgentStatus | None]:
     """Validated heartbeat fields: the metrics to store (empty: keep) and the status or None."""
-    v = _Violations()
+    v = Violations()
     _check_agent_id(agent_id, "agent_id", v)
     metrics = _load_metrics(load_metrics, "load_metrics", v)
     if status is not None and status not in HEARTBEAT_STATUSES:
@@ -203,7 +205,7 @@ def status_update(
     agent_id: str, status: AgentStatus | None, load_metrics: Mapping[str, float], reason: str
 ) -> tuple[AgentStatus, dict[str, float], str]:
     """Validated UpdateAgentStatus fields."""
-    v = _Violations()
+    v = Violations()
     _check_agent_id(agent_id, "agent_id", v)
     if status is None:
         v.add("status", "is required: ACTIVE, BUSY, MAINTENANCE or ERROR")
@@ -229,7 +231,7 @@ def discover_query(
     page_token: str,
 ) -> DiscoverQuery:
     """A validated DiscoverAgents query (no statuses means ACTIVE; page size 0 means 100)."""
-    v = _Violations()
+    v = Violations()
     wanted: set[AgentStatus] = set()
     for index, status in enumerate(statuses):
         if status is None:
@@ -238,8 +240,8 @@ def discover_query(
             wanted.add(status)
     if agent_type and not AGENT_TYPE.match(agent_type):
         v.add("agent_type", "must be 1 to 64 of a-z 0-9 _ - starting with a letter")
-    caps = _tags(capabilities, "capabilities", v)
-    svcs = _tags(services, "services", v)
+    caps = tags(capabilities, "capabilities", v)
+    svcs = tags(services, "services", v)
     labs = _string_map(labels, "labels", MAX_LABELS, MAX_LABEL_VALUE_CHARS, v)
     if not math.isfinite(min_health_score) or not 0.0 <= min_health_score <= 1.0:
         v.add("min_health_score", f"must be from 0 to 1; got {min_health_score}")
