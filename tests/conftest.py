@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2_grpc
 
-from agent_harness import ScriptedAgent
+from agent_harness import AgentPool, ScriptedAgent
 from aitbc.coordinator.v1 import agent_pb2_grpc, task_pb2_grpc
 from coordinator.config import Settings
 from coordinator.server import Coordinator, create_server
@@ -71,6 +71,7 @@ def make_settings(redis_url: str) -> Callable[..., Settings]:
             health_check_interval_s=0.2,
             redis_timeout_s=0.5,
             shutdown_grace_s=1.0,
+            task_timer_interval_s=0.1,
         )
         return dataclasses.replace(base, **overrides)
 
@@ -137,6 +138,14 @@ async def hold_stream() -> AsyncIterator[Callable[[Node, str], Awaitable[Scripte
     yield hold
     for agent in agents:
         await agent.stop()
+
+
+@pytest.fixture
+async def pool(start_node: Callable[..., Awaitable[Node]]) -> AsyncIterator[AgentPool]:
+    """Agents a test starts (``await pool.start(channel, agent_id)``), stopped before its nodes."""
+    agents = AgentPool()
+    yield agents
+    await agents.stop_all()
 
 
 @pytest.fixture

@@ -3,13 +3,11 @@ NOT_FOUND, FAILED_PRECONDITION, and nothing stored by a refused request."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import pytest
 from google.protobuf.struct_pb2 import Struct
 
-from agent_harness import AgentPool, duration, field_violations, submit_request
+from agent_harness import duration, field_violations, submit_request
 from aitbc.coordinator.v1 import task_pb2
 
 MAX_TASK_DATA_BYTES = 64
@@ -19,13 +17,6 @@ UNKNOWN_TASK_ID = "0" * 32
 @pytest.fixture
 async def node(start_node):
     return await start_node(max_task_data_bytes=MAX_TASK_DATA_BYTES)
-
-
-@pytest.fixture
-async def pool(start_node) -> AsyncIterator[AgentPool]:
-    agents = AgentPool()
-    yield agents
-    await agents.stop_all()
 
 
 async def rpc_error(call) -> grpc.aio.AioRpcError:

@@ -3,13 +3,10 @@ history it leaves, fenced reports, lease extension and idempotent submits."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import pytest
 
 from agent_harness import (
-    AgentPool,
     duration,
     get_task,
     submit_request,
@@ -25,19 +22,6 @@ COMPLETED = task_pb2.TASK_STATE_COMPLETED
 FAILED = task_pb2.TASK_STATE_FAILED
 CANCELLED = task_pb2.TASK_STATE_CANCELLED
 EXPIRED = task_pb2.TASK_STATE_EXPIRED
-
-
-@pytest.fixture
-async def node(start_node):
-    """A node whose timers (retry promotion, expiry, leases) tick every 100 ms."""
-    return await start_node(task_timer_interval_s=0.1)
-
-
-@pytest.fixture
-async def pool(start_node) -> AsyncIterator[AgentPool]:
-    agents = AgentPool()
-    yield agents
-    await agents.stop_all()
 
 
 def ms(stamp) -> int:

@@ -4,13 +4,11 @@ filters and pages, and WatchTask."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from agent_harness import (
-    AgentPool,
     duration,
     eventually,
     get_task,
@@ -36,18 +34,6 @@ MOST_URGENT_FIRST = [URGENT, CRITICAL, HIGH, NORMAL, LOW]
 
 UNMATCHED = task_pb2.TaskRequirements(capabilities=["quantum"])
 """Requirements no agent in these tests meets: the task stays PENDING."""
-
-
-@pytest.fixture
-async def node(start_node):
-    return await start_node(task_timer_interval_s=0.1)
-
-
-@pytest.fixture
-async def pool(start_node) -> AsyncIterator[AgentPool]:
-    agents = AgentPool()
-    yield agents
-    await agents.stop_all()
 
 
 async def submit(node, **fields) -> task_pb2.Task:

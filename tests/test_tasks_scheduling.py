@@ -8,11 +8,9 @@ could have been assigned has been, so the check needs no sleep.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from agent_harness import AgentPool, eventually, get_task, submit_request, wait_for_state
+from agent_harness import eventually, get_task, submit_request, wait_for_state
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 
 PENDING = task_pb2.TASK_STATE_PENDING
@@ -24,18 +22,6 @@ NORMAL = task_pb2.TASK_PRIORITY_NORMAL
 HIGH = task_pb2.TASK_PRIORITY_HIGH
 CRITICAL = task_pb2.TASK_PRIORITY_CRITICAL
 URGENT = task_pb2.TASK_PRIORITY_URGENT
-
-
-@pytest.fixture
-async def node(start_node):
-    return await start_node(task_timer_interval_s=0.1)
-
-
-@pytest.fixture
-async def pool(start_node) -> AsyncIterator[AgentPool]:
-    agents = AgentPool()
-    yield agents
-    await agents.stop_all()
 
 
 async def submit(node, **fields) -> task_pb2.Task:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,18 +25,6 @@ from coordinator.balancing import BalancerState, Candidate, Strategy, choose
 
 ASSIGNED = task_pb2.TASK_STATE_ASSIGNED
 S = task_pb2.BalancingStrategy
-
-
-@pytest.fixture
-async def node(start_node):
-    return await start_node(task_timer_interval_s=0.1)
-
-
-@pytest.fixture
-async def pool(start_node) -> AsyncIterator[AgentPool]:
-    agents = AgentPool()
-    yield agents
-    await agents.stop_all()
 
 
 async def set_strategy(node, strategy: int) -> task_pb2.SetBalancingStrategyResponse:
