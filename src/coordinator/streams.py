@@ -128,16 +128,15 @@ class AssignmentStreams:
     async def open(self, agent_id: str) -> Session:
         """Record the stream in Redis (replacing any older one); NotFound if unregistered."""
         session = Session(agent_id, self._store, self._redis, self._resync_s)
-        older = self._sessions.get(agent_id)
-        self._sessions[agent_id] = session
-        if older is not None:
-            older.push(EndEvent("replaced"))
         connected = await self._scripts.connect_stream(
             args=[agent_id, self._node_id, session.session_id]
         )
         if not connected:
-            self._forget(session)
             raise NotFound(f"agent_id: no agent {agent_id!r} is registered; register it first")
+        older = self._sessions.get(agent_id)
+        self._sessions[agent_id] = session
+        if older is not None:  # on this node: end it now, whenever the pub/sub message comes
+            older.push(EndEvent("replaced"))
         log.info("assignment stream opened", extra={"agent_id": agent_id})
         return session
 
