@@ -22,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from coordinator import keys
+from coordinator.cancellation import raise_if_cancelled
 from coordinator.errors import NotFound
 from coordinator.scripts import TaskScripts
 from coordinator.task_models import Task, TaskState
@@ -85,10 +86,12 @@ class Session:
             if any(isinstance(e, EndEvent) for e in events):
                 return [next(e for e in events if isinstance(e, EndEvent))]
             events.extend(await self._unsent_assignments())
+            raise_if_cancelled()
             if events:
                 return events
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._nudged.wait(), self._resync_s)
+            raise_if_cancelled()
             self._nudged.clear()
 
     async def _unsent_assignments(self) -> list[StreamEvent]:

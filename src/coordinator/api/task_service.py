@@ -13,6 +13,7 @@ import grpc
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 from coordinator import task_validation as tv
 from coordinator.api import wire
+from coordinator.cancellation import raise_if_cancelled
 from coordinator.config import Settings
 from coordinator.errors import InvalidArgument
 from coordinator.events import EventHub
@@ -159,6 +160,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
                 while not changes.empty():
                     changes.get_nowait()
                 task = await self._store.get(task_id)
+                raise_if_cancelled()  # the watcher may be gone (see coordinator.cancellation)
                 # Several transitions may have happened since the last read (quick reports,
                 # a busy node): one message each, as the contract promises.
                 for count in range(seen + 1, len(task.transitions) + 1):
