@@ -15,10 +15,8 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
 from coordinator import reflection
@@ -60,8 +58,10 @@ def connect_redis(settings: Settings, max_connections: int | None = None) -> Red
         socket_connect_timeout=settings.redis_timeout_s,
         socket_keepalive=True,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        # No silent retries: a script whose reply was lost may have run, and running it again
+        # (a submit, a report) is not always harmless. The caller gets UNAVAILABLE at once and
+        # retries with what makes a retry safe (request_id, fencing tokens).
+        retry=Retry(NoBackoff(), retries=0),
         client_name=f"aitbc-coordinator:{settings.node_id}",
     )
     return Redis.from_pool(pool)  # the client owns the pool and closes it
