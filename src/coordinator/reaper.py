@@ -113,6 +113,8 @@ class TaskReaper:
             elif heartbeat_ms is None or heartbeat_ms < now_ms - self._liveness_timeout_ms:
                 reason = "agent's heartbeat expired"
             elif connection and connection.split(" ", 1)[0] in alive:
+                if closed_at_ms is not None:  # its node was thought dead and is back
+                    await self._redis.zrem(keys.AGENTS_DISCONNECTED, agent_id)
                 continue  # streaming: all is well
             elif connection and closed_at_ms is None:
                 # Its node died without closing the stream: the grace period starts now.
