@@ -175,9 +175,9 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchTask(self, request, context):
-        """Streams a task: as it is now first, then again after each change, until the task ends.
-        Changes made on any node are seen. Each message carries the complete transitions list;
-        two transitions that land within a few milliseconds may arrive in one message.
+        """Streams a task: as it is now first, then once per transition, until the task ends.
+        Transitions made on any node are seen. A watcher that falls behind receives each missed
+        transition in its own message, with the task's state, attempt and history as of then.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
