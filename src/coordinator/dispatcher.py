@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -188,22 +189,27 @@ class Dispatcher:
                         withscores=True,
                     )
                 heads = await pipe.execute()
+            # A class that filled its batch may have more tasks beyond it: merge the classes
+            # only up to the earliest such batch end, so FIFO holds across classes too.
+            batch_ends = [e[-1][1] for e in heads if len(e) == HEADS_PER_CLASS]
+            horizon = min(batch_ends) if batch_ends else math.inf
             line = sorted(
                 (seq, task_id, cls)
                 for cls, entries in zip(open_classes, heads, strict=True)
                 for task_id, seq in entries
+                if seq <= horizon
             )
             if not line:
                 break
-            for cls, entries in zip(open_classes, heads, strict=True):
-                if entries:
-                    after[cls] = f"({entries[-1][1]:.0f}"
             exhausted = {
-                cls for cls, entries in zip(open_classes, heads, strict=True) if not entries
+                cls
+                for cls, entries in zip(open_classes, heads, strict=True)
+                if len(entries) < HEADS_PER_CLASS and (not entries or entries[-1][1] <= horizon)
             }
             details = await self._task_details([task_id for _, task_id, _ in line])
             blocked: set[str] = set()
-            for _, task_id, cls in line:
+            for seq, task_id, cls in line:
+                after[cls] = f"({seq:.0f}"
                 if cls in blocked or task_id not in details:
                     continue
                 requirements, strategy, routing_key = details[task_id]

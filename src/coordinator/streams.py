@@ -104,7 +104,8 @@ class Session:
         current = {(t.task_id, t.attempt) for t in tasks}
         self._sent &= current  # forget attempts that ended
         fresh: list[StreamEvent] = []
-        for task in tasks:
+        # In the order the dispatcher assigned them: most urgent first, then place in line.
+        for task in sorted(tasks, key=lambda t: (-t.priority.value, t.seq)):
             key = (task.task_id, task.attempt)
             if (
                 task.state is TaskState.ASSIGNED

@@ -233,6 +233,8 @@ class Task:
     lease_expires_at_ms: int | None
     dead_lettered: bool
     fencing_token: str
+    seq: int = 0
+    """Place in line: tasks of one priority are assigned in this order (FIFO)."""
 
 
 @dataclass(frozen=True)

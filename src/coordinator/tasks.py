@@ -357,6 +357,7 @@ def decode_task(record: dict[str, str]) -> Task:
         lease_expires_at_ms=int(float(lease)) if lease else None,
         dead_lettered=record.get("dead_lettered") == "1",
         fencing_token=record.get("fencing_token", ""),
+        seq=int(record.get("seq") or 0),
     )
 
 
