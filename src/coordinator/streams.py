@@ -25,7 +25,7 @@ from coordinator import keys
 from coordinator.cancellation import raise_if_cancelled
 from coordinator.errors import NotFound
 from coordinator.scripts import TaskScripts
-from coordinator.task_models import Task, TaskState
+from coordinator.task_models import Priority, Task, TaskState
 from coordinator.tasks import TaskStore
 
 log = logging.getLogger(__name__)
@@ -95,24 +95,34 @@ class Session:
             self._nudged.clear()
 
     async def _unsent_assignments(self) -> list[StreamEvent]:
-        """Assignments the agent holds, has not acknowledged, and this stream has not sent."""
+        """Assignments the agent holds, has not acknowledged, and this stream has not sent.
+
+        Reads a few fields of each held task first, and whole tasks (with their data) only
+        for the assignments to send.
+        """
         held = sorted(str(t) for t in await self._redis.smembers(keys.agent_tasks(self.agent_id)))
         if not held:
             self._sent.clear()
             return []
-        tasks = await self._store.get_many(held)
-        current = {(t.task_id, t.attempt) for t in tasks}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id in held:
+                pipe.hmget(keys.task(task_id), "state", "attempt", "agent_id", "priority", "seq")
+            rows = await pipe.execute()
+        current = {(t, int(row[1])) for t, row in zip(held, rows, strict=True) if row[0]}
         self._sent &= current  # forget attempts that ended
-        fresh: list[StreamEvent] = []
+        due = [
+            (-Priority[row[3]].value, int(row[4]), task_id)
+            for task_id, row in zip(held, rows, strict=True)
+            if row[0] == TaskState.ASSIGNED.name
+            and row[2] == self.agent_id
+            and (task_id, int(row[1])) not in self._sent
+        ]
         # In the order the dispatcher assigned them: most urgent first, then place in line.
-        for task in sorted(tasks, key=lambda t: (-t.priority.value, t.seq)):
-            key = (task.task_id, task.attempt)
-            if (
-                task.state is TaskState.ASSIGNED
-                and task.agent_id == self.agent_id
-                and key not in self._sent
-            ):
-                self._sent.add(key)
+        tasks = await self._store.get_many([task_id for *_, task_id in sorted(due)])
+        fresh: list[StreamEvent] = []
+        for task in tasks:
+            if task.state is TaskState.ASSIGNED and task.agent_id == self.agent_id:
+                self._sent.add((task.task_id, task.attempt))
                 fresh.append(AssignmentEvent(task))
         return fresh
 
