@@ -38,6 +38,11 @@ _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _AGENT_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9._-]+)$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+DEFAULT_METRICS_PORT = 9464
+"""The Prometheus exporters' customary port (OpenTelemetry's too), away from gRPC's 9001."""
 
 T = TypeVar("T")
 
@@ -76,6 +81,11 @@ class Settings:
     stream_grace_s: float = 15.0
     task_timer_interval_s: float = 0.5
     task_retention_s: float = 7 * 86_400.0
+    metrics_enabled: bool = False
+    """Off by default: nodes sharing a host (tests, the README's two-node example) would
+    otherwise fight over one metrics port, and an upgrade opens no new unauthenticated port."""
+    metrics_port: int = DEFAULT_METRICS_PORT
+    log_format: str = "text"
 
     @property
     def any_agent_type(self) -> bool:
@@ -136,7 +146,15 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         stream_grace_s=reader.get("COORDINATOR_STREAM_GRACE_S", 15.0, _non_negative),
         task_timer_interval_s=reader.get("COORDINATOR_TASK_TIMER_INTERVAL_S", 0.5, _positive),
         task_retention_s=reader.get("COORDINATOR_TASK_RETENTION_S", 7 * 86_400.0, _positive),
+        metrics_enabled=reader.get("COORDINATOR_METRICS_ENABLED", False, _boolean),
+        metrics_port=reader.get("COORDINATOR_METRICS_PORT", DEFAULT_METRICS_PORT, _port),
+        log_format=reader.get("COORDINATOR_LOG_FORMAT", "text", _log_format),
     )
+    if settings.metrics_enabled and settings.metrics_port == settings.port != 0:
+        raise ConfigError(
+            "COORDINATOR_METRICS_PORT: must differ from COORDINATOR_PORT "
+            f"(both are {settings.port})"
+        )
     if settings.liveness_timeout_s <= settings.heartbeat_interval_s:
         raise ConfigError(
             "COORDINATOR_LIVENESS_TIMEOUT_S: must be greater than COORDINATOR_HEARTBEAT_INTERVAL_S "
@@ -254,3 +272,19 @@ def _log_level(raw: str) -> str:
     if level not in _LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
     return level
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"must be one of {', '.join(_TRUE + _FALSE)} (any case)")
+
+
+def _log_format(raw: str) -> str:
+    value = raw.lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)} (any case)")
+    return value

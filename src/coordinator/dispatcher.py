@@ -31,6 +31,7 @@ from coordinator import keys
 from coordinator.api.error_mapping import redis_unavailable
 from coordinator.balancing import BalancerState, Candidate, Strategy, choose
 from coordinator.config import Settings
+from coordinator.metrics import NodeMetrics
 from coordinator.models import Agent, AgentStatus
 from coordinator.registry import AgentRegistry
 from coordinator.scripts import Scripts, TaskScripts
@@ -60,8 +61,10 @@ class Dispatcher:
         registry: AgentRegistry,
         store: TaskStore,
         settings: Settings,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._redis = redis
+        self._metrics = metrics
         self._registry = registry
         self._store = store
         self._settings = settings
@@ -254,7 +257,7 @@ class Dispatcher:
                 preferred_capabilities=requirements.preferred_capabilities,
                 routing_key=routing_key,
             )
-            verdict, detail = await self._scripts.assign_task(
+            reply = await self._scripts.assign_task(
                 args=[
                     task_id,
                     chosen.agent_id,
@@ -263,7 +266,10 @@ class Dispatcher:
                     self._settings.node_id,
                 ]
             )
+            verdict, detail = reply[0], reply[1]
             if verdict == "ok":
+                if len(reply) > 2 and self._metrics is not None:  # a first attempt
+                    self._metrics.observe_submit_to_assignment_ms(int(reply[2]))
                 used[chosen.agent_id] += 1
                 if used[chosen.agent_id] >= free[chosen.agent_id].max_concurrency:
                     del free[chosen.agent_id]

@@ -28,6 +28,7 @@ from coordinator.dispatcher import Dispatcher
 from coordinator.events import EventHub
 from coordinator.health import RedisHealthMonitor
 from coordinator.liveness import LivenessSweeper
+from coordinator.metrics import NodeMetrics, RpcMetricsInterceptor
 from coordinator.reaper import TaskReaper
 from coordinator.registry import AgentRegistry
 from coordinator.streams import AssignmentStreams
@@ -89,10 +90,11 @@ class Coordinator:
         self.redis = connect_redis(settings)
         self.registry = AgentRegistry(self.redis, settings)
         self.tasks = TaskStore(self.redis, settings)
-        self.dispatcher = Dispatcher(self.redis, self.registry, self.tasks, settings)
         self.streams = AssignmentStreams(
             self.redis, self.tasks, settings.node_id, resync_s=settings.heartbeat_interval_s
         )
+        self.metrics = NodeMetrics(settings, connected_agents=lambda: self.streams.session_count)
+        self.dispatcher = Dispatcher(self.redis, self.registry, self.tasks, settings, self.metrics)
         self.events = EventHub(
             self.redis,
             settings.node_id,
@@ -102,7 +104,12 @@ class Coordinator:
         )
         self.reaper = TaskReaper(self.redis, settings)
         self.server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()], options=server_options(settings)
+            # The metrics interceptor first: it sees the status codes the error mapping chose.
+            interceptors=[
+                RpcMetricsInterceptor(self.metrics),
+                ErrorMappingInterceptor(on_redis_error=self.metrics.count_redis_error),
+            ],
+            options=server_options(settings),
         )
         # Health checks use their own connection: a busy pool must not look like an outage.
         self.health_redis = connect_redis(settings, max_connections=1)
@@ -126,14 +133,19 @@ class Coordinator:
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         reflection.enable(self.server, SERVICE_NAMES, [health.SERVICE_NAME])
         self.port = 0
+        self.metrics_port: int | None = None
+        """The bound metrics port while metrics are served (COORDINATOR_METRICS_ENABLED)."""
         self._stop_lock = asyncio.Lock()
         self._stopped = False
 
     async def start(self) -> int:
         """Bind, start serving and start the background tasks; returns the bound port."""
+        if self.settings.metrics_enabled:
+            self.metrics_port = self.metrics.start_http()
         try:
             self.port = self.server.add_insecure_port(self.settings.address)
         except RuntimeError as exc:  # grpc's way of saying the bind failed
+            await self.metrics.stop_http()
             raise OSError(
                 f"cannot bind {self.settings.address}: is another process using the port? ({exc})"
             ) from None
@@ -170,6 +182,8 @@ class Coordinator:
             await self.server.stop(grace)
             await self.events.stop()
             await self.streams.wait_closed()
+            await self.metrics.stop_http()
+            self.metrics_port = None
             await self.health.withdraw()
             await self.redis.aclose()
             await self.health_redis.aclose()

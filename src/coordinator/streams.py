@@ -139,6 +139,11 @@ class AssignmentStreams:
         self._sessions: dict[str, Session] = {}
         self._closing: set[asyncio.Task[Any]] = set()
 
+    @property
+    def session_count(self) -> int:
+        """Agents with an open stream on this node (read by the metrics thread: one len())."""
+        return len(self._sessions)
+
     async def open(self, agent_id: str) -> Session:
         """Record the stream in Redis (replacing any older one); NotFound if unregistered."""
         session = Session(agent_id, self._store, self._redis, self._resync_s)

@@ -58,6 +58,16 @@ def redis_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
 
 
+def redis_error_kind(exc: BaseException) -> str | None:
+    """The kind of Redis outage an error is, for the ``redis_errors`` metric: "unavailable"
+    (unreachable, timed out, loading), "refused_writes", or None for any other error."""
+    if isinstance(exc, REDIS_OUTAGES):
+        return "unavailable"
+    if redis_unavailable(exc):
+        return "refused_writes"
+    return None
+
+
 def to_status(exc: BaseException) -> status_pb2.Status:
     """The google.rpc.Status for an error raised by a handler."""
     if isinstance(exc, errors.CoordinatorError):
@@ -103,17 +113,33 @@ def _code_of(exc: errors.CoordinatorError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-async def _abort(exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+RedisErrorCounter = Callable[[str], None]
+"""Told the kind (see ``redis_error_kind``) of each Redis error a call fails with."""
+
+
+async def _abort(
+    exc: Exception,
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    on_redis_error: RedisErrorCounter | None,
+) -> None:
     status = to_status(exc)
     if status.code == code_pb2.INTERNAL:
         log.exception("unexpected error in %s", method, exc_info=exc)
     elif status.code == code_pb2.UNAVAILABLE:
         log.warning("%s failed: %s", method, status.message)
+    kind = redis_error_kind(exc)
+    if kind is not None and on_redis_error is not None:
+        on_redis_error(kind)
     await context.abort_with_status(rpc_status.to_status(status))
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions of the coordinator's handlers to status codes (see module docstring)."""
+    """Maps exceptions of the coordinator's handlers to status codes (see module docstring);
+    ``on_redis_error`` is told the kind of every Redis error met (the node's metrics)."""
+
+    def __init__(self, on_redis_error: RedisErrorCounter | None = None) -> None:
+        self._on_redis_error = on_redis_error
 
     async def intercept_service(
         self,
@@ -128,32 +154,32 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
+                _wrap_unary(handler.unary_unary, method, self._on_redis_error),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
+                _wrap_stream(handler.unary_stream, method, self._on_redis_error),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-def _wrap_unary(behavior: Any, method: str) -> Any:
+def _wrap_unary(behavior: Any, method: str, on_redis_error: RedisErrorCounter | None) -> Any:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await behavior(request, context)
         except Exception as exc:
             if isinstance(exc, AbortError):
                 raise
-            await _abort(exc, context, method)
+            await _abort(exc, context, method, on_redis_error)
 
     return wrapped
 
 
-def _wrap_stream(behavior: Any, method: str) -> Any:
+def _wrap_stream(behavior: Any, method: str, on_redis_error: RedisErrorCounter | None) -> Any:
     async def wrapped(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
@@ -163,6 +189,6 @@ def _wrap_stream(behavior: Any, method: str) -> Any:
         except Exception as exc:
             if isinstance(exc, AbortError):
                 raise
-            await _abort(exc, context, method)
+            await _abort(exc, context, method, on_redis_error)
 
     return wrapped

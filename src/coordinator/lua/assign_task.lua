@@ -9,8 +9,10 @@
 -- ARGV[3]      random part of the fencing token
 -- ARGV[4]      liveness timeout in milliseconds
 -- ARGV[5]      node_id of the assigning node (recorded in the attempt)
--- Returns      {'ok', attempt} or {refusal, detail}; refusals about the task are
---              'task_gone', about the agent 'agent_gone', 'agent_unavailable', 'agent_full'
+-- Returns      {'ok', attempt, latency_ms} for a first attempt (latency_ms: from the submit
+--              to this assignment), {'ok', attempt} for a retry, or {refusal, detail};
+--              refusals about the task are 'task_gone', about the agent 'agent_gone',
+--              'agent_unavailable', 'agent_full'
 local task_id = ARGV[1]
 local agent_id = ARGV[2]
 local token_nonce = ARGV[3]
@@ -76,12 +78,16 @@ redis.call('ZADD', K.by_agent .. agent_id, tonumber(task.seq), task_id)
 
 redis.call('HINCRBY', K.stats, 'tasks_distributed', 1)
 redis.call('HINCRBY', K.assignments_per_agent, agent_id, 1)
+local latency_ms = nil
 if attempt == 1 then
-  local latency_ms = now - tonumber(task.created_at_ms)
+  latency_ms = now - tonumber(task.created_at_ms)
   redis.call('HINCRBY', K.stats, 'submit_to_assignment_ms_total', latency_ms)
   redis.call('HINCRBY', K.stats, 'submit_to_assignment_count', 1)
   redis.call('LPUSH', K.assign_latencies, latency_ms)
   redis.call('LTRIM', K.assign_latencies, 0, 9999)
 end
 notify_agent(agent_id, {kind = 'assign', task_id = task_id, attempt = attempt})
+if latency_ms then
+  return {'ok', attempt, latency_ms}
+end
 return {'ok', attempt}

@@ -1,0 +1,336 @@
+"""The node's Prometheus metrics, served over plain HTTP on a port of their own.
+
+Each node has its own ``CollectorRegistry`` (not prometheus_client's global one), so several
+nodes in one process (the tests) each count only their own calls. What the node counts
+itself (RPCs, assignment latency, Redis errors, its open streams) lives in the registry;
+what belongs to the cluster (tasks by state, queue depth) is read from Redis when scraped,
+so every node reports the same, current numbers.
+
+prometheus_client serves the registry from a thread and collects synchronously in it, while
+the node's Redis client belongs to the asyncio loop. The Redis-backed collector therefore
+has a small synchronous Redis client of its own: a scrape costs one pipelined round trip of
+ZCARDs, answers are never staler than the scrape, and nothing runs when nobody scrapes
+(a cache refreshed by a periodic task would cost Redis work all the time and still lag).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+import redis
+from grpc.aio import AbortError
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+from prometheus_client import start_http_server as start_prometheus_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from coordinator import keys
+from coordinator.config import Settings
+from coordinator.task_models import PRIORITIES_MOST_URGENT_FIRST, TaskState
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "aitbc_coordinator"
+
+REDIS_ERROR_KINDS = ("unavailable", "refused_writes")
+"""Redis could not be reached (or timed out, or was loading), or it answered but refused
+writes (a replica, maxmemory, MISCONF)."""
+
+RPC_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+"""From half a millisecond (a health check) to the Redis timeout and beyond."""
+
+ASSIGNMENT_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+"""From an idle cluster's few milliseconds to tasks that waited a minute for a free agent."""
+
+
+class NodeMetrics:
+    """The metrics of one node, in its own registry."""
+
+    def __init__(self, settings: Settings, connected_agents: Callable[[], int]) -> None:
+        self._settings = settings
+        # No "*_created" timestamp series beside every counter and histogram: they double
+        # the scrape and Prometheus does not read them from the text format. (Process-wide,
+        # like the library's own switch, PROMETHEUS_DISABLE_CREATED_SERIES.)
+        disable_created_metrics()
+        self.registry = CollectorRegistry()
+        self.rpc_handled = Counter(
+            "rpc_handled",
+            "RPCs handled, by method and final status code (server streams count when they end).",
+            ["service", "method", "type", "code"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.rpc_duration = Histogram(
+            "rpc_duration_seconds",
+            "Time to answer a unary RPC, whatever its status code.",
+            ["service", "method"],
+            namespace=NAMESPACE,
+            buckets=RPC_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.submit_to_assignment = Histogram(
+            "submit_to_assignment_seconds",
+            "From a task's submission to its first assignment, observed by the assigning node.",
+            namespace=NAMESPACE,
+            buckets=ASSIGNMENT_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "redis_errors",
+            "Calls answered UNAVAILABLE because of Redis, by kind.",
+            ["kind"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        for kind in REDIS_ERROR_KINDS:
+            self.redis_errors.labels(kind)  # both series exist from the start, at 0
+        Gauge(
+            "connected_agents",
+            "Agents with an open StreamAssignments on this node.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        ).set_function(connected_agents)
+        Info("node", "The node's NODE_ID.", namespace=NAMESPACE, registry=self.registry).info(
+            {"node_id": settings.node_id}
+        )
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
+        self._tasks_collector: TaskIndexCollector | None = None
+
+    def count_redis_error(self, kind: str) -> None:
+        """One call failed because of Redis; ``kind`` is one of REDIS_ERROR_KINDS."""
+        self.redis_errors.labels(kind).inc()
+
+    def observe_submit_to_assignment_ms(self, latency_ms: int) -> None:
+        """A task was assigned for the first time, ``latency_ms`` after it was submitted."""
+        self.submit_to_assignment.observe(max(0, latency_ms) / 1000)
+
+    def start_http(self) -> int:
+        """Serve ``/metrics`` on COORDINATOR_HOST:COORDINATOR_METRICS_PORT; returns the port."""
+        host = self._settings.host.strip("[]")  # getaddrinfo takes an IPv6 address bare
+        collector = TaskIndexCollector(self._settings)
+        self.registry.register(collector)
+        try:
+            server, thread = start_prometheus_http_server(
+                self._settings.metrics_port, host, self.registry
+            )
+        except OSError as exc:
+            self.registry.unregister(collector)
+            collector.close()
+            raise OSError(
+                f"cannot bind the metrics port {host}:{self._settings.metrics_port} "
+                f"(COORDINATOR_METRICS_PORT): {exc.strerror or exc}"
+            ) from None
+        self._http = (server, thread)
+        self._tasks_collector = collector
+        port = int(server.server_address[1])
+        log.info("metrics served on http://%s:%d/metrics", self._settings.host, port)
+        return port
+
+    async def stop_http(self) -> None:
+        """Stop serving and close the collector's Redis client (idempotent)."""
+        http, self._http = self._http, None
+        if http is not None:
+            server, thread = http
+            # shutdown() waits for the serving loop, which polls every 0.5 s: not on the loop.
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
+            await asyncio.to_thread(thread.join)
+        collector, self._tasks_collector = self._tasks_collector, None
+        if collector is not None:
+            self.registry.unregister(collector)
+            collector.close()
+
+
+class TaskIndexCollector(Collector):
+    """Tasks by state and queued tasks by priority: index sizes read from Redis per scrape.
+
+    While Redis cannot be read these two metrics are left out of the scrape (absent, not
+    stale); everything else is still served.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._redis = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            retry=Retry(NoBackoff(), retries=0),
+            client_name=f"aitbc-coordinator:{settings.node_id}:metrics",
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        """The families, without reading Redis (the registry calls this on register)."""
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        """The families with the sizes Redis holds now."""
+        states = [state.name for state in TaskState]
+        priorities = [priority.name for priority in PRIORITIES_MOST_URGENT_FIRST]
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for state in states:
+                    pipe.zcard(keys.tasks_in_state(state))
+                for priority in priorities:
+                    pipe.zcard(keys.task_queue(priority))
+                sizes = pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("metrics: cannot read the task indexes from Redis (%r)", exc)
+            return
+        tasks, queued = self._families()
+        for state, size in zip(states, sizes[: len(states)], strict=True):
+            tasks.add_metric([state], size)
+        for priority, size in zip(priorities, sizes[len(states) :], strict=True):
+            queued.add_metric([priority], size)
+        yield from (tasks, queued)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                f"{NAMESPACE}_tasks",
+                "Tasks in each state, in the whole cluster (finished ones until their retention ends).",
+                labels=["state"],
+            ),
+            GaugeMetricFamily(
+                f"{NAMESPACE}_queue_depth",
+                "PENDING tasks ready to run, by priority, in the whole cluster.",
+                labels=["priority"],
+            ),
+        )
+
+    def close(self) -> None:
+        """Close the collector's Redis connections."""
+        self._redis.close()
+
+
+class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every unary and server-streaming call by its final status code, and times the
+    unary ones. Placed first, so it sees the codes the error mapping chose."""
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # an unknown method: its name comes from the client, not counted
+            return handler
+        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._timed_unary(handler.unary_unary, service, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            behavior = handler.unary_stream
+            wrapped = (
+                self._counted_generator(behavior, service, method)
+                if inspect.isasyncgenfunction(behavior)
+                else self._counted_writer(behavior, service, method)
+            )
+            return grpc.unary_stream_rpc_method_handler(
+                wrapped,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client and bidirectional streams (reflection): not counted
+
+    def _count(
+        self,
+        service: str,
+        method: str,
+        rpc_type: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        error: BaseException | None,
+    ) -> None:
+        code = _final_code(context, error)
+        self._metrics.rpc_handled.labels(service, method, rpc_type, code.name).inc()
+
+    def _timed_unary(self, behavior: Any, service: str, method: str) -> Any:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._metrics.rpc_duration.labels(service, method).observe(
+                    time.perf_counter() - started
+                )
+                self._count(service, method, "unary", context, error)
+
+        return wrapped
+
+    def _counted_generator(self, behavior: Any, service: str, method: str) -> Any:
+        async def wrapped(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            error: BaseException | None = None
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._count(service, method, "server_stream", context, error)
+
+        return wrapped
+
+    def _counted_writer(self, behavior: Any, service: str, method: str) -> Any:
+        """For stream handlers that write with ``context.write`` (grpc's health Watch)."""
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            error: BaseException | None = None
+            try:
+                await behavior(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._count(service, method, "server_stream", context, error)
+
+        return wrapped
+
+
+def _final_code(
+    context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+) -> grpc.StatusCode:
+    """The status code the client receives."""
+    if error is None or isinstance(error, AbortError):
+        return context.code() or grpc.StatusCode.OK  # set by abort() or set_code()
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        remaining_s = context.time_remaining()
+        if remaining_s is not None and remaining_s <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED  # the client went away
+    return grpc.StatusCode.UNKNOWN  # grpc's answer to an exception no one mapped
