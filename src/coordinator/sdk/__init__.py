@@ -1,0 +1,40 @@
+"""The Python SDK: ``Agent`` runs task handlers, ``Client`` submits and follows tasks.
+
+Nothing here exposes protobuf types: tasks are ``coordinator.task_models.Task`` objects and
+task data and results are plain dicts.
+"""
+
+from coordinator.sdk.agent import Agent
+from coordinator.sdk.backoff import Backoff
+from coordinator.sdk.client import Client
+from coordinator.sdk.context import TaskContext
+from coordinator.sdk.errors import (
+    PermanentError,
+    RpcError,
+    TaskCancelled,
+    TaskExpired,
+    TaskFailed,
+    TaskNotCompleted,
+)
+from coordinator.sdk.runner import Handler
+from coordinator.task_models import Priority, Requirements, RetryPolicy, Task, TaskError, TaskState
+
+__all__ = [
+    "Agent",
+    "Backoff",
+    "Client",
+    "Handler",
+    "PermanentError",
+    "Priority",
+    "Requirements",
+    "RetryPolicy",
+    "RpcError",
+    "Task",
+    "TaskCancelled",
+    "TaskContext",
+    "TaskError",
+    "TaskExpired",
+    "TaskFailed",
+    "TaskNotCompleted",
+    "TaskState",
+]

@@ -1,0 +1,399 @@
+"""``Agent``: register, hold the assignment stream, heartbeat and run a handler on every
+task, surviving node failures. The user gives an id, a handler and a few facts::
+
+    async def summarize(task: TaskContext) -> dict:
+        return {"summary": task.data["text"][:20]}
+
+    await Agent("summarizer-1", summarize, addresses=["node-a:9001", "node-b:9001"]).run()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import grpc
+
+from aitbc.coordinator.v1 import agent_pb2
+from coordinator.api.wire import duration_s
+from coordinator.sdk.backoff import Backoff
+from coordinator.sdk.context import TaskContext
+from coordinator.sdk.endpoints import Endpoints
+from coordinator.sdk.errors import RpcError
+from coordinator.sdk.reports import Reporter
+from coordinator.sdk.runner import AttemptRunner, Handler
+from coordinator.sdk.wire import AssignmentInfo, assignment_from_proto
+from coordinator.task_models import TaskError
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT_S = 10.0
+SEEN_DELIVERIES_KEPT = 10_000
+"""Deliveries remembered to drop repeats (at-least-once delivery re-sends unacknowledged
+assignments when a stream reopens)."""
+
+# Mistakes in what the agent says about itself: retrying cannot help, so run() raises them.
+_FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+# Why a stream session ended, and so what the connection loop does next.
+Outcome = Literal["draining", "reopen", "register"]
+
+
+class Agent:
+    """An agent process's connection to the coordinator cluster; see the module docstring.
+
+    ``await agent.run()`` works until ``agent.stop()``, SIGTERM or SIGINT (or until another
+    instance with the same ``agent_id`` replaces its stream). Stopping takes no new work (the
+    agent reports BUSY), lets running tasks finish for ``shutdown_grace_s``, hands the others
+    back to be retried, then deregisters if ``deregister_on_stop``.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        handler: Handler,
+        *,
+        addresses: str | Sequence[str] = "localhost:9001",
+        agent_type: str = "worker",
+        capabilities: Sequence[str] = (),
+        services: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        endpoints: Mapping[str, str] | None = None,
+        max_concurrency: int = 1,
+        weight: float = 1.0,
+        shutdown_grace_s: float = 10.0,
+        deregister_on_stop: bool = True,
+        handle_signals: bool = True,
+        reconnect_backoff: Backoff | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency: must be at least 1")
+        self.agent_id = agent_id
+        self.handler = handler
+        self.max_concurrency = max_concurrency
+        self.shutdown_grace_s = shutdown_grace_s
+        self.deregister_on_stop = deregister_on_stop
+        self.handle_signals = handle_signals
+        self._registration = agent_pb2.RegisterAgentRequest(
+            agent_id=agent_id,
+            agent_type=agent_type,
+            capabilities=list(capabilities),
+            services=list(services),
+            labels=dict(labels or {}),
+            metadata=dict(metadata or {}),
+            endpoints=dict(endpoints or {}),
+            max_concurrency=max_concurrency,
+            weight=weight,
+        )
+        self._endpoints = Endpoints(addresses)
+        self._reporter = Reporter(self._endpoints, agent_id)
+        self._backoff = reconnect_backoff or Backoff()
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._runners: dict[tuple[str, int], tuple[AttemptRunner, asyncio.Task[None]]] = {}
+        self._handing_back: set[asyncio.Task[None]] = set()
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._accepting = True
+        self._stop_requested = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._running = False
+        self._wake_heartbeat = asyncio.Event()
+        self.connected = asyncio.Event()
+        """Set while a stream is open (StreamReady received), cleared when it closes."""
+        self.node_id = ""
+        """The coordinator node holding the agent's stream now (or last)."""
+        self.replaced = False
+        """True when run() ended because another instance of this agent took over."""
+        self._log = {"agent_id": agent_id}
+
+    @property
+    def address(self) -> str:
+        """The coordinator address the agent uses now."""
+        return self._endpoints.address
+
+    @property
+    def running_tasks(self) -> int:
+        """Attempts received and not yet reported."""
+        return len(self._runners)
+
+    def request_stop(self) -> None:
+        """Ask ``run()`` to stop gracefully; returns at once (safe in a signal handler)."""
+        self._stop_requested.set()
+
+    async def stop(self) -> None:
+        """Stop gracefully and wait until ``run()`` has finished."""
+        self.request_stop()
+        if self._running:
+            await self._finished.wait()
+
+    def run_forever(self) -> None:
+        """``asyncio.run(agent.run())``: for scripts with nothing else on their event loop."""
+        asyncio.run(self.run())
+
+    async def run(self) -> None:
+        """Connect and work until stopped (see the class docstring). Raises ``RpcError`` if
+        the coordinator refuses the registration itself (a bad id, type or capability)."""
+        if self._running:
+            raise RuntimeError("this Agent is already running")
+        self._running = True
+        self._finished.clear()
+        removers = self._install_signal_handlers()
+        connection = asyncio.create_task(self._connect_loop())
+        stop_requested = asyncio.create_task(self._stop_requested.wait())
+        try:
+            await asyncio.wait({connection, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+            if connection.done():
+                connection.result()  # a fatal registration error propagates from here
+            await self._drain()
+            connection.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connection
+            if self.deregister_on_stop and not self.replaced:
+                await self._deregister()
+            log.info("agent stopped", extra=self._log)
+        finally:
+            for task in (connection, stop_requested, *self._handing_back):
+                task.cancel()
+            for _, task in self._runners.values():
+                task.cancel()
+            await asyncio.gather(
+                connection,
+                stop_requested,
+                *self._handing_back,
+                *(task for _, task in self._runners.values()),
+                return_exceptions=True,
+            )
+            for remove in removers:
+                remove()
+            await self._endpoints.close()
+            self._running = False
+            self._finished.set()
+
+    # --- connection ------------------------------------------------------------------------
+
+    async def _connect_loop(self) -> None:
+        register = True
+        while True:
+            address = self._endpoints.address
+            try:
+                if register:
+                    await self._register()
+                    register = False
+                outcome = await self._stream_session()
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code in _FATAL_CODES:
+                    raise RpcError(code, exc.details() or "") from None
+                if code == grpc.StatusCode.ABORTED:
+                    log.warning(
+                        "another instance of this agent took over; stopping", extra=self._log
+                    )
+                    self.replaced = True
+                    self.request_stop()
+                    return
+                if code == grpc.StatusCode.NOT_FOUND:
+                    log.info(
+                        "the coordinator does not know this agent; registering again",
+                        extra=self._log,
+                    )
+                    register = True
+                else:
+                    next_address = self._endpoints.move_on(away_from=address)
+                    delay_s = self._backoff.next_delay_s()
+                    log.warning(
+                        "%s from %s; reconnecting to %s in %.2f s",
+                        code.name,
+                        address,
+                        next_address,
+                        delay_s,
+                        extra=self._log,
+                    )
+                    await asyncio.sleep(delay_s)
+                continue
+            if outcome == "draining":
+                # At once: the node asked its agents to leave, nothing is wrong elsewhere.
+                next_address = self._endpoints.move_on(away_from=address)
+                log.info(
+                    "node %s is draining; reconnecting to %s",
+                    self.node_id,
+                    next_address,
+                    extra=self._log,
+                )
+                continue
+            register = outcome == "register"
+            await asyncio.sleep(self._backoff.next_delay_s())
+
+    async def _register(self) -> None:
+        reply = await self._endpoints.agents().RegisterAgent(
+            self._registration, timeout=CALL_TIMEOUT_S
+        )
+        log.info(
+            "registered through %s%s",
+            self._endpoints.address,
+            "" if reply.created else " (known already)",
+            extra=self._log,
+        )
+
+    async def _stream_session(self) -> Outcome:
+        """One StreamAssignments, with heartbeats alongside, until it ends."""
+        call = self._endpoints.agents().StreamAssignments(
+            agent_pb2.StreamAssignmentsRequest(agent_id=self.agent_id)
+        )
+        heartbeat_verdict: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        heartbeats: asyncio.Task[None] | None = None
+        reader: asyncio.Task[Outcome] | None = None
+
+        async def read() -> Outcome:
+            nonlocal heartbeats
+            async for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "ready":
+                    self.node_id = event.ready.node_id
+                    self._backoff.reset()
+                    self.connected.set()
+                    interval_s = duration_s(event.ready.heartbeat_interval) or 10.0
+                    heartbeats = asyncio.create_task(self._heartbeat(interval_s, heartbeat_verdict))
+                    log.info("stream open on node %s", self.node_id, extra=self._log)
+                elif kind == "assignment":
+                    self._accept(assignment_from_proto(event.assignment))
+                elif kind == "cancel":
+                    self._cancel(event.cancel.task_id, event.cancel.attempt, event.cancel.reason)
+                elif kind == "draining":
+                    return "draining"
+            return "reopen"
+
+        try:
+            reader = asyncio.create_task(read())
+            await asyncio.wait({reader, heartbeat_verdict}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                return reader.result()
+            return heartbeat_verdict.result()
+        finally:
+            self.connected.clear()
+            call.cancel()
+            for task in (reader, heartbeats):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                        await task
+
+    async def _heartbeat(self, interval_s: float, verdict: asyncio.Future[Outcome]) -> None:
+        """Heartbeat every ``interval_s`` (at once when woken); BUSY while stopping."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_heartbeat.wait(), interval_s)
+            self._wake_heartbeat.clear()
+            status = "AGENT_STATUS_UNSPECIFIED" if self._accepting else "AGENT_STATUS_BUSY"
+            try:
+                await self._endpoints.agents().Heartbeat(
+                    agent_pb2.HeartbeatRequest(agent_id=self.agent_id, status=status),
+                    timeout=CALL_TIMEOUT_S,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    log.info("the coordinator lost this agent's stream; reopening", extra=self._log)
+                    verdict.set_result("reopen")
+                    return
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    log.info(
+                        "the coordinator forgot this agent; registering again", extra=self._log
+                    )
+                    verdict.set_result("register")
+                    return
+                # Anything else: the stream itself will say whether the node is gone.
+                log.warning("heartbeat failed: %s", exc.code().name, extra=self._log)
+
+    async def _deregister(self) -> None:
+        try:
+            await self._endpoints.agents().DeregisterAgent(
+                agent_pb2.DeregisterAgentRequest(agent_id=self.agent_id), timeout=CALL_TIMEOUT_S
+            )
+            log.info("deregistered", extra=self._log)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("could not deregister: %s", exc.code().name, extra=self._log)
+
+    # --- work ------------------------------------------------------------------------------
+
+    def _accept(self, assignment: AssignmentInfo) -> None:
+        key = assignment.key
+        if key in self._seen:
+            log.debug("repeated delivery ignored", extra={**self._log, "task_id": key[0]})
+            return
+        self._seen[key] = None
+        while len(self._seen) > SEEN_DELIVERIES_KEPT:
+            self._seen.popitem(last=False)
+        if not self._accepting:
+            self._hand_back(assignment)
+            return
+        context = TaskContext(
+            task_id=assignment.task_id,
+            attempt=assignment.attempt,
+            task_type=assignment.task_type,
+            data=assignment.data,
+            priority=assignment.priority,
+            agent_id=self.agent_id,
+            start_to_close_s=assignment.start_to_close_s,
+        )
+        runner = AttemptRunner(assignment, context, self.handler, self._reporter, self._slots)
+        task = asyncio.create_task(runner.run())
+        self._runners[key] = (runner, task)
+        task.add_done_callback(lambda _: self._runners.pop(key, None))
+
+    def _hand_back(self, assignment: AssignmentInfo) -> None:
+        """An assignment that raced with stopping: give it back to be retried elsewhere."""
+        error = TaskError("the agent is stopping", "AgentStopped", retryable=True)
+        task = asyncio.create_task(self._report_hand_back(assignment, error))
+        self._handing_back.add(task)
+        task.add_done_callback(self._handing_back.discard)
+
+    async def _report_hand_back(self, assignment: AssignmentInfo, error: TaskError) -> None:
+        await self._reporter.fail(assignment, error)
+
+    def _cancel(self, task_id: str, attempt: int, reason: str) -> None:
+        entry = self._runners.get((task_id, attempt))
+        log.info("cancel notice: %s", reason, extra={**self._log, "task_id": task_id})
+        if entry is not None:
+            entry[0].cancel(reason)
+
+    async def _drain(self) -> None:
+        """Take no new work, let running attempts finish within the grace period, then hand
+        the rest back."""
+        self._accepting = False
+        self._wake_heartbeat.set()  # report BUSY now, not at the next interval
+        running = [task for _, task in self._runners.values()]
+        if running:
+            log.info("stopping: waiting for %d task(s)", len(running), extra=self._log)
+            await asyncio.wait(running, timeout=self.shutdown_grace_s)
+        late = list(self._runners.values())
+        for runner, _ in late:
+            runner.abandon()
+        leftovers = [task for _, task in late] + list(self._handing_back)
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=CALL_TIMEOUT_S)
+
+    def _install_signal_handlers(self) -> list[Callable[[], object]]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return []
+        loop = asyncio.get_running_loop()
+        removers: list[Callable[[], object]] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):  # not on this platform / loop
+                continue
+            removers.append(functools.partial(loop.remove_signal_handler, sig))
+        return removers

@@ -1,0 +1,57 @@
+"""Errors of the SDK. All derive from the coordinator's one root, ``CoordinatorError``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from coordinator.errors import CoordinatorError
+from coordinator.task_models import Task, TaskError
+
+
+class PermanentError(CoordinatorError):
+    """Raised by a task handler: the task failed and another attempt would fail too, so it
+    is FAILED at once instead of retried. Any other exception is retried (``max_attempts``)."""
+
+    def __init__(
+        self, message: str, *, error_type: str = "", details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type or type(self).__name__
+        self.details = details or {}
+
+
+class RpcError(CoordinatorError):
+    """A call the coordinator refused (or could not serve in time); ``code`` is its gRPC status
+    code, ``message`` its details (they name the offending field)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+class TaskNotCompleted(CoordinatorError):
+    """``Client.wait``: the task ended without a result; ``task`` is its final record."""
+
+    def __init__(self, task: Task, message: str) -> None:
+        super().__init__(message)
+        self.task = task
+
+
+class TaskFailed(TaskNotCompleted):
+    """The task is FAILED: it failed permanently or ran out of attempts; ``error`` says why."""
+
+    @property
+    def error(self) -> TaskError | None:
+        """The task's last error."""
+        return self.task.error
+
+
+class TaskCancelled(TaskNotCompleted):
+    """The task was CANCELLED (CancelTask or a queue purge)."""
+
+
+class TaskExpired(TaskNotCompleted):
+    """The task EXPIRED: no agent took it within its schedule-to-start timeout."""

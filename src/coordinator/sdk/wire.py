@@ -1,0 +1,226 @@
+"""The SDK's edge: protobuf messages from the coordinator become domain objects here, and
+what the user passes becomes requests. Nothing else in the SDK touches ``_pb2`` fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from aitbc.coordinator.v1 import agent_pb2, task_pb2
+from coordinator.api import wire as server_wire
+from coordinator.api.wire import duration_from_s, duration_s, struct_from_dict
+from coordinator.api.wire import struct_to_dict as _struct_to_dict
+from coordinator.task_models import (
+    Attempt,
+    LoadBalancerStats,
+    Priority,
+    QueueStats,
+    Requirements,
+    RetryPolicy,
+    Task,
+    TaskError,
+    TaskState,
+    TaskStats,
+    Transition,
+)
+
+_EXACT_INT_LIMIT = 2**53
+
+
+def _whole_numbers_as_int(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_INT_LIMIT:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers_as_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_int(v) for v in value]
+    return value
+
+
+def struct_to_dict(struct: Any) -> dict[str, Any]:
+    """A plain dict from a Struct. A Struct holds every number as a double; whole ones come
+    back as ``int``, as ``json.loads`` would give them (``{"x": 1}`` stays ``{"x": 1}``)."""
+    return dict(_whole_numbers_as_int(_struct_to_dict(struct)))
+
+
+@dataclass(frozen=True)
+class AssignmentInfo:
+    """One attempt of a task pushed to this agent."""
+
+    task_id: str
+    attempt: int
+    fencing_token: str
+    task_type: str
+    data: dict[str, Any]
+    priority: Priority
+    start_to_close_s: float
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """What identifies a delivery: a repeat of the same key is the same work."""
+        return (self.task_id, self.attempt)
+
+
+def assignment_from_proto(message: agent_pb2.Assignment) -> AssignmentInfo:
+    """The domain form of an Assignment event."""
+    return AssignmentInfo(
+        task_id=message.task_id,
+        attempt=message.attempt,
+        fencing_token=message.fencing_token,
+        task_type=message.task_type,
+        data=struct_to_dict(message.task_data),
+        priority=server_wire.priority_from_proto(message.priority) or Priority.NORMAL,
+        start_to_close_s=duration_s(message.start_to_close_timeout),
+    )
+
+
+def _ms(stamp: Timestamp) -> int:
+    return stamp.ToMilliseconds()
+
+
+def _optional_ms(message: Any, field: str) -> int | None:
+    return _ms(getattr(message, field)) if message.HasField(field) else None
+
+
+def _error(message: Any, field: str = "error") -> TaskError | None:
+    if not message.HasField(field):
+        return None
+    error = getattr(message, field)
+    return TaskError(
+        message=error.message,
+        type=error.type,
+        retryable=error.retryable,
+        details=struct_to_dict(error.details),
+    )
+
+
+def task_from_proto(message: task_pb2.Task) -> Task:
+    """The domain form of a Task. ``fencing_token`` is empty: only the agent sees it."""
+    r = message.requirements
+    return Task(
+        task_id=message.task_id,
+        task_type=message.task_type,
+        state=server_wire.state_from_proto(message.state) or TaskState.PENDING,
+        priority=server_wire.priority_from_proto(message.priority) or Priority.NORMAL,
+        task_data=struct_to_dict(message.task_data),
+        requirements=Requirements(
+            agent_type=r.agent_type,
+            capabilities=tuple(r.capabilities),
+            services=tuple(r.services),
+            labels=dict(r.labels),
+            agent_id=r.agent_id,
+            min_health_score=r.min_health_score,
+            preferred_capabilities=tuple(r.preferred_capabilities),
+        ),
+        max_attempts=message.max_attempts,
+        attempt=message.attempt,
+        agent_id=message.agent_id,
+        schedule_to_start_s=duration_s(message.schedule_to_start_timeout),
+        start_to_close_s=duration_s(message.start_to_close_timeout),
+        retry_policy=RetryPolicy(
+            initial_backoff_s=duration_s(message.retry_policy.initial_backoff),
+            max_backoff_s=duration_s(message.retry_policy.max_backoff),
+            backoff_multiplier=message.retry_policy.backoff_multiplier,
+        ),
+        request_id=message.request_id,
+        strategy=server_wire.strategy_from_proto(message.balancing_strategy),
+        routing_key=message.routing_key,
+        result=struct_to_dict(message.result) if message.HasField("result") else None,
+        error=_error(message),
+        attempts=tuple(
+            Attempt(
+                attempt=a.attempt,
+                agent_id=a.agent_id,
+                node_id=a.node_id,
+                assigned_at_ms=_ms(a.assigned_at),
+                started_at_ms=_optional_ms(a, "started_at"),
+                ended_at_ms=_optional_ms(a, "ended_at"),
+                outcome=server_wire.state_from_proto(a.outcome),
+                error=_error(a),
+            )
+            for a in message.attempts
+        ),
+        transitions=tuple(
+            Transition(
+                state=server_wire.state_from_proto(t.state) or TaskState.PENDING,
+                at_ms=_ms(t.at),
+                attempt=t.attempt,
+                agent_id=t.agent_id,
+                reason=t.reason,
+            )
+            for t in message.transitions
+        ),
+        created_at_ms=_ms(message.created_at),
+        updated_at_ms=_ms(message.updated_at),
+        lease_expires_at_ms=_optional_ms(message, "lease_expires_at"),
+        dead_lettered=message.dead_lettered,
+        fencing_token="",
+    )
+
+
+def _queue_from_proto(message: task_pb2.QueueStats) -> QueueStats:
+    return QueueStats(
+        priority=server_wire.priority_from_proto(message.priority) or Priority.NORMAL,
+        pending=message.pending,
+        oldest_task_age_s=duration_s(message.oldest_task_age),
+    )
+
+
+def stats_from_proto(message: task_pb2.GetStatsResponse) -> TaskStats:
+    """The domain form of GetStats."""
+    lb = message.load_balancer_stats
+    strategy = server_wire.strategy_from_proto(lb.strategy)
+    assert strategy is not None, "GetStats always names the cluster's strategy"
+    return TaskStats(
+        tasks_submitted=message.tasks_submitted,
+        tasks_distributed=message.tasks_distributed,
+        tasks_completed=message.tasks_completed,
+        tasks_failed=message.tasks_failed,
+        tasks_cancelled=message.tasks_cancelled,
+        tasks_expired=message.tasks_expired,
+        avg_submit_to_assignment_ms=message.avg_submit_to_assignment_ms,
+        p99_submit_to_assignment_ms=message.p99_submit_to_assignment_ms,
+        load_balancer_stats=LoadBalancerStats(
+            strategy=strategy,
+            active_agents=lb.active_agents,
+            total_assignments=lb.total_assignments,
+            avg_agent_load=lb.avg_agent_load,
+            assignments_per_agent=dict(lb.assignments_per_agent),
+        ),
+        queues=[_queue_from_proto(q) for q in message.queues],
+    )
+
+
+def requirements_to_proto(requirements: Requirements | None) -> task_pb2.TaskRequirements:
+    """The wire form of task requirements (None: any agent)."""
+    r = requirements or Requirements()
+    return task_pb2.TaskRequirements(
+        agent_type=r.agent_type,
+        capabilities=r.capabilities,
+        services=r.services,
+        labels=r.labels,
+        agent_id=r.agent_id,
+        min_health_score=r.min_health_score,
+        preferred_capabilities=r.preferred_capabilities,
+    )
+
+
+def retry_policy_to_proto(policy: RetryPolicy) -> task_pb2.RetryPolicy:
+    """The wire form of a retry policy."""
+    return task_pb2.RetryPolicy(
+        initial_backoff=duration_from_s(policy.initial_backoff_s),
+        max_backoff=duration_from_s(policy.max_backoff_s),
+        backoff_multiplier=policy.backoff_multiplier,
+    )
+
+
+def error_to_proto(error: TaskError) -> task_pb2.TaskError:
+    """The wire form of a task error reported by FailTask."""
+    return task_pb2.TaskError(
+        message=error.message,
+        type=error.type,
+        retryable=error.retryable,
+        details=struct_from_dict(error.details) if error.details else None,
+    )
