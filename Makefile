@@ -1,11 +1,12 @@
 # AITBC Agent Coordinator — build, lint and test tooling (GNU make).
 #
 #   make help          list targets
-#   make install       venv in $(VENV) with the package (editable) + dev tools, and buf
+#   make install       venv in $(VENV) with the package (editable) + dev tools, buf and protoc-gen-es
 #   make test          check-protos + lint + pytest
 #
 # Everything is installed under $(VENV): Python packages in the venv itself, Node
-# tools (buf) under $(VENV)/node.
+# tools (buf, protoc-gen-es) under $(VENV)/node. The Node agent example keeps its own
+# packages in examples/node-agent/node_modules.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,12 +23,22 @@ PYTEST_ARGS ?=
 VENV_STAMP := $(VENV)/.install.stamp
 
 BUF_VERSION := 1.75.0
+# protoc-gen-es writes generated/js. 2.6.3 is the newest release that still runs on Node 18
+# (Debian 12's nodejs); later ones need Node 20 or 22. It must equal the @bufbuild/protobuf
+# runtime pinned in examples/node-agent/package.json.
+PROTOC_GEN_ES_VERSION := 2.6.3
 NODE_PREFIX := $(VENV)/node
 BUF := $(NODE_PREFIX)/node_modules/.bin/buf
-BUF_STAMP := $(NODE_PREFIX)/.buf-$(BUF_VERSION).stamp
+PROTOC_GEN_ES := $(NODE_PREFIX)/node_modules/.bin/protoc-gen-es
+# One stamp for both: a second `npm install --prefix` would remove what the first installed.
+BUF_STAMP := $(NODE_PREFIX)/.buf-$(BUF_VERSION)-es-$(PROTOC_GEN_ES_VERSION).stamp
+
+NODE_AGENT_DIR := examples/node-agent
+NODE_AGENT_STAMP := $(NODE_AGENT_DIR)/node_modules/.npm-ci.stamp
 
 PROTO_DIR := protos
 GEN_DIR := generated/python
+GEN_JS_DIR := generated/js
 DESCRIPTOR_SET := aitbc/coordinator/v1/descriptor_set.binpb
 # Sorted so the descriptor set (and everything else) is byte-for-byte reproducible.
 PROTO_FILES := $(shell find $(PROTO_DIR) -type f -name '*.proto' 2>/dev/null | LC_ALL=C sort)
@@ -46,6 +57,14 @@ $(PY) -m grpc_tools.protoc -I $(PROTO_DIR) \
 	--descriptor_set_out="$(1)/$(DESCRIPTOR_SET)" --include_source_info --include_imports \
 	$(PROTO_FILES); \
 find "$(1)" -mindepth 1 -type d -exec sh -c ': > "$$1/__init__.py"' sh {} \;
+endef
+
+# $(call gen_js_protos,OUT_DIR): JavaScript for Node, shared by `protos` and `check-protos`.
+# buf compiles protos/ and runs protoc-gen-es: *_pb.js (CommonJS, runtime @bufbuild/protobuf)
+# and *_pb.d.ts (TypeScript declarations, with the proto comments) for both files.
+GEN_JS_TEMPLATE := {"version": "v2", "plugins": [{"local": "$(abspath $(PROTOC_GEN_ES))", "out": ".", "opt": ["target=js+dts", "js_import_style=legacy_commonjs"]}]}
+define gen_js_protos
+$(BUF) generate $(PROTO_DIR) --template '$(GEN_JS_TEMPLATE)' --output "$(1)"
 endef
 
 # The editable install maps only the top-level packages that existed when it ran. If
@@ -67,7 +86,7 @@ help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(firstword $(MAKEFILE_LIST)) \
 		| awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
 
-install: $(VENV_STAMP) $(BUF_STAMP) ## Create the venv (VENV=.venv), pip install -e '.[dev]', install buf
+install: $(VENV_STAMP) $(BUF_STAMP) ## Create the venv (VENV=.venv), pip install -e '.[dev]', install buf and protoc-gen-es
 	@$(ensure_editable)
 
 # Re-runs whenever pyproject.toml changes.
@@ -91,8 +110,17 @@ $(BUF_STAMP):
 	@# --prefix also moves npm's global config to $(NODE_PREFIX)/etc/npmrc; keep the machine's
 	@# (registry, proxy, cafile settings) in force.
 	npm install --globalconfig "$$(npm config get globalconfig)" \
-		--prefix $(NODE_PREFIX) --no-save --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION)
+		--prefix $(NODE_PREFIX) --no-save --no-audit --no-fund \
+		@bufbuild/buf@$(BUF_VERSION) @bufbuild/protoc-gen-es@$(PROTOC_GEN_ES_VERSION)
 	@$(BUF) --version >/dev/null
+	@$(PROTOC_GEN_ES) --version >/dev/null
+	@touch $@
+
+# The Node agent example's packages, exactly as its package-lock.json says (once per lock).
+$(NODE_AGENT_STAMP): $(NODE_AGENT_DIR)/package.json $(NODE_AGENT_DIR)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "error: npm not found; install Node.js and npm (apt-get install nodejs npm)" >&2; exit 1; }
+	cd $(NODE_AGENT_DIR) && npm ci --no-audit --no-fund
 	@touch $@
 
 check-redis: ## Make sure redis-server is on PATH (apt-get installs it if possible)
@@ -111,24 +139,28 @@ check-redis: ## Make sure redis-server is on PATH (apt-get installs it if possib
 run: install check-redis ## Run the server with a private redis-server (extra flags: ARGS=...)
 	$(PY) -m coordinator serve --private-redis $(ARGS)
 
-test: install check-redis check-protos lint ## check-protos + lint + pytest (extra flags: PYTEST_ARGS=...)
+test: install check-redis $(NODE_AGENT_STAMP) check-protos lint ## check-protos + lint + pytest (extra flags: PYTEST_ARGS=...)
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests (exit code 5)" >&2; fi; \
 	exit $$rc
 
-protos: $(VENV_STAMP) ## Regenerate generated/python from protos/**/*.proto
+protos: $(VENV_STAMP) $(BUF_STAMP) ## Regenerate generated/python and generated/js from protos/**/*.proto
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(call gen_protos,$$tmp/python); \
-	rm -rf $(GEN_DIR); mkdir -p $(dir $(GEN_DIR)); \
+	$(call gen_js_protos,$$tmp/js); \
+	rm -rf $(GEN_DIR) $(GEN_JS_DIR); mkdir -p $(dir $(GEN_DIR)); \
 	mv "$$tmp/python" $(GEN_DIR); \
-	echo "Regenerated $(GEN_DIR) from: $(PROTO_FILES)"
+	mv "$$tmp/js" $(GEN_JS_DIR); \
+	echo "Regenerated $(GEN_DIR) and $(GEN_JS_DIR) from: $(PROTO_FILES)"
 	@$(ensure_editable)
 
-check-protos: $(VENV_STAMP) ## Fail if generated/python is not what `make protos` would write
+check-protos: $(VENV_STAMP) $(BUF_STAMP) ## Fail if generated/ is not what `make protos` would write
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(call gen_protos,$$tmp/python); \
-	if diff -r -x __pycache__ -x '*.pyc' "$$tmp/python" $(GEN_DIR) > "$$tmp/diff.txt" 2>&1; then \
-		echo "check-protos: $(GEN_DIR) is up to date"; \
+	$(call gen_js_protos,$$tmp/js); \
+	if diff -r -x __pycache__ -x '*.pyc' "$$tmp/python" $(GEN_DIR) > "$$tmp/diff.txt" 2>&1 \
+		&& diff -r "$$tmp/js" $(GEN_JS_DIR) >> "$$tmp/diff.txt" 2>&1; then \
+		echo "check-protos: $(GEN_DIR) and $(GEN_JS_DIR) are up to date"; \
 	else \
 		head -n 40 "$$tmp/diff.txt" >&2; \
 		echo "generated/ is stale: run make protos" >&2; \
