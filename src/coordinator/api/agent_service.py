@@ -88,6 +88,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             request.reason,
         )
         agent = await self._registry.update_status(request.agent_id, status, load_metrics, reason)
+        self._dispatcher.request()  # an agent back to ACTIVE may take queued work at once
         return agent_pb2.UpdateAgentStatusResponse(agent=wire.agent_to_proto(agent))
 
     async def DeregisterAgent(
