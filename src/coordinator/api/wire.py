@@ -13,7 +13,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.balancing import Strategy
 from coordinator.models import Agent, AgentStatus
-from coordinator.task_models import Priority, QueueStats, Task, TaskError, TaskState, TaskStats
+from coordinator.task_models import (
+    Priority,
+    QueueStats,
+    Requirements,
+    RetryPolicy,
+    Task,
+    TaskError,
+    TaskState,
+    TaskStats,
+)
 
 STATUS_PREFIX = "AGENT_STATUS_"
 
@@ -123,14 +132,40 @@ def duration_s(duration: Duration) -> float:
     return duration.seconds + duration.nanos / 1e9
 
 
-def _error_to_proto(error: TaskError | None) -> task_pb2.TaskError | None:
-    if error is None:
-        return None
+def error_to_proto(error: TaskError) -> task_pb2.TaskError:
+    """The wire form of a task error."""
     return task_pb2.TaskError(
         message=error.message,
         type=error.type,
         retryable=error.retryable,
         details=struct_from_dict(error.details) if error.details else None,
+    )
+
+
+def _error_to_proto(error: TaskError | None) -> task_pb2.TaskError | None:
+    return None if error is None else error_to_proto(error)
+
+
+def requirements_to_proto(requirements: Requirements | None) -> task_pb2.TaskRequirements:
+    """The wire form of task requirements (None: any agent)."""
+    r = requirements or Requirements()
+    return task_pb2.TaskRequirements(
+        agent_type=r.agent_type,
+        capabilities=r.capabilities,
+        services=r.services,
+        labels=r.labels,
+        agent_id=r.agent_id,
+        min_health_score=r.min_health_score,
+        preferred_capabilities=r.preferred_capabilities,
+    )
+
+
+def retry_policy_to_proto(policy: RetryPolicy) -> task_pb2.RetryPolicy:
+    """The wire form of a retry policy."""
+    return task_pb2.RetryPolicy(
+        initial_backoff=duration_from_s(policy.initial_backoff_s),
+        max_backoff=duration_from_s(policy.max_backoff_s),
+        backoff_multiplier=policy.backoff_multiplier,
     )
 
 
@@ -140,32 +175,19 @@ def _optional_timestamp(epoch_ms: int | None) -> Timestamp | None:
 
 def task_to_proto(task: Task) -> task_pb2.Task:
     """The wire form of a task with its history."""
-    r = task.requirements
     return task_pb2.Task(
         task_id=task.task_id,
         task_type=task.task_type,
         state=STATE_PREFIX + task.state.name,
         priority=PRIORITY_PREFIX + task.priority.name,
         task_data=struct_from_dict(task.task_data),
-        requirements=task_pb2.TaskRequirements(
-            agent_type=r.agent_type,
-            capabilities=r.capabilities,
-            services=r.services,
-            labels=r.labels,
-            agent_id=r.agent_id,
-            min_health_score=r.min_health_score,
-            preferred_capabilities=r.preferred_capabilities,
-        ),
+        requirements=requirements_to_proto(task.requirements),
         max_attempts=task.max_attempts,
         attempt=task.attempt,
         agent_id=task.agent_id,
         schedule_to_start_timeout=duration_from_s(task.schedule_to_start_s),
         start_to_close_timeout=duration_from_s(task.start_to_close_s),
-        retry_policy=task_pb2.RetryPolicy(
-            initial_backoff=duration_from_s(task.retry_policy.initial_backoff_s),
-            max_backoff=duration_from_s(task.retry_policy.max_backoff_s),
-            backoff_multiplier=task.retry_policy.backoff_multiplier,
-        ),
+        retry_policy=retry_policy_to_proto(task.retry_policy),
         request_id=task.request_id,
         balancing_strategy=strategy_to_proto(task.strategy),
         routing_key=task.routing_key,

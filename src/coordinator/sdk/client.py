@@ -24,6 +24,8 @@ from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 from coordinator.api.wire import (
     PRIORITY_PREFIX,
     duration_from_s,
+    requirements_to_proto,
+    retry_policy_to_proto,
     strategy_to_proto,
     struct_from_dict,
 )
@@ -31,12 +33,7 @@ from coordinator.balancing import Strategy
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.endpoints import RETRIED_CODES, Endpoints
 from coordinator.sdk.errors import RpcError, TaskCancelled, TaskExpired, TaskFailed
-from coordinator.sdk.wire import (
-    requirements_to_proto,
-    retry_policy_to_proto,
-    stats_from_proto,
-    task_from_proto,
-)
+from coordinator.sdk.wire import stats_from_proto, task_from_proto
 from coordinator.task_models import Priority, Requirements, RetryPolicy, Task, TaskState, TaskStats
 
 T = TypeVar("T")

@@ -13,10 +13,10 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
-from coordinator.api.wire import duration_from_s
+from coordinator.api.wire import duration_from_s, error_to_proto
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.endpoints import RETRIED_CODES, Endpoints
-from coordinator.sdk.wire import AssignmentInfo, error_to_proto
+from coordinator.sdk.wire import AssignmentInfo
 from coordinator.task_models import TaskError
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.api import wire as server_wire
-from coordinator.api.wire import duration_from_s, duration_s, struct_from_dict
+from coordinator.api.wire import duration_s
 from coordinator.api.wire import struct_to_dict as _struct_to_dict
 from coordinator.task_models import (
     Attempt,
@@ -190,37 +190,4 @@ def stats_from_proto(message: task_pb2.GetStatsResponse) -> TaskStats:
             assignments_per_agent=dict(lb.assignments_per_agent),
         ),
         queues=[_queue_from_proto(q) for q in message.queues],
-    )
-
-
-def requirements_to_proto(requirements: Requirements | None) -> task_pb2.TaskRequirements:
-    """The wire form of task requirements (None: any agent)."""
-    r = requirements or Requirements()
-    return task_pb2.TaskRequirements(
-        agent_type=r.agent_type,
-        capabilities=r.capabilities,
-        services=r.services,
-        labels=r.labels,
-        agent_id=r.agent_id,
-        min_health_score=r.min_health_score,
-        preferred_capabilities=r.preferred_capabilities,
-    )
-
-
-def retry_policy_to_proto(policy: RetryPolicy) -> task_pb2.RetryPolicy:
-    """The wire form of a retry policy."""
-    return task_pb2.RetryPolicy(
-        initial_backoff=duration_from_s(policy.initial_backoff_s),
-        max_backoff=duration_from_s(policy.max_backoff_s),
-        backoff_multiplier=policy.backoff_multiplier,
-    )
-
-
-def error_to_proto(error: TaskError) -> task_pb2.TaskError:
-    """The wire form of a task error reported by FailTask."""
-    return task_pb2.TaskError(
-        message=error.message,
-        type=error.type,
-        retryable=error.retryable,
-        details=struct_from_dict(error.details) if error.details else None,
     )
