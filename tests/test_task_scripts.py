@@ -356,11 +356,19 @@ async def test_assign_moves_everything_together(scripts, registry, redis_client)
     assert await redis_client.hgetall(keys.TASK_ASSIGNMENTS_PER_AGENT) == {"a": "1"}
 
     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+    # The whole assignment rides on the message (task_data as its stored JSON text).
     assert json.loads(message["data"]) == {
         "kind": "assign",
         "agent_id": "a",
         "task_id": task_id,
         "attempt": 1,
+        "fencing_token": "1:n1",
+        "task_type": record["task_type"],
+        "task_data": record["task_data"],
+        "priority": "NORMAL",
+        "assigned_at_ms": assigned_at,
+        "lease_expires_at_ms": assigned_at + LEASE_MS,
+        "start_to_close_ms": LEASE_MS,
     }
     await pubsub.aclose()
 

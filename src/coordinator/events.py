@@ -1,9 +1,9 @@
 """The node's one pub/sub connection: wake-ups for the dispatcher, messages for the
 assignment streams this node holds, and task transitions for WatchTask.
 
-Pub/sub carries only nudges, never state: every receiver re-reads Redis when nudged, and
-re-reads on a timer as well, so a message lost while the connection was down delays work
-but loses nothing. After a reconnect the hub tells its listeners, which resynchronise at
+Pub/sub carries nudges and copies, never the only copy of any state: receivers also read
+Redis on a timer, so a message lost while the connection was down delays work but loses
+nothing. After a reconnect the hub tells its listeners, which resynchronise at
 once.
 """
 

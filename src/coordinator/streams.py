@@ -2,18 +2,17 @@
 StreamAssignments.
 
 Opening a session records in Redis which node holds the agent's stream (that is the agent's
-presence); assignments made by any node are announced on this node's pub/sub channel and
-forwarded here. A session never trusts the announcement alone: it sends what Redis says the
-agent holds and has not acknowledged, when it opens, when nudged and on a timer. So a lost
-message delays an assignment but never loses it, and an agent that reconnects receives its
-unacknowledged assignments again (at-least-once delivery; the agent recognises a repeat by
-task_id and attempt).
+presence); assignments made by any node are announced, whole, on this node's pub/sub channel
+and forwarded at once. A session does not rely on the announcements alone: it also sends
+what Redis says the agent holds and has not acknowledged, when it opens, after a pub/sub
+reconnect and on a timer. So a lost message delays an assignment but never loses it, and an
+agent that reconnects receives its unacknowledged assignments again (at-least-once
+delivery; the agent recognises a repeat by task_id and attempt).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from coordinator import keys
 from coordinator.cancellation import raise_if_cancelled
 from coordinator.errors import NotFound
 from coordinator.scripts import TaskScripts
-from coordinator.task_models import Priority, Task, TaskState
+from coordinator.task_models import Assignment, Priority, TaskState
 from coordinator.tasks import TaskStore
 
 log = logging.getLogger(__name__)
@@ -33,9 +32,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AssignmentEvent:
-    """Send this attempt of this task to the agent."""
+    """Send this assignment to the agent."""
 
-    task: Task
+    assignment: Assignment
 
 
 @dataclass(frozen=True)
@@ -66,33 +65,49 @@ class Session:
         self._store = store
         self._redis = redis
         self._resync_s = resync_s
-        self._nudged = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._resync_due = True  # a new stream first sends what the agent already holds
         self._pending: list[StreamEvent] = []
         self._sent: set[tuple[str, int]] = set()
 
     def nudge(self) -> None:
-        """Something changed for this agent: look in Redis before waiting again."""
-        self._nudged.set()
+        """Something may have been missed (pub/sub reconnected): look in Redis again."""
+        self._resync_due = True
+        self._wakeup.set()
 
     def push(self, event: StreamEvent) -> None:
-        """Queue an event that needs no lookup (cancel notices, the end)."""
+        """Queue an event that needs no lookup (assignments announced whole, cancel notices,
+        the end). An assignment this stream has sent already is dropped."""
+        if isinstance(event, AssignmentEvent):
+            key = (event.assignment.task_id, event.assignment.attempt)
+            if key in self._sent:
+                return
+            self._sent.add(key)
         self._pending.append(event)
-        self._nudged.set()
+        self._wakeup.set()
 
     async def next_events(self) -> list[StreamEvent]:
-        """The next events to send, waiting until there is at least one."""
+        """The next events to send, waiting until there is at least one.
+
+        Redis is read when the stream opens, when nudged, and after each quiet
+        ``resync_s``, never per pushed event: the announcements carry what to send.
+        """
         while True:
             events, self._pending = self._pending, []
             if any(isinstance(e, EndEvent) for e in events):
                 return [next(e for e in events if isinstance(e, EndEvent))]
-            events.extend(await self._unsent_assignments())
-            raise_if_cancelled()
+            if self._resync_due:
+                self._resync_due = False
+                events.extend(await self._unsent_assignments())
+                raise_if_cancelled()
             if events:
                 return events
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudged.wait(), self._resync_s)
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self._resync_s)
+            except TimeoutError:
+                self._resync_due = True
             raise_if_cancelled()
-            self._nudged.clear()
+            self._wakeup.clear()
 
     async def _unsent_assignments(self) -> list[StreamEvent]:
         """Assignments the agent holds, has not acknowledged, and this stream has not sent.
@@ -123,7 +138,7 @@ class Session:
         for task in tasks:
             if task.state is TaskState.ASSIGNED and task.agent_id == self.agent_id:
                 self._sent.add((task.task_id, task.attempt))
-                fresh.append(AssignmentEvent(task))
+                fresh.append(AssignmentEvent(Assignment.of(task)))
         return fresh
 
 
@@ -188,7 +203,7 @@ class AssignmentStreams:
             return
         kind = message.get("kind")
         if kind == "assign":
-            session.nudge()
+            session.push(AssignmentEvent(Assignment.from_message(message)))
         elif kind == "cancel":
             session.push(
                 CancelEvent(message["task_id"], int(message["attempt"]), message.get("reason", ""))

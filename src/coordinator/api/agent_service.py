@@ -155,7 +155,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         return
                     if isinstance(event, AssignmentEvent):
                         yield agent_pb2.StreamAssignmentsResponse(
-                            assignment=wire.assignment_to_proto(event.task)
+                            assignment=wire.assignment_to_proto(event.assignment)
                         )
                     else:
                         yield agent_pb2.StreamAssignmentsResponse(

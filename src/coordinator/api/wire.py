@@ -14,6 +14,7 @@ from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.balancing import Strategy
 from coordinator.models import Agent, AgentStatus
 from coordinator.task_models import (
+    Assignment,
     Priority,
     QueueStats,
     Requirements,
@@ -223,19 +224,18 @@ def task_to_proto(task: Task) -> task_pb2.Task:
     )
 
 
-def assignment_to_proto(task: Task) -> agent_pb2.Assignment:
-    """The assignment of a task's current attempt, as pushed to its agent."""
-    current = task.attempts[-1]
+def assignment_to_proto(assignment: Assignment) -> agent_pb2.Assignment:
+    """The wire form of an assignment, as pushed to its agent."""
     return agent_pb2.Assignment(
-        task_id=task.task_id,
-        attempt=task.attempt,
-        fencing_token=task.fencing_token,
-        task_type=task.task_type,
-        task_data=struct_from_dict(task.task_data),
-        priority=PRIORITY_PREFIX + task.priority.name,
-        assigned_at=timestamp_from_ms(current.assigned_at_ms),
-        lease_expires_at=_optional_timestamp(task.lease_expires_at_ms),
-        start_to_close_timeout=duration_from_s(task.start_to_close_s),
+        task_id=assignment.task_id,
+        attempt=assignment.attempt,
+        fencing_token=assignment.fencing_token,
+        task_type=assignment.task_type,
+        task_data=struct_from_dict(assignment.task_data),
+        priority=PRIORITY_PREFIX + assignment.priority.name,
+        assigned_at=timestamp_from_ms(assignment.assigned_at_ms),
+        lease_expires_at=_optional_timestamp(assignment.lease_expires_at_ms),
+        start_to_close_timeout=duration_from_s(assignment.start_to_close_s),
     )
 
 

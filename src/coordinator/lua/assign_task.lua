@@ -86,7 +86,15 @@ if attempt == 1 then
   redis.call('LPUSH', K.assign_latencies, latency_ms)
   redis.call('LTRIM', K.assign_latencies, 0, 9999)
 end
-notify_agent(agent_id, {kind = 'assign', task_id = task_id, attempt = attempt})
+-- The whole assignment rides on the message, so the node holding the stream sends it
+-- without reading it back (task_data stays a JSON string: cjson would not keep it exact).
+local payload = redis.call('HMGET', K.task .. task_id, 'task_type', 'task_data')
+notify_agent(agent_id, {
+  kind = 'assign', task_id = task_id, attempt = attempt, fencing_token = token,
+  task_type = payload[1] or '', task_data = payload[2] or '{}', priority = task.priority,
+  assigned_at_ms = now, lease_expires_at_ms = lease_ms,
+  start_to_close_ms = tonumber(task.start_to_close_ms),
+})
 if latency_ms then
   return {'ok', attempt, latency_ms}
 end
