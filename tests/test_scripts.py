@@ -209,3 +209,28 @@ async def test_discover_intersects_indexes_and_adds_stale_candidates(scripts, re
     assert await discover([], both, True) == ["c"]
     assert await discover([], ["agents:capability:x"], True) == ["c"]
     assert await discover([keys.AGENTS_ACTIVE], [], False) == ["a", "b", "c"]
+
+
+async def test_dispatch_turns_lose_no_request(scripts, redis_client):
+    turn = [keys.DISPATCH_LOCK, keys.DISPATCH_WANTED]
+
+    async def call(action: str, token: str) -> int:
+        return await scripts.dispatch_turn(keys=turn, args=[action, token, 5000])
+
+    assert await call("begin", "a") == 1  # node a takes the turn; no request is pending
+    assert not await redis_client.exists(keys.DISPATCH_WANTED)
+    assert await call("begin", "b") == 0  # node b asks while a passes: the flag is left
+    assert await redis_client.get(keys.DISPATCH_WANTED) == "1"
+    assert await call("end", "a") == 1  # a sees it, keeps the lock and passes again
+    assert await redis_client.get(keys.DISPATCH_LOCK) == "a"
+    assert await call("end", "a") == 0  # nothing asked meanwhile: a releases
+    assert not await redis_client.exists(keys.DISPATCH_LOCK)
+
+    assert await call("begin", "b") == 1
+    await redis_client.set(keys.DISPATCH_LOCK, "c")  # b's lock expired; c took over
+    assert await call("end", "b") == 0
+    assert await redis_client.get(keys.DISPATCH_LOCK) == "c"  # b does not free c's lock
+    assert await call("begin", "d") == 0
+    assert await call("release", "c") == 0  # c stops mid-turn: lock freed, the flag stays
+    assert not await redis_client.exists(keys.DISPATCH_LOCK)
+    assert await redis_client.get(keys.DISPATCH_WANTED) == "1"

@@ -124,20 +124,24 @@ class Dispatcher:
         Returns the number of tasks this node assigned.
         """
         assigned = 0
-        await self._redis.set(keys.DISPATCH_WANTED, "1")
-        while not self._stopping.is_set():
-            token = uuid.uuid4().hex
-            if not await self._redis.set(keys.DISPATCH_LOCK, token, nx=True, px=LOCK_TTL_MS):
-                return assigned  # the holder will see the flag
-            try:
-                while await self._redis.getdel(keys.DISPATCH_WANTED):
-                    assigned += await self.dispatch_pass()
-            finally:
-                await self._lock_scripts.release_lock(keys=[keys.DISPATCH_LOCK], args=[token])
-            # A request that came between the last check and the release found the lock
-            # taken: look once more, now that the lock is free.
-            if not await self._redis.exists(keys.DISPATCH_WANTED):
-                return assigned
+        token = uuid.uuid4().hex
+        turn = [keys.DISPATCH_LOCK, keys.DISPATCH_WANTED]
+        if not await self._lock_scripts.dispatch_turn(
+            keys=turn, args=["begin", token, LOCK_TTL_MS]
+        ):
+            return assigned  # the holder will see the flag
+        again = True
+        try:
+            while again and not self._stopping.is_set():
+                assigned += await self.dispatch_pass()
+                again = bool(
+                    await self._lock_scripts.dispatch_turn(
+                        keys=turn, args=["end", token, LOCK_TTL_MS]
+                    )
+                )
+        finally:
+            if again:  # stopped or failed while holding the lock: free it for the others
+                await self._lock_scripts.dispatch_turn(keys=turn, args=["release", token, 0])
         return assigned
 
     async def dispatch_pass(self) -> int:
@@ -148,12 +152,12 @@ class Dispatcher:
             class_sets = await pipe.execute()
         if not any(class_sets):
             return 0
-        free = await self._free_agents()
+        free, default_strategy, state = await asyncio.gather(
+            self._free_agents(), self._store.strategy(), self._load_balancer_state()
+        )
         if not free:
             return 0
         used = {agent_id: agent.active_tasks for agent_id, agent in free.items()}
-        default_strategy = await self._store.strategy()
-        state = await self._load_balancer_state()
         before = json.dumps(asdict(state), sort_keys=True)
         assigned = 0
         for priority, classes in zip(PRIORITIES_MOST_URGENT_FIRST, class_sets, strict=True):
@@ -296,16 +300,21 @@ class Dispatcher:
             return {}
         stream_nodes = {agent_id: connected[agent_id].split(" ", 1)[0] for agent_id in agent_ids}
         nodes = sorted(set(stream_nodes.values()))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for node in nodes:
-                pipe.exists(keys.node_presence(node))
-            alive = {node for node, up in zip(nodes, await pipe.execute(), strict=True) if up}
+
+        async def live_nodes() -> set[str]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for node in nodes:
+                    pipe.exists(keys.node_presence(node))
+                return {node for node, up in zip(nodes, await pipe.execute(), strict=True) if up}
+
+        # Both reads at once: one round trip of waiting instead of two.
+        alive, agents = await asyncio.gather(live_nodes(), self._registry.read_many(agent_ids))
         return {
             agent.agent_id: agent
-            for agent in await self._registry.read_many(
-                [a for a in agent_ids if stream_nodes[a] in alive]
-            )
-            if agent.status is AgentStatus.ACTIVE and agent.active_tasks < agent.max_concurrency
+            for agent in agents
+            if stream_nodes[agent.agent_id] in alive
+            and agent.status is AgentStatus.ACTIVE
+            and agent.active_tasks < agent.max_concurrency
         }
 
     async def _task_details(

@@ -26,7 +26,7 @@ SCRIPT_NAMES = (
     "deregister_agent",
     "sweep_stale_agents",
     "discover_agents",
-    "release_lock",
+    "dispatch_turn",
 )
 
 TASK_SCRIPT_NAMES = (
@@ -78,7 +78,7 @@ class Scripts:
         self.deregister_agent = self._bind(redis, "deregister_agent")
         self.sweep_stale_agents = self._bind(redis, "sweep_stale_agents")
         self.discover_agents = self._bind(redis, "discover_agents")
-        self.release_lock = self._bind(redis, "release_lock")
+        self.dispatch_turn = self._bind(redis, "dispatch_turn")
 
     @staticmethod
     def _bind(redis: Redis, name: str) -> AsyncScript:

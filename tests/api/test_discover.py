@@ -169,6 +169,10 @@ async def test_invalid_queries(node, query, field):
 async def test_an_indexed_filter_reads_only_candidate_records(node, redis_client):
     for i in range(200):
         await register(node, f"agent-{i:03d}", capabilities=["needle" if i % 40 == 0 else "hay"])
+    # Count only what discovery sends: the node's background loops would add their own.
+    await node.coordinator.dispatcher.stop()
+    await node.coordinator.reaper.stop()
+    await node.coordinator.sweeper.stop()
     await redis_client.config_resetstat()
     assert len(await discover_ids(node, capabilities=["needle"])) == 5
     stats = await redis_client.info("commandstats")
