@@ -87,7 +87,7 @@ async def submit(
         "strategy": "",
         "routing_key": "",
     }
-    created, task_id = await scripts.submit_task(
+    reply = await scripts.submit_task(
         args=[
             task_id or uuid.uuid4().hex,
             request_id,
@@ -98,7 +98,7 @@ async def submit(
             *(item for pair in fields.items() for item in pair),
         ]
     )
-    return created, task_id
+    return reply[0], reply[1]
 
 
 async def new_task(scripts, **options) -> str:
@@ -190,6 +190,10 @@ async def test_submit_creates_the_task_and_puts_it_in_line(scripts, redis_client
 
     second = await new_task(scripts, priority="HIGH", requirements_class="gpu")
     assert await redis_client.hget(keys.task(second), "seq") == "2"
+    # The reply carries what the caller needs to answer without reading the task back.
+    third = uuid.uuid4().hex
+    reply = await scripts.submit_task(args=[third, "", 1000, "LOW", "c", 1000])
+    assert reply == [1, third, int((await task_record(redis_client, third))["created_at_ms"]), 3]
 
 
 async def test_a_repeated_request_id_returns_the_first_task_and_changes_nothing(

@@ -317,3 +317,31 @@ async def test_submitting_twice_with_one_request_id_creates_one_task(node):
     assert stats.tasks_submitted == 2
     listed = await node.tasks.ListTasks(task_pb2.ListTasksRequest())
     assert len(listed.tasks) == 2
+
+
+async def test_submit_answers_the_task_exactly_as_stored(node):
+    # SubmitTask builds its answer without reading the task back: it must equal GetTask's.
+    request = submit_request(
+        task_type="render",
+        data={"frames": [1, 2.5, "x"], "nested": {"ok": True}},
+        priority=task_pb2.TASK_PRIORITY_HIGH,
+        requirements=task_pb2.TaskRequirements(
+            capabilities=["zeta", "alpha"],
+            services=["s2", "s1"],
+            labels={"zone": "eu-1", "chain": "main"},
+            min_health_score=0.25,
+            preferred_capabilities=["p2", "p1"],
+        ),
+        max_attempts=7,
+        schedule_to_start_timeout=duration(12.3456),
+        start_to_close_timeout=duration(2.0004),
+        retry_policy=task_pb2.RetryPolicy(
+            initial_backoff=duration(0.0004), max_backoff=duration(9.9999), backoff_multiplier=1.5
+        ),
+        request_id="exact-1",
+        balancing_strategy=task_pb2.BALANCING_STRATEGY_CONSISTENT_HASH,
+        routing_key="key-1",
+    )
+    answered = (await node.tasks.SubmitTask(request)).task
+    stored = await get_task(node.tasks, answered.task_id)
+    assert answered == stored

@@ -73,7 +73,7 @@ class TaskStore:
             "strategy": s.strategy.name.lower() if s.strategy else "",
             "routing_key": s.routing_key,
         }
-        created, task_id = await self._scripts.submit_task(
+        reply = await self._scripts.submit_task(
             args=[
                 uuid.uuid4().hex,
                 s.request_id,
@@ -84,12 +84,14 @@ class TaskStore:
                 *(item for pair in fields.items() for item in pair),
             ]
         )
-        if created:
-            log.info(
-                "task submitted",
-                extra={"task_id": task_id, "priority": s.priority.name, "task_type": s.task_type},
-            )
-        return await self.get(task_id), bool(created)
+        task_id = reply[1]
+        if not reply[0]:
+            return await self.get(task_id), False
+        log.info(
+            "task submitted",
+            extra={"task_id": task_id, "priority": s.priority.name, "task_type": s.task_type},
+        )
+        return _as_submitted(s, task_id, created_at_ms=int(reply[2]), seq=int(reply[3])), True
 
     async def get(self, task_id: str) -> Task:
         """One task with its history; NotFound if unknown (or past its retention)."""
@@ -358,6 +360,41 @@ def decode_task(record: dict[str, str]) -> Task:
         dead_lettered=record.get("dead_lettered") == "1",
         fencing_token=record.get("fencing_token", ""),
         seq=int(record.get("seq") or 0),
+    )
+
+
+def _as_submitted(s: TaskSubmission, task_id: str, created_at_ms: int, seq: int) -> Task:
+    """The task exactly as ``lua/submit_task.lua`` stored it, without reading it back.
+
+    Requirements, durations and the retry policy go through their stored form (sorted
+    lists, whole milliseconds), so this equals what GetTask returns (tests/test_tasks_lifecycle.py compares them).
+    """
+    return Task(
+        task_id=task_id,
+        task_type=s.task_type,
+        state=TaskState.PENDING,
+        priority=s.priority,
+        task_data=s.task_data,
+        requirements=Requirements.from_json(s.requirements.to_json()),
+        max_attempts=s.max_attempts,
+        attempt=0,
+        agent_id="",
+        schedule_to_start_s=round(s.schedule_to_start_s * 1000) / 1000,
+        start_to_close_s=round(s.start_to_close_s * 1000) / 1000,
+        retry_policy=RetryPolicy.from_json(s.retry_policy.to_json()),
+        request_id=s.request_id,
+        strategy=s.strategy,
+        routing_key=s.routing_key,
+        result=None,
+        error=None,
+        attempts=(),
+        transitions=(Transition(TaskState.PENDING, created_at_ms, 0, "", "submitted"),),
+        created_at_ms=created_at_ms,
+        updated_at_ms=created_at_ms,
+        lease_expires_at_ms=None,
+        dead_lettered=False,
+        fencing_token="",
+        seq=seq,
     )
 
 

@@ -8,7 +8,7 @@
 -- ARGV[5]      requirements class (hash of the requirements)
 -- ARGV[6]      schedule-to-start timeout in milliseconds
 -- ARGV[7..]    field, value pairs of the task's descriptive fields
--- Returns      {created (0 or 1), task_id}
+-- Returns      {1, task_id, created_at_ms, seq} when created, {0, existing task_id} if not
 local task_id = ARGV[1]
 local request_id = ARGV[2]
 local idempotency_window_ms = tonumber(ARGV[3])
@@ -52,4 +52,4 @@ redis.call('HINCRBY', K.stats, 'tasks_submitted', 1)
 if request_id ~= '' then
   redis.call('SET', K.request .. request_id, task_id, 'PX', idempotency_window_ms)
 end
-return {1, task_id}
+return {1, task_id, now, seq}
