@@ -120,7 +120,13 @@ async def assign(scripts, task_id, agent_id, nonce="nonce", liveness_ms=LIVENESS
 
 
 async def report(scripts, task_id, agent_id, token, action, payload=""):
-    return await scripts.report_task(args=[task_id, agent_id, token, action, payload])
+    """The script's verdict; a complete or fail also returns the task, checked here."""
+    reply = await scripts.report_task(args=[task_id, agent_id, token, action, payload])
+    if action in ("complete", "fail") and reply[0] in ("ok", "repeat"):
+        task = dict(zip(reply[3][::2], reply[3][1::2], strict=True))
+        assert task["task_id"] == task_id and task["state"] == reply[1]
+        return reply[:3]
+    return reply
 
 
 def failure(message="boom", retryable=True) -> str:

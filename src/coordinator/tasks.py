@@ -182,13 +182,13 @@ class TaskStore:
     ) -> Task:
         """COMPLETED with a result."""
         payload = json.dumps(result, separators=(",", ":"))
-        await self._report(task_id, agent_id, fencing_token, "complete", payload)
-        return await self.get(task_id)
+        reply = await self._report(task_id, agent_id, fencing_token, "complete", payload)
+        return decode_task(_pairs(reply[3]))
 
     async def fail(self, task_id: str, agent_id: str, fencing_token: str, error: TaskError) -> Task:
         """Back in line after a backoff if retryable and attempts remain, else FAILED."""
-        await self._report(task_id, agent_id, fencing_token, "fail", error.to_json())
-        return await self.get(task_id)
+        reply = await self._report(task_id, agent_id, fencing_token, "fail", error.to_json())
+        return decode_task(_pairs(reply[3]))
 
     async def _report(
         self, task_id: str, agent_id: str, fencing_token: str, action: str, payload: str
@@ -431,6 +431,11 @@ def _matches(task: Task, query: ListTasksQuery) -> bool:
         and (not query.agent_id or task.agent_id == query.agent_id)
         and (not query.dead_letter or task.dead_lettered)
     )
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A dict from a Lua HGETALL reply (a flat list of field, value)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:

@@ -9,7 +9,8 @@
 -- ARGV[4]      action: ack, extend, complete or fail
 -- ARGV[5]      complete: result JSON; fail: error JSON (message, type, retryable, details);
 --              extend: lease length in milliseconds, or '' for the task's start_to_close
--- Returns      {'ok' or 'repeat', state, lease_expires_at_ms} on success;
+-- Returns      {'ok' or 'repeat', state, lease_expires_at_ms} on success, and for complete
+--              and fail a fourth element, the task's HGETALL (the caller answers with it);
 --              {'not_found'}, {'stale', state, attempt} or {'not_held', state} on refusal
 local task_id = ARGV[1]
 local agent_id = ARGV[2]
@@ -39,12 +40,12 @@ end
 
 if token ~= task.fencing_token or agent_id ~= task.agent_id then
   if earlier_report() then
-    return {'repeat', task.state, ''}
+    return {'repeat', task.state, '', redis.call('HGETALL', K.task .. task_id)}
   end
   return {'stale', task.state, task.attempt}
 end
 if earlier_report() then
-  return {'repeat', task.state, task.lease_expires_at_ms}
+  return {'repeat', task.state, task.lease_expires_at_ms, redis.call('HGETALL', K.task .. task_id)}
 end
 if action == 'ack' and task.state == 'RUNNING' then
   return {'repeat', task.state, task.lease_expires_at_ms}
@@ -82,7 +83,7 @@ if action == 'complete' then
   record_outcome(agent_id, true, now - started)
   redis.call('HINCRBY', K.stats, 'tasks_completed', 1)
   transition(task, 'COMPLETED', now, 'completed by agent')
-  return {'ok', task.state, ''}
+  return {'ok', task.state, '', redis.call('HGETALL', key)}
 end
 
 -- fail
@@ -96,4 +97,4 @@ release_slot(task)
 record_outcome(agent_id, false, nil)
 local reason = 'failed by agent: ' .. (err.message or '')
 retry_or_fail(task, now, err, reason)
-return {'ok', task.state, ''}
+return {'ok', task.state, '', redis.call('HGETALL', key)}
