@@ -78,7 +78,7 @@ if ! $(PY) -I -c 'import importlib.util as u, os, sys; sys.exit(any(os.path.exis
 fi
 endef
 
-.PHONY: help install run test protos check-protos lint bench-discovery clean check-redis
+.PHONY: help install run test protos check-protos lint bench bench-discovery clean check-redis
 
 help: ## List targets
 	@echo "Usage: make <target> [VENV=.venv] [ARGS=...] [PYTEST_ARGS=...]"
@@ -172,6 +172,18 @@ lint: install ## ruff check, ruff format --check, mypy, buf lint
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 	cd $(PROTO_DIR) && $(abspath $(BUF)) lint
+
+# arq (the baseline of `make bench`) needs redis-py < 6: its own venv, exact pins.
+BENCH_ARQ_VENV := $(VENV)/bench-arq
+BENCH_ARQ_STAMP := $(BENCH_ARQ_VENV)/.install.stamp
+
+$(BENCH_ARQ_STAMP): bench/arq-requirements.txt
+	@[ -x $(BENCH_ARQ_VENV)/bin/python ] || $(PYTHON3) -m venv $(BENCH_ARQ_VENV)
+	$(BENCH_ARQ_VENV)/bin/python -m pip install --quiet --quiet --progress-bar off -r bench/arq-requirements.txt
+	@touch $@
+
+bench: install check-redis $(BENCH_ARQ_STAMP) ## Run the task benchmarks, bench/run_benchmarks.py (ARGS=--quick: smoke run)
+	$(PY) bench/run_benchmarks.py --arq-python $(BENCH_ARQ_VENV)/bin/python $(ARGS)
 
 bench-discovery: install check-redis ## Run bench/discovery_scale.py (extra flags: ARGS=...)
 	$(PY) bench/discovery_scale.py $(ARGS)

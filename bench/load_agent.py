@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""One agent process of the task benchmarks: N no-op agents on one coordinator node.
+
+Each agent registers (capability ``bench``), opens StreamAssignments and completes every
+assignment at once with an empty result. It records, per task, when the assignment arrived
+and when CompleteTask returned (``time.time_ns``, comparable across processes on one machine).
+
+``--mode raw`` (the default, faster) uses the generated gRPC stubs and skips
+AcknowledgeTask: the coordinator accepts CompleteTask straight from ASSIGNED
+(lua/report_task.lua), so a task costs one RPC. ``--mode sdk`` runs ``coordinator.Agent``
+(AcknowledgeTask, then CompleteTask). ``--hold`` keeps every assignment and reports nothing
+(the many-streams scenario: one task per agent).
+
+Writes ``OUT.ready`` once every agent's stream is ready, ``OUT.received`` once ``--expect``
+tasks have arrived, and on SIGTERM writes ``OUT``
+(JSON: records ``[task_id, agent_id, received_ns, completed_ns]``, errors) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
+
+CAPABILITY = "bench"
+CALL_TIMEOUT_S = 60.0
+REGISTER_ATTEMPTS = 5
+RETRIED = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE})
+REGISTERING = asyncio.Semaphore(64)
+
+
+class Recorder:
+    """Time stamps of one process's agents, and the RPC errors they met."""
+
+    def __init__(
+        self,
+        agents: int,
+        on_all_ready: Callable[[], object],
+        expect: int = 0,
+        on_all_received: Callable[[], object] = lambda: None,
+    ) -> None:
+        self.received: dict[str, tuple[str, int]] = {}
+        self.completed: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.repeats = 0
+        self.reporting: set[asyncio.Task[Any]] = set()
+        """CompleteTask calls in flight: finished before the report is written."""
+        self._waiting = agents
+        self._on_all_ready = on_all_ready
+        self._expect = expect
+        self._on_all_received = on_all_received
+
+    def ready(self) -> None:
+        self._waiting -= 1
+        if self._waiting == 0:
+            self._on_all_ready()
+
+    def receive(self, task_id: str, agent_id: str) -> bool:
+        """Record an arrival; False for a repeated delivery (already recorded)."""
+        if task_id in self.received:
+            self.repeats += 1
+            return False
+        self.received[task_id] = (agent_id, time.time_ns())
+        if len(self.received) == self._expect:
+            self._on_all_received()
+        return True
+
+    def complete(self, task_id: str) -> None:
+        self.completed[task_id] = time.time_ns()
+
+    def error(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "records": [
+                [task_id, agent_id, received, self.completed.get(task_id, 0)]
+                for task_id, (agent_id, received) in self.received.items()
+            ],
+            "errors": self.errors,
+            "repeated_deliveries": self.repeats,
+        }
+
+
+async def raw_agent(
+    channel: grpc.aio.Channel, agent_id: str, args: argparse.Namespace, rec: Recorder
+) -> None:
+    """Register, stream, and complete each assignment with one CompleteTask (no ack)."""
+    agents = agent_pb2_grpc.AgentServiceStub(channel)
+    tasks = task_pb2_grpc.TaskServiceStub(channel)
+    request = agent_pb2.RegisterAgentRequest(
+        agent_id=agent_id,
+        agent_type="worker",
+        capabilities=[CAPABILITY],
+        max_concurrency=args.max_concurrency,
+    )
+    # Registration is not what is measured: a bounded number at once per process, and a
+    # call the overloaded node drops (CANCELLED, UNAVAILABLE) is retried, as the SDK would.
+    async with REGISTERING:
+        for attempt in range(REGISTER_ATTEMPTS):
+            try:
+                await agents.RegisterAgent(request, timeout=CALL_TIMEOUT_S)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRIED or attempt == REGISTER_ATTEMPTS - 1:
+                    raise
+                rec.error(f"RegisterAgent {exc.code().name} (retried)")
+                await asyncio.sleep(0.1 * (attempt + 1))
+
+    async def complete(assignment: agent_pb2.Assignment) -> None:
+        try:
+            await tasks.CompleteTask(
+                task_pb2.CompleteTaskRequest(
+                    task_id=assignment.task_id,
+                    agent_id=agent_id,
+                    fencing_token=assignment.fencing_token,
+                ),
+                timeout=CALL_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as exc:
+            rec.error(f"CompleteTask {exc.code().name}")
+            return
+        rec.complete(assignment.task_id)
+
+    call = agents.StreamAssignments(agent_pb2.StreamAssignmentsRequest(agent_id=agent_id))
+    try:
+        async for event in call:
+            kind = event.WhichOneof("event")
+            if kind == "assignment":
+                if rec.receive(event.assignment.task_id, agent_id) and not args.hold:
+                    task = asyncio.create_task(complete(event.assignment))
+                    rec.reporting.add(task)
+                    task.add_done_callback(rec.reporting.discard)
+            elif kind == "ready":
+                rec.ready()
+            elif kind == "draining":
+                break
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.CANCELLED:
+            rec.error(f"StreamAssignments {exc.code().name}")
+    finally:
+        call.cancel()
+
+
+async def sdk_agent(address: str, agent_id: str, args: argparse.Namespace, rec: Recorder) -> None:
+    """``coordinator.Agent`` with a no-op handler; time stamps through two thin wrappers."""
+    from coordinator import Agent, TaskContext
+
+    release = asyncio.Event()
+
+    async def noop(task: TaskContext) -> None:
+        if args.hold:
+            await release.wait()
+
+    agent = Agent(
+        agent_id,
+        noop,
+        addresses=[address],
+        capabilities=[CAPABILITY],
+        max_concurrency=args.max_concurrency,
+        handle_signals=False,
+        deregister_on_stop=False,
+    )
+    # The SDK has no hooks for this: wrap the two private steps that bracket a task, the
+    # arrival of an assignment and the CompleteTask report, to record when they happen.
+    accept = agent._accept
+    report_complete = agent._reporter.complete
+
+    def timed_accept(assignment: Any) -> None:
+        rec.receive(assignment.task_id, agent_id)
+        accept(assignment)
+
+    async def timed_complete(assignment: Any, *a: Any, **kw: Any) -> Any:
+        current = asyncio.current_task()
+        if current is not None:
+            rec.reporting.add(current)
+            current.add_done_callback(rec.reporting.discard)
+        code = await report_complete(assignment, *a, **kw)
+        if code is None:
+            rec.complete(assignment.task_id)
+        else:
+            rec.error(f"CompleteTask {code.name}")
+        return code
+
+    agent._accept = timed_accept  # type: ignore[method-assign]
+    agent._reporter.complete = timed_complete  # type: ignore[method-assign,assignment]
+
+    async def watch_ready() -> None:
+        await agent.connected.wait()
+        rec.ready()
+
+    watcher = asyncio.create_task(watch_ready())
+    try:
+        await agent.run()
+    finally:
+        watcher.cancel()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    rec = Recorder(
+        args.agents,
+        lambda: Path(f"{out}.ready").write_text("ready\n"),
+        args.expect,
+        lambda: Path(f"{out}.received").write_text("received\n"),
+    )
+    ids = [f"{args.prefix}-{i:05d}" for i in range(args.agents)]
+    channels: list[grpc.aio.Channel] = []
+    workers: list[asyncio.Task[None]] = []
+    for start in range(0, args.agents, args.agents_per_channel):
+        group = ids[start : start + args.agents_per_channel]
+        if args.mode == "raw":
+            channel = grpc.aio.insecure_channel(args.address)
+            channels.append(channel)
+            workers += [asyncio.create_task(raw_agent(channel, a, args, rec)) for a in group]
+        else:
+            workers += [asyncio.create_task(sdk_agent(args.address, a, args, rec)) for a in group]
+        if args.agents > 100:
+            await asyncio.sleep(0)  # let earlier agents start before creating more
+
+    def crashed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            rec.error(f"agent crashed: {task.exception()!r}")
+
+    for task in workers:
+        task.add_done_callback(crashed)
+    await stop.wait()
+    # A task the coordinator counts as completed may still have its CompleteTask reply on
+    # the way here: let those calls finish before writing the time stamps.
+    if rec.reporting:
+        await asyncio.wait(rec.reporting, timeout=30)
+    report = rec.report()
+    for task in workers:
+        task.cancel()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), 10)
+    for channel in channels:
+        await channel.close()
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report))
+    tmp.rename(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--prefix", required=True, help="agent ids are PREFIX-00000, ...")
+    parser.add_argument("--agents", type=int, default=1)
+    parser.add_argument("--agents-per-channel", type=int, default=1)
+    parser.add_argument("--max-concurrency", type=int, default=100)
+    parser.add_argument("--mode", choices=("raw", "sdk"), default="raw")
+    parser.add_argument("--hold", action="store_true", help="keep assignments, report nothing")
+    parser.add_argument("--expect", type=int, default=0, help="write OUT.received after N tasks")
+    parser.add_argument("--out", required=True)
+    asyncio.run(main_async(parser.parse_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""The submitter process of the task benchmarks: no-op tasks through SubmitTask.
+
+Either as fast as possible (``--count N``, ``--in-flight C`` calls at once over
+``--channels`` connections) or paced (``--rate R --duration S``: task i is sent at
+start + i/R, without waiting for earlier replies). Starts at ``--start-at-ns`` (epoch ns) so
+that several submitters begin together. Each task's submit time is taken just before its
+SubmitTask call (``time.time_ns``, comparable across processes on one machine).
+
+Writes ``--out`` (JSON: records ``[task_id, submitted_ns, replied_ns]``, errors) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+
+from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
+
+CAPABILITY = "bench"
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    channels = [grpc.aio.insecure_channel(args.address) for _ in range(args.channels)]
+    stubs = [task_pb2_grpc.TaskServiceStub(c) for c in channels]
+    requirements = task_pb2.TaskRequirements(capabilities=[CAPABILITY])
+    records: list[tuple[str, int, int]] = []
+    errors: dict[str, int] = {}
+
+    async def submit(i: int) -> None:
+        # Like the SDK's Client: a fresh request_id, so that a retry could not duplicate.
+        request = task_pb2.SubmitTaskRequest(
+            task_type="noop", requirements=requirements, request_id=uuid.uuid4().hex
+        )
+        submitted = time.time_ns()
+        try:
+            reply = await stubs[i % len(stubs)].SubmitTask(request, timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+            return
+        records.append((reply.task.task_id, submitted, time.time_ns()))
+
+    for channel in channels:
+        await channel.channel_ready()
+    delay_s = (args.start_at_ns - time.time_ns()) / 1e9
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
+    started = time.time_ns()
+    if args.rate > 0:
+        count = int(args.rate * args.duration)
+        period_ns = int(1e9 / args.rate)
+        pending: set[asyncio.Task[None]] = set()
+        for i in range(count):
+            wait_ns = started + i * period_ns - time.time_ns()
+            if wait_ns > 0:
+                await asyncio.sleep(wait_ns / 1e9)
+            task = asyncio.create_task(submit(i))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+    else:
+        count = args.count
+        numbers = iter(range(count))
+
+        async def worker() -> None:
+            for i in numbers:
+                await submit(i)
+
+        await asyncio.gather(*(worker() for _ in range(args.in_flight)))
+    finished = time.time_ns()
+    for channel in channels:
+        await channel.close()
+    out = Path(args.out)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "requested": count,
+                "started_ns": started,
+                "finished_ns": finished,
+                "records": records,
+                "errors": errors,
+            }
+        )
+    )
+    tmp.rename(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--in-flight", type=int, default=128)
+    parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=0.0, help="tasks/s; 0 = as fast as possible")
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--start-at-ns", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    asyncio.run(main_async(parser.parse_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
