@@ -52,7 +52,3 @@ class Aborted(CoordinatorError):
 
 class Unavailable(CoordinatorError):
     """A dependency (Redis) cannot be reached; the client may retry."""
-
-
-class Unimplemented(CoordinatorError):
-    """The RPC exists in the contract but this version does not serve it yet."""

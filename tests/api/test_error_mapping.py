@@ -26,7 +26,7 @@ from coordinator.api.error_mapping import to_status
         (errors.AlreadyExists("x"), code_pb2.ALREADY_EXISTS),
         (errors.FailedPrecondition("x"), code_pb2.FAILED_PRECONDITION),
         (errors.Unavailable("x"), code_pb2.UNAVAILABLE),
-        (errors.Unimplemented("x"), code_pb2.UNIMPLEMENTED),
+        (errors.Aborted("x"), code_pb2.ABORTED),
         (ConnectionError("refused"), code_pb2.UNAVAILABLE),
         (TimeoutError("slow"), code_pb2.UNAVAILABLE),
         (BusyLoadingError("loading"), code_pb2.UNAVAILABLE),

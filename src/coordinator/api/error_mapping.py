@@ -40,7 +40,6 @@ _CODES: dict[type[errors.CoordinatorError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Aborted: grpc.StatusCode.ABORTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
