@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import datetime as dt
 import json
 import math
@@ -28,7 +27,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +39,7 @@ from typing import Any
 import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import die_with_parent, free_port, rss_kib, stop_process, wait_until
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
 
@@ -72,50 +71,6 @@ class Stop(Exception):
 
 
 # ---------------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: get SIGTERM when this script dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
-    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; returns the exit code."""
-    if process is None:
-        return None
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def rss_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a process, in kB, from /proc/<pid>/status."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            values[name] = int(rest.split()[0])
-    return values
 
 
 @dataclass
@@ -163,7 +118,7 @@ class Children:
             ],
             stdout=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C goes to this script, which stops children in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         client = redis.Redis(port=self.redis_port, socket_connect_timeout=0.2)
 
@@ -208,7 +163,7 @@ class Children:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
 
@@ -357,14 +312,14 @@ async def run_benchmark(children: Children, args: argparse.Namespace) -> dict[st
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
             await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-            rss_before = rss_kb(pid)
+            rss_before = rss_kib(pid)
 
             print(
                 f"registering {args.agents:,} agents ({args.register_in_flight} in flight) ...",
                 flush=True,
             )
             register_s = await register_all(stub, requests, args.register_in_flight)
-            rss_after_register = rss_kb(pid)
+            rss_after_register = rss_kib(pid)
             results["registration"] = {
                 "agents": args.agents,
                 "in_flight": args.register_in_flight,
@@ -426,7 +381,7 @@ async def run_benchmark(children: Children, args: argparse.Namespace) -> dict[st
             results["discover_parallel"]["redis_evalsha_usec_per_call"] = evalsha_usec_per_call(
                 admin
             )
-            rss_after_discover = rss_kb(pid)
+            rss_after_discover = rss_kib(pid)
 
         results["coordinator_rss_kb"] = {
             "before_register": rss_before["VmRSS"],
