@@ -361,13 +361,12 @@ def _requirements(raw: str) -> Requirements:
 def _fits(agent: Agent, requirements: Requirements) -> bool:
     """Whether an agent meets every requirement of a task."""
     r = requirements
-    return (
-        (not r.agent_id or agent.agent_id == r.agent_id)
-        and (not r.agent_type or agent.agent_type == r.agent_type)
-        and set(r.capabilities) <= set(agent.capabilities)
-        and set(r.services) <= set(agent.services)
-        and all(agent.labels.get(k) == v for k, v in r.labels.items())
-        and agent.health_score >= r.min_health_score
+    return (not r.agent_id or agent.agent_id == r.agent_id) and agent.matches(
+        agent_type=r.agent_type,
+        capabilities=r.capabilities,
+        services=r.services,
+        labels=r.labels,
+        min_health_score=r.min_health_score,
     )
 
 

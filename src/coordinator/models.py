@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -67,6 +68,26 @@ class Agent:
     """Moving average of the agent's measured task durations; None before the first."""
     recent_success: float = 1.0
     """Moving average of the agent's attempt outcomes (1 success, 0 failure)."""
+
+    def matches(
+        self,
+        *,
+        agent_type: str,
+        capabilities: Iterable[str],
+        services: Iterable[str],
+        labels: Mapping[str, str],
+        min_health_score: float,
+    ) -> bool:
+        """Whether the agent meets these filters (shared by discovery and task requirements):
+        the type if given, all of the capabilities and services, every label pair, and at
+        least the health score."""
+        return (
+            (not agent_type or self.agent_type == agent_type)
+            and set(capabilities) <= set(self.capabilities)
+            and set(services) <= set(self.services)
+            and all(self.labels.get(k) == v for k, v in labels.items())
+            and self.health_score >= min_health_score
+        )
 
 
 @dataclass(frozen=True)

@@ -336,13 +336,12 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
 
 def _matches(agent: Agent, query: DiscoverQuery) -> bool:
     """The full check of one candidate (the indexes only narrow the candidates down)."""
-    return (
-        agent.status in query.statuses
-        and (not query.agent_type or agent.agent_type == query.agent_type)
-        and set(query.capabilities) <= set(agent.capabilities)
-        and set(query.services) <= set(agent.services)
-        and all(agent.labels.get(k) == v for k, v in query.labels.items())
-        and agent.health_score >= query.min_health_score
+    return agent.status in query.statuses and agent.matches(
+        agent_type=query.agent_type,
+        capabilities=query.capabilities,
+        services=query.services,
+        labels=query.labels,
+        min_health_score=query.min_health_score,
     )
 
 
