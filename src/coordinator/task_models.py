@@ -3,6 +3,7 @@ coordinator reports. Like ``models``, they never reference protobuf types."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import json
@@ -235,6 +236,26 @@ class Task:
     fencing_token: str
     seq: int = 0
     """Place in line: tasks of one priority are assigned in this order (FIFO)."""
+
+    def as_of(self, count: int) -> Task:
+        """The task as its first ``count`` transitions left it, for a watch that fell behind.
+
+        The state, attempt and agent come from the transition; later attempts and the result
+        (set only by the final transition) are left out; the other fields are as they are now.
+        """
+        if count >= len(self.transitions):
+            return self
+        then = self.transitions[count - 1]
+        return dataclasses.replace(
+            self,
+            state=then.state,
+            attempt=then.attempt,
+            agent_id=then.agent_id,
+            transitions=self.transitions[:count],
+            attempts=tuple(a for a in self.attempts if a.attempt <= then.attempt),
+            result=None,
+            updated_at_ms=then.at_ms,
+        )
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +16,6 @@ from coordinator.cancellation import raise_if_cancelled
 from coordinator.config import Settings
 from coordinator.errors import InvalidArgument
 from coordinator.events import EventHub
-from coordinator.task_models import Task
 from coordinator.tasks import TaskStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -164,7 +162,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
                 # Several transitions may have happened since the last read (quick reports,
                 # a busy node): one message each, as the contract promises.
                 for count in range(seen + 1, len(task.transitions) + 1):
-                    yield task_pb2.WatchTaskResponse(task=wire.task_to_proto(_as_of(task, count)))
+                    yield task_pb2.WatchTaskResponse(task=wire.task_to_proto(task.as_of(count)))
                 seen = max(seen, len(task.transitions))
 
     async def GetStats(
@@ -210,27 +208,6 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             strategy=wire.strategy_to_proto(strategy),
             previous_strategy=wire.strategy_to_proto(previous),
         )
-
-
-def _as_of(task: Task, count: int) -> Task:
-    """The task as its first ``count`` transitions left it, for a watch that fell behind.
-
-    The state, attempt and agent come from the transition; later attempts and the result
-    (set only by the final transition) are left out; the other fields are as they are now.
-    """
-    if count >= len(task.transitions):
-        return task
-    then = task.transitions[count - 1]
-    return dataclasses.replace(
-        task,
-        state=then.state,
-        attempt=then.attempt,
-        agent_id=then.agent_id,
-        transitions=task.transitions[:count],
-        attempts=tuple(a for a in task.attempts if a.attempt <= then.attempt),
-        result=None,
-        updated_at_ms=then.at_ms,
-    )
 
 
 def _optional_s(message: Any, field: str) -> float | None:
