@@ -17,6 +17,7 @@ expired mid-pass) can never assign a task twice or overfill a slot.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -345,17 +346,10 @@ class Dispatcher:
         )
 
 
-_requirements_cache: dict[str, Requirements] = {}
-
-
+@functools.lru_cache(maxsize=4096)
 def _requirements(raw: str) -> Requirements:
     """Requirements of a task, decoded once per distinct text (tasks of a class share it)."""
-    found = _requirements_cache.get(raw)
-    if found is None:
-        if len(_requirements_cache) > 4096:
-            _requirements_cache.clear()
-        found = _requirements_cache[raw] = Requirements.from_json(raw)
-    return found
+    return Requirements.from_json(raw)
 
 
 def _fits(agent: Agent, requirements: Requirements) -> bool:

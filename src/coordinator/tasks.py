@@ -272,13 +272,17 @@ class TaskStore:
     async def strategy(self) -> Strategy:
         """The cluster's load-balancing strategy."""
         stored = await self._redis.get(keys.BALANCING_STRATEGY)
-        return Strategy.parse(str(stored or self._settings.balancing_strategy))
+        return self._strategy_or_default(stored)
 
     async def set_strategy(self, strategy: Strategy) -> Strategy:
         """Store the cluster's strategy for every node; returns the previous one."""
         previous = await self._redis.set(keys.BALANCING_STRATEGY, strategy.name.lower(), get=True)
         log.info("balancing strategy set to %s", strategy.name.lower())
-        return Strategy.parse(str(previous or self._settings.balancing_strategy))
+        return self._strategy_or_default(previous)
+
+    def _strategy_or_default(self, stored: Any) -> Strategy:
+        """The strategy stored in Redis, or COORDINATOR_BALANCING_STRATEGY when none is."""
+        return Strategy.parse(str(stored or self._settings.balancing_strategy))
 
     async def stats(self) -> TaskStats:
         """Cluster-wide counters and latencies: the same on every node."""
@@ -288,7 +292,8 @@ class TaskStore:
             pipe.lrange(keys.TASK_ASSIGN_LATENCIES, 0, -1)
             pipe.hgetall(keys.TASK_ASSIGNMENTS_PER_AGENT)
             pipe.smembers(keys.AGENTS_ACTIVE)
-            now, counters, latencies, per_agent, active = await pipe.execute()
+            pipe.get(keys.BALANCING_STRATEGY)
+            now, counters, latencies, per_agent, active, strategy = await pipe.execute()
         now_ms = epoch_ms(now)
         active_ids = sorted(active)
         load = 0.0
@@ -321,7 +326,7 @@ class TaskStore:
             avg_submit_to_assignment_ms=total_ms / count if count else 0.0,
             p99_submit_to_assignment_ms=p99,
             load_balancer_stats=LoadBalancerStats(
-                strategy=await self.strategy(),
+                strategy=self._strategy_or_default(strategy),
                 active_agents=live,
                 total_assignments=distributed,
                 avg_agent_load=round(load, 6),
