@@ -227,8 +227,13 @@ class TaskStore:
             replies = await pipe.execute()
         now_ms = epoch_ms(replies[0])
         heads = replies[1:-2]
-        oldest = await self.get_many([h[0] for h in heads[1::2] if h])
-        created = {t.task_id: t.created_at_ms for t in oldest}
+        head_ids = [h[0] for h in heads[1::2] if h]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id in head_ids:  # only the creation time: task data can be large
+                pipe.hget(keys.task(task_id), "created_at_ms")
+            created = {
+                t: int(ms) for t, ms in zip(head_ids, await pipe.execute(), strict=True) if ms
+            }
         queues = []
         for i, priority in enumerate(PRIORITIES_MOST_URGENT_FIRST):
             size, head = heads[2 * i], heads[2 * i + 1]
