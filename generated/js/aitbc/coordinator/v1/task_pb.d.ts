@@ -563,6 +563,152 @@ export declare type SubmitTaskResponse = Message<"aitbc.coordinator.v1.SubmitTas
 export declare const SubmitTaskResponseSchema: GenMessage<SubmitTaskResponse>;
 
 /**
+ * SubmitTasksRequest holds the tasks to queue in one call.
+ *
+ * @generated from message aitbc.coordinator.v1.SubmitTasksRequest
+ */
+export declare type SubmitTasksRequest = Message<"aitbc.coordinator.v1.SubmitTasksRequest"> & {
+  /**
+   * The tasks, 1 to 1000 of them; each as SubmitTask takes it.
+   *
+   * @generated from field: repeated aitbc.coordinator.v1.SubmitTaskRequest tasks = 1;
+   */
+  tasks: SubmitTaskRequest[];
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.SubmitTasksRequest.
+ * Use `create(SubmitTasksRequestSchema)` to create a new message.
+ */
+export declare const SubmitTasksRequestSchema: GenMessage<SubmitTasksRequest>;
+
+/**
+ * SubmitTasksResponse holds one result per task, in request order.
+ *
+ * @generated from message aitbc.coordinator.v1.SubmitTasksResponse
+ */
+export declare type SubmitTasksResponse = Message<"aitbc.coordinator.v1.SubmitTasksResponse"> & {
+  /**
+   * The i-th result is about the i-th task of the request.
+   *
+   * @generated from field: repeated aitbc.coordinator.v1.SubmitTasksResult results = 1;
+   */
+  results: SubmitTasksResult[];
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.SubmitTasksResponse.
+ * Use `create(SubmitTasksResponseSchema)` to create a new message.
+ */
+export declare const SubmitTasksResponseSchema: GenMessage<SubmitTasksResponse>;
+
+/**
+ * SubmitTasksResult is what became of one task of a SubmitTasks call.
+ *
+ * @generated from message aitbc.coordinator.v1.SubmitTasksResult
+ */
+export declare type SubmitTasksResult = Message<"aitbc.coordinator.v1.SubmitTasksResult"> & {
+  /**
+   * The queued task (the existing one when request_id matched); empty when refused.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * False when request_id matched an earlier submit and nothing was created, or when
+   * the entry was refused.
+   *
+   * @generated from field: bool created = 2;
+   */
+  created: boolean;
+
+  /**
+   * When the task (the existing one when request_id matched) was submitted; unset when
+   * refused.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 3;
+   */
+  createdAt?: Timestamp;
+
+  /**
+   * Why the entry was refused; unset when it was accepted. Nothing was queued for it.
+   *
+   * @generated from field: aitbc.coordinator.v1.BatchEntryError error = 4;
+   */
+  error?: BatchEntryError;
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.SubmitTasksResult.
+ * Use `create(SubmitTasksResultSchema)` to create a new message.
+ */
+export declare const SubmitTasksResultSchema: GenMessage<SubmitTasksResult>;
+
+/**
+ * BatchEntryError is why one entry of a batch call was refused: the status the same entry
+ * would have got alone, from the unary call.
+ *
+ * @generated from message aitbc.coordinator.v1.BatchEntryError
+ */
+export declare type BatchEntryError = Message<"aitbc.coordinator.v1.BatchEntryError"> & {
+  /**
+   * The google.rpc.Code number, as the unary call would return it: 3 INVALID_ARGUMENT,
+   * 5 NOT_FOUND, 9 FAILED_PRECONDITION, 13 INTERNAL.
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * The unary call's message; it names the offending field.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * For INVALID_ARGUMENT: every invalid field of the entry.
+   *
+   * @generated from field: repeated aitbc.coordinator.v1.BatchEntryError.FieldViolation field_violations = 3;
+   */
+  fieldViolations: BatchEntryError_FieldViolation[];
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.BatchEntryError.
+ * Use `create(BatchEntryErrorSchema)` to create a new message.
+ */
+export declare const BatchEntryErrorSchema: GenMessage<BatchEntryError>;
+
+/**
+ * FieldViolation names one invalid field of the entry, as google.rpc.BadRequest does.
+ *
+ * @generated from message aitbc.coordinator.v1.BatchEntryError.FieldViolation
+ */
+export declare type BatchEntryError_FieldViolation = Message<"aitbc.coordinator.v1.BatchEntryError.FieldViolation"> & {
+  /**
+   * The field's path within the entry, for example "requirements.capabilities[0]".
+   *
+   * @generated from field: string field = 1;
+   */
+  field: string;
+
+  /**
+   * What is wrong with it.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.BatchEntryError.FieldViolation.
+ * Use `create(BatchEntryError_FieldViolationSchema)` to create a new message.
+ */
+export declare const BatchEntryError_FieldViolationSchema: GenMessage<BatchEntryError_FieldViolation>;
+
+/**
  * GetTaskRequest names a task.
  *
  * @generated from message aitbc.coordinator.v1.GetTaskRequest
@@ -967,6 +1113,133 @@ export declare type FailTaskResponse = Message<"aitbc.coordinator.v1.FailTaskRes
  * Use `create(FailTaskResponseSchema)` to create a new message.
  */
 export declare const FailTaskResponseSchema: GenMessage<FailTaskResponse>;
+
+/**
+ * ReportTasksRequest holds an agent's reports to send in one call.
+ *
+ * @generated from message aitbc.coordinator.v1.ReportTasksRequest
+ */
+export declare type ReportTasksRequest = Message<"aitbc.coordinator.v1.ReportTasksRequest"> & {
+  /**
+   * The reports, 1 to 1000 of them, handled in this order.
+   *
+   * @generated from field: repeated aitbc.coordinator.v1.TaskReport reports = 1;
+   */
+  reports: TaskReport[];
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.ReportTasksRequest.
+ * Use `create(ReportTasksRequestSchema)` to create a new message.
+ */
+export declare const ReportTasksRequestSchema: GenMessage<ReportTasksRequest>;
+
+/**
+ * TaskReport is one report: the request of the unary RPC that would send it alone.
+ *
+ * @generated from message aitbc.coordinator.v1.TaskReport
+ */
+export declare type TaskReport = Message<"aitbc.coordinator.v1.TaskReport"> & {
+  /**
+   * The report; an entry without one is refused with INVALID_ARGUMENT.
+   *
+   * @generated from oneof aitbc.coordinator.v1.TaskReport.report
+   */
+  report: {
+    /**
+     * As AcknowledgeTask.
+     *
+     * @generated from field: aitbc.coordinator.v1.AcknowledgeTaskRequest acknowledge = 1;
+     */
+    value: AcknowledgeTaskRequest;
+    case: "acknowledge";
+  } | {
+    /**
+     * As CompleteTask.
+     *
+     * @generated from field: aitbc.coordinator.v1.CompleteTaskRequest complete = 2;
+     */
+    value: CompleteTaskRequest;
+    case: "complete";
+  } | {
+    /**
+     * As FailTask.
+     *
+     * @generated from field: aitbc.coordinator.v1.FailTaskRequest fail = 3;
+     */
+    value: FailTaskRequest;
+    case: "fail";
+  } | {
+    /**
+     * As ExtendTaskLease.
+     *
+     * @generated from field: aitbc.coordinator.v1.ExtendTaskLeaseRequest extend_lease = 4;
+     */
+    value: ExtendTaskLeaseRequest;
+    case: "extendLease";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.TaskReport.
+ * Use `create(TaskReportSchema)` to create a new message.
+ */
+export declare const TaskReportSchema: GenMessage<TaskReport>;
+
+/**
+ * ReportTasksResponse holds one result per report, in request order.
+ *
+ * @generated from message aitbc.coordinator.v1.ReportTasksResponse
+ */
+export declare type ReportTasksResponse = Message<"aitbc.coordinator.v1.ReportTasksResponse"> & {
+  /**
+   * The i-th result is about the i-th report of the request.
+   *
+   * @generated from field: repeated aitbc.coordinator.v1.TaskReportResult results = 1;
+   */
+  results: TaskReportResult[];
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.ReportTasksResponse.
+ * Use `create(ReportTasksResponseSchema)` to create a new message.
+ */
+export declare const ReportTasksResponseSchema: GenMessage<ReportTasksResponse>;
+
+/**
+ * TaskReportResult is what one report of a ReportTasks call did.
+ *
+ * @generated from message aitbc.coordinator.v1.TaskReportResult
+ */
+export declare type TaskReportResult = Message<"aitbc.coordinator.v1.TaskReportResult"> & {
+  /**
+   * The task's state after the report (for a fail: PENDING when it will be retried,
+   * FAILED otherwise); UNSPECIFIED when refused.
+   *
+   * @generated from field: aitbc.coordinator.v1.TaskState state = 1;
+   */
+  state: TaskState;
+
+  /**
+   * For acknowledge and extend_lease: the end of the lease; otherwise unset.
+   *
+   * @generated from field: google.protobuf.Timestamp lease_expires_at = 2;
+   */
+  leaseExpiresAt?: Timestamp;
+
+  /**
+   * Why the report was refused; unset when it was taken. A refused report changed nothing.
+   *
+   * @generated from field: aitbc.coordinator.v1.BatchEntryError error = 3;
+   */
+  error?: BatchEntryError;
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.TaskReportResult.
+ * Use `create(TaskReportResultSchema)` to create a new message.
+ */
+export declare const TaskReportResultSchema: GenMessage<TaskReportResult>;
 
 /**
  * WatchTaskRequest names a task to follow.
@@ -1579,6 +1852,22 @@ export declare const TaskService: GenService<{
     output: typeof SubmitTaskResponseSchema;
   },
   /**
+   * Queues up to 1000 tasks in one call, for throughput. Each entry is validated and
+   * handled exactly as SubmitTask would handle it alone (the same checks, size limit and
+   * request_id idempotency, also between entries of one call); an entry that is refused
+   * gets its own error in its result, queues nothing, and does not affect the others.
+   * Results come in request order. No entries, or more than 1000, is INVALID_ARGUMENT.
+   * If Redis fails during the call, the whole call is UNAVAILABLE and some entries may
+   * have been queued: retrying with the same request_ids is safe.
+   *
+   * @generated from rpc aitbc.coordinator.v1.TaskService.SubmitTasks
+   */
+  submitTasks: {
+    methodKind: "unary";
+    input: typeof SubmitTasksRequestSchema;
+    output: typeof SubmitTasksResponseSchema;
+  },
+  /**
    * Returns one task with its attempts and transitions.
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.GetTask
@@ -1651,6 +1940,22 @@ export declare const TaskService: GenService<{
     methodKind: "unary";
     input: typeof FailTaskRequestSchema;
     output: typeof FailTaskResponseSchema;
+  },
+  /**
+   * Sends up to 1000 reports (acknowledge, extend the lease, complete, fail) in one call,
+   * for throughput. Each entry is validated and handled exactly as the unary RPC would
+   * handle it alone (the same checks, result size limit and fencing), in request order; an
+   * entry that is refused gets its own error in its result and does not affect the others.
+   * No entries, or more than 1000, is INVALID_ARGUMENT. If Redis fails during the call, the
+   * whole call is UNAVAILABLE and some entries may have been applied: retrying is safe,
+   * since repeating a report that succeeded is OK and changes nothing.
+   *
+   * @generated from rpc aitbc.coordinator.v1.TaskService.ReportTasks
+   */
+  reportTasks: {
+    methodKind: "unary";
+    input: typeof ReportTasksRequestSchema;
+    output: typeof ReportTasksResponseSchema;
   },
   /**
    * Streams a task: as it is now first, then once per transition, until the task ends.

@@ -41,6 +41,11 @@ class TaskServiceStub:
                 request_serializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTaskRequest.SerializeToString,
                 response_deserializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTaskResponse.FromString,
                 _registered_method=True)
+        self.SubmitTasks = channel.unary_unary(
+                '/aitbc.coordinator.v1.TaskService/SubmitTasks',
+                request_serializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTasksRequest.SerializeToString,
+                response_deserializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTasksResponse.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/aitbc.coordinator.v1.TaskService/GetTask',
                 request_serializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.GetTaskRequest.SerializeToString,
@@ -75,6 +80,11 @@ class TaskServiceStub:
                 '/aitbc.coordinator.v1.TaskService/FailTask',
                 request_serializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.FailTaskRequest.SerializeToString,
                 response_deserializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.FailTaskResponse.FromString,
+                _registered_method=True)
+        self.ReportTasks = channel.unary_unary(
+                '/aitbc.coordinator.v1.TaskService/ReportTasks',
+                request_serializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.ReportTasksRequest.SerializeToString,
+                response_deserializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.ReportTasksResponse.FromString,
                 _registered_method=True)
         self.WatchTask = channel.unary_stream(
                 '/aitbc.coordinator.v1.TaskService/WatchTask',
@@ -116,6 +126,19 @@ class TaskServiceServicer:
     def SubmitTask(self, request, context):
         """Queues a task. A retried call with the same request_id returns the same task and
         creates nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitTasks(self, request, context):
+        """Queues up to 1000 tasks in one call, for throughput. Each entry is validated and
+        handled exactly as SubmitTask would handle it alone (the same checks, size limit and
+        request_id idempotency, also between entries of one call); an entry that is refused
+        gets its own error in its result, queues nothing, and does not affect the others.
+        Results come in request order. No entries, or more than 1000, is INVALID_ARGUMENT.
+        If Redis fails during the call, the whole call is UNAVAILABLE and some entries may
+        have been queued: retrying with the same request_ids is safe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +197,19 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportTasks(self, request, context):
+        """Sends up to 1000 reports (acknowledge, extend the lease, complete, fail) in one call,
+        for throughput. Each entry is validated and handled exactly as the unary RPC would
+        handle it alone (the same checks, result size limit and fencing), in request order; an
+        entry that is refused gets its own error in its result and does not affect the others.
+        No entries, or more than 1000, is INVALID_ARGUMENT. If Redis fails during the call, the
+        whole call is UNAVAILABLE and some entries may have been applied: retrying is safe,
+        since repeating a report that succeeded is OK and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchTask(self, request, context):
         """Streams a task: as it is now first, then once per transition, until the task ends.
         Transitions made on any node are seen. A watcher that falls behind receives each missed
@@ -226,6 +262,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     request_deserializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTaskRequest.FromString,
                     response_serializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTaskResponse.SerializeToString,
             ),
+            'SubmitTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitTasks,
+                    request_deserializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTasksRequest.FromString,
+                    response_serializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTasksResponse.SerializeToString,
+            ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
                     request_deserializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.GetTaskRequest.FromString,
@@ -260,6 +301,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.FailTask,
                     request_deserializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.FailTaskRequest.FromString,
                     response_serializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.FailTaskResponse.SerializeToString,
+            ),
+            'ReportTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTasks,
+                    request_deserializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.ReportTasksRequest.FromString,
+                    response_serializer=aitbc_dot_coordinator_dot_v1_dot_task__pb2.ReportTasksResponse.SerializeToString,
             ),
             'WatchTask': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchTask,
@@ -321,6 +367,33 @@ class TaskService:
             '/aitbc.coordinator.v1.TaskService/SubmitTask',
             aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTaskRequest.SerializeToString,
             aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitbc.coordinator.v1.TaskService/SubmitTasks',
+            aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTasksRequest.SerializeToString,
+            aitbc_dot_coordinator_dot_v1_dot_task__pb2.SubmitTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -510,6 +583,33 @@ class TaskService:
             '/aitbc.coordinator.v1.TaskService/FailTask',
             aitbc_dot_coordinator_dot_v1_dot_task__pb2.FailTaskRequest.SerializeToString,
             aitbc_dot_coordinator_dot_v1_dot_task__pb2.FailTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitbc.coordinator.v1.TaskService/ReportTasks',
+            aitbc_dot_coordinator_dot_v1_dot_task__pb2.ReportTasksRequest.SerializeToString,
+            aitbc_dot_coordinator_dot_v1_dot_task__pb2.ReportTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
