@@ -47,6 +47,8 @@ MIN_LEASE_S = 0.1
 MAX_BACKOFF_S = 86_400.0
 MAX_ERROR_MESSAGE_CHARS = 4096
 MAX_ERROR_DETAILS_BYTES = 64 * 1024
+MAX_BATCH_ENTRIES = 1000
+"""Most entries of one SubmitTasks or ReportTasks call."""
 
 
 def task_id(value: str, field: str = "task_id") -> str:
@@ -56,6 +58,12 @@ def task_id(value: str, field: str = "task_id") -> str:
     if not TASK_ID.match(value):
         raise InvalidArgument.of(field, f"{value!r} is not a task id (32 hex digits)")
     return value
+
+
+def batch_entries(count: int, field: str) -> None:
+    """The number of entries of a batch call (SubmitTasks, ReportTasks): 1 to 1000."""
+    if not 1 <= count <= MAX_BATCH_ENTRIES:
+        raise InvalidArgument.of(field, f"must hold 1 to {MAX_BATCH_ENTRIES} entries; got {count}")
 
 
 def _enum(raw: int, parsed: Any, field: str, v: Violations) -> None:

@@ -5,6 +5,9 @@ A task is the hash ``task:{task_id}``; every change of state is one Lua script
 (``lua/*_task*.lua`` with the shared ``lua/task_lib.lua``), so queues, indexes, slots and
 counters move together or not at all, whichever nodes run at once. Assignment itself is the
 dispatcher's (``coordinator.dispatcher``); giving up attempts on timers is the reaper's.
+
+The batch calls (``submit_many``, ``report_many``) run the same scripts as the single ones,
+one call per entry, all sent in one pipeline: one round trip however many entries.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import logging
 import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
 
 from coordinator import keys, page_tokens
 from coordinator.balancing import Strategy
 from coordinator.config import Settings
-from coordinator.errors import FailedPrecondition, NotFound
+from coordinator.errors import CoordinatorError, FailedPrecondition, NotFound
 from coordinator.registry import epoch_ms
 from coordinator.scripts import TaskScripts
 from coordinator.task_models import (
@@ -49,6 +55,75 @@ BATCH = 500
 """Most tasks one script call or one index read handles."""
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """One task of ``submit_many``: the new task, or the one its request_id named."""
+
+    task_id: str
+    created: bool
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """An agent's report about the attempt it holds (``action``: ack, extend, complete or
+    fail), as ``lua/report_task.lua`` takes it. Build it with the class methods."""
+
+    task_id: str
+    agent_id: str
+    fencing_token: str
+    action: str
+    payload: str = ""
+
+    @classmethod
+    def acknowledge(cls, task_id: str, agent_id: str, fencing_token: str) -> Report:
+        """ASSIGNED to RUNNING."""
+        return cls(task_id, agent_id, fencing_token, "ack")
+
+    @classmethod
+    def extend(
+        cls, task_id: str, agent_id: str, fencing_token: str, lease_s: float | None
+    ) -> Report:
+        """A new lease from now (None: the task's start_to_close_timeout)."""
+        payload = "" if lease_s is None else str(round(lease_s * 1000))
+        return cls(task_id, agent_id, fencing_token, "extend", payload)
+
+    @classmethod
+    def complete(
+        cls, task_id: str, agent_id: str, fencing_token: str, result: dict[str, Any]
+    ) -> Report:
+        """COMPLETED with a result."""
+        payload = json.dumps(result, separators=(",", ":"))
+        return cls(task_id, agent_id, fencing_token, "complete", payload)
+
+    @classmethod
+    def fail(cls, task_id: str, agent_id: str, fencing_token: str, error: TaskError) -> Report:
+        """Back in line after a backoff if retryable and attempts remain, else FAILED."""
+        return cls(task_id, agent_id, fencing_token, "fail", error.to_json())
+
+    def script_args(self, *, with_record: bool) -> list[str]:
+        """ARGV of ``lua/report_task.lua``; ``with_record`` asks for the task's record back
+        (complete and fail)."""
+        return [
+            self.task_id,
+            self.agent_id,
+            self.fencing_token,
+            self.action,
+            self.payload,
+            "1" if with_record else "0",
+        ]
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What a report taken by ``report_many`` did."""
+
+    state: TaskState
+    """The task's state after the report."""
+    lease_expires_at_ms: int | None
+    """The end of the lease, for ack and extend."""
+
+
 class TaskStore:
     """Tasks, queues and statistics, shared by every node that uses the same Redis."""
 
@@ -63,6 +138,36 @@ class TaskStore:
     async def submit(self, submission: TaskSubmission) -> tuple[Task, bool]:
         """Queue a task; with a request_id seen within the window, return that task instead."""
         s = submission
+        reply = await self._scripts.submit_task(args=self._submit_args(s))
+        task_id = reply[1]
+        if not reply[0]:
+            return await self.get(task_id), False
+        _log_submitted(s, task_id)
+        return _as_submitted(s, task_id, created_at_ms=int(reply[2]), seq=int(reply[3])), True
+
+    async def submit_many(
+        self, submissions: Sequence[TaskSubmission]
+    ) -> list[Submitted | Exception]:
+        """Queue many tasks, each exactly as ``submit`` would, in one round trip. Returns one
+        entry per submission, in order: what became of it, or the Redis error its script met
+        (an outage raises instead: some tasks may have been queued, and a retry with the
+        same request_ids is safe)."""
+        replies = await self._run_each(
+            self._scripts.submit_task, [self._submit_args(s) for s in submissions]
+        )
+        outcomes: list[Submitted | Exception] = []
+        for s, reply in zip(submissions, replies, strict=True):
+            if isinstance(reply, Exception):
+                outcomes.append(reply)
+                continue
+            created = bool(reply[0])
+            if created:
+                _log_submitted(s, reply[1])
+            outcomes.append(Submitted(reply[1], created, int(reply[2])))
+        return outcomes
+
+    def _submit_args(self, s: TaskSubmission) -> list[Any]:
+        """ARGV of ``lua/submit_task.lua`` for one submission (with a fresh task id)."""
         fields = {
             "task_type": s.task_type,
             "task_data": json.dumps(s.task_data, separators=(",", ":")),
@@ -73,25 +178,15 @@ class TaskStore:
             "strategy": s.strategy.name.lower() if s.strategy else "",
             "routing_key": s.routing_key,
         }
-        reply = await self._scripts.submit_task(
-            args=[
-                uuid.uuid4().hex,
-                s.request_id,
-                round(self._settings.idempotency_window_s * 1000),
-                s.priority.name,
-                s.requirements.eligibility_class(),
-                round(s.schedule_to_start_s * 1000),
-                *(item for pair in fields.items() for item in pair),
-            ]
-        )
-        task_id = reply[1]
-        if not reply[0]:
-            return await self.get(task_id), False
-        log.info(
-            "task submitted",
-            extra={"task_id": task_id, "priority": s.priority.name, "task_type": s.task_type},
-        )
-        return _as_submitted(s, task_id, created_at_ms=int(reply[2]), seq=int(reply[3])), True
+        return [
+            uuid.uuid4().hex,
+            s.request_id,
+            round(self._settings.idempotency_window_s * 1000),
+            s.priority.name,
+            s.requirements.eligibility_class(),
+            round(s.schedule_to_start_s * 1000),
+            *(item for pair in fields.items() for item in pair),
+        ]
 
     async def get(self, task_id: str) -> Task:
         """One task with its history; NotFound if unknown (or past its retention)."""
@@ -166,52 +261,81 @@ class TaskStore:
 
     async def acknowledge(self, task_id: str, agent_id: str, fencing_token: str) -> int:
         """ASSIGNED to RUNNING; returns the end of the lease in epoch milliseconds."""
-        reply = await self._report(task_id, agent_id, fencing_token, "ack", "")
+        reply = await self._report(Report.acknowledge(task_id, agent_id, fencing_token))
         return int(reply[2])
 
     async def extend_lease(
         self, task_id: str, agent_id: str, fencing_token: str, lease_s: float | None
     ) -> int:
         """A new lease from now; returns its end in epoch milliseconds."""
-        payload = "" if lease_s is None else str(round(lease_s * 1000))
-        reply = await self._report(task_id, agent_id, fencing_token, "extend", payload)
+        reply = await self._report(Report.extend(task_id, agent_id, fencing_token, lease_s))
         return int(reply[2])
 
     async def complete(
         self, task_id: str, agent_id: str, fencing_token: str, result: dict[str, Any]
     ) -> Task:
         """COMPLETED with a result."""
-        payload = json.dumps(result, separators=(",", ":"))
-        reply = await self._report(task_id, agent_id, fencing_token, "complete", payload)
+        reply = await self._report(Report.complete(task_id, agent_id, fencing_token, result))
         return decode_task(_pairs(reply[3]))
 
     async def fail(self, task_id: str, agent_id: str, fencing_token: str, error: TaskError) -> Task:
         """Back in line after a backoff if retryable and attempts remain, else FAILED."""
-        reply = await self._report(task_id, agent_id, fencing_token, "fail", error.to_json())
+        reply = await self._report(Report.fail(task_id, agent_id, fencing_token, error))
         return decode_task(_pairs(reply[3]))
 
-    async def _report(
-        self, task_id: str, agent_id: str, fencing_token: str, action: str, payload: str
-    ) -> list[Any]:
-        reply = await self._scripts.report_task(
-            args=[task_id, agent_id, fencing_token, action, payload]
-        )
-        verdict = reply[0]
-        if verdict == "not_found":
-            raise NotFound(f"task_id: no task {task_id!r}")
-        if verdict == "stale":
-            raise FailedPrecondition(
-                f"fencing_token: not the current attempt of task {task_id!r} for agent "
-                f"{agent_id!r} (the task is {reply[1]} at attempt {reply[2]}); "
-                "drop this attempt's work"
-            )
-        if verdict == "not_held":
-            raise FailedPrecondition(
-                f"task_id: task {task_id!r} is {reply[1]}; the attempt can no longer be reported"
-            )
-        if verdict == "ok":
-            log.info("task %s by agent", action, extra={"task_id": task_id, "agent_id": agent_id})
+    async def _report(self, report: Report) -> list[Any]:
+        reply = await self._scripts.report_task(args=report.script_args(with_record=True))
+        refusal = _refusal(report, reply)
+        if refusal is not None:
+            raise refusal
         return list(reply)
+
+    async def report_many(self, reports: Sequence[Report]) -> list[ReportOutcome | Exception]:
+        """Apply many reports, each exactly as alone (fenced, a repeat of a successful one
+        changes nothing), in order and in one round trip. Returns one entry per report: its
+        outcome, or why it was refused (NotFound, FailedPrecondition, or the Redis error its
+        script met). An outage raises instead: some reports may have been applied, and a
+        retry is safe."""
+        replies = await self._run_each(
+            self._scripts.report_task, [r.script_args(with_record=False) for r in reports]
+        )
+        outcomes: list[ReportOutcome | Exception] = []
+        for report, reply in zip(reports, replies, strict=True):
+            if isinstance(reply, Exception):
+                outcomes.append(reply)
+                continue
+            refusal = _refusal(report, reply)
+            if refusal is not None:
+                outcomes.append(refusal)
+                continue
+            lease = reply[2] if report.action in ("ack", "extend") else ""
+            outcomes.append(
+                ReportOutcome(TaskState[reply[1]], int(float(lease)) if lease else None)
+            )
+        return outcomes
+
+    async def _run_each(self, script: AsyncScript, calls: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run ``script`` once per argument list, in order, in one pipeline (one round trip).
+
+        A call that Redis refused comes back as its exception object, so that one entry's
+        failure does not hide the others' replies; an outage (no connection, a timeout)
+        raises. Only EVALSHA is sent (``script(client=pipeline)`` would first ask SCRIPT
+        EXISTS, a second round trip): a call refused with NOSCRIPT (Redis restarted or
+        flushed its scripts) did not run, so it is run again, loading the script.
+        """
+        if not calls:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for args in calls:
+                pipe.evalsha(script.sha, 0, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                try:
+                    replies[i] = await script(args=calls[i])
+                except ResponseError as exc:
+                    replies[i] = exc
+        return replies
 
     # --- queues and statistics ------------------------------------------------------------
 
@@ -339,6 +463,41 @@ class TaskStore:
             ),
             queues=(await self.queues()).queues,
         )
+
+
+def _log_submitted(s: TaskSubmission, task_id: str) -> None:
+    # DEBUG, not INFO: at thousands of tasks/s formatting this line costs real CPU.
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "task submitted",
+            extra={"task_id": task_id, "priority": s.priority.name, "task_type": s.task_type},
+        )
+
+
+def _refusal(report: Report, reply: Sequence[Any]) -> CoordinatorError | None:
+    """Why ``lua/report_task.lua`` refused a report, or None if it took it."""
+    verdict = reply[0]
+    task_id = report.task_id
+    if verdict == "not_found":
+        return NotFound(f"task_id: no task {task_id!r}")
+    if verdict == "stale":
+        return FailedPrecondition(
+            f"fencing_token: not the current attempt of task {task_id!r} for agent "
+            f"{report.agent_id!r} (the task is {reply[1]} at attempt {reply[2]}); "
+            "drop this attempt's work"
+        )
+    if verdict == "not_held":
+        return FailedPrecondition(
+            f"task_id: task {task_id!r} is {reply[1]}; the attempt can no longer be reported"
+        )
+    if verdict == "ok" and log.isEnabledFor(logging.DEBUG):
+        # DEBUG, not INFO: at thousands of tasks/s formatting this line costs real CPU.
+        log.debug(
+            "task %s by agent",
+            report.action,
+            extra={"task_id": task_id, "agent_id": report.agent_id},
+        )
+    return None
 
 
 def decode_task(record: dict[str, str]) -> Task:

@@ -1,27 +1,38 @@
-"""TaskService: thin async handlers that validate, call the task store and convert."""
+"""TaskService: thin async handlers that validate, call the task store and convert.
+
+The batch calls (SubmitTasks, ReportTasks) validate each entry with the same code as the
+unary call that would carry it alone, and answer a refused entry with the same status."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 from coordinator import task_validation as tv
 from coordinator.api import wire
+from coordinator.api.batch_errors import raise_if_outage, set_entry_error
 from coordinator.cancellation import raise_if_cancelled
 from coordinator.config import Settings
-from coordinator.errors import InvalidArgument
+from coordinator.errors import CoordinatorError, InvalidArgument
 from coordinator.events import EventHub
-from coordinator.tasks import TaskStore
+from coordinator.task_models import TaskError, TaskState, TaskSubmission
+from coordinator.tasks import Report, ReportOutcome, Submitted, TaskStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 WATCH_RECHECK_S = 1.0
 """A watch re-reads its task this often even without a message (a lost one costs this much)."""
+
+_STATE_NUMBERS = {
+    s: cast(task_pb2.TaskState, task_pb2.TaskState.Value(wire.STATE_PREFIX + s.name))
+    for s in TaskState
+}
+"""The wire number of each task state (a batch sets one per report result)."""
 
 
 class TaskService(task_pb2_grpc.TaskServiceServicer):
@@ -35,9 +46,42 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def SubmitTask(
         self, request: task_pb2.SubmitTaskRequest, context: Context
     ) -> task_pb2.SubmitTaskResponse:
+        task, created = await self._store.submit(self._submission(request))
+        return task_pb2.SubmitTaskResponse(task=wire.task_to_proto(task), created=created)
+
+    async def SubmitTasks(
+        self, request: task_pb2.SubmitTasksRequest, context: Context
+    ) -> task_pb2.SubmitTasksResponse:
+        tv.batch_entries(len(request.tasks), "tasks")
+        outcomes: list[Submitted | BaseException | None] = []
+        submissions: list[TaskSubmission] = []
+        for entry in request.tasks:
+            try:
+                submissions.append(self._submission(entry))
+                outcomes.append(None)  # filled in below, in order
+            except CoordinatorError as exc:
+                outcomes.append(exc)
+        stored = await self._store.submit_many(submissions) if submissions else []
+        raise_if_outage(stored)
+        queued = iter(stored)
+        response = task_pb2.SubmitTasksResponse()
+        for outcome in outcomes:
+            result = response.results.add()
+            if outcome is None:
+                outcome = next(queued)
+            if isinstance(outcome, BaseException):
+                set_entry_error(result.error, outcome, "SubmitTasks")
+            else:
+                result.task_id = outcome.task_id
+                result.created = outcome.created
+                result.created_at.FromMilliseconds(outcome.created_at_ms)
+        return response
+
+    def _submission(self, request: task_pb2.SubmitTaskRequest) -> TaskSubmission:
+        """A validated submission (InvalidArgument names every bad field)."""
         r = request.requirements
         retry = request.retry_policy
-        submission = tv.submission(
+        return tv.submission(
             task_data=wire.struct_to_dict(request.task_data),
             task_data_bytes=request.task_data.ByteSize(),
             max_task_data_bytes=self._settings.max_task_data_bytes,
@@ -64,8 +108,6 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             strategy=wire.strategy_from_proto(request.balancing_strategy),
             routing_key=request.routing_key,
         )
-        task, created = await self._store.submit(submission)
-        return task_pb2.SubmitTaskResponse(task=wire.task_to_proto(task), created=created)
 
     async def GetTask(
         self, request: task_pb2.GetTaskRequest, context: Context
@@ -108,8 +150,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def ExtendTaskLease(
         self, request: task_pb2.ExtendTaskLeaseRequest, context: Context
     ) -> task_pb2.ExtendTaskLeaseResponse:
-        tv.report(request.task_id, request.agent_id, request.fencing_token)
-        lease_s = tv.lease(_optional_s(request, "lease_duration"))
+        lease_s = _lease(request)
         lease_ms = await self._store.extend_lease(
             request.task_id, request.agent_id, request.fencing_token, lease_s
         )
@@ -118,31 +159,80 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def CompleteTask(
         self, request: task_pb2.CompleteTaskRequest, context: Context
     ) -> task_pb2.CompleteTaskResponse:
-        tv.report(request.task_id, request.agent_id, request.fencing_token)
-        if request.result.ByteSize() > self._settings.max_task_data_bytes:
-            raise InvalidArgument.of(
-                "result",
-                f"is {request.result.ByteSize()} bytes serialized; at most "
-                f"{self._settings.max_task_data_bytes} (COORDINATOR_MAX_TASK_DATA_BYTES)",
-            )
+        result = self._result(request)
         task = await self._store.complete(
-            request.task_id,
-            request.agent_id,
-            request.fencing_token,
-            wire.struct_to_dict(request.result),
+            request.task_id, request.agent_id, request.fencing_token, result
         )
         return task_pb2.CompleteTaskResponse(task=wire.task_to_proto(task))
 
     async def FailTask(
         self, request: task_pb2.FailTaskRequest, context: Context
     ) -> task_pb2.FailTaskResponse:
-        tv.report(request.task_id, request.agent_id, request.fencing_token)
-        e = request.error
-        error = tv.task_error(e.message, e.type, e.retryable, wire.struct_to_dict(e.details))
+        error = _error(request)
         task = await self._store.fail(
             request.task_id, request.agent_id, request.fencing_token, error
         )
         return task_pb2.FailTaskResponse(task=wire.task_to_proto(task))
+
+    async def ReportTasks(
+        self, request: task_pb2.ReportTasksRequest, context: Context
+    ) -> task_pb2.ReportTasksResponse:
+        tv.batch_entries(len(request.reports), "reports")
+        outcomes: list[ReportOutcome | BaseException | None] = []
+        reports: list[Report] = []
+        for entry in request.reports:
+            try:
+                reports.append(self._report(entry))
+                outcomes.append(None)  # filled in below, in order
+            except CoordinatorError as exc:
+                outcomes.append(exc)
+        applied = await self._store.report_many(reports) if reports else []
+        raise_if_outage(applied)
+        taken = iter(applied)
+        response = task_pb2.ReportTasksResponse()
+        for outcome in outcomes:
+            result = response.results.add()
+            if outcome is None:
+                outcome = next(taken)
+            if isinstance(outcome, BaseException):
+                set_entry_error(result.error, outcome, "ReportTasks")
+            else:
+                result.state = _STATE_NUMBERS[outcome.state]
+                if outcome.lease_expires_at_ms is not None:
+                    result.lease_expires_at.FromMilliseconds(outcome.lease_expires_at_ms)
+        return response
+
+    def _report(self, entry: task_pb2.TaskReport) -> Report:
+        """One validated report of a ReportTasks call, checked as its unary RPC checks it."""
+        kind = entry.WhichOneof("report")
+        if kind == "acknowledge":
+            a = entry.acknowledge
+            tv.report(a.task_id, a.agent_id, a.fencing_token)
+            return Report.acknowledge(a.task_id, a.agent_id, a.fencing_token)
+        if kind == "complete":
+            c = entry.complete
+            return Report.complete(c.task_id, c.agent_id, c.fencing_token, self._result(c))
+        if kind == "fail":
+            f = entry.fail
+            return Report.fail(f.task_id, f.agent_id, f.fencing_token, _error(f))
+        if kind == "extend_lease":
+            x = entry.extend_lease
+            return Report.extend(x.task_id, x.agent_id, x.fencing_token, _lease(x))
+        raise InvalidArgument.of(
+            "report", "is required: one of acknowledge, complete, fail or extend_lease"
+        )
+
+    def _result(self, request: task_pb2.CompleteTaskRequest) -> dict[str, Any]:
+        """The checked result of a completion report."""
+        tv.report(request.task_id, request.agent_id, request.fencing_token)
+        size = request.result.ByteSize()
+        if size > self._settings.max_task_data_bytes:
+            raise InvalidArgument.of(
+                "result",
+                f"is {size} bytes serialized; at most "
+                f"{self._settings.max_task_data_bytes} (COORDINATOR_MAX_TASK_DATA_BYTES)",
+            )
+        return wire.struct_to_dict(request.result)
 
     async def WatchTask(
         self, request: task_pb2.WatchTaskRequest, context: Context
@@ -208,6 +298,19 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             strategy=wire.strategy_to_proto(strategy),
             previous_strategy=wire.strategy_to_proto(previous),
         )
+
+
+def _error(request: task_pb2.FailTaskRequest) -> TaskError:
+    """The checked error of a failure report."""
+    tv.report(request.task_id, request.agent_id, request.fencing_token)
+    e = request.error
+    return tv.task_error(e.message, e.type, e.retryable, wire.struct_to_dict(e.details))
+
+
+def _lease(request: task_pb2.ExtendTaskLeaseRequest) -> float | None:
+    """The checked lease length of an extension (None: the task's start_to_close)."""
+    tv.report(request.task_id, request.agent_id, request.fencing_token)
+    return tv.lease(_optional_s(request, "lease_duration"))
 
 
 def _optional_s(message: Any, field: str) -> float | None:

@@ -9,6 +9,8 @@
 -- ARGV[4]      action: ack, extend, complete or fail
 -- ARGV[5]      complete: result JSON; fail: error JSON (message, type, retryable, details);
 --              extend: lease length in milliseconds, or '' for the task's start_to_close
+-- ARGV[6]      '0': leave out the task record below (batch callers answer without it);
+--              anything else, or absent: include it
 -- Returns      {'ok' or 'repeat', state, lease_expires_at_ms} on success, and for complete
 --              and fail a fourth element, the task's HGETALL (the caller answers with it);
 --              {'not_found'}, {'stale', state, attempt} or {'not_held', state} on refusal
@@ -17,6 +19,15 @@ local agent_id = ARGV[2]
 local token = ARGV[3]
 local action = ARGV[4]
 local payload = ARGV[5]
+local with_record = ARGV[6] ~= '0'
+
+-- The task's whole record, for the fourth element of the reply, if the caller wants it.
+local function record()
+  if with_record then
+    return redis.call('HGETALL', K.task .. task_id)
+  end
+  return {}
+end
 
 local task = load_task(task_id, TASK_FIELDS)
 if not task then
@@ -40,12 +51,12 @@ end
 
 if token ~= task.fencing_token or agent_id ~= task.agent_id then
   if earlier_report() then
-    return {'repeat', task.state, '', redis.call('HGETALL', K.task .. task_id)}
+    return {'repeat', task.state, '', record()}
   end
   return {'stale', task.state, task.attempt}
 end
 if earlier_report() then
-  return {'repeat', task.state, task.lease_expires_at_ms, redis.call('HGETALL', K.task .. task_id)}
+  return {'repeat', task.state, task.lease_expires_at_ms, record()}
 end
 if action == 'ack' and task.state == 'RUNNING' then
   return {'repeat', task.state, task.lease_expires_at_ms}
@@ -83,7 +94,7 @@ if action == 'complete' then
   record_outcome(agent_id, true, now - started)
   redis.call('HINCRBY', K.stats, 'tasks_completed', 1)
   transition(task, 'COMPLETED', now, 'completed by agent')
-  return {'ok', task.state, '', redis.call('HGETALL', key)}
+  return {'ok', task.state, '', record()}
 end
 
 -- fail
@@ -97,4 +108,4 @@ release_slot(task)
 record_outcome(agent_id, false, nil)
 local reason = 'failed by agent: ' .. (err.message or '')
 retry_or_fail(task, now, err, reason)
-return {'ok', task.state, '', redis.call('HGETALL', key)}
+return {'ok', task.state, '', record()}

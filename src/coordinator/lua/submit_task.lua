@@ -8,7 +8,8 @@
 -- ARGV[5]      requirements class (hash of the requirements)
 -- ARGV[6]      schedule-to-start timeout in milliseconds
 -- ARGV[7..]    field, value pairs of the task's descriptive fields
--- Returns      {1, task_id, created_at_ms, seq} when created, {0, existing task_id} if not
+-- Returns      {1, task_id, created_at_ms, seq} when created; otherwise
+--              {0, existing task_id, its created_at_ms}
 local task_id = ARGV[1]
 local request_id = ARGV[2]
 local idempotency_window_ms = tonumber(ARGV[3])
@@ -19,8 +20,11 @@ local first_field_arg = 7
 
 if request_id ~= '' then
   local existing = redis.call('GET', K.request .. request_id)
-  if existing and redis.call('EXISTS', K.task .. existing) == 1 then
-    return {0, existing}
+  if existing then
+    local created_at_ms = redis.call('HGET', K.task .. existing, 'created_at_ms')
+    if created_at_ms then
+      return {0, existing, created_at_ms}
+    end
   end
 end
 
