@@ -6,7 +6,7 @@ task data and results are plain dicts.
 
 from coordinator.sdk.agent import Agent
 from coordinator.sdk.backoff import Backoff
-from coordinator.sdk.client import Client
+from coordinator.sdk.client import Client, NewTask, SubmitResult
 from coordinator.sdk.context import TaskContext
 from coordinator.sdk.errors import (
     PermanentError,
@@ -24,11 +24,13 @@ __all__ = [
     "Backoff",
     "Client",
     "Handler",
+    "NewTask",
     "PermanentError",
     "Priority",
     "Requirements",
     "RetryPolicy",
     "RpcError",
+    "SubmitResult",
     "Task",
     "TaskCancelled",
     "TaskContext",

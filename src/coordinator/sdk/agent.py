@@ -179,6 +179,7 @@ class Agent:
             )
             for remove in removers:
                 remove()
+            await self._reporter.close()
             await self._endpoints.close()
             self._running = False
             self._finished.set()

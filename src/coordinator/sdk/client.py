@@ -6,7 +6,8 @@
 
 Calls that meet an unavailable node are retried on the next address, with backoff, for up
 to ``retry_timeout_s``; ``submit`` keeps its ``request_id`` across those retries, so a retry
-never creates a second task.
+never creates a second task. ``submit_many`` queues many tasks with few calls (SubmitTasks,
+up to 1000 tasks each), with the same retries and the same guarantee.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -33,11 +35,52 @@ from coordinator.balancing import Strategy
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.endpoints import RETRIED_CODES, Endpoints
 from coordinator.sdk.errors import RpcError, TaskCancelled, TaskExpired, TaskFailed
-from coordinator.sdk.wire import stats_from_proto, task_from_proto
+from coordinator.sdk.wire import entry_error, stats_from_proto, task_from_proto
 from coordinator.task_models import Priority, Requirements, RetryPolicy, Task, TaskState, TaskStats
 
 T = TypeVar("T")
 Call = Callable[[task_pb2_grpc.TaskServiceStub], Awaitable[T]]
+
+MAX_BATCH_TASKS = 1000
+"""Most tasks of one SubmitTasks call (the coordinator's limit)."""
+MAX_BATCH_BYTES = 3 * 1024 * 1024
+"""Most serialized bytes of one SubmitTasks call: below the coordinator's default message
+limit (COORDINATOR_MAX_MESSAGE_BYTES, 4 MiB). A bigger task still goes, alone."""
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """One task for ``Client.submit_many``; the fields are ``Client.submit``'s arguments."""
+
+    task_type: str
+    data: dict[str, Any] | None = None
+    priority: Priority | str = Priority.NORMAL
+    requirements: Requirements | None = None
+    request_id: str | None = None
+    max_attempts: int = 0
+    schedule_to_start_s: float | None = None
+    start_to_close_s: float | None = None
+    retry_policy: RetryPolicy | None = None
+    strategy: Strategy | None = None
+    routing_key: str = ""
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What became of one task of ``Client.submit_many``."""
+
+    request_id: str
+    """The task's request_id (generated when not given): submitting it again is harmless."""
+    task_id: str = ""
+    """The queued task (the existing one when request_id matched); empty when refused."""
+    created: bool = False
+    """False when the request_id matched an earlier submit (possibly an earlier attempt of
+    this same call) and nothing was created, or when refused."""
+    created_at_ms: int | None = None
+    """When the task was submitted (epoch milliseconds); None when refused."""
+    error: RpcError | None = None
+    """Why the coordinator refused this task (``code`` and ``message``, which names the
+    field), exactly as ``submit`` would have raised it; None when it was queued."""
 
 
 def _priority(priority: Priority | str) -> Priority:
@@ -48,6 +91,46 @@ def _priority(priority: Priority | str) -> Priority:
     except KeyError:
         names = ", ".join(p.name.lower() for p in Priority)
         raise ValueError(f"priority: {priority!r} is not one of {names}") from None
+
+
+def _submit_request(task: NewTask) -> task_pb2.SubmitTaskRequest:
+    """The SubmitTaskRequest of one task, with a fresh request_id when it has none."""
+    request = task_pb2.SubmitTaskRequest(
+        task_type=task.task_type,
+        task_data=struct_from_dict(task.data or {}),
+        priority=PRIORITY_PREFIX + _priority(task.priority).name,
+        requirements=requirements_to_proto(task.requirements),
+        max_attempts=task.max_attempts,
+        request_id=task.request_id or uuid.uuid4().hex,
+        balancing_strategy=strategy_to_proto(task.strategy),
+        routing_key=task.routing_key,
+    )
+    if task.schedule_to_start_s is not None:
+        request.schedule_to_start_timeout.CopyFrom(duration_from_s(task.schedule_to_start_s))
+    if task.start_to_close_s is not None:
+        request.start_to_close_timeout.CopyFrom(duration_from_s(task.start_to_close_s))
+    if task.retry_policy is not None:
+        request.retry_policy.CopyFrom(retry_policy_to_proto(task.retry_policy))
+    return request
+
+
+def _chunks(
+    requests: Sequence[task_pb2.SubmitTaskRequest],
+) -> list[list[task_pb2.SubmitTaskRequest]]:
+    """Consecutive runs of at most MAX_BATCH_TASKS requests and MAX_BATCH_BYTES bytes."""
+    chunks: list[list[task_pb2.SubmitTaskRequest]] = []
+    chunk: list[task_pb2.SubmitTaskRequest] = []
+    size = 0
+    for request in requests:
+        entry_bytes = request.ByteSize() + 8  # the field's tag and length prefix, roughly
+        if chunk and (len(chunk) == MAX_BATCH_TASKS or size + entry_bytes > MAX_BATCH_BYTES):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(request)
+        size += entry_bytes
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 class Client:
@@ -97,24 +180,58 @@ class Client:
         """Queue a task and return it (PENDING). ``request_id`` defaults to a fresh UUID;
         submitting the same one again returns the first task and creates nothing. Zero or
         None means the coordinator's default (3 attempts, 300 s timeouts)."""
-        request = task_pb2.SubmitTaskRequest(
-            task_type=task_type,
-            task_data=struct_from_dict(data or {}),
-            priority=PRIORITY_PREFIX + _priority(priority).name,
-            requirements=requirements_to_proto(requirements),
-            max_attempts=max_attempts,
-            request_id=request_id or uuid.uuid4().hex,
-            balancing_strategy=strategy_to_proto(strategy),
-            routing_key=routing_key,
+        request = _submit_request(
+            NewTask(
+                task_type,
+                data,
+                priority=priority,
+                requirements=requirements,
+                request_id=request_id,
+                max_attempts=max_attempts,
+                schedule_to_start_s=schedule_to_start_s,
+                start_to_close_s=start_to_close_s,
+                retry_policy=retry_policy,
+                strategy=strategy,
+                routing_key=routing_key,
+            )
         )
-        if schedule_to_start_s is not None:
-            request.schedule_to_start_timeout.CopyFrom(duration_from_s(schedule_to_start_s))
-        if start_to_close_s is not None:
-            request.start_to_close_timeout.CopyFrom(duration_from_s(start_to_close_s))
-        if retry_policy is not None:
-            request.retry_policy.CopyFrom(retry_policy_to_proto(retry_policy))
         reply = await self._call(lambda s: s.SubmitTask(request, timeout=self.call_timeout_s))
         return task_from_proto(reply.task)
+
+    async def submit_many(self, tasks: Iterable[NewTask]) -> list[SubmitResult]:
+        """Queue many tasks with few calls: SubmitTasks, up to 1000 tasks (and 3 MiB) each,
+        one call after the other. Returns one ``SubmitResult`` per task, in order; a task
+        the coordinator refuses (a bad field, too big) has its ``error`` and does not affect
+        the others. Each task is handled exactly as ``submit`` would handle it, and keeps
+        its ``request_id`` across retries, so a retried call never creates a second task.
+
+        A call that fails for good (no node answered within ``retry_timeout_s``) raises
+        ``RpcError``; the tasks of earlier calls are queued then, and calling ``submit_many``
+        again with the same request_ids (pass your own) queues only what is missing."""
+        requests = [_submit_request(task) for task in tasks]
+        results: list[SubmitResult] = []
+        for chunk in _chunks(requests):
+            reply = await self._submit_batch(task_pb2.SubmitTasksRequest(tasks=chunk))
+            for request, result in zip(chunk, reply.results, strict=True):
+                if result.HasField("error"):
+                    results.append(
+                        SubmitResult(request.request_id, error=entry_error(result.error))
+                    )
+                else:
+                    results.append(
+                        SubmitResult(
+                            request.request_id,
+                            task_id=result.task_id,
+                            created=result.created,
+                            created_at_ms=result.created_at.ToMilliseconds(),
+                        )
+                    )
+        return results
+
+    async def _submit_batch(
+        self, request: task_pb2.SubmitTasksRequest
+    ) -> task_pb2.SubmitTasksResponse:
+        return await self._call(lambda s: s.SubmitTasks(request, timeout=self.call_timeout_s))
 
     async def get(self, task_id: str) -> Task:
         """The task as it is now, with its attempts and transitions."""

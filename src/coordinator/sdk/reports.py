@@ -1,12 +1,21 @@
 """An agent's reports about its attempts (acknowledge, extend, complete, fail), each retried
-through whatever node the agent reaches while nodes are unavailable."""
+through whatever node the agent reaches while nodes are unavailable.
+
+Acknowledgements, completions and failures travel in ReportTasks calls, batched naturally:
+at most one call is in flight per agent, and the reports made while it is join the next
+call. A lone report is therefore sent at once (no delay at low load), while under load the
+calls grow instead of multiplying. Each report still has its own outcome. Lease extensions
+stay unary: each has its own deadline, the end of its lease.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -16,7 +25,7 @@ from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 from coordinator.api.wire import duration_from_s, error_to_proto
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.endpoints import RETRIED_CODES, Endpoints
-from coordinator.sdk.wire import AssignmentInfo
+from coordinator.sdk.wire import AssignmentInfo, status_code
 from coordinator.task_models import TaskError
 
 log = logging.getLogger(__name__)
@@ -28,6 +37,27 @@ _RETRIED = RETRIED_CODES | {grpc.StatusCode.DEADLINE_EXCEEDED}
 
 Send = Callable[[task_pb2_grpc.TaskServiceStub], Awaitable[Any]]
 
+MAX_CALL_REPORTS = 1000
+"""Most reports in one ReportTasks call (the coordinator's limit)."""
+MAX_CALL_BYTES = 3 * 1024 * 1024
+"""Most serialized bytes of one ReportTasks call, below the coordinator's default message
+limit (4 MiB); a bigger report (a large result) still goes, alone."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One report waiting for its outcome (compared by identity)."""
+
+    entry: task_pb2.TaskReport
+    action: str
+    fields: dict[str, Any]
+    deadline: float
+    outcome: asyncio.Future[grpc.StatusCode | None]
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = self.entry.ByteSize() + 8  # the field's tag and length prefix, roughly
+
 
 class Reporter:
     """Sends one agent's reports. Each method returns None when the coordinator took the
@@ -38,15 +68,15 @@ class Reporter:
         self._endpoints = endpoints
         self._agent_id = agent_id
         self._give_up_s = give_up_s
+        self._queue: deque[_Pending] = deque()
+        self._sender: asyncio.Task[None] | None = None
 
     async def acknowledge(self, a: AssignmentInfo) -> grpc.StatusCode | None:
-        """AcknowledgeTask: the attempt is RUNNING."""
+        """Acknowledge (ReportTasks): the attempt is RUNNING."""
         request = task_pb2.AcknowledgeTaskRequest(
             task_id=a.task_id, agent_id=self._agent_id, fencing_token=a.fencing_token
         )
-        return await self._send(
-            "acknowledge", a, lambda s: s.AcknowledgeTask(request, timeout=CALL_TIMEOUT_S)
-        )
+        return await self._batched("acknowledge", a, task_pb2.TaskReport(acknowledge=request))
 
     async def extend(self, a: AssignmentInfo, give_up_s: float) -> grpc.StatusCode | None:
         """ExtendTaskLease by the task's start_to_close_timeout from now."""
@@ -61,23 +91,123 @@ class Reporter:
         )
 
     async def complete(self, a: AssignmentInfo, result: Struct) -> grpc.StatusCode | None:
-        """CompleteTask with ``result``."""
+        """Complete (ReportTasks) with ``result``."""
         request = task_pb2.CompleteTaskRequest(
             task_id=a.task_id, agent_id=self._agent_id, fencing_token=a.fencing_token, result=result
         )
-        return await self._send(
-            "complete", a, lambda s: s.CompleteTask(request, timeout=CALL_TIMEOUT_S)
-        )
+        return await self._batched("complete", a, task_pb2.TaskReport(complete=request))
 
     async def fail(self, a: AssignmentInfo, error: TaskError) -> grpc.StatusCode | None:
-        """FailTask with ``error`` (its ``retryable`` decides whether the task is retried)."""
+        """Fail (ReportTasks) with ``error`` (its ``retryable`` decides whether the task is
+        retried)."""
         request = task_pb2.FailTaskRequest(
             task_id=a.task_id,
             agent_id=self._agent_id,
             fencing_token=a.fencing_token,
             error=error_to_proto(error),
         )
-        return await self._send("fail", a, lambda s: s.FailTask(request, timeout=CALL_TIMEOUT_S))
+        return await self._batched("fail", a, task_pb2.TaskReport(fail=request))
+
+    async def close(self) -> None:
+        """Stop sending: reports not yet answered are dropped (their callers are cancelled)."""
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        while self._queue:
+            self._queue.popleft().outcome.cancel()
+
+    async def _batched(
+        self, action: str, a: AssignmentInfo, entry: task_pb2.TaskReport
+    ) -> grpc.StatusCode | None:
+        """Queue one report for the next ReportTasks call and wait for its own outcome."""
+        pending = _Pending(
+            entry,
+            action,
+            {"agent_id": self._agent_id, "task_id": a.task_id, "attempt": a.attempt},
+            time.monotonic() + self._give_up_s,
+            asyncio.get_running_loop().create_future(),
+        )
+        self._queue.append(pending)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_batches())
+        # A caller cancelled meanwhile cancels this future: the report is then not sent,
+        # unless its call is already under way.
+        return await pending.outcome
+
+    async def _send_batches(self) -> None:
+        """Send what is queued, one ReportTasks call at a time, until nothing is left."""
+        backoff = Backoff(initial_s=0.05, max_s=2.0)
+        while self._queue:
+            batch = self._next_batch()
+            if not batch:
+                continue
+            address = self._endpoints.address
+            request = task_pb2.ReportTasksRequest(reports=[p.entry for p in batch])
+            try:
+                reply = await self._endpoints.tasks().ReportTasks(request, timeout=CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                now = time.monotonic()
+                again = [p for p in batch if code in _RETRIED and now < p.deadline]
+                for p in batch:
+                    if p not in again:
+                        self._settle(p, code, exc.details() or "")
+                if again:
+                    log.debug(
+                        "%d report(s): %s through %s; retrying",
+                        len(again),
+                        code.name,
+                        address,
+                        extra={"agent_id": self._agent_id},
+                    )
+                    self._queue.extendleft(reversed(again))  # still before later reports
+                    await asyncio.sleep(backoff.next_delay_s())
+                continue
+            except BaseException as exc:
+                for p in (*batch, *self._queue):
+                    if not p.outcome.done():
+                        if isinstance(exc, asyncio.CancelledError):
+                            p.outcome.cancel()
+                        else:
+                            p.outcome.set_exception(exc)
+                self._queue.clear()
+                raise
+            backoff.reset()
+            for p, result in zip(batch, reply.results, strict=True):
+                if result.HasField("error"):
+                    self._settle(p, status_code(result.error.code), result.error.message)
+                else:
+                    self._settle(p, None)
+
+    def _next_batch(self) -> list[_Pending]:
+        """The oldest queued reports that fit in one call (reports no one awaits are left
+        out)."""
+        batch: list[_Pending] = []
+        size = 0
+        while self._queue and len(batch) < MAX_CALL_REPORTS:
+            p = self._queue[0]
+            if p.outcome.done():
+                self._queue.popleft()
+                continue
+            if batch and size + p.size > MAX_CALL_BYTES:
+                break
+            batch.append(self._queue.popleft())
+            size += p.size
+        return batch
+
+    def _settle(self, p: _Pending, code: grpc.StatusCode | None, details: str = "") -> None:
+        """Give a report its outcome: None (taken) or the code that refused it."""
+        if p.outcome.done():
+            return
+        if code is not None:
+            level = (
+                logging.INFO
+                if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
+                else logging.WARNING
+            )
+            log.log(level, "%s refused: %s: %s", p.action, code.name, details, extra=p.fields)
+        p.outcome.set_result(code)
 
     async def _send(
         self, action: str, a: AssignmentInfo, send: Send, give_up_s: float | None = None

@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.api import wire as server_wire
 from coordinator.api.wire import duration_s
 from coordinator.api.wire import struct_to_dict as _struct_to_dict
+from coordinator.sdk.errors import RpcError
 from coordinator.task_models import (
     Attempt,
     LoadBalancerStats,
@@ -27,6 +29,18 @@ from coordinator.task_models import (
 )
 
 _EXACT_INT_LIMIT = 2**53
+
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The gRPC status code of a google.rpc.Code number (UNKNOWN for a number it is not)."""
+    return _STATUS_CODES.get(number, grpc.StatusCode.UNKNOWN)
+
+
+def entry_error(message: task_pb2.BatchEntryError) -> RpcError:
+    """The error of one refused entry of a batch call, as the unary call would raise it."""
+    return RpcError(status_code(message.code), message.message)
 
 
 def _whole_numbers_as_int(value: Any) -> Any:
