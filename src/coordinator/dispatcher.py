@@ -23,8 +23,9 @@ import logging
 import math
 import secrets
 import uuid
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -34,8 +35,8 @@ from coordinator.balancing import BalancerState, Candidate, Strategy, choose
 from coordinator.config import Settings
 from coordinator.metrics import NodeMetrics
 from coordinator.models import Agent, AgentStatus
-from coordinator.registry import AgentRegistry
-from coordinator.scripts import Scripts, TaskScripts
+from coordinator.registry import RECORD_FIELDS, AgentRegistry
+from coordinator.scripts import ScriptCall, Scripts, TaskScripts, run_batch
 from coordinator.task_models import PRIORITIES_MOST_URGENT_FIRST, Requirements
 from coordinator.tasks import TaskStore
 
@@ -52,6 +53,71 @@ STOP_WAIT_S = 2.0
 
 AGENT_REFUSALS = ("agent_gone", "agent_unavailable", "agent_full")
 
+SNAPSHOT_ARGS = [
+    len(PRIORITIES_MOST_URGENT_FIRST),
+    *(priority.name for priority in PRIORITIES_MOST_URGENT_FIRST),
+    *RECORD_FIELDS,
+]
+"""The ARGV of ``lua/dispatch_snapshot.lua``: the priorities, then the agent fields."""
+
+LocalDelivery = Callable[[dict[str, Any]], None]
+"""Sends an assignment message of ``lua/assign_task.lua`` to a stream this node holds."""
+
+
+@dataclass
+class _PassState:
+    """What one pass knows about the agents: who still has a free slot and how many slots
+    each uses, counting the assignments this pass has made."""
+
+    free: dict[str, Agent]
+    used: dict[str, int]
+    blocked: set[str] = field(default_factory=set)
+    """Requirements classes that no free agent fits any more in this pass."""
+    refused: set[str] = field(default_factory=set)
+    """Agents whose script refused them (gone, unavailable or full): not chosen again."""
+
+    def __post_init__(self) -> None:
+        self._agents = dict(self.free)
+
+    def take_slot(self, agent_id: str) -> None:
+        self.used[agent_id] += 1
+        if self.used[agent_id] >= self._agents[agent_id].max_concurrency:
+            self.free.pop(agent_id, None)
+
+    def give_back_slot(self, agent_id: str) -> None:
+        """The assignment did not happen: the slot is free again (unless refused)."""
+        self.used[agent_id] -= 1
+        if agent_id not in self.refused:
+            self.free[agent_id] = self._agents[agent_id]
+
+    def refuse(self, agent_id: str) -> None:
+        self.refused.add(agent_id)
+        self.free.pop(agent_id, None)
+
+
+@dataclass
+class _Snapshot:
+    """What a pass starts from (``lua/dispatch_snapshot.lua``)."""
+
+    class_sets: list[list[str]]
+    """The requirements classes with tasks waiting, per priority, most urgent first."""
+    free: dict[str, Agent]
+    """ACTIVE, live agents with an open stream on a live node and a free slot."""
+    default_strategy: Strategy
+    state: BalancerState
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """A task at the head of its queue, with what choosing its agent needs."""
+
+    task_id: str
+    requirements: Requirements
+    strategy: Strategy
+    routing_key: str
+    eligible: list[Agent]
+    cls: str
+
 
 class Dispatcher:
     """Runs dispatch passes on wake-ups and on a short timer."""
@@ -63,9 +129,11 @@ class Dispatcher:
         store: TaskStore,
         settings: Settings,
         metrics: NodeMetrics | None = None,
+        deliver: LocalDelivery | None = None,
     ) -> None:
         self._redis = redis
         self._metrics = metrics
+        self._deliver = deliver
         self._registry = registry
         self._store = store
         self._settings = settings
@@ -127,45 +195,83 @@ class Dispatcher:
         assigned = 0
         token = uuid.uuid4().hex
         turn = [keys.DISPATCH_LOCK, keys.DISPATCH_WANTED]
-        if not await self._lock_scripts.dispatch_turn(
-            keys=turn, args=["begin", token, LOCK_TTL_MS]
-        ):
+        # Asking for the turn and reading the snapshot share one round trip: the holder
+        # needs the snapshot at once, and another node's request costs a few reads more.
+        snapshot = await self._snapshot(begin=(turn, token))
+        if snapshot is None:
             return assigned  # the holder will see the flag
         again = True
         try:
             while again and not self._stopping.is_set():
-                assigned += await self.dispatch_pass()
+                assigned += await self._pass(snapshot)
                 again = bool(
                     await self._lock_scripts.dispatch_turn(
                         keys=turn, args=["end", token, LOCK_TTL_MS]
                     )
                 )
+                if again:
+                    snapshot = await self._snapshot()
+                    assert snapshot is not None
         finally:
             if again:  # stopped or failed while holding the lock: free it for the others
                 await self._lock_scripts.dispatch_turn(keys=turn, args=["release", token, 0])
         return assigned
 
     async def dispatch_pass(self) -> int:
-        """Assign what can be assigned now; returns the number of assignments."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for priority in PRIORITIES_MOST_URGENT_FIRST:
-                pipe.smembers(keys.task_classes(priority.name))
-            class_sets = await pipe.execute()
-        if not any(class_sets):
-            return 0
-        free, default_strategy, state = await asyncio.gather(
-            self._free_agents(), self._store.strategy(), self._load_balancer_state()
+        """Assign what can be assigned now, without taking the turn; returns the number of
+        assignments."""
+        snapshot = await self._snapshot()
+        assert snapshot is not None
+        return await self._pass(snapshot)
+
+    async def _snapshot(self, begin: tuple[list[str], str] | None = None) -> _Snapshot | None:
+        """Read what a pass starts from; with ``begin`` (the turn's keys and this node's
+        token), ask for the turn in the same round trip: None when another node has it."""
+        calls: list[ScriptCall] = []
+        if begin is not None:
+            turn, token = begin
+            calls.append((self._lock_scripts.dispatch_turn, turn, ["begin", token, LOCK_TTL_MS]))
+        calls.append(
+            (
+                self._scripts.dispatch_snapshot,
+                [],
+                SNAPSHOT_ARGS,
+            )
         )
-        if not free:
+        *turn_reply, reply = await run_batch(self._redis, calls)
+        if turn_reply and not turn_reply[0]:
+            return None
+        now_ms, stored_strategy, raw_state, class_sets, rows = reply
+        free = {
+            agent.agent_id: agent
+            for agent in self._registry.decode_records(rows, int(now_ms))
+            if agent.status is AgentStatus.ACTIVE and agent.active_tasks < agent.max_concurrency
+        }
+        return _Snapshot(
+            class_sets=[sorted(c) for c in class_sets],
+            free=free,
+            default_strategy=self._store.strategy_or_default(stored_strategy),
+            state=_balancer_state(raw_state),
+        )
+
+    async def _pass(self, snapshot: _Snapshot) -> int:
+        """One pass from ``snapshot``: returns the number of assignments."""
+        if not any(snapshot.class_sets) or not snapshot.free:
             return 0
-        used = {agent_id: agent.active_tasks for agent_id, agent in free.items()}
+        state = snapshot.state
         before = json.dumps(asdict(state), sort_keys=True)
+        line = _PassState(
+            free=snapshot.free,
+            used={agent_id: agent.active_tasks for agent_id, agent in snapshot.free.items()},
+        )
         assigned = 0
-        for priority, classes in zip(PRIORITIES_MOST_URGENT_FIRST, class_sets, strict=True):
-            if not free:
+        for priority, classes in zip(
+            PRIORITIES_MOST_URGENT_FIRST, snapshot.class_sets, strict=True
+        ):
+            if not line.free:
                 break
             assigned += await self._dispatch_priority(
-                priority.name, sorted(classes), free, used, default_strategy, state
+                priority.name, classes, line, snapshot.default_strategy, state
             )
         if json.dumps(asdict(state), sort_keys=True) != before:
             await self._redis.set(keys.BALANCER_STATE, json.dumps(asdict(state)))
@@ -175,8 +281,7 @@ class Dispatcher:
         self,
         priority: str,
         classes: Sequence[str],
-        free: dict[str, Agent],
-        used: dict[str, int],
+        line: _PassState,
         default_strategy: Strategy,
         state: BalancerState,
     ) -> int:
@@ -185,165 +290,143 @@ class Dispatcher:
         after = dict.fromkeys(classes, "-inf")
         eligible_by_class: dict[str, list[Agent]] = {}
         open_classes = list(classes)
-        while open_classes and free:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for cls in open_classes:
-                    pipe.zrangebyscore(
-                        keys.task_queue(priority, cls),
-                        after[cls],
-                        "+inf",
-                        start=0,
-                        num=HEADS_PER_CLASS,
-                        withscores=True,
-                    )
-                heads = await pipe.execute()
+        while open_classes and line.free:
+            heads = await self._scripts.queue_heads(
+                args=[
+                    priority,
+                    HEADS_PER_CLASS,
+                    *(item for cls in open_classes for item in (cls, after[cls])),
+                ]
+            )
+            heads = [[(h[0], float(h[1]), *h[2:]) for h in entries] for entries in heads]
             # A class that filled its batch may have more tasks beyond it: merge the classes
             # only up to the earliest such batch end, so FIFO holds across classes too.
             batch_ends = [e[-1][1] for e in heads if len(e) == HEADS_PER_CLASS]
             horizon = min(batch_ends) if batch_ends else math.inf
-            line = sorted(
-                (seq, task_id, cls)
+            in_line = sorted(
+                (seq, task_id, cls, details)
                 for cls, entries in zip(open_classes, heads, strict=True)
-                for task_id, seq in entries
+                for task_id, seq, *details in entries
                 if seq <= horizon
             )
-            if not line:
+            if not in_line:
                 break
             exhausted = {
                 cls
                 for cls, entries in zip(open_classes, heads, strict=True)
                 if len(entries) < HEADS_PER_CLASS and (not entries or entries[-1][1] <= horizon)
             }
-            details = await self._task_details([task_id for _, task_id, _ in line])
-            blocked: set[str] = set()
-            for seq, task_id, cls in line:
+            waiting: list[_Waiting] = []
+            for seq, task_id, cls, (raw_requirements, raw_strategy, routing_key) in in_line:
                 after[cls] = f"({seq:.0f}"
-                if cls in blocked or task_id not in details:
-                    continue
-                requirements, strategy, routing_key = details[task_id]
+                if not raw_requirements:
+                    continue  # deleted meanwhile
+                requirements = _requirements(raw_requirements)
+                strategy = Strategy.parse(raw_strategy) if raw_strategy else None
                 if cls not in eligible_by_class:
-                    eligible_by_class[cls] = [a for a in free.values() if _fits(a, requirements)]
-                if await self._assign_one(
-                    task_id,
-                    requirements,
-                    strategy or default_strategy,
-                    routing_key,
-                    eligible_by_class[cls],
-                    free,
-                    used,
-                    state,
-                ):
-                    assigned += 1
-                elif not any(a.agent_id in free for a in eligible_by_class[cls]):
-                    blocked.add(cls)
-            open_classes = [c for c in open_classes if c not in blocked and c not in exhausted]
+                    eligible_by_class[cls] = [
+                        a for a in line.free.values() if _fits(a, requirements)
+                    ]
+                waiting.append(
+                    _Waiting(
+                        task_id,
+                        requirements,
+                        strategy or default_strategy,
+                        routing_key,
+                        eligible_by_class[cls],
+                        cls,
+                    )
+                )
+            assigned += await self._assign_in_order(waiting, line, state)
+            open_classes = [c for c in open_classes if c not in line.blocked and c not in exhausted]
         return assigned
 
-    async def _assign_one(
-        self,
-        task_id: str,
-        requirements: Requirements,
-        strategy: Strategy,
-        routing_key: str,
-        eligible: list[Agent],
-        free: dict[str, Agent],
-        used: dict[str, int],
-        state: BalancerState,
-    ) -> bool:
-        """Try the strategy's choice, then the next choice if that agent refuses."""
-        while True:
-            candidates = [_candidate(a, used[a.agent_id]) for a in eligible if a.agent_id in free]
-            if not candidates:
-                return False
-            chosen = choose(
-                strategy,
-                candidates,
-                state,
-                preferred_capabilities=requirements.preferred_capabilities,
-                routing_key=routing_key,
-            )
-            reply = await self._scripts.assign_task(
-                args=[
-                    task_id,
-                    chosen.agent_id,
-                    secrets.token_hex(8),
-                    self._liveness_timeout_ms,
-                    self._settings.node_id,
+    async def _assign_in_order(
+        self, waiting: list[_Waiting], line: _PassState, state: BalancerState
+    ) -> int:
+        """Choose an agent for each waiting task in turn, then send every assignment in one
+        round trip. A task whose agent refused (its slot went meanwhile) gets the next
+        choice in another round; a class with no free eligible agent left is blocked."""
+        assigned = 0
+        while waiting:
+            chosen: list[tuple[_Waiting, str]] = []
+            for w in waiting:
+                if w.cls in line.blocked:
+                    continue
+                candidates = [
+                    _candidate(a, line.used[a.agent_id])
+                    for a in w.eligible
+                    if a.agent_id in line.free
                 ]
+                if not candidates:
+                    line.blocked.add(w.cls)
+                    continue
+                agent_id = choose(
+                    w.strategy,
+                    candidates,
+                    state,
+                    preferred_capabilities=w.requirements.preferred_capabilities,
+                    routing_key=w.routing_key,
+                ).agent_id
+                line.take_slot(agent_id)
+                chosen.append((w, agent_id))
+            if not chosen:
+                break
+            replies = await run_batch(
+                self._redis,
+                [
+                    (
+                        self._scripts.assign_task,
+                        [],
+                        [
+                            w.task_id,
+                            agent_id,
+                            secrets.token_hex(8),
+                            self._liveness_timeout_ms,
+                            self._settings.node_id,
+                            "1" if self._deliver is not None else "",
+                        ],
+                    )
+                    for w, agent_id in chosen
+                ],
             )
-            verdict, detail = reply[0], reply[1]
-            if verdict == "ok":
-                if len(reply) > 2 and self._metrics is not None:  # a first attempt
-                    self._metrics.observe_submit_to_assignment_ms(int(reply[2]))
-                used[chosen.agent_id] += 1
-                if used[chosen.agent_id] >= free[chosen.agent_id].max_concurrency:
-                    del free[chosen.agent_id]
-                log.debug(
-                    "task assigned",
-                    extra={"task_id": task_id, "agent_id": chosen.agent_id, "attempt": detail},
-                )
-                return True
-            if verdict not in AGENT_REFUSALS:
-                return False  # another node took the task, or it was cancelled
-            log.debug(
-                "agent refused: %s (%s)", verdict, detail, extra={"agent_id": chosen.agent_id}
-            )
-            del free[chosen.agent_id]
+            waiting = []
+            for (w, agent_id), reply in zip(chosen, replies, strict=True):
+                verdict = reply[0]
+                if verdict == "ok":
+                    assigned += 1
+                    self._assigned(w.task_id, agent_id, reply)
+                    continue
+                line.give_back_slot(agent_id)
+                if verdict in AGENT_REFUSALS:
+                    log.debug(
+                        "agent refused: %s (%s)", verdict, reply[1], extra={"agent_id": agent_id}
+                    )
+                    line.refuse(agent_id)
+                    waiting.append(w)  # try its next choice
+                # else another node took the task, or it was cancelled: nothing to do
+        return assigned
 
-    async def _free_agents(self) -> dict[str, Agent]:
-        """ACTIVE, live agents with an open stream on a live node and a free slot."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.AGENTS_CONNECTED)
-            pipe.smembers(keys.AGENTS_ACTIVE)
-            connected, active = await pipe.execute()
-        agent_ids = sorted(set(connected) & active)
-        if not agent_ids:
-            return {}
-        stream_nodes = {agent_id: connected[agent_id].split(" ", 1)[0] for agent_id in agent_ids}
-        nodes = sorted(set(stream_nodes.values()))
-
-        async def live_nodes() -> set[str]:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for node in nodes:
-                    pipe.exists(keys.node_presence(node))
-                return {node for node, up in zip(nodes, await pipe.execute(), strict=True) if up}
-
-        # Both reads at once: one round trip of waiting instead of two.
-        alive, agents = await asyncio.gather(live_nodes(), self._registry.read_many(agent_ids))
-        return {
-            agent.agent_id: agent
-            for agent in agents
-            if stream_nodes[agent.agent_id] in alive
-            and agent.status is AgentStatus.ACTIVE
-            and agent.active_tasks < agent.max_concurrency
-        }
-
-    async def _task_details(
-        self, task_ids: Sequence[str]
-    ) -> dict[str, tuple[Requirements, Strategy | None, str]]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hmget(keys.task(task_id), "requirements", "strategy", "routing_key")
-            rows = await pipe.execute()
-        return {
-            task_id: (
-                _requirements(row[0]),
-                Strategy.parse(row[1]) if row[1] else None,
-                row[2] or "",
-            )
-            for task_id, row in zip(task_ids, rows, strict=True)
-            if row[0] is not None
-        }
-
-    async def _load_balancer_state(self) -> BalancerState:
-        raw = await self._redis.get(keys.BALANCER_STATE)
-        if not raw:
-            return BalancerState()
-        data = json.loads(raw)
-        return BalancerState(
-            round_robin_last=data.get("round_robin_last", ""),
-            weighted_current={k: float(v) for k, v in data.get("weighted_current", {}).items()},
+    def _assigned(self, task_id: str, agent_id: str, reply: list[Any]) -> None:
+        """Record one assignment; send it at once when this node holds the agent's stream."""
+        if len(reply) > 2 and int(reply[2]) >= 0 and self._metrics is not None:
+            self._metrics.observe_submit_to_assignment_ms(int(reply[2]))  # a first attempt
+        if len(reply) > 3 and self._deliver is not None:
+            self._deliver(json.loads(reply[3]))
+        log.debug(
+            "task assigned", extra={"task_id": task_id, "agent_id": agent_id, "attempt": reply[1]}
         )
+
+
+def _balancer_state(raw: str | None) -> BalancerState:
+    """The strategies' shared state as stored in Redis (round-robin and weighted turns)."""
+    if not raw:
+        return BalancerState()
+    data = json.loads(raw)
+    return BalancerState(
+        round_robin_last=data.get("round_robin_last", ""),
+        weighted_current={k: float(v) for k, v in data.get("weighted_current", {}).items()},
+    )
 
 
 @functools.lru_cache(maxsize=4096)

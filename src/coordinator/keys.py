@@ -209,6 +209,8 @@ TASK_SCRIPT_KEYS = {
     "node_channel": NODE_CHANNEL_PREFIX,
     "task_channel": TASK_CHANNEL_PREFIX,
     "dispatch_channel": DISPATCH_CHANNEL,
+    "balancing_strategy": BALANCING_STRATEGY,
+    "balancer_state": BALANCER_STATE,
 }
 """The keys and prefixes the task scripts use, by the name they have in the Lua table ``K``."""
 

@@ -176,14 +176,9 @@ class AgentRegistry:
             raise NotFound(f"agent_id: no agent {agent_id!r} is registered")
         return self._decode(record, epoch_ms(redis_time))
 
-    async def read_many(self, agent_ids: Sequence[str]) -> list[Agent]:
-        """The registered agents among ``agent_ids``, computed for one Redis moment."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.time()
-            for agent_id in agent_ids:
-                pipe.hmget(keys.agent(agent_id), RECORD_FIELDS)
-            redis_time, *rows = await pipe.execute()
-        now_ms = epoch_ms(redis_time)
+    def decode_records(self, rows: Sequence[Sequence[Any]], now_ms: int) -> list[Agent]:
+        """Agents from their records' ``RECORD_FIELDS`` as read at ``now_ms`` (Redis time);
+        a row of a record deleted meanwhile (no agent_id) is skipped."""
         return [
             self._decode(dict(zip(RECORD_FIELDS, row, strict=True)), now_ms)
             for row in rows

@@ -11,11 +11,14 @@ known there; like the registry's, they need a single Redis, not Redis Cluster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from coordinator.keys import TASK_SCRIPT_KEYS
 
@@ -31,6 +34,8 @@ SCRIPT_NAMES = (
 
 TASK_SCRIPT_NAMES = (
     "submit_task",
+    "dispatch_snapshot",
+    "queue_heads",
     "assign_task",
     "report_task",
     "release_task",
@@ -93,6 +98,8 @@ class TaskScripts:
             setattr(self, name, redis.register_script(source(name)))
 
     submit_task: AsyncScript
+    dispatch_snapshot: AsyncScript
+    queue_heads: AsyncScript
     assign_task: AsyncScript
     report_task: AsyncScript
     release_task: AsyncScript
@@ -102,3 +109,30 @@ class TaskScripts:
     connect_stream: AsyncScript
     disconnect_stream: AsyncScript
     forget_finished_tasks: AsyncScript
+
+
+ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
+"""One call of a script in a batch: the script, its KEYS and its ARGV."""
+
+
+async def run_batch(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run many script calls in one pipeline: one round trip.
+
+    Unlike calling each script with ``client=pipeline``, which makes redis-py ask
+    SCRIPT EXISTS first (a second round trip on every batch), this sends EVALSHA only and
+    loads a script only when Redis reports it missing (after a restart or SCRIPT FLUSH);
+    a call refused with NOSCRIPT did not run, so it is sent again. Returns the replies in
+    order; raises the first other error, like a single call would.
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            script, keys, args = calls[i]
+            replies[i] = await script(keys=keys, args=args)  # loads the script, then runs it
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies

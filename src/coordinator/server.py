@@ -94,7 +94,14 @@ class Coordinator:
             self.redis, self.tasks, settings.node_id, resync_s=settings.heartbeat_interval_s
         )
         self.metrics = NodeMetrics(settings, connected_agents=lambda: self.streams.session_count)
-        self.dispatcher = Dispatcher(self.redis, self.registry, self.tasks, settings, self.metrics)
+        self.dispatcher = Dispatcher(
+            self.redis,
+            self.registry,
+            self.tasks,
+            settings,
+            self.metrics,
+            deliver=self.streams.on_node_message,
+        )
         self.events = EventHub(
             self.redis,
             settings.node_id,

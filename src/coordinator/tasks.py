@@ -401,15 +401,15 @@ class TaskStore:
     async def strategy(self) -> Strategy:
         """The cluster's load-balancing strategy."""
         stored = await self._redis.get(keys.BALANCING_STRATEGY)
-        return self._strategy_or_default(stored)
+        return self.strategy_or_default(stored)
 
     async def set_strategy(self, strategy: Strategy) -> Strategy:
         """Store the cluster's strategy for every node; returns the previous one."""
         previous = await self._redis.set(keys.BALANCING_STRATEGY, strategy.name.lower(), get=True)
         log.info("balancing strategy set to %s", strategy.name.lower())
-        return self._strategy_or_default(previous)
+        return self.strategy_or_default(previous)
 
-    def _strategy_or_default(self, stored: Any) -> Strategy:
+    def strategy_or_default(self, stored: Any) -> Strategy:
         """The strategy stored in Redis, or COORDINATOR_BALANCING_STRATEGY when none is."""
         return Strategy.parse(str(stored or self._settings.balancing_strategy))
 
@@ -455,7 +455,7 @@ class TaskStore:
             avg_submit_to_assignment_ms=total_ms / count if count else 0.0,
             p99_submit_to_assignment_ms=p99,
             load_balancer_stats=LoadBalancerStats(
-                strategy=self._strategy_or_default(strategy),
+                strategy=self.strategy_or_default(strategy),
                 active_agents=live,
                 total_assignments=distributed,
                 avg_agent_load=round(load, 6),

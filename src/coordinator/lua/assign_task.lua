@@ -9,15 +9,20 @@
 -- ARGV[3]      random part of the fencing token
 -- ARGV[4]      liveness timeout in milliseconds
 -- ARGV[5]      node_id of the assigning node (recorded in the attempt)
+-- ARGV[6]      '1' when the assigning node sends assignments to the streams it holds
+--              itself (the dispatcher): then an agent streaming from that node is not
+--              told over pub/sub, and the message comes back in the reply instead
 -- Returns      {'ok', attempt, latency_ms} for a first attempt (latency_ms: from the submit
 --              to this assignment), {'ok', attempt} for a retry, or {refusal, detail};
 --              refusals about the task are 'task_gone', about the agent 'agent_gone',
---              'agent_unavailable', 'agent_full'
+--              'agent_unavailable', 'agent_full'. With a message for the assigning node
+--              itself: {'ok', attempt, latency_ms or -1, message}.
 local task_id = ARGV[1]
 local agent_id = ARGV[2]
 local token_nonce = ARGV[3]
 local liveness_timeout_ms = tonumber(ARGV[4])
 local node_id = ARGV[5]
+local deliver_here = ARGV[6] == '1'
 
 local task = load_task(task_id, TASK_FIELDS)
 if not task or task.state ~= 'PENDING'
@@ -89,12 +94,17 @@ end
 -- The whole assignment rides on the message, so the node holding the stream sends it
 -- without reading it back (task_data stays a JSON string: cjson would not keep it exact).
 local payload = redis.call('HMGET', K.task .. task_id, 'task_type', 'task_data')
-notify_agent(agent_id, {
+local message = {
   kind = 'assign', task_id = task_id, attempt = attempt, fencing_token = token,
   task_type = payload[1] or '', task_data = payload[2] or '{}', priority = task.priority,
   assigned_at_ms = now, lease_expires_at_ms = lease_ms,
   start_to_close_ms = tonumber(task.start_to_close_ms),
-})
+}
+if deliver_here and stream_node == node_id then
+  message.agent_id = agent_id
+  return {'ok', attempt, latency_ms or -1, cjson.encode(message)}
+end
+notify_agent(agent_id, message)
 if latency_ms then
   return {'ok', attempt, latency_ms}
 end

@@ -1,0 +1,25 @@
+-- The first tasks of several requirements-class queues of one priority, with what choosing
+-- an agent for each needs, in one call.
+--
+-- ARGV[1]      priority name
+-- ARGV[2]      most tasks per class
+-- ARGV[3..]    pairs: requirements class, lower bound of seq ('-inf', or '(N' for after N)
+-- Returns      per class, in the order given: {{task_id, seq, requirements, strategy,
+--              routing_key}, ...}; requirements is '' for a task deleted meanwhile
+local priority = ARGV[1]
+local limit = tonumber(ARGV[2])
+
+local out = {}
+for i = 3, #ARGV, 2 do
+  local entries = redis.call('ZRANGEBYSCORE', K.queue .. priority .. ':' .. ARGV[i],
+    ARGV[i + 1], '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
+  local heads = {}
+  for j = 1, #entries, 2 do
+    local task = redis.call('HMGET', K.task .. entries[j], 'requirements', 'strategy',
+      'routing_key')
+    heads[#heads + 1] = {entries[j], entries[j + 1], task[1] or '', task[2] or '',
+      task[3] or ''}
+  end
+  out[#out + 1] = heads
+end
+return out

@@ -1,0 +1,177 @@
+"""The dispatcher's scripts on their own, against a real Redis: the snapshot a pass starts
+from, the heads of the class queues, an assignment handed back to the assigning node, and
+``run_batch`` (many script calls in one round trip, surviving a SCRIPT FLUSH)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from redis.exceptions import ResponseError
+from test_task_scripts import LIVENESS_MS, NODE, assign, make_agent, new_task, task_record
+
+from coordinator import keys
+from coordinator.config import Settings
+from coordinator.dispatcher import SNAPSHOT_ARGS
+from coordinator.registry import RECORD_FIELDS, AgentRegistry
+from coordinator.scripts import TaskScripts, run_batch
+
+
+@pytest.fixture
+def scripts(redis_client) -> TaskScripts:
+    return TaskScripts(redis_client)
+
+
+@pytest.fixture
+def registry(redis_client) -> AgentRegistry:
+    return AgentRegistry(redis_client, Settings(liveness_timeout_s=LIVENESS_MS / 1000))
+
+
+async def snapshot(scripts):
+    now_ms, strategy, state, classes, rows = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
+    agents = sorted(dict(zip(RECORD_FIELDS, row, strict=True))["agent_id"] for row in rows)
+    return int(now_ms), strategy, state, [sorted(c) for c in classes], agents
+
+
+async def test_snapshot_reads_no_agent_while_nothing_waits(scripts, registry, redis_client):
+    await make_agent(registry, redis_client, "a")
+
+    _, strategy, state, classes, agents = await snapshot(scripts)
+
+    assert (strategy, state, classes, agents) == ("", "", [[]] * 5, [])
+
+
+async def test_snapshot_has_waiting_classes_and_streaming_active_agents(
+    scripts, registry, redis_client
+):
+    await new_task(scripts, priority="HIGH", requirements_class="gpu")
+    await new_task(scripts, priority="LOW", requirements_class="c0")
+    await new_task(scripts, priority="LOW", requirements_class="c1")
+    await make_agent(registry, redis_client, "streaming")
+    await make_agent(registry, redis_client, "no-stream", streaming=False)
+    await make_agent(registry, redis_client, "dead-node", node="node-gone")
+    await redis_client.delete(keys.node_presence("node-gone"))
+    await make_agent(registry, redis_client, "inactive")
+    await redis_client.srem(keys.AGENTS_ACTIVE, "inactive")
+    await redis_client.set(keys.BALANCING_STRATEGY, "least_connections")
+    await redis_client.set(keys.BALANCER_STATE, '{"round_robin_last": "x"}')
+
+    now_ms, strategy, state, classes, agents = await snapshot(scripts)
+
+    # URGENT, CRITICAL, HIGH, NORMAL, LOW
+    assert classes == [[], [], ["gpu"], [], ["c0", "c1"]]
+    assert agents == ["streaming"]
+    assert strategy == "least_connections"
+    assert json.loads(state) == {"round_robin_last": "x"}
+    seconds, micros = await redis_client.time()
+    assert abs(seconds * 1000 + micros // 1000 - now_ms) < 5_000
+
+
+async def test_snapshot_rows_decode_into_agents(scripts, registry, redis_client):
+    await new_task(scripts)
+    await make_agent(registry, redis_client, "a", max_concurrency=3)
+    now_ms, *_ = await snapshot(scripts)
+    *_, rows = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
+
+    (agent,) = registry.decode_records(rows, now_ms)
+
+    assert (agent.agent_id, agent.max_concurrency, agent.active_tasks) == ("a", 3, 0)
+
+
+async def test_queue_heads_returns_each_class_in_line_after_its_bound(scripts, redis_client):
+    first = await new_task(scripts, requirements_class="c0")
+    second = await new_task(scripts, requirements_class="c0")
+    third = await new_task(scripts, requirements_class="c0")
+    other = await new_task(scripts, requirements_class="c1")
+    seq = {t: int(await redis_client.hget(keys.task(t), "seq")) for t in (first, second)}
+
+    c0, c1, empty = await scripts.queue_heads(
+        args=["NORMAL", 2, "c0", f"({seq[first]}", "c1", "-inf", "c9", "-inf"]
+    )
+
+    assert [h[0] for h in c0] == [second, third]  # after the bound, at most 2
+    assert [h[0] for h in c1] == [other]
+    assert empty == []
+    task_id, score, requirements, strategy, routing_key = c0[0]
+    assert (task_id, int(float(score))) == (second, seq[second])
+    assert (requirements, strategy, routing_key) == ("{}", "", "")
+
+
+async def test_queue_heads_marks_a_task_deleted_meanwhile(scripts, redis_client):
+    task_id = await new_task(scripts)
+    await redis_client.delete(keys.task(task_id))
+
+    ((head,),) = await scripts.queue_heads(args=["NORMAL", 10, "c0", "-inf"])
+
+    assert head[0] == task_id and head[2] == ""
+
+
+async def test_assignment_for_the_assigning_nodes_own_stream_comes_back(
+    scripts, registry, redis_client
+):
+    task_id = await new_task(scripts)
+    await make_agent(registry, redis_client, "a")
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(keys.node_channel(NODE))
+    await pubsub.get_message(timeout=1)  # the subscription confirmation
+
+    reply = await scripts.assign_task(args=[task_id, "a", "n1", LIVENESS_MS, NODE, "1"])
+
+    assert reply[:2] == ["ok", 1] and int(reply[2]) >= 0
+    message = json.loads(reply[3])
+    assert message["kind"] == "assign" and message["agent_id"] == "a"
+    assert message["task_id"] == task_id and message["fencing_token"] == "1:n1"
+    assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3) is None
+    await pubsub.aclose()
+
+
+async def test_assignment_for_another_nodes_stream_is_published(scripts, registry, redis_client):
+    task_id = await new_task(scripts)
+    await make_agent(registry, redis_client, "a", node="node-2")
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(keys.node_channel("node-2"))
+    await pubsub.get_message(timeout=1)
+
+    reply = await scripts.assign_task(args=[task_id, "a", "n1", LIVENESS_MS, NODE, "1"])
+
+    assert len(reply) == 3  # nothing for the assigning node itself
+    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+    assert message is not None and json.loads(message["data"])["task_id"] == task_id
+    await pubsub.aclose()
+
+
+async def test_run_batch_runs_every_call_in_order_and_reloads_flushed_scripts(
+    scripts, registry, redis_client
+):
+    tasks = [await new_task(scripts) for _ in range(3)]
+    await make_agent(registry, redis_client, "a", max_concurrency=2)
+    await redis_client.script_flush()
+
+    replies = await run_batch(
+        redis_client,
+        [
+            (scripts.assign_task, [], [t, "a", f"n{i}", LIVENESS_MS, NODE])
+            for i, t in enumerate(tasks)
+        ],
+    )
+
+    assert [r[0] for r in replies] == ["ok", "ok", "agent_full"]
+    assert [(await task_record(redis_client, t))["state"] for t in tasks] == [
+        "ASSIGNED",
+        "ASSIGNED",
+        "PENDING",
+    ]
+
+
+async def test_run_batch_raises_a_script_error(scripts, redis_client):
+    with pytest.raises(ResponseError, match="script"):
+        await run_batch(redis_client, [(scripts.queue_heads, [], ["NORMAL", "not-a-number", "c0"])])
+
+
+async def test_old_style_assign_still_publishes(scripts, registry, redis_client):
+    """Without the flag (other callers, older nodes), the assigning node is told over
+    pub/sub like any other."""
+    task_id = await new_task(scripts)
+    await make_agent(registry, redis_client, "a")
+
+    assert (await assign(scripts, task_id, "a"))[:2] == ["ok", 1]
