@@ -8,13 +8,13 @@ import json
 
 import pytest
 from redis.exceptions import ResponseError
-from test_task_scripts import LIVENESS_MS, NODE, assign, make_agent, new_task, task_record
 
 from coordinator import keys
 from coordinator.config import Settings
 from coordinator.dispatcher import SNAPSHOT_ARGS
 from coordinator.registry import RECORD_FIELDS, AgentRegistry
 from coordinator.scripts import TaskScripts, run_batch
+from test_task_scripts import LIVENESS_MS, NODE, assign, make_agent, new_task, task_record
 
 
 @pytest.fixture
