@@ -28,7 +28,7 @@ def registry(redis_client) -> AgentRegistry:
 
 
 async def snapshot(scripts):
-    now_ms, strategy, state, classes, rows = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
+    now_ms, strategy, state, classes, rows, _ = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
     agents = sorted(dict(zip(RECORD_FIELDS, row, strict=True))["agent_id"] for row in rows)
     return int(now_ms), strategy, state, [sorted(c) for c in classes], agents
 
@@ -71,11 +71,27 @@ async def test_snapshot_rows_decode_into_agents(scripts, registry, redis_client)
     await new_task(scripts)
     await make_agent(registry, redis_client, "a", max_concurrency=3)
     now_ms, *_ = await snapshot(scripts)
-    *_, rows = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
+    rows = (await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS))[4]
 
     (agent,) = registry.decode_records(rows, now_ms)
 
     assert (agent.agent_id, agent.max_concurrency, agent.active_tasks) == ("a", 3, 0)
+
+
+async def test_snapshot_has_the_first_tasks_of_each_waiting_class(scripts, registry, redis_client):
+    c0 = [await new_task(scripts, requirements_class="c0") for _ in range(3)]
+    c1 = await new_task(scripts, requirements_class="c1")
+    urgent = await new_task(scripts, priority="URGENT", requirements_class="c0")
+    await make_agent(registry, redis_client, "a")
+    limited = [2, *SNAPSHOT_ARGS[1:]]  # at most 2 per class
+
+    *_, classes, _, heads = await scripts.dispatch_snapshot(args=limited)
+
+    by_class = [dict(zip(c, h, strict=True)) for c, h in zip(classes, heads, strict=True)]
+    assert [h[0] for h in by_class[0]["c0"]] == [urgent]
+    assert [h[0] for h in by_class[3]["c0"]] == c0[:2]
+    assert [h[0] for h in by_class[3]["c1"]] == [c1]
+    assert by_class[1] == by_class[2] == by_class[4] == {}
 
 
 async def test_queue_heads_returns_each_class_in_line_after_its_bound(scripts, redis_client):

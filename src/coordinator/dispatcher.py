@@ -54,11 +54,13 @@ STOP_WAIT_S = 2.0
 AGENT_REFUSALS = ("agent_gone", "agent_unavailable", "agent_full")
 
 SNAPSHOT_ARGS = [
+    HEADS_PER_CLASS,
     len(PRIORITIES_MOST_URGENT_FIRST),
     *(priority.name for priority in PRIORITIES_MOST_URGENT_FIRST),
     *RECORD_FIELDS,
 ]
-"""The ARGV of ``lua/dispatch_snapshot.lua``: the priorities, then the agent fields."""
+"""The ARGV of ``lua/dispatch_snapshot.lua``: heads per class, the priorities, the agent
+fields."""
 
 LocalDelivery = Callable[[dict[str, Any]], None]
 """Sends an assignment message of ``lua/assign_task.lua`` to a stream this node holds."""
@@ -101,6 +103,8 @@ class _Snapshot:
 
     class_sets: list[list[str]]
     """The requirements classes with tasks waiting, per priority, most urgent first."""
+    heads: list[dict[str, list[_Head]]]
+    """The first tasks of each of those classes, per priority."""
     free: dict[str, Agent]
     """ACTIVE, live agents with an open stream on a live node and a free slot."""
     default_strategy: Strategy
@@ -241,7 +245,7 @@ class Dispatcher:
         *turn_reply, reply = await run_batch(self._redis, calls)
         if turn_reply and not turn_reply[0]:
             return None
-        now_ms, stored_strategy, raw_state, class_sets, rows = reply
+        now_ms, stored_strategy, raw_state, class_sets, rows, heads = reply
         free = {
             agent.agent_id: agent
             for agent in self._registry.decode_records(rows, int(now_ms))
@@ -249,6 +253,10 @@ class Dispatcher:
         }
         return _Snapshot(
             class_sets=[sorted(c) for c in class_sets],
+            heads=[
+                dict(zip(classes, [_heads(e) for e in entries], strict=True))
+                for classes, entries in zip(class_sets, heads, strict=True)
+            ],
             free=free,
             default_strategy=self._store.strategy_or_default(stored_strategy),
             state=_balancer_state(raw_state),
@@ -265,13 +273,13 @@ class Dispatcher:
             used={agent_id: agent.active_tasks for agent_id, agent in snapshot.free.items()},
         )
         assigned = 0
-        for priority, classes in zip(
-            PRIORITIES_MOST_URGENT_FIRST, snapshot.class_sets, strict=True
+        for priority, classes, heads in zip(
+            PRIORITIES_MOST_URGENT_FIRST, snapshot.class_sets, snapshot.heads, strict=True
         ):
             if not line.free:
                 break
             assigned += await self._dispatch_priority(
-                priority.name, classes, line, snapshot.default_strategy, state
+                priority.name, classes, heads, line, snapshot.default_strategy, state
             )
         if json.dumps(asdict(state), sort_keys=True) != before:
             await self._redis.set(keys.BALANCER_STATE, json.dumps(asdict(state)))
@@ -281,24 +289,19 @@ class Dispatcher:
         self,
         priority: str,
         classes: Sequence[str],
+        first_heads: dict[str, list[_Head]],
         line: _PassState,
         default_strategy: Strategy,
         state: BalancerState,
     ) -> int:
-        """FIFO over the class queues of one priority, skipping classes no free agent fits."""
+        """FIFO over the class queues of one priority, skipping classes no free agent fits.
+        ``first_heads`` are the snapshot's heads of each class; later ones are read here."""
         assigned = 0
         after = dict.fromkeys(classes, "-inf")
         eligible_by_class: dict[str, list[Agent]] = {}
         open_classes = list(classes)
+        heads = [first_heads[cls] for cls in open_classes]
         while open_classes and line.free:
-            heads = await self._scripts.queue_heads(
-                args=[
-                    priority,
-                    HEADS_PER_CLASS,
-                    *(item for cls in open_classes for item in (cls, after[cls])),
-                ]
-            )
-            heads = [[(h[0], float(h[1]), *h[2:]) for h in entries] for entries in heads]
             # A class that filled its batch may have more tasks beyond it: merge the classes
             # only up to the earliest such batch end, so FIFO holds across classes too.
             batch_ends = [e[-1][1] for e in heads if len(e) == HEADS_PER_CLASS]
@@ -339,6 +342,15 @@ class Dispatcher:
                 )
             assigned += await self._assign_in_order(waiting, line, state)
             open_classes = [c for c in open_classes if c not in line.blocked and c not in exhausted]
+            if open_classes and line.free:
+                replies = await self._scripts.queue_heads(
+                    args=[
+                        priority,
+                        HEADS_PER_CLASS,
+                        *(item for cls in open_classes for item in (cls, after[cls])),
+                    ]
+                )
+                heads = [_heads(entries) for entries in replies]
         return assigned
 
     async def _assign_in_order(
@@ -416,6 +428,16 @@ class Dispatcher:
         log.debug(
             "task assigned", extra={"task_id": task_id, "agent_id": agent_id, "attempt": reply[1]}
         )
+
+
+_Head = tuple[str, float, str, str, str]
+"""A task at the head of a class queue: task_id, seq, requirements, strategy, routing_key
+(requirements is '' for a task deleted meanwhile)."""
+
+
+def _heads(entries: Sequence[Sequence[Any]]) -> list[_Head]:
+    """The heads of one class as ``lua/task_lib.lua``'s class_heads returns them."""
+    return [(str(e[0]), float(e[1]), str(e[2]), str(e[3]), str(e[4])) for e in entries]
 
 
 def _balancer_state(raw: str | None) -> BalancerState:

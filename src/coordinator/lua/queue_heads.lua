@@ -11,15 +11,6 @@ local limit = tonumber(ARGV[2])
 
 local out = {}
 for i = 3, #ARGV, 2 do
-  local entries = redis.call('ZRANGEBYSCORE', K.queue .. priority .. ':' .. ARGV[i],
-    ARGV[i + 1], '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
-  local heads = {}
-  for j = 1, #entries, 2 do
-    local task = redis.call('HMGET', K.task .. entries[j], 'requirements', 'strategy',
-      'routing_key')
-    heads[#heads + 1] = {entries[j], entries[j + 1], task[1] or '', task[2] or '',
-      task[3] or ''}
-  end
-  out[#out + 1] = heads
+  out[#out + 1] = class_heads(priority, ARGV[i], ARGV[i + 1], limit)
 end
 return out

@@ -188,3 +188,19 @@ local TASK_FIELDS = {
   'seq', 'created_at_ms', 'schedule_to_start_ms', 'start_to_close_ms', 'attempts',
   'transitions', 'lease_expires_at_ms',
 }
+
+-- The first tasks of one requirements-class queue after the seq bound ``after`` ('-inf', or
+-- '(N' for after N), at most ``limit``, each as {task_id, seq, requirements, strategy,
+-- routing_key}; requirements is '' for a task deleted meanwhile. For the dispatcher.
+local function class_heads(priority, class, after, limit)
+  local entries = redis.call('ZRANGEBYSCORE', K.queue .. priority .. ':' .. class, after,
+    '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
+  local heads = {}
+  for j = 1, #entries, 2 do
+    local task = redis.call('HMGET', K.task .. entries[j], 'requirements', 'strategy',
+      'routing_key')
+    heads[#heads + 1] = {entries[j], entries[j + 1], task[1] or '', task[2] or '',
+      task[3] or ''}
+  end
+  return heads
+end
