@@ -230,6 +230,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: NodeMetrics) -> None:
         self._metrics = metrics
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -238,10 +239,21 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        # grpc asks the interceptors on every call: wrap each method once, not per call.
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is not None:
+            return cached
         handler = await continuation(handler_call_details)
         if handler is None:  # an unknown method: its name comes from the client, not counted
             return handler
-        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        wrapped = self._wrap(handler, handler_call_details.method)
+        self._wrapped[handler_call_details.method] = wrapped
+        return wrapped
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], full_method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        service, _, method = full_method.lstrip("/").partition("/")
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._timed_unary(handler.unary_unary, service, method),

@@ -139,6 +139,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, on_redis_error: RedisErrorCounter | None = None) -> None:
         self._on_redis_error = on_redis_error
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -147,10 +148,21 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
+        # grpc asks the interceptors on every call: wrap each method once, not per call.
         method = handler_call_details.method
-        if handler is None or not method.startswith(OWN_SERVICES_PREFIX):
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None:  # an unknown method: its name comes from the client, not kept
             return handler
+        wrapped = self._wrap(handler, method) if method.startswith(OWN_SERVICES_PREFIX) else handler
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method, self._on_redis_error),
