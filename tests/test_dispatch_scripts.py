@@ -94,6 +94,19 @@ async def test_snapshot_has_the_first_tasks_of_each_waiting_class(scripts, regis
     assert by_class[1] == by_class[2] == by_class[4] == {}
 
 
+async def test_snapshot_reads_no_task_while_no_agent_has_a_free_slot(
+    scripts, registry, redis_client
+):
+    await new_task(scripts)
+    await make_agent(registry, redis_client, "busy", max_concurrency=1)
+    await redis_client.hset(keys.agent("busy"), "active_tasks", 1)
+
+    *_, classes, agents, heads = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
+
+    assert classes[3] == ["c0"] and len(agents) == 1
+    assert heads == [[]] * 5
+
+
 async def test_queue_heads_returns_each_class_in_line_after_its_bound(scripts, redis_client):
     first = await new_task(scripts, requirements_class="c0")
     second = await new_task(scripts, requirements_class="c0")

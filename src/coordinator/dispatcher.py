@@ -254,7 +254,7 @@ class Dispatcher:
         return _Snapshot(
             class_sets=[sorted(c) for c in class_sets],
             heads=[
-                dict(zip(classes, [_heads(e) for e in entries], strict=True))
+                dict(zip(classes, [_heads(e) for e in entries], strict=False))
                 for classes, entries in zip(class_sets, heads, strict=True)
             ],
             free=free,
@@ -300,7 +300,7 @@ class Dispatcher:
         after = dict.fromkeys(classes, "-inf")
         eligible_by_class: dict[str, list[Agent]] = {}
         open_classes = list(classes)
-        heads = [first_heads[cls] for cls in open_classes]
+        heads = [first_heads.get(cls, []) for cls in open_classes]
         while open_classes and line.free:
             # A class that filled its batch may have more tasks beyond it: merge the classes
             # only up to the earliest such batch end, so FIFO holds across classes too.

@@ -1,43 +1,40 @@
 -- Everything a dispatch pass starts from, read at one moment: which requirements classes
 -- have tasks waiting at each priority and the first tasks of each (as lua/queue_heads.lua
--- returns them), the cluster's strategy and the strategies' shared state, and every agent that has its assignment stream open on a live node and is in
--- agents:active, as the record fields the dispatcher decodes. Whether each agent is ACTIVE,
--- live by heartbeat and has a free slot is decided by the caller from these fields (the
--- assignment script checks again). With no task waiting, no agent is read.
+-- returns them), the cluster's strategy and the strategies' shared state, and every agent
+-- that has its assignment stream open on a live node and is in agents:active, as the
+-- record fields the dispatcher decodes. Whether each agent is live by heartbeat is decided
+-- by the caller from these fields (the assignment script checks everything again). With
+-- no task waiting no agent is read, and with no ACTIVE agent with a free slot no task.
 --
 -- ARGV[1]      most tasks per class
 -- ARGV[2]      n, the number of priorities
 -- ARGV[3..n+2] priority names, most urgent first
--- ARGV[n+3..]  the agent record fields to return, in this order
+-- ARGV[n+3..]  the agent record fields to return, in this order (with status,
+--              active_tasks and max_concurrency among them)
 -- Returns      {now_ms, stored strategy or '', balancer state or '',
 --               {{classes of priority 1}, ..., {classes of priority n}},
 --               {{fields of agent 1}, {fields of agent 2}, ...},
 --               {{heads of class 1 of priority 1, ...}, ..., {... of priority n}}}
 --              where the heads of a class are {{task_id, seq, requirements, strategy,
---              routing_key}, ...} as in lua/queue_heads.lua
+--              routing_key}, ...} as in lua/queue_heads.lua (none without agents)
 local limit = tonumber(ARGV[1])
 local priority_count = tonumber(ARGV[2])
 local fields = {}
+local at = {}
 for i = priority_count + 3, #ARGV do
   fields[#fields + 1] = ARGV[i]
+  at[ARGV[i]] = #fields
 end
 
 local classes = {}
-local heads = {}
 local waiting = false
 for i = 3, priority_count + 2 do
-  local priority = ARGV[i]
-  local these = redis.call('SMEMBERS', K.classes .. priority)
-  local their_heads = {}
-  for _, class in ipairs(these) do
-    their_heads[#their_heads + 1] = class_heads(priority, class, '-inf', limit)
-  end
-  classes[#classes + 1] = these
-  heads[#heads + 1] = their_heads
-  waiting = waiting or #these > 0
+  classes[#classes + 1] = redis.call('SMEMBERS', K.classes .. ARGV[i])
+  waiting = waiting or #classes[#classes] > 0
 end
 
 local agents = {}
+local any_free = false
 local node_alive = {}
 local connected = waiting and redis.call('HGETALL', K.connected) or {}  -- none needed
 for i = 1, #connected, 2 do
@@ -47,8 +44,22 @@ for i = 1, #connected, 2 do
     node_alive[node_id] = redis.call('EXISTS', K.node .. node_id) == 1
   end
   if node_alive[node_id] and redis.call('SISMEMBER', K.active, agent_id) == 1 then
-    agents[#agents + 1] = redis.call('HMGET', K.agent .. agent_id, unpack(fields))
+    local record = redis.call('HMGET', K.agent .. agent_id, unpack(fields))
+    agents[#agents + 1] = record
+    any_free = any_free or (record[at.status] == 'ACTIVE'
+      and tonumber(record[at.active_tasks] or 0) < tonumber(record[at.max_concurrency] or 0))
   end
+end
+
+local heads = {}
+for i = 3, priority_count + 2 do
+  local their_heads = {}
+  if any_free then  -- with no agent to choose, the tasks are not needed either
+    for _, class in ipairs(classes[i - 2]) do
+      their_heads[#their_heads + 1] = class_heads(ARGV[i], class, '-inf', limit)
+    end
+  end
+  heads[#heads + 1] = their_heads
 end
 
 return {
