@@ -84,6 +84,12 @@ def rss_kib(pid: int) -> dict[str, int]:
     return values
 
 
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in seconds, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def log_tail(path: Path, lines: int = 20) -> str:
     """The last lines of a child's log, for error messages."""
     try:
@@ -137,6 +143,11 @@ class RedisServer:
             wait_until(f"redis-server on port {self.port}", pings, 10)
         finally:
             client.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
     def url(self, db: int) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"

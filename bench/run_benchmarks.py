@@ -42,6 +42,7 @@ from processes import (
     REPO,
     CoordinatorNode,
     RedisServer,
+    cpu_s,
     log_tail,
     rss_kib,
     spawn,
@@ -384,6 +385,8 @@ def task_run(
         ]
         bench.wait_ready(outs, 60)
         rss_before = {n.node_id: rss_kib(n.pid)["VmRSS"] for n in started_nodes}
+        cpu_before = {n.node_id: cpu_s(n.pid) for n in started_nodes}
+        redis_cpu_before = cpu_s(bench.redis.pid)
         admin = bench.coordinator_db()
         admin.config_resetstat()
         start_at = time.time_ns() + 500_000_000
@@ -406,6 +409,8 @@ def task_run(
         bench.wait_counter("tasks_completed", accepted, 300)
         commands = redis_commands(admin)
         rss_after = {n.node_id: rss_kib(n.pid) for n in started_nodes}
+        node_cpu_s = sum(cpu_s(n.pid) - cpu_before[n.node_id] for n in started_nodes)
+        redis_cpu = cpu_s(bench.redis.pid) - redis_cpu_before
         admin.close()
         bench.signal_agents()
         bench.wait_files(outs, "the agents' results", 60)
@@ -432,6 +437,10 @@ def task_run(
             [(received[t][2] - s) / 1e6 for t, s in submitted.items()]
         ),
         "redis_commands_per_task": commands_per_task(commands, accepted),
+        # CPU time per task, all nodes together, and Redis: what a task costs, whatever
+        # else shares the machine.
+        "coordinator_cpu_us_per_task": round(node_cpu_s / accepted * 1e6, 1),
+        "redis_cpu_us_per_task": round(redis_cpu / accepted * 1e6, 1),
         "coordinator_rss_kib": {
             node: {"before": rss_before[node], **after} for node, after in rss_after.items()
         },
@@ -629,6 +638,14 @@ def fmt(agg: dict[str, Any], name: str, digits: int = 1) -> str:
     return f"{entry['median']:.{digits}f} ({entry['min']:.{digits}f}–{entry['max']:.{digits}f})"
 
 
+def cpu_rows(title: str, agg: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The CPU time a task cost the nodes and Redis (absent from older results)."""
+    if "coordinator_cpu_us_per_task" not in agg:
+        return []
+    value = f"{fmt(agg, 'coordinator_cpu_us_per_task', 0)} / {fmt(agg, 'redis_cpu_us_per_task', 0)}"
+    return [(title, "CPU µs per task: nodes / Redis", value)]
+
+
 def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(scenario, figure, value) rows of the printed table and the README."""
     rows: list[tuple[str, str, str]] = []
@@ -645,6 +662,7 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]
             rows.append(
                 (title, "Redis commands per task", fmt(agg, "redis_commands_per_task.total"))
             )
+            rows.extend(cpu_rows(title, agg))
         elif key.startswith("latency"):
             for what, label in (
                 ("submit_to_assigned", "assigned"),
@@ -657,6 +675,7 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]
             rows.append(
                 (title, "Redis commands per task", fmt(agg, "redis_commands_per_task.total"))
             )
+            rows.extend(cpu_rows(title, agg))
             rows.append(
                 (title, "achieved completion rate, tasks/s", fmt(agg, "completed_per_s", 0))
             )
