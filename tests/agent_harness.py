@@ -33,8 +33,10 @@ class ScriptedAgent:
         agent_type: str = "worker",
         weight: float = 1.0,
         heartbeat_interval_s: float = 0.5,
+        assignments_per_message: int = 0,
     ) -> None:
         self.agent_id = agent_id
+        self.assignments_per_message = assignments_per_message
         self.channel = channel
         self.agents = agent_pb2_grpc.AgentServiceStub(channel)
         self.tasks = task_pb2_grpc.TaskServiceStub(channel)
@@ -72,7 +74,9 @@ class ScriptedAgent:
 
     async def _read_stream(self) -> None:
         self._call = self.agents.StreamAssignments(
-            agent_pb2.StreamAssignmentsRequest(agent_id=self.agent_id)
+            agent_pb2.StreamAssignmentsRequest(
+                agent_id=self.agent_id, max_assignments_per_message=self.assignments_per_message
+            )
         )
         try:
             async for event in self._call:
@@ -82,6 +86,9 @@ class ScriptedAgent:
                     self.ready.set()
                 elif kind == "assignment":
                     self.assignments.put_nowait(event.assignment)
+                elif kind == "assignments":
+                    for assignment in event.assignments.assignments:
+                        self.assignments.put_nowait(assignment)
                 elif kind == "cancel":
                     self.cancels.put_nowait(event.cancel)
         except grpc.aio.AioRpcError as exc:

@@ -3,7 +3,7 @@ assignment stream, which forwards a node-local session's events (``coordinator.s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -15,7 +15,8 @@ from coordinator.config import Settings
 from coordinator.dispatcher import Dispatcher
 from coordinator.errors import Aborted, FailedPrecondition, NotFound
 from coordinator.registry import AgentRegistry
-from coordinator.streams import AssignmentEvent, AssignmentStreams, EndEvent
+from coordinator.streams import AssignmentEvent, AssignmentStreams, EndEvent, StreamEvent
+from coordinator.task_models import Assignment
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -136,9 +137,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 )
             )
             self._dispatcher.request()  # the agent's slots are free to fill
+            per_message = max(1, request.max_assignments_per_message)
             while True:
-                for event in await session.next_events():
-                    if isinstance(event, EndEvent):
+                for event in _batched(await session.next_events(), per_message):
+                    if isinstance(event, list):
+                        yield agent_pb2.StreamAssignmentsResponse(
+                            assignments=agent_pb2.AssignmentBatch(
+                                assignments=[wire.assignment_to_proto(a) for a in event]
+                            )
+                        )
+                    elif isinstance(event, EndEvent):
                         if event.reason == "replaced":
                             raise Aborted(
                                 f"agent_id: a newer StreamAssignments for agent {agent_id!r} "
@@ -153,7 +161,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                             draining=agent_pb2.NodeDraining(node_id=self._settings.node_id)
                         )
                         return
-                    if isinstance(event, AssignmentEvent):
+                    elif isinstance(event, AssignmentEvent):
                         yield agent_pb2.StreamAssignmentsResponse(
                             assignment=wire.assignment_to_proto(event.assignment)
                         )
@@ -165,3 +173,23 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         )
         finally:
             self._streams.close(session)
+
+
+def _batched(
+    events: Sequence[StreamEvent], per_message: int
+) -> Iterator[StreamEvent | list[Assignment]]:
+    """The events in order, with runs of assignments grouped ``per_message`` at most (a
+    group of one stays a single assignment event)."""
+    run: list[Assignment] = []
+    for event in events:
+        if isinstance(event, AssignmentEvent) and per_message > 1:
+            run.append(event.assignment)
+            if len(run) < per_message:
+                continue
+        if run:
+            yield run if len(run) > 1 else AssignmentEvent(run[0])
+            run = []
+        if not isinstance(event, AssignmentEvent) or per_message == 1:
+            yield event
+    if run:
+        yield run if len(run) > 1 else AssignmentEvent(run[0])

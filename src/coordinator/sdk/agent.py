@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 10.0
 SEEN_DELIVERIES_KEPT = 10_000
+ASSIGNMENTS_PER_MESSAGE = 64
+"""Assignments made together may come in one stream message, up to this many."""
 """Deliveries remembered to drop repeats (at-least-once delivery re-sends unacknowledged
 assignments when a stream reopens)."""
 
@@ -252,7 +254,9 @@ class Agent:
     async def _stream_session(self) -> Outcome:
         """One StreamAssignments, with heartbeats alongside, until it ends."""
         call = self._endpoints.agents().StreamAssignments(
-            agent_pb2.StreamAssignmentsRequest(agent_id=self.agent_id)
+            agent_pb2.StreamAssignmentsRequest(
+                agent_id=self.agent_id, max_assignments_per_message=ASSIGNMENTS_PER_MESSAGE
+            )
         )
         heartbeat_verdict: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         heartbeats: asyncio.Task[None] | None = None
@@ -271,6 +275,9 @@ class Agent:
                     log.info("stream open on node %s", self.node_id, extra=self._log)
                 elif kind == "assignment":
                     self._accept(assignment_from_proto(event.assignment))
+                elif kind == "assignments":
+                    for assignment in event.assignments.assignments:
+                        self._accept(assignment_from_proto(assignment))
                 elif kind == "cancel":
                     self._cancel(event.cancel.task_id, event.cancel.attempt, event.cancel.reason)
                 elif kind == "draining":

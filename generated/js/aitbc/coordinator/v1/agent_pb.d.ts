@@ -593,6 +593,15 @@ export declare type StreamAssignmentsRequest = Message<"aitbc.coordinator.v1.Str
    * @generated from field: string agent_id = 1;
    */
   agentId: string;
+
+  /**
+   * Most assignments the agent accepts in one message. 0 or 1: each assignment comes in its
+   * own `assignment` event. More: assignments made together may come in one `assignments`
+   * event (fewer messages at high rates); such an agent must handle both events.
+   *
+   * @generated from field: uint32 max_assignments_per_message = 2;
+   */
+  maxAssignmentsPerMessage: number;
 };
 
 /**
@@ -644,6 +653,15 @@ export declare type StreamAssignmentsResponse = Message<"aitbc.coordinator.v1.St
      */
     value: NodeDraining;
     case: "draining";
+  } | {
+    /**
+     * Several tasks to run, in the order they were assigned; only sent to an agent that
+     * asked for them with max_assignments_per_message.
+     *
+     * @generated from field: aitbc.coordinator.v1.AssignmentBatch assignments = 5;
+     */
+    value: AssignmentBatch;
+    case: "assignments";
   } | { case: undefined; value?: undefined };
 };
 
@@ -652,6 +670,26 @@ export declare type StreamAssignmentsResponse = Message<"aitbc.coordinator.v1.St
  * Use `create(StreamAssignmentsResponseSchema)` to create a new message.
  */
 export declare const StreamAssignmentsResponseSchema: GenMessage<StreamAssignmentsResponse>;
+
+/**
+ * AssignmentBatch carries several assignments in one stream message.
+ *
+ * @generated from message aitbc.coordinator.v1.AssignmentBatch
+ */
+export declare type AssignmentBatch = Message<"aitbc.coordinator.v1.AssignmentBatch"> & {
+  /**
+   * The assignments, each exactly as it would come in its own `assignment` event.
+   *
+   * @generated from field: repeated aitbc.coordinator.v1.Assignment assignments = 1;
+   */
+  assignments: Assignment[];
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.AssignmentBatch.
+ * Use `create(AssignmentBatchSchema)` to create a new message.
+ */
+export declare const AssignmentBatchSchema: GenMessage<AssignmentBatch>;
 
 /**
  * StreamReady confirms that an assignment stream is open.

@@ -263,22 +263,32 @@ class DiscoverAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[Agent, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_size: _Optional[int] = ...) -> None: ...
 
 class StreamAssignmentsRequest(_message.Message):
-    __slots__ = ("agent_id",)
+    __slots__ = ("agent_id", "max_assignments_per_message")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_ASSIGNMENTS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
-    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+    max_assignments_per_message: int
+    def __init__(self, agent_id: _Optional[str] = ..., max_assignments_per_message: _Optional[int] = ...) -> None: ...
 
 class StreamAssignmentsResponse(_message.Message):
-    __slots__ = ("ready", "assignment", "cancel", "draining")
+    __slots__ = ("ready", "assignment", "cancel", "draining", "assignments")
     READY_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     ready: StreamReady
     assignment: Assignment
     cancel: CancelNotice
     draining: NodeDraining
-    def __init__(self, ready: _Optional[_Union[StreamReady, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelNotice, _Mapping]] = ..., draining: _Optional[_Union[NodeDraining, _Mapping]] = ...) -> None: ...
+    assignments: AssignmentBatch
+    def __init__(self, ready: _Optional[_Union[StreamReady, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelNotice, _Mapping]] = ..., draining: _Optional[_Union[NodeDraining, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ...) -> None: ...
+
+class AssignmentBatch(_message.Message):
+    __slots__ = ("assignments",)
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class StreamReady(_message.Message):
     __slots__ = ("node_id", "heartbeat_interval")
