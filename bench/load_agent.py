@@ -3,13 +3,16 @@
 
 Each agent registers (capability ``bench``), opens StreamAssignments and completes every
 assignment at once with an empty result. It records, per task, when the assignment arrived
-and when CompleteTask returned (``time.time_ns``, comparable across processes on one machine).
+and when its completion's reply returned (``time.time_ns``, comparable across processes on one machine).
 
 ``--mode raw`` (the default, faster) uses the generated gRPC stubs and skips
-AcknowledgeTask: the coordinator accepts CompleteTask straight from ASSIGNED
-(lua/report_task.lua), so a task costs one RPC. ``--mode sdk`` runs ``coordinator.Agent``
-(AcknowledgeTask, then CompleteTask). ``--hold`` keeps every assignment and reports nothing
-(the many-streams scenario: one task per agent).
+AcknowledgeTask: the coordinator accepts a completion straight from ASSIGNED
+(lua/report_task.lua). With ``--report batch`` (the default) each agent sends its
+completions through ReportTasks, batched naturally: at most one call in flight per agent,
+the completions made meanwhile go in the next call; ``--report unary`` sends one
+CompleteTask per task. ``--mode sdk`` runs ``coordinator.Agent`` (acknowledge, then
+complete, both batched through ReportTasks by the SDK). ``--hold`` keeps every assignment
+and reports nothing (the many-streams scenario: one task per agent).
 
 Writes ``OUT.ready`` once every agent's stream is ready, ``OUT.received`` once ``--expect``
 tasks have arrived, and on SIGTERM writes ``OUT``
@@ -38,6 +41,9 @@ CALL_TIMEOUT_S = 60.0
 REGISTER_ATTEMPTS = 5
 RETRIED = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE})
 REGISTERING = asyncio.Semaphore(64)
+MAX_REPORTS_PER_CALL = 1000
+CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+"""Status code names by google.rpc.Code number (a refused entry of ReportTasks)."""
 
 
 class Recorder:
@@ -55,7 +61,7 @@ class Recorder:
         self.errors: dict[str, int] = {}
         self.repeats = 0
         self.reporting: set[asyncio.Task[Any]] = set()
-        """CompleteTask calls in flight: finished before the report is written."""
+        """Completion calls in flight: finished before the report is written."""
         self._waiting = agents
         self._on_all_ready = on_all_ready
         self._expect = expect
@@ -93,10 +99,62 @@ class Recorder:
         }
 
 
+class BatchedCompletions:
+    """One raw agent's completions through ReportTasks: at most one call in flight; the
+    completions made while it is go in the next call (as the SDK's Reporter does)."""
+
+    def __init__(self, tasks: task_pb2_grpc.TaskServiceStub, agent_id: str, rec: Recorder) -> None:
+        self._tasks = tasks
+        self._agent_id = agent_id
+        self._rec = rec
+        self._queue: list[agent_pb2.Assignment] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    def complete(self, assignment: agent_pb2.Assignment) -> None:
+        self._queue.append(assignment)
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send())
+            self._rec.reporting.add(self._sender)
+            self._sender.add_done_callback(self._rec.reporting.discard)
+
+    async def _send(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[:MAX_REPORTS_PER_CALL]
+                del self._queue[:MAX_REPORTS_PER_CALL]
+                request = task_pb2.ReportTasksRequest(
+                    reports=[
+                        task_pb2.TaskReport(
+                            complete=task_pb2.CompleteTaskRequest(
+                                task_id=a.task_id,
+                                agent_id=self._agent_id,
+                                fencing_token=a.fencing_token,
+                            )
+                        )
+                        for a in batch
+                    ]
+                )
+                try:
+                    reply = await self._tasks.ReportTasks(request, timeout=CALL_TIMEOUT_S)
+                except grpc.aio.AioRpcError as exc:
+                    for _ in batch:
+                        self._rec.error(f"ReportTasks {exc.code().name}")
+                    continue
+                for assignment, result in zip(batch, reply.results, strict=True):
+                    if result.HasField("error"):
+                        name = CODE_NAMES.get(result.error.code, str(result.error.code))
+                        self._rec.error(f"ReportTasks entry {name}")
+                    else:
+                        self._rec.complete(assignment.task_id)
+        finally:
+            self._sender = None
+
+
 async def raw_agent(
     channel: grpc.aio.Channel, agent_id: str, args: argparse.Namespace, rec: Recorder
 ) -> None:
-    """Register, stream, and complete each assignment with one CompleteTask (no ack)."""
+    """Register, stream, and complete each assignment (no ack): batched through
+    ReportTasks, or with one CompleteTask each (``--report unary``)."""
     agents = agent_pb2_grpc.AgentServiceStub(channel)
     tasks = task_pb2_grpc.TaskServiceStub(channel)
     request = agent_pb2.RegisterAgentRequest(
@@ -133,12 +191,16 @@ async def raw_agent(
             return
         rec.complete(assignment.task_id)
 
+    batched = BatchedCompletions(tasks, agent_id, rec) if args.report == "batch" else None
     call = agents.StreamAssignments(agent_pb2.StreamAssignmentsRequest(agent_id=agent_id))
     try:
         async for event in call:
             kind = event.WhichOneof("event")
             if kind == "assignment":
                 if rec.receive(event.assignment.task_id, agent_id) and not args.hold:
+                    if batched is not None:
+                        batched.complete(event.assignment)
+                        continue
                     task = asyncio.create_task(complete(event.assignment))
                     rec.reporting.add(task)
                     task.add_done_callback(rec.reporting.discard)
@@ -264,6 +326,12 @@ def main() -> int:
     parser.add_argument("--agents-per-channel", type=int, default=1)
     parser.add_argument("--max-concurrency", type=int, default=100)
     parser.add_argument("--mode", choices=("raw", "sdk"), default="raw")
+    parser.add_argument(
+        "--report",
+        choices=("unary", "batch"),
+        default="batch",
+        help="raw mode: completions through ReportTasks (batch) or one CompleteTask each",
+    )
     parser.add_argument("--hold", action="store_true", help="keep assignments, report nothing")
     parser.add_argument("--expect", type=int, default=0, help="write OUT.received after N tasks")
     parser.add_argument("--out", required=True)

@@ -5,9 +5,14 @@ Either as fast as possible (``--count N``, ``--in-flight C`` calls at once over
 ``--channels`` connections) or paced (``--rate R --duration S``: task i is sent at
 start + i/R, without waiting for earlier replies). Starts at ``--start-at-ns`` (epoch ns) so
 that several submitters begin together. Each task's submit time is taken just before its
-SubmitTask call (``time.time_ns``, comparable across processes on one machine).
+call (``time.time_ns``, comparable across processes on one machine).
 
-Writes ``--out`` (JSON: records ``[task_id, submitted_ns, replied_ns]``, errors) and exits.
+``--batch N`` (N > 1) sends SubmitTasks calls of N tasks instead of one SubmitTask per task:
+``--in-flight`` is then the number of such calls at once, and a paced run sends a call every
+N/R seconds. Every task of a call has the call's submit and reply times.
+
+Writes ``--out`` (JSON: records ``[task_id, submitted_ns, replied_ns]``, errors counted per
+task) and exits.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import grpc
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 
 CAPABILITY = "bench"
+CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+"""Status code names by google.rpc.Code number (a refused entry of SubmitTasks)."""
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -47,31 +54,61 @@ async def main_async(args: argparse.Namespace) -> None:
             return
         records.append((reply.task.task_id, submitted, time.time_ns()))
 
+    async def submit_batch(first: int, size: int) -> None:
+        requests = [
+            task_pb2.SubmitTaskRequest(
+                task_type="noop", requirements=requirements, request_id=uuid.uuid4().hex
+            )
+            for _ in range(size)
+        ]
+        batch = task_pb2.SubmitTasksRequest(tasks=requests)
+        submitted = time.time_ns()
+        try:
+            reply = await stubs[first // args.batch % len(stubs)].SubmitTasks(batch, timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            errors[exc.code().name] = errors.get(exc.code().name, 0) + size
+            return
+        replied = time.time_ns()
+        for result in reply.results:
+            if result.HasField("error"):
+                name = CODE_NAMES.get(result.error.code, str(result.error.code))
+                errors[name] = errors.get(name, 0) + 1
+            else:
+                records.append((result.task_id, submitted, replied))
+
+    async def send(first: int, count: int) -> None:
+        """The tasks numbered from ``first``: one task, or one batch of up to --batch."""
+        if args.batch > 1:
+            await submit_batch(first, min(args.batch, count - first))
+        else:
+            await submit(first)
+
     for channel in channels:
         await channel.channel_ready()
     delay_s = (args.start_at_ns - time.time_ns()) / 1e9
     if delay_s > 0:
         await asyncio.sleep(delay_s)
     started = time.time_ns()
+    step = max(1, args.batch)
     if args.rate > 0:
         count = int(args.rate * args.duration)
         period_ns = int(1e9 / args.rate)
         pending: set[asyncio.Task[None]] = set()
-        for i in range(count):
+        for i in range(0, count, step):
             wait_ns = started + i * period_ns - time.time_ns()
             if wait_ns > 0:
                 await asyncio.sleep(wait_ns / 1e9)
-            task = asyncio.create_task(submit(i))
+            task = asyncio.create_task(send(i, count))
             pending.add(task)
             task.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
     else:
         count = args.count
-        numbers = iter(range(count))
+        numbers = iter(range(0, count, step))
 
         async def worker() -> None:
             for i in numbers:
-                await submit(i)
+                await send(i, count)
 
         await asyncio.gather(*(worker() for _ in range(args.in_flight)))
     finished = time.time_ns()
@@ -97,7 +134,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--address", required=True)
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--in-flight", type=int, default=128)
+    parser.add_argument("--in-flight", type=int, default=128, help="calls at once")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="tasks per call; >1 uses SubmitTasks (at most 1000)"
+    )
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--rate", type=float, default=0.0, help="tasks/s; 0 = as fast as possible")
     parser.add_argument("--duration", type=float, default=15.0)
