@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +54,9 @@ RECORD_FIELDS = (
 )
 """The fields of ``agent:{agent_id}`` that make an Agent (``index_keys`` is the scripts' own)."""
 
+DECODED_AGENTS_CACHED = 16_384
+"""Decoded agents a node keeps, keyed by the raw values of their records (see ``_decode_row``)."""
+
 
 class AgentRegistry:
     """Agents' records and indexes, shared by every node that uses the same Redis."""
@@ -62,6 +66,10 @@ class AgentRegistry:
         self._settings = settings
         self._scripts = Scripts(redis)
         self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
+        # An agent read within this long of its last heartbeat is live with freshness 1: its
+        # status and health score, like the rest, depend on its record alone (health_score).
+        self._steady_window_s = min(settings.heartbeat_interval_s, settings.liveness_timeout_s)
+        self._decoded: OrderedDict[tuple[Any, ...], Agent] = OrderedDict()
 
     async def register(self, registration: AgentRegistration) -> RegistrationResult:
         """Create or update an agent's record; see ``lua/register_agent.lua``."""
@@ -179,11 +187,7 @@ class AgentRegistry:
     def decode_records(self, rows: Sequence[Sequence[Any]], now_ms: int) -> list[Agent]:
         """Agents from their records' ``RECORD_FIELDS`` as read at ``now_ms`` (Redis time);
         a row of a record deleted meanwhile (no agent_id) is skipped."""
-        return [
-            self._decode(dict(zip(RECORD_FIELDS, row, strict=True)), now_ms)
-            for row in rows
-            if row[0] is not None
-        ]
+        return [self._decode_row(row, now_ms) for row in rows if row[0] is not None]
 
     async def discover(self, query: DiscoverQuery) -> DiscoverPage:
         """Agents matching ``query``, best health first, then by id, one page at a time."""
@@ -206,12 +210,10 @@ class AgentRegistry:
                 *RECORD_FIELDS,
             ],
         )
+        now_ms = int(now_ms)
         matches = [
             agent
-            for agent in (
-                self._decode(dict(zip(RECORD_FIELDS, values, strict=True)), int(now_ms))
-                for values in records
-            )
+            for agent in (self._decode_row(row, now_ms) for row in records if row[0] is not None)
             if _matches(agent, query)
         ]
         matches.sort(key=_order)
@@ -256,6 +258,36 @@ class AgentRegistry:
             raise NotFound(f"agent_id: no agent {agent_id!r} is registered; register it again")
         now_ms, record = reply
         return self._decode(_pairs(record), int(now_ms))
+
+    def _decode_row(self, row: Sequence[Any], now_ms: int) -> Agent:
+        """An Agent from its record's ``RECORD_FIELDS`` values, as read at ``now_ms``.
+
+        Discovery and dispatch read the same unchanged records again and again, and decoding
+        them (JSON, health score, the dataclass) was most of their time. A decoded agent is
+        kept under the record's raw values, so any change to the record (heartbeat, status,
+        load, a finished task) is a different key and can never be answered from an older
+        decoding. Only agents inside the steady window after their heartbeat are kept: there
+        nothing of the Agent depends on ``now_ms``. Later reads decode afresh.
+        """
+        key = tuple(row)
+        agent = self._decoded.get(key)
+        if agent is not None:
+            if self._steady(agent, now_ms):
+                self._decoded.move_to_end(key)
+                return agent
+            del self._decoded[key]  # past its window for good: time only moves on
+        agent = self._decode(dict(zip(RECORD_FIELDS, row, strict=True)), now_ms)
+        if self._steady(agent, now_ms):
+            self._decoded[key] = agent
+            if len(self._decoded) > DECODED_AGENTS_CACHED:
+                self._decoded.popitem(last=False)
+        return agent
+
+    def _steady(self, agent: Agent, now_ms: int) -> bool:
+        """Whether ``agent``, read at ``now_ms``, is inside the steady window (see __init__).
+        The same arithmetic as ``_decode``, so both agree at the window's edge."""
+        age_s = max(0.0, (now_ms - agent.last_heartbeat_at_ms) / 1000)
+        return age_s <= self._steady_window_s
 
     def _decode(self, record: dict[str, str], now_ms: int) -> Agent:
         """An Agent from its stored hash, with status and health computed for ``now_ms``."""
