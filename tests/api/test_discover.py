@@ -179,3 +179,37 @@ async def test_an_indexed_filter_reads_only_candidate_records(node, redis_client
     assert stats["cmdstat_hmget"]["calls"] == 5  # one per candidate, never one per agent
     for scan in ("cmdstat_keys", "cmdstat_scan", "cmdstat_smembers"):
         assert scan not in stats
+
+
+async def test_a_repeated_discovery_always_shows_the_agent_as_last_written(
+    node, hold_stream, redis_client
+):
+    """The node keeps decoded agents between discoveries: every kind of change to a record
+    (re-registration, status, load, a field written by another script) must show at once."""
+
+    async def only_agent(**query):
+        reply = await node.agents.DiscoverAgents(agent_pb2.DiscoverAgentsRequest(**query))
+        assert [a.agent_id for a in reply.agents] == ["a"]
+        return reply.agents[0]
+
+    await register(node, "a", capabilities=["gpu"], metadata={"version": "1"})
+    for _ in range(2):  # the second answer comes from what the first one kept
+        assert (await only_agent(capabilities=["gpu"])).metadata == {"version": "1"}
+
+    await register(node, "a", capabilities=["gpu"], metadata={"version": "2"})
+    assert (await only_agent(capabilities=["gpu"])).metadata == {"version": "2"}
+
+    await hold_stream(node, "a")
+    await node.agents.Heartbeat(agent_pb2.HeartbeatRequest(agent_id="a", load_metrics={"cpu": 1}))
+    loaded = await only_agent(capabilities=["gpu"])
+    assert (loaded.load_metrics["cpu"], loaded.health_score) == (1.0, 0.5)
+
+    await redis_client.hset("agent:a", "active_tasks", 1)  # as a task script would
+    assert (await only_agent()).active_tasks == 1
+
+    await node.agents.UpdateAgentStatus(
+        agent_pb2.UpdateAgentStatusRequest(agent_id="a", status=BUSY)
+    )
+    assert await discover_ids(node) == []
+    busy = await only_agent(statuses=[BUSY])
+    assert (busy.status, busy.health_score) == (BUSY, 0.25)

@@ -1,8 +1,11 @@
-"""The wire and domain status enums correspond name for name."""
+"""The wire and domain status enums correspond name for name; agents' wire forms."""
+
+import gc
+import weakref
 
 from aitbc.coordinator.v1 import agent_pb2
 from coordinator.api import wire
-from coordinator.models import AgentStatus
+from coordinator.models import Agent, AgentStatus
 
 
 def test_every_domain_status_round_trips_through_the_wire_enum():
@@ -16,3 +19,52 @@ def test_every_wire_status_but_unspecified_has_a_domain_status():
         expected_none = value == agent_pb2.AGENT_STATUS_UNSPECIFIED
         assert (wire.status_from_proto(value) is None) == expected_none
     assert wire.status_from_proto(99) is None
+
+
+def make_agent(agent_id: str, **changes) -> Agent:
+    fields = {
+        "agent_id": agent_id,
+        "agent_type": "worker",
+        "capabilities": ("gpu",),
+        "services": (),
+        "endpoints": {"grpc": "10.0.0.1:7000"},
+        "metadata": {},
+        "labels": {"zone": "eu"},
+        "max_concurrency": 2,
+        "weight": 1.0,
+        "status": AgentStatus.ACTIVE,
+        "stored_status": AgentStatus.ACTIVE,
+        "health_score": 1.0,
+        "load_metrics": {},
+        "active_tasks": 0,
+        "registered_at_ms": 1_700_000_000_000,
+        "last_heartbeat_at_ms": 1_700_000_000_000,
+        "node_id": "",
+        "status_reason": "",
+    }
+    return Agent(**{**fields, **changes})
+
+
+def test_agents_to_proto_is_agent_to_proto_of_each_also_when_asked_again():
+    agents = [make_agent("a"), make_agent("b", status=AgentStatus.BUSY, health_score=0.5)]
+    for _ in range(2):  # the second time from the messages kept for these agents
+        assert wire.agents_to_proto(agents) == [wire.agent_to_proto(a) for a in agents]
+
+
+def test_a_message_is_kept_only_for_the_agent_object_it_was_built_from():
+    # Agents die and new ones are made, often at the address (id) of a dead one: each must
+    # get its own message, never one built for an earlier agent.
+    for i in range(300):
+        agent = make_agent(f"agent-{i}", active_tasks=i % 3)
+        (message,) = wire.agents_to_proto([agent])
+        assert (message.agent_id, message.active_tasks) == (f"agent-{i}", i % 3)
+        del agent, message
+
+
+def test_kept_messages_do_not_keep_agents_alive():
+    agent = make_agent("a")
+    wire.agents_to_proto([agent])
+    alive = weakref.ref(agent)
+    del agent
+    gc.collect()
+    assert alive() is None

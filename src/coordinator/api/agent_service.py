@@ -119,7 +119,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         )
         page = await self._registry.discover(query)
         return agent_pb2.DiscoverAgentsResponse(
-            agents=[wire.agent_to_proto(a) for a in page.agents],
+            agents=wire.agents_to_proto(page.agents),
             next_page_token=page.next_page_token,
             total_size=page.total_size,
         )

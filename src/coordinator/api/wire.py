@@ -3,6 +3,8 @@ types except the servicers, which call these functions at the boundary."""
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import json_format
@@ -55,8 +57,39 @@ def duration_from_s(seconds: float) -> Duration:
     return duration
 
 
+_agent_messages: dict[int, tuple[weakref.ref[Agent], agent_pb2.Agent]] = {}
+"""id(agent) -> (a weak reference to the agent, its wire form), for as long as the agent lives."""
+
+
 def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
-    """The wire form of an agent."""
+    """The wire form of an agent: a new message of the caller's own."""
+    return _build_agent(agent)
+
+
+def agents_to_proto(agents: Iterable[Agent]) -> list[agent_pb2.Agent]:
+    """The wire forms of agents, for the repeated field of a reply's constructor, which copies
+    them (as ``extend`` would). The messages are shared: never change them.
+
+    An Agent is immutable, and the registry hands out the same Agent object for a record that
+    has not changed (``AgentRegistry._decode_row``). So the message built for an agent is kept
+    while that object lives, and a discovery that finds the same agents again copies their
+    messages instead of building them (building took some 20 times as long as copying).
+    """
+    return [_agent_message(agent) for agent in agents]
+
+
+def _agent_message(agent: Agent) -> agent_pb2.Agent:
+    key = id(agent)
+    entry = _agent_messages.get(key)
+    if entry is not None and entry[0]() is agent:
+        return entry[1]
+    message = _build_agent(agent)
+    # The entry goes when the agent does, before its id can be given to another object.
+    _agent_messages[key] = (weakref.ref(agent, lambda _: _agent_messages.pop(key, None)), message)
+    return message
+
+
+def _build_agent(agent: Agent) -> agent_pb2.Agent:
     return agent_pb2.Agent(
         agent_id=agent.agent_id,
         agent_type=agent.agent_type,
