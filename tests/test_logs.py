@@ -26,7 +26,14 @@ def restore_root_logger() -> Iterator[None]:
 
 
 async def test_a_node_logging_json_writes_only_json_lines_with_its_fields(spawn_node):
-    node = spawn_node(env={"NODE_ID": "json-node", "COORDINATOR_LOG_FORMAT": "json"})
+    # DEBUG: the lines about each single task (submitted, acknowledged, completed) are DEBUG.
+    node = spawn_node(
+        env={
+            "NODE_ID": "json-node",
+            "COORDINATOR_LOG_FORMAT": "json",
+            "COORDINATOR_LOG_LEVEL": "DEBUG",
+        }
+    )
     node.wait_serving()
     async with grpc.aio.insecure_channel(node.address) as channel:
         agent = await ScriptedAgent(channel, "json-agent").start()
