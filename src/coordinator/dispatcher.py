@@ -5,11 +5,12 @@ place in line (FIFO). Tasks are queued per requirements class as well as per pri
 pass looks only at the heads of the class queues: once no free agent fits a class, the pass
 skips that whole class, so a task that no agent can take never delays any other task.
 
-Every node runs a dispatcher; submits and freed slots wake them all through pub/sub, and each
-also runs a pass every few hundred milliseconds in case a message was lost. Only the node
-holding ``coordinator:lock:dispatch`` runs passes; the others set
-``coordinator:dispatch:wanted``, and the holder keeps passing until that flag stays clear,
-so no wake-up is lost. The lock is an efficiency device, not a safety one: each assignment
+Every node runs a dispatcher. The node that queues a task or frees a slot (a submit, a
+report, a cancel, a reaper round, a stream opening) asks its own dispatcher for a pass, and
+each also runs a pass every few hundred milliseconds. Only the node holding
+``coordinator:lock:dispatch`` runs passes; the others set ``coordinator:dispatch:wanted``,
+and the holder keeps passing until that flag stays clear, so no request is lost, whichever
+node it came from, without any pub/sub message. The lock is an efficiency device, not a safety one: each assignment
 is one script that re-checks the task and the agent, so two passes racing (a lock that
 expired mid-pass) can never assign a task twice or overfill a slot.
 """

@@ -1,5 +1,7 @@
-"""The node's one pub/sub connection: wake-ups for the dispatcher, messages for the
-assignment streams this node holds, and task transitions for WatchTask.
+"""The node's one pub/sub connection: messages for the assignment streams this node holds,
+and task transitions for WatchTask. (The dispatcher needs no messages: a node that queues a
+task or frees a slot asks its own dispatcher, and the dispatch turn reaches the node that
+is passing.)
 
 Pub/sub carries nudges and copies, never the only copy of any state: receivers also read
 Redis on a timer, so a message lost while the connection was down delays work but loses
@@ -35,13 +37,11 @@ class EventHub:
         self,
         redis: Redis,
         node_id: str,
-        on_dispatch: Callable[[], None],
         on_node_message: Callable[[dict[str, Any]], None],
         on_reconnect: Callable[[], None],
     ) -> None:
         self._redis = redis
         self._node_channel = keys.node_channel(node_id)
-        self._on_dispatch = on_dispatch
         self._on_node_message = on_node_message
         self._on_reconnect = on_reconnect
         self._pubsub: PubSub | None = None
@@ -102,7 +102,7 @@ class EventHub:
     async def _listen(self) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._pubsub = pubsub
-        await pubsub.subscribe(keys.DISPATCH_CHANNEL, self._node_channel, *self._watchers)
+        await pubsub.subscribe(self._node_channel, *self._watchers)
         # Anything published while we were not subscribed was missed: resynchronise.
         self._on_reconnect()
         for channel in self._watchers:
@@ -113,9 +113,7 @@ class EventHub:
                 continue
             channel = message["channel"]
             data = message["data"]
-            if channel == keys.DISPATCH_CHANNEL:
-                self._on_dispatch()
-            elif channel == self._node_channel:
+            if channel == self._node_channel:
                 try:
                     self._on_node_message(json.loads(data))
                 except Exception:

@@ -163,9 +163,6 @@ streams that node holds."""
 TASK_CHANNEL_PREFIX = "coordinator:task:"
 """Pub/sub channel ``coordinator:task:{task_id}``: one message per transition (WatchTask)."""
 
-DISPATCH_CHANNEL = "coordinator:dispatch"
-"""Pub/sub channel: a task was queued or a slot was freed; some node should run a dispatch."""
-
 DISPATCH_LOCK = "coordinator:lock:dispatch"
 """Held by the node running a dispatch pass, so passes do not race for the same tasks."""
 
@@ -208,7 +205,6 @@ TASK_SCRIPT_KEYS = {
     "node": NODE_PRESENCE_PREFIX,
     "node_channel": NODE_CHANNEL_PREFIX,
     "task_channel": TASK_CHANNEL_PREFIX,
-    "dispatch_channel": DISPATCH_CHANNEL,
     "balancing_strategy": BALANCING_STRATEGY,
     "balancer_state": BALANCER_STATE,
 }

@@ -17,6 +17,7 @@ Every step is a script that re-checks what it changes, so a round that overlaps 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
@@ -36,9 +37,13 @@ BATCH = 500
 class TaskReaper:
     """Runs ``reap_once`` every COORDINATOR_TASK_TIMER_INTERVAL_S on the node holding the lock."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, wake_dispatcher: Callable[[], None] | None = None
+    ) -> None:
         self._redis = redis
         self._settings = settings
+        # After a round the dispatcher passes at once: retries came due, slots came free.
+        self._wake_dispatcher = wake_dispatcher or (lambda: None)
         self._scripts = TaskScripts(redis)
         self._interval_ms = max(1, int(settings.task_timer_interval_s * 1000))
         self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
@@ -149,7 +154,8 @@ class TaskReaper:
 
     async def _round(self) -> None:
         try:
-            await self.reap_once()
+            if await self.reap_once():
+                self._wake_dispatcher()
         except Exception as exc:
             if not redis_unavailable(exc):
                 raise

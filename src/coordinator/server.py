@@ -89,7 +89,7 @@ class Coordinator:
         self.settings = settings
         self.redis = connect_redis(settings)
         self.registry = AgentRegistry(self.redis, settings)
-        self.tasks = TaskStore(self.redis, settings)
+        self.tasks = TaskStore(self.redis, settings, wake_dispatcher=self._wake_dispatcher)
         self.streams = AssignmentStreams(
             self.redis, self.tasks, settings.node_id, resync_s=settings.heartbeat_interval_s
         )
@@ -105,11 +105,10 @@ class Coordinator:
         self.events = EventHub(
             self.redis,
             settings.node_id,
-            on_dispatch=self.dispatcher.request,
             on_node_message=self.streams.on_node_message,
             on_reconnect=self._resynchronise,
         )
-        self.reaper = TaskReaper(self.redis, settings)
+        self.reaper = TaskReaper(self.redis, settings, wake_dispatcher=self.dispatcher.request)
         self.server = grpc.aio.server(
             # The metrics interceptor first: it sees the status codes the error mapping chose.
             interceptors=[
@@ -196,6 +195,10 @@ class Coordinator:
             await self.health_redis.aclose()
             self._stopped = True
             log.info("coordinator stopped")
+
+    def _wake_dispatcher(self) -> None:
+        """A task was queued or a slot freed through this node: pass soon."""
+        self.dispatcher.request()
 
     def _resynchronise(self) -> None:
         """After the pub/sub connection (re)connects: look in Redis for what was missed."""

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 """Most tasks one script call or one index read handles."""
+
+SETTLING_ACTIONS = ("complete", "fail")
+"""Reports that end an attempt, freeing its slot (and a failure may queue a retry)."""
 
 
 @dataclass(frozen=True)
@@ -127,11 +130,16 @@ class ReportOutcome:
 class TaskStore:
     """Tasks, queues and statistics, shared by every node that uses the same Redis."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, wake_dispatcher: Callable[[], None] | None = None
+    ) -> None:
         self._redis = redis
         self._settings = settings
         self._scripts = TaskScripts(redis)
         self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
+        # Called when a task joined a queue or a slot came free: the node asks its own
+        # dispatcher for a pass (the dispatch turn reaches whichever node is passing).
+        self._wake_dispatcher = wake_dispatcher or (lambda: None)
 
     # --- clients --------------------------------------------------------------------------
 
@@ -142,6 +150,7 @@ class TaskStore:
         task_id = reply[1]
         if not reply[0]:
             return await self.get(task_id), False
+        self._wake_dispatcher()
         _log_submitted(s, task_id)
         return _as_submitted(s, task_id, created_at_ms=int(reply[2]), seq=int(reply[3])), True
 
@@ -164,6 +173,7 @@ class TaskStore:
             if created:
                 _log_submitted(s, reply[1])
             outcomes.append(Submitted(reply[1], created, int(reply[2])))
+        self._wake_dispatcher()
         return outcomes
 
     def _submit_args(self, s: TaskSubmission) -> list[Any]:
@@ -254,6 +264,7 @@ class TaskStore:
             raise NotFound(f"task_id: no task {task_id!r}")
         if outcome[0] == "final":
             raise FailedPrecondition(f"task_id: task {task_id!r} is already {outcome[1]}")
+        self._wake_dispatcher()  # a slot may have come free
         log.info("task cancelled", extra={"task_id": task_id, "reason": reason})
         return await self.get(task_id)
 
@@ -288,6 +299,8 @@ class TaskStore:
         refusal = _refusal(report, reply)
         if refusal is not None:
             raise refusal
+        if report.action in SETTLING_ACTIONS:
+            self._wake_dispatcher()
         return list(reply)
 
     async def report_many(self, reports: Sequence[Report]) -> list[ReportOutcome | Exception]:
@@ -312,6 +325,8 @@ class TaskStore:
             outcomes.append(
                 ReportOutcome(TaskState[reply[1]], int(float(lease)) if lease else None)
             )
+        if any(r.action in SETTLING_ACTIONS for r in reports):
+            self._wake_dispatcher()
         return outcomes
 
     async def _run_each(self, script: AsyncScript, calls: Sequence[Sequence[Any]]) -> list[Any]:

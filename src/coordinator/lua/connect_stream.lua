@@ -23,5 +23,4 @@ if previous then
   redis.call('PUBLISH', K.node_channel .. previous_node,
     cjson.encode({kind = 'replaced', agent_id = agent_id, session_id = previous_session}))
 end
-redis.call('PUBLISH', K.dispatch_channel, 'stream')
 return 1

@@ -66,6 +66,7 @@ end
 
 -- Puts a task in line: its priority queue, its requirements-class queue, and the
 -- schedule-to-start deadline. ``task`` needs priority, class, seq and schedule_to_start_ms.
+-- (The node that ran the script then asks its dispatcher for a pass: no message needed.)
 local function enqueue(task, now)
   local queue = K.queue .. task.priority
   redis.call('ZADD', queue, tonumber(task.seq), task.id)
@@ -73,7 +74,6 @@ local function enqueue(task, now)
   redis.call('SADD', K.classes .. task.priority, task.class)
   redis.call('ZADD', K.start_deadlines, now + tonumber(task.schedule_to_start_ms), task.id)
   redis.call('HSET', K.task .. task.id, 'queued_at_ms', now)
-  redis.call('PUBLISH', K.dispatch_channel, task.priority)
 end
 
 -- Takes a task out of line (queues, class set when emptied, deadline, retry schedule).
@@ -116,7 +116,6 @@ local function release_slot(task)
     redis.call('SREM', K.holding, agent_id)
     redis.call('ZREM', K.disconnected, agent_id)
   end
-  redis.call('PUBLISH', K.dispatch_channel, 'slot')
 end
 
 -- Folds one attempt's outcome into the agent's moving averages (predictive and
