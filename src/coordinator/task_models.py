@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -67,17 +68,18 @@ class Requirements:
 
     def to_json(self) -> str:
         """Canonical JSON: equal requirements give equal text."""
-        return json.dumps(
-            {
-                "agent_type": self.agent_type,
-                "capabilities": sorted(self.capabilities),
-                "services": sorted(self.services),
-                "labels": dict(sorted(self.labels.items())),
-                "agent_id": self.agent_id,
-                "min_health_score": self.min_health_score,
-                "preferred_capabilities": sorted(self.preferred_capabilities),
-            },
-            separators=(",", ":"),
+        return _requirements_json(self._key())
+
+    def _key(self) -> tuple[Any, ...]:
+        """The fields as a hashable value (labels sorted): equal requirements, equal key."""
+        return (
+            self.agent_type,
+            tuple(sorted(self.capabilities)),
+            tuple(sorted(self.services)),
+            tuple(sorted(self.labels.items())),
+            self.agent_id,
+            self.min_health_score,
+            tuple(sorted(self.preferred_capabilities)),
         )
 
     @classmethod
@@ -101,10 +103,34 @@ class Requirements:
         only its own class, never the others (no head-of-line blocking). Preferred
         capabilities only rank agents, so they are not part of the class.
         """
-        data = json.loads(self.to_json())
-        del data["preferred_capabilities"]
-        canonical = json.dumps(data, separators=(",", ":"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _eligibility_class(self._key())
+
+
+# Tasks submitted together mostly share their requirements: their JSON and class are
+# computed once per distinct set, not once per task.
+@functools.lru_cache(maxsize=1024)
+def _requirements_json(key: tuple[Any, ...]) -> str:
+    agent_type, capabilities, services, labels, agent_id, min_health_score, preferred = key
+    return json.dumps(
+        {
+            "agent_type": agent_type,
+            "capabilities": list(capabilities),
+            "services": list(services),
+            "labels": dict(labels),
+            "agent_id": agent_id,
+            "min_health_score": min_health_score,
+            "preferred_capabilities": list(preferred),
+        },
+        separators=(",", ":"),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _eligibility_class(key: tuple[Any, ...]) -> str:
+    data = json.loads(_requirements_json(key))
+    del data["preferred_capabilities"]
+    canonical = json.dumps(data, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
