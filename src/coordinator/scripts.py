@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from coordinator.keys import TASK_SCRIPT_KEYS
 
@@ -115,15 +115,21 @@ ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
 """One call of a script in a batch: the script, its KEYS and its ARGV."""
 
 
-async def run_batch(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_batch(
+    redis: Redis, calls: Sequence[ScriptCall], *, raise_on_error: bool = True
+) -> list[Any]:
     """Run many script calls in one pipeline: one round trip.
 
     Unlike calling each script with ``client=pipeline``, which makes redis-py ask
     SCRIPT EXISTS first (a second round trip on every batch), this sends EVALSHA only and
     loads a script only when Redis reports it missing (after a restart or SCRIPT FLUSH);
     a call refused with NOSCRIPT did not run, so it is sent again. Returns the replies in
-    order; raises the first other error, like a single call would.
+    order. A script's error is raised (the first), like a single call's, or with
+    ``raise_on_error=False`` left in its place so that the other replies are not lost; an
+    outage (no connection, a timeout) always raises.
     """
+    if not calls:
+        return []
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
@@ -131,8 +137,12 @@ async def run_batch(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
     for i, reply in enumerate(replies):
         if isinstance(reply, NoScriptError):
             script, keys, args = calls[i]
-            replies[i] = await script(keys=keys, args=args)  # loads the script, then runs it
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
+            try:
+                replies[i] = await script(keys=keys, args=args)  # loads it, then runs it
+            except ResponseError as exc:
+                replies[i] = exc
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
     return replies

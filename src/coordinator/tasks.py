@@ -22,14 +22,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
 
 from coordinator import keys, page_tokens
 from coordinator.balancing import Strategy
 from coordinator.config import Settings
 from coordinator.errors import CoordinatorError, FailedPrecondition, NotFound
 from coordinator.registry import epoch_ms
-from coordinator.scripts import TaskScripts
+from coordinator.scripts import TaskScripts, run_batch
 from coordinator.task_models import (
     PRIORITIES_MOST_URGENT_FIRST,
     Attempt,
@@ -330,27 +329,12 @@ class TaskStore:
         return outcomes
 
     async def _run_each(self, script: AsyncScript, calls: Sequence[Sequence[Any]]) -> list[Any]:
-        """Run ``script`` once per argument list, in order, in one pipeline (one round trip).
-
-        A call that Redis refused comes back as its exception object, so that one entry's
-        failure does not hide the others' replies; an outage (no connection, a timeout)
-        raises. Only EVALSHA is sent (``script(client=pipeline)`` would first ask SCRIPT
-        EXISTS, a second round trip): a call refused with NOSCRIPT (Redis restarted or
-        flushed its scripts) did not run, so it is run again, loading the script.
-        """
-        if not calls:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for args in calls:
-                pipe.evalsha(script.sha, 0, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):
-                try:
-                    replies[i] = await script(args=calls[i])
-                except ResponseError as exc:
-                    replies[i] = exc
-        return replies
+        """Run ``script`` once per argument list, in order, in one round trip; a call that
+        Redis refused comes back as its exception object, so that one entry's failure does
+        not hide the others' replies (an outage raises)."""
+        return await run_batch(
+            self._redis, [(script, [], args) for args in calls], raise_on_error=False
+        )
 
     # --- queues and statistics ------------------------------------------------------------
 
