@@ -10,7 +10,8 @@ AcknowledgeTask: the coordinator accepts a completion straight from ASSIGNED
 (lua/report_task.lua). With ``--report batch`` (the default) each agent sends its
 completions through ReportTasks, batched naturally: at most one call in flight per agent,
 the completions made meanwhile go in the next call; ``--report unary`` sends one
-CompleteTask per task. ``--mode sdk`` runs ``coordinator.Agent`` (acknowledge, then
+CompleteTask per task. Assignments made together arrive in one stream message, up to
+``--assignments-per-message`` (64; 1 for one per message). ``--mode sdk`` runs ``coordinator.Agent`` (acknowledge, then
 complete, both batched through ReportTasks by the SDK). ``--hold`` keeps every assignment
 and reports nothing (the many-streams scenario: one task per agent).
 
@@ -192,18 +193,29 @@ async def raw_agent(
         rec.complete(assignment.task_id)
 
     batched = BatchedCompletions(tasks, agent_id, rec) if args.report == "batch" else None
-    call = agents.StreamAssignments(agent_pb2.StreamAssignmentsRequest(agent_id=agent_id))
+
+    def run(assignment: agent_pb2.Assignment) -> None:
+        if rec.receive(assignment.task_id, agent_id) and not args.hold:
+            if batched is not None:
+                batched.complete(assignment)
+                return
+            task = asyncio.create_task(complete(assignment))
+            rec.reporting.add(task)
+            task.add_done_callback(rec.reporting.discard)
+
+    call = agents.StreamAssignments(
+        agent_pb2.StreamAssignmentsRequest(
+            agent_id=agent_id, max_assignments_per_message=args.assignments_per_message
+        )
+    )
     try:
         async for event in call:
             kind = event.WhichOneof("event")
             if kind == "assignment":
-                if rec.receive(event.assignment.task_id, agent_id) and not args.hold:
-                    if batched is not None:
-                        batched.complete(event.assignment)
-                        continue
-                    task = asyncio.create_task(complete(event.assignment))
-                    rec.reporting.add(task)
-                    task.add_done_callback(rec.reporting.discard)
+                run(event.assignment)
+            elif kind == "assignments":
+                for assignment in event.assignments.assignments:
+                    run(assignment)
             elif kind == "ready":
                 rec.ready()
             elif kind == "draining":
@@ -331,6 +343,12 @@ def main() -> int:
         choices=("unary", "batch"),
         default="batch",
         help="raw mode: completions through ReportTasks (batch) or one CompleteTask each",
+    )
+    parser.add_argument(
+        "--assignments-per-message",
+        type=int,
+        default=64,
+        help="raw mode: max_assignments_per_message of the stream (1: one per message)",
     )
     parser.add_argument("--hold", action="store_true", help="keep assignments, report nothing")
     parser.add_argument("--expect", type=int, default=0, help="write OUT.received after N tasks")
