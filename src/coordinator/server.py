@@ -30,6 +30,7 @@ from coordinator.health import RedisHealthMonitor
 from coordinator.liveness import LivenessSweeper
 from coordinator.metrics import NodeMetrics, RpcMetricsInterceptor
 from coordinator.reaper import TaskReaper
+from coordinator.redis_packing import PACKED_CLASSES
 from coordinator.registry import AgentRegistry
 from coordinator.streams import AssignmentStreams
 from coordinator.tasks import TaskStore
@@ -65,6 +66,8 @@ def connect_redis(settings: Settings, max_connections: int | None = None) -> Red
         retry=Retry(NoBackoff(), retries=0),
         client_name=f"aitbc-coordinator:{settings.node_id}",
     )
+    # The URL chose the connection class (TCP, TLS, unix socket): the same, packing in C.
+    pool.connection_class = PACKED_CLASSES.get(pool.connection_class, pool.connection_class)
     return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
