@@ -201,8 +201,9 @@ async def test_discover_intersects_indexes_and_adds_stale_candidates(scripts, re
                 "status",
             ],
         )
-        assert all(status == "ACTIVE" for _, status in records)
-        return sorted(agent_id for agent_id, _ in records)
+        rows = [json.loads(record) for record in records]  # one JSON array per record
+        assert all(status == "ACTIVE" for _, status in rows)
+        return sorted(agent_id for agent_id, _ in rows)
 
     both = ["agents:capability:x", "agents:label:z=1"]
     assert await discover([keys.AGENTS_ACTIVE], both, False) == ["a", "c"]  # c: caller filters

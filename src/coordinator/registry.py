@@ -69,7 +69,7 @@ class AgentRegistry:
         # An agent read within this long of its last heartbeat is live with freshness 1: its
         # status and health score, like the rest, depend on its record alone (health_score).
         self._steady_window_s = min(settings.heartbeat_interval_s, settings.liveness_timeout_s)
-        self._decoded: OrderedDict[tuple[Any, ...], Agent] = OrderedDict()
+        self._decoded: OrderedDict[tuple[Any, ...] | str, Agent] = OrderedDict()
 
     async def register(self, registration: AgentRegistration) -> RegistrationResult:
         """Create or update an agent's record; see ``lua/register_agent.lua``."""
@@ -213,8 +213,8 @@ class AgentRegistry:
         now_ms = int(now_ms)
         matches = [
             agent
-            for agent in (self._decode_row(row, now_ms) for row in records if row[0] is not None)
-            if _matches(agent, query)
+            for agent in (self._decode_json_row(raw, now_ms) for raw in records)
+            if agent is not None and _matches(agent, query)
         ]
         matches.sort(key=_order)
         remaining = matches if after is None else [a for a in matches if _order(a) > after]
@@ -270,18 +270,41 @@ class AgentRegistry:
         nothing of the Agent depends on ``now_ms``. Later reads decode afresh.
         """
         key = tuple(row)
+        agent = self._kept(key, now_ms)
+        if agent is None:
+            agent = self._decode(dict(zip(RECORD_FIELDS, row, strict=True)), now_ms)
+            self._keep(key, agent, now_ms)
+        return agent
+
+    def _decode_json_row(self, raw: str, now_ms: int) -> Agent | None:
+        """Like ``_decode_row`` for a record as ``lua/discover_agents.lua`` returns it (its
+        values as one JSON array), kept under that string; None for a deleted record."""
+        agent = self._kept(raw, now_ms)
+        if agent is None:
+            row: list[Any] = [None if value is False else value for value in json.loads(raw)]
+            if row[0] is None:
+                return None
+            agent = self._decode(dict(zip(RECORD_FIELDS, row, strict=True)), now_ms)
+            self._keep(raw, agent, now_ms)
+        return agent
+
+    def _kept(self, key: tuple[Any, ...] | str, now_ms: int) -> Agent | None:
+        """The agent decoded from the record ``key``, if kept and still steady at ``now_ms``."""
         agent = self._decoded.get(key)
-        if agent is not None:
-            if self._steady(agent, now_ms):
-                self._decoded.move_to_end(key)
-                return agent
-            del self._decoded[key]  # past its window for good: time only moves on
-        agent = self._decode(dict(zip(RECORD_FIELDS, row, strict=True)), now_ms)
+        if agent is None:
+            return None
+        if self._steady(agent, now_ms):
+            self._decoded.move_to_end(key)
+            return agent
+        del self._decoded[key]  # past its window for good: time only moves on
+        return None
+
+    def _keep(self, key: tuple[Any, ...] | str, agent: Agent, now_ms: int) -> None:
+        """Keep ``agent`` under its record ``key`` if it is steady at ``now_ms``."""
         if self._steady(agent, now_ms):
             self._decoded[key] = agent
             if len(self._decoded) > DECODED_AGENTS_CACHED:
                 self._decoded.popitem(last=False)
-        return agent
 
     def _steady(self, agent: Agent, now_ms: int) -> bool:
         """Whether ``agent``, read at ``now_ms``, is inside the steady window (see __init__).

@@ -213,3 +213,27 @@ async def test_a_repeated_discovery_always_shows_the_agent_as_last_written(
     assert await discover_ids(node) == []
     busy = await only_agent(statuses=[BUSY])
     assert (busy.status, busy.health_score) == (BUSY, 0.25)
+
+
+async def test_discovery_returns_every_field_as_get_agent_does(start_node, hold_stream):
+    """Records travel from the discovery script as JSON text: any character must survive."""
+    node = await start_node(heartbeat_interval_s=60, liveness_timeout_s=180)  # health stays put
+    await register(
+        node,
+        "a",
+        capabilities=["gpu"],
+        services=["infer"],
+        endpoints={"grpc": "10.0.0.1:7000"},
+        metadata={"owner": 'Zoë "☃" \\ / \u00a0', "empty": ""},
+        labels={"zone": "eu"},
+        max_concurrency=3,
+        weight=2.5,
+    )
+    await hold_stream(node, "a")
+    await node.agents.Heartbeat(
+        agent_pb2.HeartbeatRequest(agent_id="a", load_metrics={"cpu": 0.25, "gpu_mem": 0.5})
+    )
+    reply = await node.agents.DiscoverAgents(agent_pb2.DiscoverAgentsRequest())
+    got = await node.agents.GetAgent(agent_pb2.GetAgentRequest(agent_id="a"))
+    assert list(reply.agents) == [got.agent]
+    assert reply.agents[0].metadata["owner"] == 'Zoë "☃" \\ / \u00a0'
