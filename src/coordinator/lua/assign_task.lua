@@ -60,16 +60,15 @@ local previous_agent = task.agent_id
 local attempt = tonumber(task.attempt) + 1
 local token = attempt .. ':' .. token_nonce
 local lease_ms = now + tonumber(task.start_to_close_ms)
-local attempts = decode_list(task.attempts)
-attempts[#attempts + 1] = {
+local attempts = append_to_list(task.attempts, {
   attempt = attempt, agent_id = agent_id, node_id = node_id, assigned_at_ms = now,
   token = token,
-}
+})
 task.attempt = attempt
 task.agent_id = agent_id
 redis.call('HSET', K.task .. task_id,
   'attempt', attempt, 'agent_id', agent_id, 'fencing_token', token,
-  'lease_expires_at_ms', lease_ms, 'assigned_at_ms', now, 'attempts', encode_list(attempts))
+  'lease_expires_at_ms', lease_ms, 'assigned_at_ms', now, 'attempts', attempts)
 transition(task, 'ASSIGNED', now, 'assigned by node ' .. node_id)
 
 redis.call('ZADD', K.leases, lease_ms, task_id)

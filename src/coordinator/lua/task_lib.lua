@@ -42,6 +42,16 @@ local function encode_list(list)
   return cjson.encode(list)
 end
 
+-- A JSON list with one more item, without decoding the list (it grows with every
+-- transition; only the new item is encoded).
+local function append_to_list(raw, item)
+  local encoded = cjson.encode(item)
+  if not raw or raw == '' or raw == '[]' then
+    return '[' .. encoded .. ']'
+  end
+  return string.sub(raw, 1, -2) .. ',' .. encoded .. ']'
+end
+
 -- Moves the task to a new state: the state indexes, the transitions list, updated_at and
 -- the WatchTask channel. ``task`` needs seq, transitions, attempt and agent_id. The listing
 -- indexes are scored by seq, which is unique and follows creation order.
@@ -49,12 +59,10 @@ local function transition(task, state, now, reason)
   local key = K.task .. task.id
   redis.call('ZREM', K.state .. task.state, task.id)
   redis.call('ZADD', K.state .. state, tonumber(task.seq), task.id)
-  local transitions = decode_list(task.transitions)
-  transitions[#transitions + 1] = {
+  task.transitions = append_to_list(task.transitions, {
     state = state, at_ms = now, attempt = tonumber(task.attempt) or 0,
     agent_id = task.agent_id or '', reason = reason or '',
-  }
-  task.transitions = encode_list(transitions)
+  })
   redis.call('HSET', key, 'state', state, 'updated_at_ms', now, 'transitions', task.transitions)
   if FINAL[state] then
     redis.call('ZADD', K.finished, now, task.id)
