@@ -81,15 +81,32 @@ class _PassState:
 
     def __post_init__(self) -> None:
         self._agents = dict(self.free)
+        self._candidates: dict[str, Candidate] = {}
+
+    def candidates(self, eligible: list[Agent]) -> list[Candidate]:
+        """The strategy's view of the eligible agents that still have a free slot (each
+        built once per change of its slots, not once per task: passes over many agents)."""
+        out = []
+        for agent in eligible:
+            agent_id = agent.agent_id
+            if agent_id not in self.free:
+                continue
+            candidate = self._candidates.get(agent_id)
+            if candidate is None:
+                candidate = self._candidates[agent_id] = _candidate(agent, self.used[agent_id])
+            out.append(candidate)
+        return out
 
     def take_slot(self, agent_id: str) -> None:
         self.used[agent_id] += 1
+        self._candidates.pop(agent_id, None)
         if self.used[agent_id] >= self._agents[agent_id].max_concurrency:
             self.free.pop(agent_id, None)
 
     def give_back_slot(self, agent_id: str) -> None:
         """The assignment did not happen: the slot is free again (unless refused)."""
         self.used[agent_id] -= 1
+        self._candidates.pop(agent_id, None)
         if agent_id not in self.refused:
             self.free[agent_id] = self._agents[agent_id]
 
@@ -366,11 +383,7 @@ class Dispatcher:
             for w in waiting:
                 if w.cls in line.blocked:
                     continue
-                candidates = [
-                    _candidate(a, line.used[a.agent_id])
-                    for a in w.eligible
-                    if a.agent_id in line.free
-                ]
+                candidates = line.candidates(w.eligible)
                 if not candidates:
                     line.blocked.add(w.cls)
                     continue
