@@ -28,7 +28,7 @@ def registry(redis_client) -> AgentRegistry:
 
 
 async def snapshot(scripts):
-    now_ms, strategy, state, classes, rows, _ = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
+    now_ms, strategy, state, classes, rows, *_ = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
     agents = sorted(dict(zip(RECORD_FIELDS, row, strict=True))["agent_id"] for row in rows)
     return int(now_ms), strategy, state, [sorted(c) for c in classes], agents
 
@@ -82,11 +82,12 @@ async def test_snapshot_has_the_first_tasks_of_each_waiting_class(scripts, regis
     c0 = [await new_task(scripts, requirements_class="c0") for _ in range(3)]
     c1 = await new_task(scripts, requirements_class="c1")
     urgent = await new_task(scripts, priority="URGENT", requirements_class="c0")
-    await make_agent(registry, redis_client, "a")
+    await make_agent(registry, redis_client, "a", max_concurrency=10)
     limited = [2, *SNAPSHOT_ARGS[1:]]  # at most 2 per class
 
-    *_, classes, _, heads = await scripts.dispatch_snapshot(args=limited)
+    *_, classes, _, heads, limit = await scripts.dispatch_snapshot(args=limited)
 
+    assert limit == 2
     by_class = [dict(zip(c, h, strict=True)) for c, h in zip(classes, heads, strict=True)]
     assert [h[0] for h in by_class[0]["c0"]] == [urgent]
     assert [h[0] for h in by_class[3]["c0"]] == c0[:2]
@@ -101,10 +102,25 @@ async def test_snapshot_reads_no_task_while_no_agent_has_a_free_slot(
     await make_agent(registry, redis_client, "busy", max_concurrency=1)
     await redis_client.hset(keys.agent("busy"), "active_tasks", 1)
 
-    *_, classes, agents, heads = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
+    *_, classes, agents, heads, limit = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
 
     assert classes[3] == ["c0"] and len(agents) == 1
-    assert heads == [[]] * 5
+    assert heads == [[]] * 5 and limit == 0
+
+
+async def test_snapshot_reads_no_more_tasks_per_class_than_there_are_free_slots(
+    scripts, registry, redis_client
+):
+    tasks = [await new_task(scripts) for _ in range(5)]
+    await make_agent(registry, redis_client, "a", max_concurrency=4)
+    await make_agent(registry, redis_client, "b", max_concurrency=2)
+    await redis_client.hset(keys.agent("a"), "active_tasks", 1)
+    await redis_client.hset(keys.agent("b"), "status", "MAINTENANCE")  # its slots do not count
+
+    *_, heads, limit = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
+
+    assert limit == 3
+    assert [h[0] for h in heads[3][0]] == tasks[:3]
 
 
 async def test_queue_heads_returns_each_class_in_line_after_its_bound(scripts, redis_client):

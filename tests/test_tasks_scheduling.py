@@ -12,7 +12,6 @@ import pytest
 
 from agent_harness import eventually, get_task, submit_request, wait_for_state
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
-from coordinator.dispatcher import HEADS_PER_CLASS
 
 PENDING = task_pb2.TASK_STATE_PENDING
 ASSIGNED = task_pb2.TASK_STATE_ASSIGNED
@@ -60,9 +59,9 @@ async def test_a_backlog_is_served_strictly_urgent_to_low_and_fifo_within_a_leve
 
 
 async def test_fifo_holds_across_requirement_classes_beyond_one_batch(node, pool):
-    # The dispatcher reads each class queue in batches (HEADS_PER_CLASS). Tasks of a class
-    # past its first batch must still come before later tasks of another class.
-    per_class = HEADS_PER_CLASS + 6
+    # A pass reads each class queue in batches no larger than the free slots (here 3). Tasks
+    # of a class past its first batch must still come before later tasks of another class.
+    per_class = 12
     submitted = []
     for position in range(per_class):
         caps = ["x"] if position < per_class - 3 else ["y"]
@@ -72,10 +71,12 @@ async def test_fifo_holds_across_requirement_classes_beyond_one_batch(node, pool
         task = await submit(node, requirements=task_pb2.TaskRequirements(capabilities=["x"]))
         submitted.append(task.task_id)
 
-    agent = await pool.start(
-        node.channel, "agent-1", max_concurrency=len(submitted), capabilities=("x", "y")
-    )
-    received = [(await agent.next_assignment()).task_id for _ in submitted]
+    agent = await pool.start(node.channel, "agent-1", max_concurrency=3, capabilities=("x", "y"))
+    received = []
+    for _ in submitted:
+        assignment = await agent.next_assignment()
+        received.append(assignment.task_id)
+        await agent.complete(assignment)
     assert received == submitted
 
 

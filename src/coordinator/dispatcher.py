@@ -43,8 +43,9 @@ from coordinator.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 
-HEADS_PER_CLASS = 64
-"""Tasks read from the head of each class queue at a time."""
+HEADS_PER_CLASS = 1000
+"""Most tasks read from the head of each class queue at a time (fewer when there are fewer
+free slots: a pass reads no task it could not assign)."""
 
 LOCK_TTL_MS = 5_000
 """A node that dies holding the dispatch lock delays dispatching by at most this long."""
@@ -97,6 +98,9 @@ class _PassState:
             out.append(candidate)
         return out
 
+    def free_slots(self) -> int:
+        return sum(agent.max_concurrency - self.used[a] for a, agent in self.free.items())
+
     def take_slot(self, agent_id: str) -> None:
         self.used[agent_id] += 1
         self._candidates.pop(agent_id, None)
@@ -123,6 +127,8 @@ class _Snapshot:
     """The requirements classes with tasks waiting, per priority, most urgent first."""
     heads: list[dict[str, list[_Head]]]
     """The first tasks of each of those classes, per priority."""
+    heads_limit: int
+    """The most tasks read per class: a class with fewer has no more."""
     free: dict[str, Agent]
     """ACTIVE, live agents with an open stream on a live node and a free slot."""
     default_strategy: Strategy
@@ -263,7 +269,7 @@ class Dispatcher:
         *turn_reply, reply = await run_batch(self._redis, calls)
         if turn_reply and not turn_reply[0]:
             return None
-        now_ms, stored_strategy, raw_state, class_sets, rows, heads = reply
+        now_ms, stored_strategy, raw_state, class_sets, rows, heads, heads_limit = reply
         free = {
             agent.agent_id: agent
             for agent in self._registry.decode_records(rows, int(now_ms))
@@ -275,6 +281,7 @@ class Dispatcher:
                 dict(zip(classes, [_heads(e) for e in entries], strict=False))
                 for classes, entries in zip(class_sets, heads, strict=True)
             ],
+            heads_limit=int(heads_limit),
             free=free,
             default_strategy=self._store.strategy_or_default(stored_strategy),
             state=_balancer_state(raw_state),
@@ -297,7 +304,12 @@ class Dispatcher:
             if not line.free:
                 break
             assigned += await self._dispatch_priority(
-                priority.name, classes, heads, line, snapshot.default_strategy, state
+                priority.name,
+                classes,
+                (heads, snapshot.heads_limit),
+                line,
+                snapshot.default_strategy,
+                state,
             )
         if json.dumps(asdict(state), sort_keys=True) != before:
             await self._redis.set(keys.BALANCER_STATE, json.dumps(asdict(state)))
@@ -307,22 +319,24 @@ class Dispatcher:
         self,
         priority: str,
         classes: Sequence[str],
-        first_heads: dict[str, list[_Head]],
+        first_heads: tuple[dict[str, list[_Head]], int],
         line: _PassState,
         default_strategy: Strategy,
         state: BalancerState,
     ) -> int:
         """FIFO over the class queues of one priority, skipping classes no free agent fits.
-        ``first_heads`` are the snapshot's heads of each class; later ones are read here."""
+        ``first_heads`` are the snapshot's heads of each class with the most it read of one;
+        later ones are read here, no more per class than the free slots left."""
         assigned = 0
         after = dict.fromkeys(classes, "-inf")
         eligible_by_class: dict[str, list[Agent]] = {}
         open_classes = list(classes)
-        heads = [first_heads.get(cls, []) for cls in open_classes]
+        snapshot_heads, limit = first_heads
+        heads = [snapshot_heads.get(cls, []) for cls in open_classes]
         while open_classes and line.free:
             # A class that filled its batch may have more tasks beyond it: merge the classes
             # only up to the earliest such batch end, so FIFO holds across classes too.
-            batch_ends = [e[-1][1] for e in heads if len(e) == HEADS_PER_CLASS]
+            batch_ends = [e[-1][1] for e in heads if len(e) == limit]
             horizon = min(batch_ends) if batch_ends else math.inf
             in_line = sorted(
                 (seq, task_id, cls, details)
@@ -335,7 +349,7 @@ class Dispatcher:
             exhausted = {
                 cls
                 for cls, entries in zip(open_classes, heads, strict=True)
-                if len(entries) < HEADS_PER_CLASS and (not entries or entries[-1][1] <= horizon)
+                if len(entries) < limit and (not entries or entries[-1][1] <= horizon)
             }
             waiting: list[_Waiting] = []
             for seq, task_id, cls, (raw_requirements, raw_strategy, routing_key) in in_line:
@@ -360,11 +374,12 @@ class Dispatcher:
                 )
             assigned += await self._assign_in_order(waiting, line, state)
             open_classes = [c for c in open_classes if c not in line.blocked and c not in exhausted]
-            if open_classes and line.free:
+            limit = min(HEADS_PER_CLASS, line.free_slots())
+            if open_classes and limit > 0:
                 replies = await self._scripts.queue_heads(
                     args=[
                         priority,
-                        HEADS_PER_CLASS,
+                        limit,
                         *(item for cls in open_classes for item in (cls, after[cls])),
                     ]
                 )

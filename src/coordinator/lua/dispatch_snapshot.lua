@@ -6,7 +6,7 @@
 -- by the caller from these fields (the assignment script checks everything again). With
 -- no task waiting no agent is read, and with no ACTIVE agent with a free slot no task.
 --
--- ARGV[1]      most tasks per class
+-- ARGV[1]      most tasks per class (fewer when the free slots are fewer)
 -- ARGV[2]      n, the number of priorities
 -- ARGV[3..n+2] priority names, most urgent first
 -- ARGV[n+3..]  the agent record fields to return, in this order (with status,
@@ -14,7 +14,8 @@
 -- Returns      {now_ms, stored strategy or '', balancer state or '',
 --               {{classes of priority 1}, ..., {classes of priority n}},
 --               {{fields of agent 1}, {fields of agent 2}, ...},
---               {{heads of class 1 of priority 1, ...}, ..., {... of priority n}}}
+--               {{heads of class 1 of priority 1, ...}, ..., {... of priority n}},
+--               the most tasks read per class}
 --              where the heads of a class are {{task_id, seq, requirements, strategy,
 --              routing_key}, ...} as in lua/queue_heads.lua (none without agents)
 local limit = tonumber(ARGV[1])
@@ -34,7 +35,7 @@ for i = 3, priority_count + 2 do
 end
 
 local agents = {}
-local any_free = false
+local free_slots = 0
 local node_alive = {}
 local connected = waiting and redis.call('HGETALL', K.connected) or {}  -- none needed
 for i = 1, #connected, 2 do
@@ -46,15 +47,19 @@ for i = 1, #connected, 2 do
   if node_alive[node_id] and redis.call('SISMEMBER', K.active, agent_id) == 1 then
     local record = redis.call('HMGET', K.agent .. agent_id, unpack(fields))
     agents[#agents + 1] = record
-    any_free = any_free or (record[at.status] == 'ACTIVE'
-      and tonumber(record[at.active_tasks] or 0) < tonumber(record[at.max_concurrency] or 0))
+    if record[at.status] == 'ACTIVE' then
+      free_slots = free_slots + math.max(0,
+        tonumber(record[at.max_concurrency] or 0) - tonumber(record[at.active_tasks] or 0))
+    end
   end
 end
 
+-- No more tasks of one class than could be assigned now.
+limit = math.min(limit, free_slots)
 local heads = {}
 for i = 3, priority_count + 2 do
   local their_heads = {}
-  if any_free then  -- with no agent to choose, the tasks are not needed either
+  if limit > 0 then  -- with no agent to choose, the tasks are not needed either
     for _, class in ipairs(classes[i - 2]) do
       their_heads[#their_heads + 1] = class_heads(ARGV[i], class, '-inf', limit)
     end
@@ -69,4 +74,5 @@ return {
   classes,
   agents,
   heads,
+  limit,
 }
