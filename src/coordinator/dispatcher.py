@@ -225,13 +225,36 @@ class Dispatcher:
         turn = [keys.DISPATCH_LOCK, keys.DISPATCH_WANTED]
         # Asking for the turn and reading the snapshot share one round trip: the holder
         # needs the snapshot at once, and another node's request costs a few reads more.
-        snapshot = await self._snapshot(begin=(turn, token))
+        snapshot = await self._snapshot(turn, token, "begin")
         if snapshot is None:
             return assigned  # the holder will see the flag
+        holding = True
+        try:
+            while snapshot is not None and not self._stopping.is_set():
+                assigned += await self._pass(snapshot)
+                if self._wake.is_set():  # asked on this node meanwhile: pass again at once
+                    self._wake.clear()
+                    snapshot = await self._snapshot(turn, token, "again")
+                    holding = snapshot is not None
+                elif await self._lock_scripts.dispatch_turn(
+                    keys=turn, args=["end", token, LOCK_TTL_MS]
+                ):
+                    snapshot = await self._snapshot()
+                else:
+                    holding, snapshot = False, None
+        finally:
+            if holding:  # stopped or failed while holding the lock: free it for the others
+                await self._lock_scripts.dispatch_turn(keys=turn, args=["release", token, 0])
+        return assigned  # the holder will see the flag
         again = True
         try:
             while again and not self._stopping.is_set():
                 assigned += await self._pass(snapshot)
+                if self._wake.is_set():  # asked on this node meanwhile: pass again at once
+                    self._wake.clear()
+                    snapshot = await self._snapshot(turn, token, "again")
+                    again = snapshot is not None
+                    continue
                 again = bool(
                     await self._lock_scripts.dispatch_turn(
                         keys=turn, args=["end", token, LOCK_TTL_MS]
@@ -252,13 +275,15 @@ class Dispatcher:
         assert snapshot is not None
         return await self._pass(snapshot)
 
-    async def _snapshot(self, begin: tuple[list[str], str] | None = None) -> _Snapshot | None:
-        """Read what a pass starts from; with ``begin`` (the turn's keys and this node's
-        token), ask for the turn in the same round trip: None when another node has it."""
+    async def _snapshot(
+        self, turn: list[str] | None = None, token: str = "", action: str = ""
+    ) -> _Snapshot | None:
+        """Read what a pass starts from; with ``turn`` (the turn's keys, this node's token
+        and 'begin' or 'again'), ask for the turn in the same round trip: None when another
+        node has it."""
         calls: list[ScriptCall] = []
-        if begin is not None:
-            turn, token = begin
-            calls.append((self._lock_scripts.dispatch_turn, turn, ["begin", token, LOCK_TTL_MS]))
+        if turn is not None:
+            calls.append((self._lock_scripts.dispatch_turn, turn, [action, token, LOCK_TTL_MS]))
         calls.append(
             (
                 self._scripts.dispatch_snapshot,
