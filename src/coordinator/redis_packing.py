@@ -29,7 +29,13 @@ class HiredisPacking(AbstractConnection):
             args = (*first.split(), *args[1:])
         elif isinstance(first, bytes) and b" " in first:
             args = (*first.split(), *args[1:])
-        return [hiredis.pack_command(tuple(_checked(a) for a in args))]
+        if not set(map(type, args)) <= _SENT_AS_IS:
+            args = tuple(_checked(a) for a in args)
+        return [hiredis.pack_command(args)]
+
+
+_SENT_AS_IS = {str, bytes, int}
+"""Types hiredis packs exactly as redis-py would (bool, a subclass of int, is not one)."""
 
 
 def _checked(value: Any) -> Any:

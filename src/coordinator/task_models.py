@@ -143,19 +143,25 @@ class RetryPolicy:
 
     def to_json(self) -> str:
         """The form the task scripts read (milliseconds)."""
-        return json.dumps(
-            {
-                "initial_ms": round(self.initial_backoff_s * 1000),
-                "max_ms": round(self.max_backoff_s * 1000),
-                "multiplier": self.backoff_multiplier,
-            }
-        )
+        return _retry_json(self)
 
     @classmethod
     def from_json(cls, raw: str) -> RetryPolicy:
         """The inverse of ``to_json``."""
         data = json.loads(raw)
         return cls(data["initial_ms"] / 1000, data["max_ms"] / 1000, float(data["multiplier"]))
+
+
+@functools.lru_cache(maxsize=256)
+def _retry_json(policy: RetryPolicy) -> str:
+    """RetryPolicy.to_json, once per distinct policy (tasks submitted together share one)."""
+    return json.dumps(
+        {
+            "initial_ms": round(policy.initial_backoff_s * 1000),
+            "max_ms": round(policy.max_backoff_s * 1000),
+            "multiplier": policy.backoff_multiplier,
+        }
+    )
 
 
 @dataclass(frozen=True)

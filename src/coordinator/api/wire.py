@@ -149,6 +149,8 @@ def strategy_to_proto(strategy: Strategy | None) -> str:
 
 def struct_to_dict(struct: Struct) -> dict[str, Any]:
     """A JSON-like dict from a Struct."""
+    if not struct.fields:  # the common empty input: skip the generic converter
+        return {}
     return json_format.MessageToDict(struct)
 
 
