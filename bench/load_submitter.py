@@ -11,6 +11,11 @@ call (``time.time_ns``, comparable across processes on one machine).
 ``--in-flight`` is then the number of such calls at once, and a paced run sends a call every
 N/R seconds. Every task of a call has the call's submit and reply times.
 
+``--coalesce`` (with ``--rate``) batches the way a busy client would: task i falls due at
+start + i/R, and at most ``--in-flight`` SubmitTasks calls are out at once, each taking every
+task that fell due and was not sent yet. A task's submit time is when it fell due, so the
+wait for a call counts in its latency.
+
 Writes ``--out`` (JSON: records ``[task_id, submitted_ns, replied_ns]``, errors counted per
 task) and exits.
 """
@@ -76,6 +81,61 @@ async def main_async(args: argparse.Namespace) -> None:
             else:
                 records.append((result.task_id, submitted, replied))
 
+    async def submit_due(due: list[int]) -> None:
+        """One SubmitTasks call for tasks that fell due at the times ``due`` (each task's
+        submit time is when it fell due: the wait for the call counts)."""
+        requests = [
+            task_pb2.SubmitTaskRequest(
+                task_type="noop", requirements=requirements, request_id=uuid.uuid4().hex
+            )
+            for _ in due
+        ]
+        try:
+            reply = await stubs[0].SubmitTasks(
+                task_pb2.SubmitTasksRequest(tasks=requests), timeout=60
+            )
+        except grpc.aio.AioRpcError as exc:
+            errors[exc.code().name] = errors.get(exc.code().name, 0) + len(due)
+            return
+        replied = time.time_ns()
+        for result, submitted in zip(reply.results, due, strict=True):
+            if result.HasField("error"):
+                name = CODE_NAMES.get(result.error.code, str(result.error.code))
+                errors[name] = errors.get(name, 0) + 1
+            else:
+                records.append((result.task_id, submitted, replied))
+
+    async def paced_coalesced(count: int, period_ns: int) -> None:
+        """Task i falls due at start + i/rate; at most --in-flight SubmitTasks calls at
+        once, each taking every task due and not yet sent (at most 1000)."""
+        due: list[int] = []
+        produced = asyncio.Event()
+        more = asyncio.Condition()
+
+        async def produce() -> None:
+            for i in range(count):
+                wait_ns = started + i * period_ns - time.time_ns()
+                if wait_ns > 0:
+                    await asyncio.sleep(wait_ns / 1e9)
+                async with more:
+                    due.append(time.time_ns())
+                    more.notify()
+            async with more:
+                produced.set()
+                more.notify_all()
+
+        async def sender() -> None:
+            while True:
+                async with more:
+                    await more.wait_for(lambda: bool(due) or produced.is_set())
+                    if not due:
+                        return
+                    batch = due[:1000]
+                    del due[:1000]
+                await submit_due(batch)
+
+        await asyncio.gather(produce(), *(sender() for _ in range(args.in_flight)))
+
     async def send(first: int, count: int) -> None:
         """The tasks numbered from ``first``: one task, or one batch of up to --batch."""
         if args.batch > 1:
@@ -90,7 +150,10 @@ async def main_async(args: argparse.Namespace) -> None:
         await asyncio.sleep(delay_s)
     started = time.time_ns()
     step = max(1, args.batch)
-    if args.rate > 0:
+    if args.rate > 0 and args.coalesce:
+        count = int(args.rate * args.duration)
+        await paced_coalesced(count, int(1e9 / args.rate))
+    elif args.rate > 0:
         count = int(args.rate * args.duration)
         period_ns = int(1e9 / args.rate)
         pending: set[asyncio.Task[None]] = set()
@@ -135,6 +198,11 @@ def main() -> int:
     parser.add_argument("--address", required=True)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--in-flight", type=int, default=128, help="calls at once")
+    parser.add_argument(
+        "--coalesce",
+        action="store_true",
+        help="with --rate: SubmitTasks with every task due meanwhile, --in-flight calls at once",
+    )
     parser.add_argument(
         "--batch", type=int, default=1, help="tasks per call; >1 uses SubmitTasks (at most 1000)"
     )

@@ -19,7 +19,7 @@ from coordinator.config import Settings
 from coordinator.models import AgentRegistration, AgentStatus
 from coordinator.registry import AgentRegistry
 from coordinator.scripts import TASK_SCRIPT_NAMES, TaskScripts
-from coordinator.task_models import RetryPolicy
+from coordinator.task_models import Priority, RetryPolicy
 
 NODE = "node-1"
 LIVENESS_MS = 30_000
@@ -851,3 +851,21 @@ async def test_forget_finished_tasks_removes_every_trace(scripts, registry, redi
         keys.tasks_by_agent("a"),
         keys.tasks_by_agent("b"),
     )
+
+
+@pytest.mark.parametrize("action,payload", [("complete", "{}"), ("fail", None)])
+async def test_a_settling_report_says_whether_tasks_wait_for_the_slot(
+    scripts, registry, redis_client, action, payload
+):
+    """The node asks for a dispatch pass after a report only when a task waits in line."""
+    payload = payload or json.dumps({"message": "no", "type": "", "retryable": False})
+    task_id, token = await assigned(scripts, registry, redis_client, "a")
+    args = [task_id, "a", token, action, payload, "0"]
+    assert (await scripts.report_task(args=args))[4] == 0  # nothing else queued
+
+    for priority in Priority:  # every priority's queue counts (the Lua list matches)
+        await redis_client.flushdb()
+        task_id, token = await assigned(scripts, registry, redis_client, "a")
+        await new_task(scripts, priority=priority.name)
+        args = [task_id, "a", token, action, payload, "0"]
+        assert (await scripts.report_task(args=args))[4] == 1, priority

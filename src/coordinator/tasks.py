@@ -298,7 +298,7 @@ class TaskStore:
         refusal = _refusal(report, reply)
         if refusal is not None:
             raise refusal
-        if report.action in SETTLING_ACTIONS:
+        if _frees_a_slot_for_waiting_tasks(report, reply):
             self._wake_dispatcher()
         return list(reply)
 
@@ -324,7 +324,10 @@ class TaskStore:
             outcomes.append(
                 ReportOutcome(TaskState[reply[1]], int(float(lease)) if lease else None)
             )
-        if any(r.action in SETTLING_ACTIONS for r in reports):
+        if any(
+            _frees_a_slot_for_waiting_tasks(r, reply)
+            for r, reply in zip(reports, replies, strict=True)
+        ):
             self._wake_dispatcher()
         return outcomes
 
@@ -497,6 +500,18 @@ def _refusal(report: Report, reply: Sequence[Any]) -> CoordinatorError | None:
             extra={"task_id": task_id, "agent_id": report.agent_id},
         )
     return None
+
+
+def _frees_a_slot_for_waiting_tasks(report: Report, reply: Any) -> bool:
+    """Whether a report ended an attempt while tasks wait in line (``lua/report_task.lua``
+    says so): only then can a dispatch pass use the freed slot."""
+    return (
+        report.action in SETTLING_ACTIONS
+        and isinstance(reply, list)
+        and len(reply) > 4
+        and reply[0] == "ok"
+        and int(reply[4]) == 1
+    )
 
 
 def decode_task(record: dict[str, str]) -> Task:

@@ -12,7 +12,8 @@
 -- ARGV[6]      '0': leave out the task record below (batch callers answer without it);
 --              anything else, or absent: include it
 -- Returns      {'ok' or 'repeat', state, lease_expires_at_ms} on success, and for complete
---              and fail a fourth element, the task's HGETALL (the caller answers with it);
+--              and fail a fourth element, the task's HGETALL (the caller answers with it),
+--              and after 'ok' a fifth, 1 when tasks wait in line for the freed slot, else 0;
 --              {'not_found'}, {'stale', state, attempt} or {'not_held', state} on refusal
 local task_id = ARGV[1]
 local agent_id = ARGV[2]
@@ -94,7 +95,7 @@ if action == 'complete' then
   record_outcome(agent_id, true, now - started)
   redis.call('HINCRBY', K.stats, 'tasks_completed', 1)
   transition(task, 'COMPLETED', now, 'completed by agent')
-  return {'ok', task.state, '', record()}
+  return {'ok', task.state, '', record(), tasks_waiting()}
 end
 
 -- fail
@@ -108,4 +109,4 @@ release_slot(task)
 record_outcome(agent_id, false, nil)
 local reason = 'failed by agent: ' .. (err.message or '')
 retry_or_fail(task, now, err, reason)
-return {'ok', task.state, '', record()}
+return {'ok', task.state, '', record(), tasks_waiting()}

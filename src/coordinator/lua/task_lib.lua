@@ -8,6 +8,8 @@
 local FINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, EXPIRED = true}
 local HELD = {ASSIGNED = true, RUNNING = true}
 local EWMA_ALPHA = 0.2  -- weight of the newest sample in an agent's moving averages
+-- coordinator.task_models.Priority (tests/test_task_scripts.py checks that they agree)
+local PRIORITY_NAMES = {'URGENT', 'CRITICAL', 'HIGH', 'NORMAL', 'LOW'}
 
 local function now_ms()
   local time = redis.call('TIME')
@@ -124,6 +126,17 @@ local function release_slot(task)
     redis.call('SREM', K.holding, agent_id)
     redis.call('ZREM', K.disconnected, agent_id)
   end
+end
+
+-- 1 when some task is in line (a requirements class of some priority has one), else 0:
+-- after a slot came free, whether a dispatch pass could use it.
+local function tasks_waiting()
+  for _, priority in ipairs(PRIORITY_NAMES) do
+    if redis.call('EXISTS', K.classes .. priority) == 1 then
+      return 1
+    end
+  end
+  return 0
 end
 
 -- Folds one attempt's outcome into the agent's moving averages (predictive and
