@@ -10,7 +10,9 @@ median of ``--runs`` runs (3) with their min and max. Prints a table, writes one
 scenario and a summary with every target met or not to bench/results/.
 
 The drains submit through SubmitTasks, 100 tasks per call (``--submit-batch 1``: one
-SubmitTask per task); the steady-rate runs send one SubmitTask per task. The agents report
+SubmitTask per task); the steady-rate runs send each task when it falls due, in a
+SubmitTasks call with whatever else fell due while the previous call was out (2 calls at
+most at once; ``--latency-client unary``: one SubmitTask per task). The agents report
 through ReportTasks and take several assignments per stream message (bench/load_agent.py).
 
     make bench                       # everything: 6 minutes on 2 cores
@@ -342,7 +344,8 @@ def load(path: Path) -> dict[str, Any]:
 def submitter_argv(address: str, out: Path, **options: Any) -> list[str]:
     argv = ["--address", address, "--out", str(out)]
     for name, value in options.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
+        flag = f"--{name.replace('_', '-')}"
+        argv += [flag] if value is True else [flag, str(value)]
     return argv
 
 
@@ -480,7 +483,9 @@ def scenario_drain(bench: Bench, nodes: int) -> dict[str, Any]:
 
 def scenario_latency(bench: Bench, rate: int) -> dict[str, Any]:
     expected = int(rate * bench.plan.steady_s)
-    options = [{"rate": rate, "duration": bench.plan.steady_s}]
+    options: list[dict[str, Any]] = [{"rate": rate, "duration": bench.plan.steady_s}]
+    if bench.args.latency_client == "coalesce":
+        options[0].update(coalesce=True, in_flight=2)
     result = task_run(bench, 1, options, expected, max_concurrency=bench.args.max_concurrency)
     result["rate_per_s"] = rate
     return result
@@ -861,6 +866,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-tasks", type=int)
     parser.add_argument(
         "--submit-batch", type=int, help="tasks per SubmitTasks call in drains (1: SubmitTask)"
+    )
+    parser.add_argument(
+        "--latency-client",
+        choices=("coalesce", "unary"),
+        default="coalesce",
+        help="steady-rate submits: SubmitTasks with the tasks due meanwhile, or one SubmitTask each",
     )
     parser.add_argument("--log-level", default="INFO", help="the coordinator nodes' log level")
     parser.add_argument(
