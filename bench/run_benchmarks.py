@@ -641,6 +641,8 @@ def scenario_discovery(bench: Bench) -> dict[str, Any]:
         "agents": plan.discovery_agents,
         "discover_sequential": {k: seq[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
         "discover_parallel_calls_per_s": report["discover_parallel"]["calls_per_s"],
+        # The gRPC floor on this machine, measured alongside: a Health/Check round trip.
+        "health_check": {k: report["baseline_health_check"][k] for k in ("p50_ms", "p99_ms")},
         "coordinator_rss_kib": {
             "before_register": report["coordinator_rss_kb"]["before_register"],
             "after_register": report["coordinator_rss_kb"]["after_register"],
@@ -707,6 +709,9 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]
         elif key == "discovery":
             rows.append((title, "DiscoverAgents p50 ms", fmt(agg, "discover_sequential.p50_ms", 2)))
             rows.append((title, "DiscoverAgents p99 ms", fmt(agg, "discover_sequential.p99_ms", 2)))
+            if "health_check.p50_ms" in agg:
+                floor = " / ".join(fmt(agg, f"health_check.{p}_ms", 2) for p in ("p50", "p99"))
+                rows.append((title, "gRPC floor: Health/Check p50 / p99 ms", floor))
             rows.append(
                 (
                     title,
