@@ -222,28 +222,6 @@ async def test_dispatch_turns_lose_no_request(scripts, redis_client):
     assert not await redis_client.exists(keys.DISPATCH_WANTED)
     assert await call("begin", "b") == 0  # node b asks while a passes: the flag is left
     assert await redis_client.get(keys.DISPATCH_WANTED) == "1"
-
-
-async def test_dispatch_turn_again_keeps_the_lock_or_asks_like_begin(scripts, redis_client):
-    turn = [keys.DISPATCH_LOCK, keys.DISPATCH_WANTED]
-
-    async def call(action: str, token: str) -> int:
-        return await scripts.dispatch_turn(keys=turn, args=[action, token, 5000])
-
-    assert await call("begin", "a") == 1
-    assert await call("begin", "b") == 0  # a request from another node, pending
-    assert await call("again", "a") == 1  # a passes again: that pass serves b's request too
-    assert not await redis_client.exists(keys.DISPATCH_WANTED)
-    assert await redis_client.pttl(keys.DISPATCH_LOCK) > 4000  # renewed
-
-    await redis_client.set(keys.DISPATCH_LOCK, "c")  # a's lock expired; c took over
-    assert await call("again", "a") == 0  # a leaves its request for c
-    assert await redis_client.get(keys.DISPATCH_WANTED) == "1"
-    assert await redis_client.get(keys.DISPATCH_LOCK) == "c"
-
-    await redis_client.delete(keys.DISPATCH_LOCK)  # a's lock expired, nobody holds it
-    assert await call("again", "a") == 1
-    assert await redis_client.get(keys.DISPATCH_LOCK) == "a"
     assert await call("end", "a") == 1  # a sees it, keeps the lock and passes again
     assert await redis_client.get(keys.DISPATCH_LOCK) == "a"
     assert await call("end", "a") == 0  # nothing asked meanwhile: a releases
