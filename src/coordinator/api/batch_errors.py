@@ -1,4 +1,5 @@
-"""Per-entry errors of the batch calls (SubmitTasks, ReportTasks).
+"""The batch calls' entries (SubmitTasks, ReportTasks): each taken as alone, with its own
+error.
 
 An entry that is refused gets the status the same entry would get alone from the unary
 call: it is built by ``error_mapping.to_status``, the one mapping of errors to codes, so code,
@@ -9,14 +10,42 @@ the whole call (UNAVAILABLE), as it would fail every unary call.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
 
 from google.rpc import code_pb2, error_details_pb2
 
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.api.error_mapping import redis_unavailable, to_status
+from coordinator.errors import CoordinatorError
 
 log = logging.getLogger(__name__)
+
+Entry = TypeVar("Entry")
+Parsed = TypeVar("Parsed")
+Outcome = TypeVar("Outcome")
+
+
+async def apply_entries(
+    entries: Sequence[Entry],
+    parse: Callable[[Entry], Parsed],
+    apply: Callable[[list[Parsed]], Awaitable[Sequence[Outcome | Exception]]],
+) -> list[Outcome | BaseException]:
+    """Every entry's outcome, in order: ``parse`` checks each entry as the unary call would
+    (its CoordinatorError is that entry's outcome), ``apply`` takes the valid ones together,
+    one outcome each. A Redis outage among them raises: the whole call is UNAVAILABLE."""
+    outcomes: list[Outcome | BaseException | None] = []
+    parsed: list[Parsed] = []
+    for entry in entries:
+        try:
+            parsed.append(parse(entry))
+            outcomes.append(None)  # filled in below, in order
+        except CoordinatorError as exc:
+            outcomes.append(exc)
+    applied = await apply(parsed) if parsed else []
+    raise_if_outage(applied)
+    taken = iter(applied)
+    return [next(taken) if outcome is None else outcome for outcome in outcomes]
 
 
 def raise_if_outage(outcomes: Iterable[object]) -> None:

@@ -15,13 +15,13 @@ import grpc
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 from coordinator import task_validation as tv
 from coordinator.api import wire
-from coordinator.api.batch_errors import raise_if_outage, set_entry_error
+from coordinator.api.batch_errors import apply_entries, set_entry_error
 from coordinator.cancellation import raise_if_cancelled
 from coordinator.config import Settings
-from coordinator.errors import CoordinatorError, InvalidArgument
+from coordinator.errors import InvalidArgument
 from coordinator.events import EventHub
 from coordinator.task_models import TaskError, TaskState, TaskSubmission
-from coordinator.tasks import Report, ReportOutcome, Submitted, TaskStore
+from coordinator.tasks import Report, TaskStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -53,22 +53,10 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         self, request: task_pb2.SubmitTasksRequest, context: Context
     ) -> task_pb2.SubmitTasksResponse:
         tv.batch_entries(len(request.tasks), "tasks")
-        outcomes: list[Submitted | BaseException | None] = []
-        submissions: list[TaskSubmission] = []
-        for entry in request.tasks:
-            try:
-                submissions.append(self._submission(entry))
-                outcomes.append(None)  # filled in below, in order
-            except CoordinatorError as exc:
-                outcomes.append(exc)
-        stored = await self._store.submit_many(submissions) if submissions else []
-        raise_if_outage(stored)
-        queued = iter(stored)
+        outcomes = await apply_entries(request.tasks, self._submission, self._store.submit_many)
         response = task_pb2.SubmitTasksResponse()
         for outcome in outcomes:
             result = response.results.add()
-            if outcome is None:
-                outcome = next(queued)
             if isinstance(outcome, BaseException):
                 set_entry_error(result.error, outcome, "SubmitTasks")
             else:
@@ -178,22 +166,10 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         self, request: task_pb2.ReportTasksRequest, context: Context
     ) -> task_pb2.ReportTasksResponse:
         tv.batch_entries(len(request.reports), "reports")
-        outcomes: list[ReportOutcome | BaseException | None] = []
-        reports: list[Report] = []
-        for entry in request.reports:
-            try:
-                reports.append(self._report(entry))
-                outcomes.append(None)  # filled in below, in order
-            except CoordinatorError as exc:
-                outcomes.append(exc)
-        applied = await self._store.report_many(reports) if reports else []
-        raise_if_outage(applied)
-        taken = iter(applied)
+        outcomes = await apply_entries(request.reports, self._report, self._store.report_many)
         response = task_pb2.ReportTasksResponse()
         for outcome in outcomes:
             result = response.results.add()
-            if outcome is None:
-                outcome = next(taken)
             if isinstance(outcome, BaseException):
                 set_entry_error(result.error, outcome, "ReportTasks")
             else:
