@@ -412,6 +412,12 @@ def environment() -> dict[str, Any]:
     redis_version = subprocess.run(
         ["redis-server", "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
+
+    def git(*argv: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(REPO), *argv], capture_output=True, text=True, check=False
+        ).stdout.strip()
+
     return {
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
@@ -422,6 +428,10 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        # Figures of different commits (or of one commit at different hours on a shared
+        # machine) differ: record which code ran. The health check row is the machine's floor.
+        "git_commit": git("rev-parse", "--short", "HEAD") or "unknown",
+        "src_uncommitted_changes": bool(git("status", "--short", "src")),
         "note": "client, coordinator and redis-server share the machine",
     }
 
