@@ -245,27 +245,6 @@ class Dispatcher:
         finally:
             if holding:  # stopped or failed while holding the lock: free it for the others
                 await self._lock_scripts.dispatch_turn(keys=turn, args=["release", token, 0])
-        return assigned  # the holder will see the flag
-        again = True
-        try:
-            while again and not self._stopping.is_set():
-                assigned += await self._pass(snapshot)
-                if self._wake.is_set():  # asked on this node meanwhile: pass again at once
-                    self._wake.clear()
-                    snapshot = await self._snapshot(turn, token, "again")
-                    again = snapshot is not None
-                    continue
-                again = bool(
-                    await self._lock_scripts.dispatch_turn(
-                        keys=turn, args=["end", token, LOCK_TTL_MS]
-                    )
-                )
-                if again:
-                    snapshot = await self._snapshot()
-                    assert snapshot is not None
-        finally:
-            if again:  # stopped or failed while holding the lock: free it for the others
-                await self._lock_scripts.dispatch_turn(keys=turn, args=["release", token, 0])
         return assigned
 
     async def dispatch_pass(self) -> int:

@@ -20,7 +20,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -45,6 +45,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from coordinator import keys
+from coordinator.api.method_wrapping import WrappingInterceptor
 from coordinator.config import Settings
 from coordinator.task_models import PRIORITIES_MOST_URGENT_FIRST, TaskState
 
@@ -224,31 +225,13 @@ class TaskIndexCollector(Collector):
         self._redis.close()
 
 
-class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
+class RpcMetricsInterceptor(WrappingInterceptor):
     """Counts every unary and server-streaming call by its final status code, and times the
     unary ones. Placed first, so it sees the codes the error mapping chose."""
 
     def __init__(self, metrics: NodeMetrics) -> None:
+        super().__init__()
         self._metrics = metrics
-        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        # grpc asks the interceptors on every call: wrap each method once, not per call.
-        cached = self._wrapped.get(handler_call_details.method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None:  # an unknown method: its name comes from the client, not counted
-            return handler
-        wrapped = self._wrap(handler, handler_call_details.method)
-        self._wrapped[handler_call_details.method] = wrapped
-        return wrapped
 
     def _wrap(
         self, handler: grpc.RpcMethodHandler[Any, Any], full_method: str

@@ -9,7 +9,7 @@ with its traceback and answered INTERNAL (never UNKNOWN with a stack trace).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -28,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coordinator import errors
+from coordinator.api.method_wrapping import WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -133,36 +134,19 @@ async def _abort(
     await context.abort_with_status(rpc_status.to_status(status))
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+class ErrorMappingInterceptor(WrappingInterceptor):
     """Maps exceptions of the coordinator's handlers to status codes (see module docstring);
     ``on_redis_error`` is told the kind of every Redis error met (the node's metrics)."""
 
     def __init__(self, on_redis_error: RedisErrorCounter | None = None) -> None:
+        super().__init__()
         self._on_redis_error = on_redis_error
-        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        # grpc asks the interceptors on every call: wrap each method once, not per call.
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None:  # an unknown method: its name comes from the client, not kept
-            return handler
-        wrapped = self._wrap(handler, method) if method.startswith(OWN_SERVICES_PREFIX) else handler
-        self._wrapped[method] = wrapped
-        return wrapped
 
     def _wrap(
         self, handler: grpc.RpcMethodHandler[Any, Any], method: str
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        if not method.startswith(OWN_SERVICES_PREFIX):
+            return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method, self._on_redis_error),
