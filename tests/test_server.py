@@ -420,3 +420,32 @@ async def test_messages_over_the_configured_size_are_refused(start_node):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await node.agents.RegisterAgent(big)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_burst_the_node_cannot_take_at_once_is_queued_not_cancelled(spawn_node):
+    """gRPC core holds calls until the node takes them, and by default cancels them in
+    silence (CANCELLED, logged nowhere) beyond 1,000 waiting per method. A node that was
+    stalled under a burst serves every call late instead of dropping some."""
+    node = spawn_node()
+    node.wait_serving()
+    burst = 2500
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        await channel.channel_ready()
+        node.signal(signal.SIGSTOP)  # the burst arrives while the node cannot take it
+        try:
+            calls = [
+                asyncio.ensure_future(
+                    stub.GetAgent(agent_pb2.GetAgentRequest(agent_id=f"ghost-{i}"), timeout=60)
+                )
+                for i in range(burst)
+            ]
+            await asyncio.sleep(1.0)
+        finally:
+            node.signal(signal.SIGCONT)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    codes: dict[str, int] = {}
+    for outcome in outcomes:
+        assert isinstance(outcome, grpc.aio.AioRpcError), outcome
+        codes[outcome.code().name] = codes.get(outcome.code().name, 0) + 1
+    assert codes == {"NOT_FOUND": burst}

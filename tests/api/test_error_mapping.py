@@ -47,6 +47,14 @@ def test_codes(error, code):
     assert to_status(error).code == code
 
 
+def test_an_exhausted_connection_pool_is_overload_not_an_unreachable_redis():
+    status = to_status(ConnectionError("No connection available."))
+
+    assert status.code == code_pb2.UNAVAILABLE
+    assert "overloaded" in status.message and "unreachable" not in status.message
+    assert "unreachable" in to_status(ConnectionError("Connection refused")).message
+
+
 def test_invalid_argument_carries_bad_request_details():
     status = to_status(
         errors.InvalidArgument(

@@ -46,6 +46,10 @@ _CODES: dict[type[errors.CoordinatorError], grpc.StatusCode] = {
 REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
 """Redis cannot be reached, timed out, or is still loading its data."""
 
+POOL_EXHAUSTED = "No connection available."
+"""redis-py's message when no pooled connection came free in time: Redis is fine, the node
+is overloaded."""
+
 REDIS_WRITE_REFUSALS = (ReadOnlyError, OutOfMemoryError)
 """Redis answers but refuses writes: a replica after a failover, or maxmemory reached."""
 
@@ -87,6 +91,12 @@ def to_status(exc: BaseException) -> status_pb2.Status:
             )
             status.details.append(details)
         return status
+    if isinstance(exc, RedisConnectionError) and str(exc) == POOL_EXHAUSTED:
+        return status_pb2.Status(
+            code=code_pb2.UNAVAILABLE,
+            message="the node is overloaded: every one of its Redis connections stayed busy for "
+            "COORDINATOR_REDIS_TIMEOUT_S; retry later",
+        )
     if isinstance(exc, REDIS_OUTAGES):
         return status_pb2.Status(
             code=code_pb2.UNAVAILABLE,
