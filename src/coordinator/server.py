@@ -74,9 +74,6 @@ def connect_redis(settings: Settings, max_connections: int | None = None) -> Red
 MAX_PENDING_CALLS = 20_000
 """Calls gRPC core may hold for the node per method (room for 10,000 agents reconnecting)."""
 
-MAX_UNREQUESTED_S = 120
-"""How long a call may wait in gRPC core for the node: longer than any client deadline."""
-
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel options for long-lived agent streams and configurable message sizes."""
@@ -91,13 +88,13 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.max_ping_strikes", 2),
         # A node that cannot keep up queues calls in gRPC core until it takes them. Past
         # grpc.server.max_pending_requests (1,000 per method by default) core drops new calls
-        # at random, past the hard limit (3,000) all of them, and it drops calls waiting longer
-        # than grpc.server_max_unrequested_time_in_server (30 s): each drop reaches the client
-        # as CANCELLED "CANCELLED", logged nowhere. Queue instead: the client's deadline
-        # decides (DEADLINE_EXCEEDED, explicit). Equal limits turn off the random dropping.
+        # at random, past the hard limit (3,000) all of them: each drop reaches the client as
+        # CANCELLED "CANCELLED", logged nowhere. Queue instead: the client's deadline decides
+        # (DEADLINE_EXCEEDED, explicit). Equal limits turn off the random dropping. (Core
+        # still drops a call left waiting 30 s, grpc.server_max_unrequested_time_in_server,
+        # longer than the SDK's deadlines.)
         ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
         ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
-        ("grpc.server_max_unrequested_time_in_server", MAX_UNREQUESTED_S),
     ]
 
 
