@@ -32,14 +32,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from processes import die_with_parent, free_port, rss_kib, stop_process, wait_until
+from processes import CoordinatorNode, RedisServer, log_tail, rss_kib
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
 
@@ -75,125 +75,47 @@ class Stop(Exception):
 
 @dataclass
 class Children:
-    """The redis-server and coordinator processes this script owns."""
+    """The redis-server and coordinator node this script owns (bench/processes.py)."""
 
     workdir: Path
-    redis: subprocess.Popen[bytes] | None = None
-    coordinator: subprocess.Popen[bytes] | None = None
-    redis_port: int = 0
-    grpc_port: int = 0
+    redis: RedisServer = field(init=False)
+    node: CoordinatorNode | None = None
 
-    @property
-    def coordinator_log(self) -> Path:
-        return self.workdir / "coordinator.log"
+    def __post_init__(self) -> None:
+        self.redis = RedisServer(self.workdir)
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/1"
+        return self.redis.url(1)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        assert self.node is not None
+        return self.node.address
 
     def start_redis(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.redis_port = free_port()
-        self.redis = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--logfile",
-                "redis.log",
-            ],
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C goes to this script, which stops children in order
-            preexec_fn=die_with_parent,
-        )
-        client = redis.Redis(port=self.redis_port, socket_connect_timeout=0.2)
-
-        def pings() -> bool:
-            if self.redis is not None and self.redis.poll() is not None:
-                raise RuntimeError(f"redis-server exited; see {self.workdir / 'redis.log'}")
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        try:
-            wait_until(f"redis-server on port {self.redis_port}", pings, 10)
-        finally:
-            client.close()
+        self.redis.start()
 
     def start_coordinator(self, liveness_s: float, log_level: str) -> None:
-        self.grpc_port = free_port()
         env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("COORDINATOR_", "REDIS_URL", "NODE_ID"))
+            # Agents here never heartbeat: keep them ACTIVE and fully fresh for the run.
+            "COORDINATOR_HEARTBEAT_INTERVAL_S": str(liveness_s / 2),
+            "COORDINATOR_LIVENESS_TIMEOUT_S": str(liveness_s),
+            "COORDINATOR_LOG_LEVEL": log_level,
         }
-        env.update(
-            {
-                "REDIS_URL": self.redis_url,
-                "COORDINATOR_HOST": "127.0.0.1",
-                "COORDINATOR_PORT": str(self.grpc_port),
-                "NODE_ID": "bench-node",
-                # Agents here never heartbeat: keep them ACTIVE and fully fresh for the run.
-                "COORDINATOR_HEARTBEAT_INTERVAL_S": str(liveness_s / 2),
-                "COORDINATOR_LIVENESS_TIMEOUT_S": str(liveness_s),
-                "COORDINATOR_LOG_LEVEL": log_level,
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        log = self.coordinator_log.open("wb")
-        self.coordinator = subprocess.Popen(
-            [sys.executable, "-m", "coordinator", "serve"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-        log.close()
-
-        def serving() -> bool:
-            if self.coordinator is not None and self.coordinator.poll() is not None:
-                raise RuntimeError(f"the coordinator exited early:\n{self.log_tail()}")
-            with grpc.insecure_channel(self.address) as channel:
-                try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=1
-                    )
-                except grpc.RpcError:
-                    return False
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-        wait_until(f"the coordinator on {self.address}", serving, 30)
+        self.node = CoordinatorNode(self.workdir, "bench-node", self.redis_url, env)
+        self.node.start()
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.coordinator_log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.node.log, lines) if self.node is not None else "(no log)"
 
     def stop(self) -> dict[str, int | None]:
         """Coordinator first (SIGTERM, graceful), then Redis; returns their exit codes."""
         codes = {
-            "coordinator": stop_process(self.coordinator, timeout_s=20),
-            "redis": stop_process(self.redis, timeout_s=10),
+            "coordinator": self.node.stop() if self.node is not None else None,
+            "redis": self.redis.stop(),
         }
-        self.coordinator = self.redis = None
+        self.node = None
         return codes
 
 
@@ -295,8 +217,8 @@ def evalsha_usec_per_call(client: redis.Redis) -> float | None:
 
 
 async def run_benchmark(children: Children, args: argparse.Namespace) -> dict[str, Any]:
-    assert children.coordinator is not None
-    pid = children.coordinator.pid
+    assert children.node is not None
+    pid = children.node.pid
     admin = redis.Redis.from_url(children.redis_url)
     results: dict[str, Any] = {}
     try:
@@ -553,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         children.start_redis()
         children.start_coordinator(liveness_s, args.log_level)
         print(
-            f"redis-server on {children.redis_port}, coordinator on {children.address}", flush=True
+            f"redis-server on {children.redis.port}, coordinator on {children.address}", flush=True
         )
         results = asyncio.run(run_benchmark(children, args))
     except (KeyboardInterrupt, Stop) as exc:
