@@ -163,3 +163,18 @@ def spawn_node(redis_url: str) -> Iterator[Callable[..., CoordinatorProcess]]:
     yield spawn
     for process in processes:
         process.close()
+
+
+@pytest.fixture
+async def channel_to() -> AsyncIterator[Callable[[CoordinatorProcess], grpc.aio.Channel]]:
+    """``channel_to(process)``: an aio channel to a node, closed at the end of the test."""
+    channels: list[grpc.aio.Channel] = []
+
+    def make(process: CoordinatorProcess) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(process.address)
+        channels.append(channel)
+        return channel
+
+    yield make
+    for channel in channels:
+        await channel.close()

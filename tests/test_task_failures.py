@@ -11,7 +11,6 @@ import asyncio
 import collections
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -310,21 +309,6 @@ async def test_attempts_run_out_the_task_fails_into_the_dead_letter_list(start_n
 
 
 # --- nodes die or restart ---------------------------------------------------------------
-
-
-@pytest.fixture
-async def channel_to() -> AsyncIterator[Callable[[CoordinatorProcess], grpc.aio.Channel]]:
-    """``channel_to(process)``: an aio channel to a node, closed at the end of the test."""
-    channels: list[grpc.aio.Channel] = []
-
-    def make(process: CoordinatorProcess) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(process.address)
-        channels.append(channel)
-        return channel
-
-    yield make
-    for channel in channels:
-        await channel.close()
 
 
 async def start_nodes(

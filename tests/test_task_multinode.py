@@ -11,17 +11,14 @@ import collections
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
 
 import grpc
-import pytest
 import redis.asyncio as aioredis
 
 from agent_harness import AutoAgent, ScriptedAgent, submit_request
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
 from coordinator import keys
 from coordinator.config import load_settings
-from support import CoordinatorProcess
 
 PENDING = task_pb2.TASK_STATE_PENDING
 ASSIGNED = task_pb2.TASK_STATE_ASSIGNED
@@ -108,21 +105,6 @@ async def test_task_submitted_on_one_node_is_run_through_another_and_watched_the
     assert [t.state for t in seen] == [PENDING, ASSIGNED, RUNNING, COMPLETED]
     assert [t.state for t in seen[-1].transitions] == [PENDING, ASSIGNED, RUNNING, COMPLETED]
     assert [len(t.transitions) for t in seen] == [1, 2, 3, 4]
-
-
-@pytest.fixture
-async def channel_to() -> AsyncIterator[Callable[[CoordinatorProcess], grpc.aio.Channel]]:
-    """``channel_to(process)``: an aio channel to a node, closed at the end of the test."""
-    channels: list[grpc.aio.Channel] = []
-
-    def make(process: CoordinatorProcess) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(process.address)
-        channels.append(channel)
-        return channel
-
-    yield make
-    for channel in channels:
-        await channel.close()
 
 
 async def test_a_watch_whose_node_falls_behind_still_gets_every_transition(spawn_node, channel_to):
