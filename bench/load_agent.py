@@ -17,7 +17,8 @@ and reports nothing (the many-streams scenario: one task per agent).
 
 Writes ``OUT.ready`` once every agent's stream is ready, ``OUT.received`` once ``--expect``
 tasks have arrived, and on SIGTERM writes ``OUT``
-(JSON: records ``[task_id, agent_id, received_ns, completed_ns]``, errors) and exits.
+(JSON: records ``[task_id, agent_id, received_ns, completed_ns]``, errors, the stream
+messages and report calls counted) and exits.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Recorder:
         self.completed: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.repeats = 0
+        self.calls = {"stream_messages": 0, "report_calls": 0}
+        """Stream messages with assignments received, report calls made (raw mode)."""
         self.reporting: set[asyncio.Task[Any]] = set()
         """Completion calls in flight: finished before the report is written."""
         self._waiting = agents
@@ -97,6 +100,7 @@ class Recorder:
             ],
             "errors": self.errors,
             "repeated_deliveries": self.repeats,
+            "calls": self.calls,
         }
 
 
@@ -135,6 +139,7 @@ class BatchedCompletions:
                         for a in batch
                     ]
                 )
+                self._rec.calls["report_calls"] += 1
                 try:
                     reply = await self._tasks.ReportTasks(request, timeout=CALL_TIMEOUT_S)
                 except grpc.aio.AioRpcError as exc:
@@ -178,6 +183,7 @@ async def raw_agent(
                 await asyncio.sleep(0.1 * (attempt + 1))
 
     async def complete(assignment: agent_pb2.Assignment) -> None:
+        rec.calls["report_calls"] += 1
         try:
             await tasks.CompleteTask(
                 task_pb2.CompleteTaskRequest(
@@ -211,6 +217,8 @@ async def raw_agent(
     try:
         async for event in call:
             kind = event.WhichOneof("event")
+            if kind in ("assignment", "assignments"):
+                rec.calls["stream_messages"] += 1
             if kind == "assignment":
                 run(event.assignment)
             elif kind == "assignments":

@@ -17,7 +17,7 @@ task that fell due and was not sent yet. A task's submit time is when it fell du
 wait for a call counts in its latency.
 
 Writes ``--out`` (JSON: records ``[task_id, submitted_ns, replied_ns]``, errors counted per
-task) and exits.
+task, the number of calls made) and exits.
 """
 
 from __future__ import annotations
@@ -45,8 +45,11 @@ async def main_async(args: argparse.Namespace) -> None:
     requirements = task_pb2.TaskRequirements(capabilities=[CAPABILITY])
     records: list[tuple[str, int, int]] = []
     errors: dict[str, int] = {}
+    calls = 0
 
     async def submit(i: int) -> None:
+        nonlocal calls
+        calls += 1
         # Like the SDK's Client: a fresh request_id, so that a retry could not duplicate.
         request = task_pb2.SubmitTaskRequest(
             task_type="noop", requirements=requirements, request_id=uuid.uuid4().hex
@@ -60,6 +63,8 @@ async def main_async(args: argparse.Namespace) -> None:
         records.append((reply.task.task_id, submitted, time.time_ns()))
 
     async def submit_batch(first: int, size: int) -> None:
+        nonlocal calls
+        calls += 1
         requests = [
             task_pb2.SubmitTaskRequest(
                 task_type="noop", requirements=requirements, request_id=uuid.uuid4().hex
@@ -84,6 +89,8 @@ async def main_async(args: argparse.Namespace) -> None:
     async def submit_due(due: list[int]) -> None:
         """One SubmitTasks call for tasks that fell due at the times ``due`` (each task's
         submit time is when it fell due: the wait for the call counts)."""
+        nonlocal calls
+        calls += 1
         requests = [
             task_pb2.SubmitTaskRequest(
                 task_type="noop", requirements=requirements, request_id=uuid.uuid4().hex
@@ -187,6 +194,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 "finished_ns": finished,
                 "records": records,
                 "errors": errors,
+                "calls": calls,
             }
         )
     )

@@ -367,6 +367,22 @@ def join_times(
     return submitted, received, errors
 
 
+def tasks_per_call(
+    tasks: int, submits: list[dict[str, Any]], agents: list[dict[str, Any]]
+) -> dict[str, float]:
+    """How much each message carried on average: tasks per submit call, per stream message
+    with assignments, per report call (what batching the rate allowed)."""
+
+    def per(count: int) -> float:
+        return round(tasks / count, 2) if count else 0.0
+
+    return {
+        "submit": per(sum(s.get("calls", 0) for s in submits)),
+        "stream_message": per(sum(a.get("calls", {}).get("stream_messages", 0) for a in agents)),
+        "report": per(sum(a.get("calls", {}).get("report_calls", 0) for a in agents)),
+    }
+
+
 def check_all_completed(
     submitted: dict[str, int], received: dict[str, tuple[str, int, int]], expected: int
 ) -> None:
@@ -431,7 +447,8 @@ def task_run(
     finally:
         bench.stop_run()
     submits = [load(o) for o in submit_outs]
-    submitted, received, errors = join_times(submits, [load(o) for o in outs])
+    agent_reports = [load(o) for o in outs]
+    submitted, received, errors = join_times(submits, agent_reports)
     check_all_completed(submitted, received, accepted)
     first_submit = min(s["started_ns"] for s in submits)
     last_reply = max(t for s in submits for _, _, t in s["records"])
@@ -459,6 +476,7 @@ def task_run(
             node: {"before": rss_before[node], **after} for node, after in rss_after.items()
         },
         "tasks_per_agent": dict(sorted(per_agent.items())),
+        "tasks_per_call": tasks_per_call(accepted, submits, agent_reports),
         "errors": errors,
     }
 
@@ -670,6 +688,16 @@ def cpu_rows(title: str, agg: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(title, "CPU µs per task: nodes / Redis", value)]
 
 
+def batching_rows(title: str, agg: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Tasks per submit call, stream message and report call (absent from older results)."""
+    if "tasks_per_call.submit" not in agg:
+        return []
+    value = " / ".join(
+        fmt(agg, f"tasks_per_call.{m}") for m in ("submit", "stream_message", "report")
+    )
+    return [(title, "tasks per call: submit / stream message / report", value)]
+
+
 def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(scenario, figure, value) rows of the printed table and the README."""
     rows: list[tuple[str, str, str]] = []
@@ -687,6 +715,7 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]
                 (title, "Redis commands per task", fmt(agg, "redis_commands_per_task.total"))
             )
             rows.extend(cpu_rows(title, agg))
+            rows.extend(batching_rows(title, agg))
         elif key.startswith("latency"):
             for what, label in (
                 ("submit_to_assigned", "assigned"),
@@ -700,6 +729,7 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]
                 (title, "Redis commands per task", fmt(agg, "redis_commands_per_task.total"))
             )
             rows.extend(cpu_rows(title, agg))
+            rows.extend(batching_rows(title, agg))
             rows.append(
                 (title, "achieved completion rate, tasks/s", fmt(agg, "completed_per_s", 0))
             )
@@ -878,6 +908,9 @@ def main(argv: list[str] | None = None) -> int:
         default="coalesce",
         help="steady-rate submits: SubmitTasks with the tasks due meanwhile, or one SubmitTask each",
     )
+    parser.add_argument(
+        "--rates", help="steady-rate scenarios, tasks/s, comma-separated (200,1000; --quick: 200)"
+    )
     parser.add_argument("--log-level", default="INFO", help="the coordinator nodes' log level")
     parser.add_argument(
         "--arq-python",
@@ -893,6 +926,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.drain_tasks = args.drain_tasks
     if args.submit_batch:
         plan.submit_batch = args.submit_batch
+    if args.rates:
+        plan.rates = tuple(int(r) for r in args.rates.split(","))
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
