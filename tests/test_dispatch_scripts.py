@@ -11,7 +11,7 @@ from redis.exceptions import ResponseError
 
 from coordinator import keys
 from coordinator.config import Settings
-from coordinator.dispatcher import SNAPSHOT_ARGS
+from coordinator.dispatcher import snapshot_args
 from coordinator.registry import RECORD_FIELDS, AgentRegistry
 from coordinator.scripts import TaskScripts, run_batch
 from test_task_scripts import LIVENESS_MS, NODE, assign, make_agent, new_task, task_record
@@ -28,7 +28,9 @@ def registry(redis_client) -> AgentRegistry:
 
 
 async def snapshot(scripts):
-    now_ms, strategy, state, classes, rows, *_ = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
+    now_ms, strategy, state, classes, rows, *_ = await scripts.dispatch_snapshot(
+        args=snapshot_args()
+    )
     agents = sorted(dict(zip(RECORD_FIELDS, row, strict=True))["agent_id"] for row in rows)
     return int(now_ms), strategy, state, [sorted(c) for c in classes], agents
 
@@ -71,7 +73,7 @@ async def test_snapshot_rows_decode_into_agents(scripts, registry, redis_client)
     await new_task(scripts)
     await make_agent(registry, redis_client, "a", max_concurrency=3)
     now_ms, *_ = await snapshot(scripts)
-    rows = (await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS))[4]
+    rows = (await scripts.dispatch_snapshot(args=snapshot_args()))[4]
 
     (agent,) = registry.decode_records(rows, now_ms)
 
@@ -83,7 +85,8 @@ async def test_snapshot_has_the_first_tasks_of_each_waiting_class(scripts, regis
     c1 = await new_task(scripts, requirements_class="c1")
     urgent = await new_task(scripts, priority="URGENT", requirements_class="c0")
     await make_agent(registry, redis_client, "a", max_concurrency=10)
-    limited = [2, *SNAPSHOT_ARGS[1:]]  # at most 2 per class
+    token, _, *rest = snapshot_args()
+    limited = [token, 2, *rest]  # at most 2 per class
 
     *_, classes, _, heads, limit = await scripts.dispatch_snapshot(args=limited)
 
@@ -102,7 +105,7 @@ async def test_snapshot_reads_no_task_while_no_agent_has_a_free_slot(
     await make_agent(registry, redis_client, "busy", max_concurrency=1)
     await redis_client.hset(keys.agent("busy"), "active_tasks", 1)
 
-    *_, classes, agents, heads, limit = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
+    *_, classes, agents, heads, limit = await scripts.dispatch_snapshot(args=snapshot_args())
 
     assert classes[3] == ["c0"] and len(agents) == 1
     assert heads == [[]] * 5 and limit == 0
@@ -117,7 +120,7 @@ async def test_snapshot_reads_no_more_tasks_per_class_than_there_are_free_slots(
     await redis_client.hset(keys.agent("a"), "active_tasks", 1)
     await redis_client.hset(keys.agent("b"), "status", "MAINTENANCE")  # its slots do not count
 
-    *_, heads, limit = await scripts.dispatch_snapshot(args=SNAPSHOT_ARGS)
+    *_, heads, limit = await scripts.dispatch_snapshot(args=snapshot_args())
 
     assert limit == 3
     assert [h[0] for h in heads[3][0]] == tasks[:3]
@@ -220,3 +223,17 @@ async def test_old_style_assign_still_publishes(scripts, registry, redis_client)
     await make_agent(registry, redis_client, "a")
 
     assert (await assign(scripts, task_id, "a"))[:2] == ["ok", 1]
+
+
+async def test_snapshot_with_a_turn_token_reads_only_for_the_turn_holder(
+    scripts, registry, redis_client
+):
+    await new_task(scripts)
+    await make_agent(registry, redis_client, "a")
+    await redis_client.set(keys.DISPATCH_LOCK, "other-node")
+
+    assert await scripts.dispatch_snapshot(args=snapshot_args("this-node")) is None
+
+    await redis_client.set(keys.DISPATCH_LOCK, "this-node")
+    *_, classes, rows, _, _ = await scripts.dispatch_snapshot(args=snapshot_args("this-node"))
+    assert classes[3] and len(rows) == 1

@@ -7,7 +7,10 @@ skips that whole class, so a task that no agent can take never delays any other 
 
 Every node runs a dispatcher. The node that queues a task or frees a slot (a submit, a
 report, a cancel, a reaper round, a stream opening) asks its own dispatcher for a pass, and
-each also runs a pass every few hundred milliseconds. Only the node holding
+each also runs a pass every few hundred milliseconds. A submit to a node that is not
+passing asks for the turn and reads the pass's snapshot in the round trip that queues its
+tasks (``Dispatcher.offer_turn``), so a task on an idle cluster is assigned one round trip
+after it is queued. Only the node holding
 ``coordinator:lock:dispatch`` runs passes; the others set ``coordinator:dispatch:wanted``,
 and the holder keeps passing until that flag stays clear, so no request is lost, whichever
 node it came from, without any pub/sub message. The lock is an efficiency device, not a safety one: each assignment
@@ -37,7 +40,7 @@ from coordinator.config import Settings
 from coordinator.metrics import NodeMetrics
 from coordinator.models import Agent, AgentStatus
 from coordinator.registry import RECORD_FIELDS, AgentRegistry
-from coordinator.scripts import ScriptCall, Scripts, TaskScripts, run_batch
+from coordinator.scripts import Rider, ScriptCall, Scripts, TaskScripts, run_batch
 from coordinator.task_models import PRIORITIES_MOST_URGENT_FIRST, Requirements
 from coordinator.tasks import TaskStore
 
@@ -55,14 +58,19 @@ STOP_WAIT_S = 2.0
 
 AGENT_REFUSALS = ("agent_gone", "agent_unavailable", "agent_full")
 
-SNAPSHOT_ARGS = [
+_SNAPSHOT_ARGS = [
     HEADS_PER_CLASS,
     len(PRIORITIES_MOST_URGENT_FIRST),
     *(priority.name for priority in PRIORITIES_MOST_URGENT_FIRST),
     *RECORD_FIELDS,
 ]
-"""The ARGV of ``lua/dispatch_snapshot.lua``: heads per class, the priorities, the agent
-fields."""
+
+
+def snapshot_args(turn_token: str = "") -> list[Any]:
+    """The ARGV of ``lua/dispatch_snapshot.lua``: the turn token (read only while holding
+    the turn), heads per class, the priorities, the agent fields."""
+    return [turn_token, *_SNAPSHOT_ARGS]
+
 
 LocalDelivery = Callable[[dict[str, Any]], None]
 """Sends an assignment message of ``lua/assign_task.lua`` to a stream this node holds."""
@@ -136,6 +144,29 @@ class _Snapshot:
 
 
 @dataclass(frozen=True)
+class _Turn:
+    """A dispatch turn a submit took, with the snapshot read in its round trip."""
+
+    token: str
+    requests: int
+    """``Dispatcher.request`` calls made before the snapshot was read (it serves them)."""
+    snapshot: _Snapshot | None
+    """None when it must be read again (see ``_turn_without_snapshot``)."""
+
+
+_TURN_KEYS = [keys.DISPATCH_LOCK, keys.DISPATCH_WANTED]
+"""KEYS of ``lua/dispatch_turn.lua``."""
+
+
+def _turn_without_snapshot(replies: Sequence[Any]) -> bool:
+    """Whether the replies of ``Dispatcher._snapshot_calls`` give the turn but no snapshot:
+    the turn's script ran after the snapshot's, sent again once Redis had loaded it (after
+    a NOSCRIPT), so the snapshot saw another holder. The turn is held: read it again."""
+    *turn_reply, reply = replies
+    return bool(turn_reply) and bool(turn_reply[0]) and not reply
+
+
+@dataclass(frozen=True)
 class _Waiting:
     """A task at the head of its queue, with what choosing its agent needs."""
 
@@ -169,12 +200,53 @@ class Dispatcher:
         self._lock_scripts = Scripts(redis)
         self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
         self._wake = asyncio.Event()
+        self._requests = 0
+        """Requests so far: a pass serves those made before its snapshot was read."""
+        self._passing = False
+        self._handed: _Turn | None = None
+        """A turn taken in a submit's round trip, for the loop to pass from."""
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._releasing: set[asyncio.Task[Any]] = set()
 
     def request(self) -> None:
         """Ask for a pass soon (cheap; many requests coalesce into one pass)."""
+        self._requests += 1
         self._wake.set()
+
+    def offer_turn(self) -> Rider | None:
+        """The calls that take the turn and read the snapshot in the same round trip as a
+        submit (after its scripts), and what takes their replies: then the pass needs no
+        round trip of its own before it assigns. None while this node passes, or has a turn
+        waiting to be passed, or is not dispatching: ``request`` instead."""
+        if (
+            self._task is None
+            or self._passing
+            or self._handed is not None
+            or self._stopping.is_set()
+        ):
+            return None
+        token = uuid.uuid4().hex
+        requests = self._requests
+        calls = self._snapshot_calls(_TURN_KEYS, token, "begin")
+
+        def take(replies: list[Any], after_the_submits: bool) -> None:
+            if any(isinstance(r, Exception) for r in replies):
+                self.request()  # the usual way, then
+                return
+            snapshot = self._parse_snapshot(replies)
+            if snapshot is None and not _turn_without_snapshot(replies):
+                return  # another node's turn: it saw the 'wanted' flag
+            if self._stopping.is_set() or self._handed is not None:
+                self._release_soon(token)
+                self.request()
+                return
+            self._handed = _Turn(token, requests, snapshot)
+            self._wake.set()
+            if not after_the_submits:  # a submit ran after the snapshot: pass again after
+                self.request()
+
+        return calls, take
 
     def start(self) -> None:
         """Begin dispatching in the background."""
@@ -196,6 +268,18 @@ class Dispatcher:
             except TimeoutError:
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        handed, self._handed = self._handed, None
+        if handed is not None:  # taken by a submit but never passed: free it for the others
+            self._release_soon(handed.token)
+        await asyncio.gather(*self._releasing, return_exceptions=True)
+
+    def _release_soon(self, token: str) -> None:
+        """Hand back a turn that will not be passed, in the background."""
+        task = asyncio.create_task(
+            self._lock_scripts.dispatch_turn(keys=_TURN_KEYS, args=["release", token, 0])
+        )
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -206,8 +290,9 @@ class Dispatcher:
             if self._stopping.is_set():
                 return
             self._wake.clear()
+            handed, self._handed = self._handed, None
             try:
-                await self.dispatch()
+                await self.dispatch(handed)
             except Exception as exc:
                 if not redis_unavailable(exc):
                     log.exception("dispatch failed")
@@ -215,24 +300,38 @@ class Dispatcher:
                     log.debug("dispatch skipped: Redis unavailable (%r)", exc)
                 await asyncio.sleep(self._settings.task_timer_interval_s)
 
-    async def dispatch(self) -> int:
+    async def dispatch(self, handed: _Turn | None = None) -> int:
         """Make sure a pass runs after this call: here, or on the node holding the lock.
+        With ``handed`` (a turn a submit took, see ``offer_turn``), pass from its snapshot.
 
         Returns the number of tasks this node assigned.
         """
+        self._passing = True
+        try:
+            return await self._take_turns(handed)
+        finally:
+            self._passing = False
+
+    async def _take_turns(self, handed: _Turn | None) -> int:
         assigned = 0
-        token = uuid.uuid4().hex
-        turn = [keys.DISPATCH_LOCK, keys.DISPATCH_WANTED]
-        # Asking for the turn and reading the snapshot share one round trip: the holder
-        # needs the snapshot at once, and another node's request costs a few reads more.
-        snapshot = await self._snapshot(turn, token, "begin")
-        if snapshot is None:
-            return assigned  # the holder will see the flag
+        turn = _TURN_KEYS
+        if handed is None:
+            token, served = uuid.uuid4().hex, self._requests
+            # Asking for the turn and reading the snapshot share one round trip: the holder
+            # needs the snapshot at once, and another node's request costs one read more.
+            snapshot = await self._snapshot(turn, token, "begin")
+            if snapshot is None:
+                return assigned  # the holder will see the flag
+        else:
+            token, served, snapshot = handed.token, handed.requests, handed.snapshot
+            if snapshot is None:
+                snapshot = await self._snapshot(turn, token, "again")
         holding = True
         try:
             while snapshot is not None and not self._stopping.is_set():
                 assigned += await self._pass(snapshot)
-                if self._wake.is_set():  # asked on this node meanwhile: pass again at once
+                if self._requests != served:  # asked on this node meanwhile: again at once
+                    served = self._requests
                     self._wake.clear()
                     snapshot = await self._snapshot(turn, token, "again")
                     holding = snapshot is not None
@@ -260,18 +359,24 @@ class Dispatcher:
         """Read what a pass starts from; with ``turn`` (the turn's keys, this node's token
         and 'begin' or 'again'), ask for the turn in the same round trip: None when another
         node has it."""
+        replies = await run_batch(self._redis, self._snapshot_calls(turn, token, action))
+        if _turn_without_snapshot(replies):
+            replies = await run_batch(self._redis, self._snapshot_calls(turn, token, "again"))
+        return self._parse_snapshot(replies)
+
+    def _snapshot_calls(self, turn: list[str] | None, token: str, action: str) -> list[ScriptCall]:
+        """The calls of ``_snapshot``: the turn first (with ``turn``), then the snapshot,
+        which reads nothing unless that turn was given."""
         calls: list[ScriptCall] = []
         if turn is not None:
             calls.append((self._lock_scripts.dispatch_turn, turn, [action, token, LOCK_TTL_MS]))
-        calls.append(
-            (
-                self._scripts.dispatch_snapshot,
-                [],
-                SNAPSHOT_ARGS,
-            )
-        )
-        *turn_reply, reply = await run_batch(self._redis, calls)
-        if turn_reply and not turn_reply[0]:
+        calls.append((self._scripts.dispatch_snapshot, [], snapshot_args(token if turn else "")))
+        return calls
+
+    def _parse_snapshot(self, replies: Sequence[Any]) -> _Snapshot | None:
+        """The snapshot from the replies of ``_snapshot_calls``; None without the turn."""
+        *turn_reply, reply = replies
+        if (turn_reply and not turn_reply[0]) or not reply:
             return None
         now_ms, stored_strategy, raw_state, class_sets, rows, heads, heads_limit = reply
         free = {

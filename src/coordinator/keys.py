@@ -207,6 +207,7 @@ TASK_SCRIPT_KEYS = {
     "task_channel": TASK_CHANNEL_PREFIX,
     "balancing_strategy": BALANCING_STRATEGY,
     "balancer_state": BALANCER_STATE,
+    "dispatch_lock": DISPATCH_LOCK,
 }
 """The keys and prefixes the task scripts use, by the name they have in the Lua table ``K``."""
 

@@ -11,7 +11,7 @@ known there; like the registry's, they need a single Redis, not Redis Cluster.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -114,9 +114,19 @@ class TaskScripts:
 ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
 """One call of a script in a batch: the script, its KEYS and its ARGV."""
 
+Rider = tuple[list[ScriptCall], Callable[[list[Any], bool], None]]
+"""Script calls that ride at the end of another batch, to share its round trip, and the
+function that takes their replies (errors included, as exception objects) and whether they
+ran after every call of the batch: False when one of those had to be sent again after the
+rider's (its script was loaded after a NOSCRIPT)."""
+
 
 async def run_batch(
-    redis: Redis, calls: Sequence[ScriptCall], *, raise_on_error: bool = True
+    redis: Redis,
+    calls: Sequence[ScriptCall],
+    *,
+    raise_on_error: bool = True,
+    rider: Rider | None = None,
 ) -> list[Any]:
     """Run many script calls in one pipeline: one round trip.
 
@@ -126,14 +136,19 @@ async def run_batch(
     a call refused with NOSCRIPT did not run, so it is sent again. Returns the replies in
     order. A script's error is raised (the first), like a single call's, or with
     ``raise_on_error=False`` left in its place so that the other replies are not lost; an
-    outage (no connection, a timeout) always raises.
+    outage (no connection, a timeout) always raises. A ``rider``'s calls run after
+    ``calls``, and its replies go to its function, not into the result.
     """
+    own = len(calls)
+    if rider is not None:
+        calls = [*calls, *rider[0]]
     if not calls:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
+    first_replies = list(replies)
     for i, reply in enumerate(replies):
         if isinstance(reply, NoScriptError):
             script, keys, args = calls[i]
@@ -141,6 +156,9 @@ async def run_batch(
                 replies[i] = await script(keys=keys, args=args)  # loads it, then runs it
             except ResponseError as exc:
                 replies[i] = exc
+    if rider is not None:
+        replies, ridden = replies[:own], replies[own:]
+        rider[1](ridden, not any(isinstance(r, NoScriptError) for r in first_replies[:own]))
     if raise_on_error:
         for reply in replies:
             if isinstance(reply, Exception):

@@ -32,6 +32,7 @@ from coordinator.metrics import NodeMetrics, RpcMetricsInterceptor
 from coordinator.reaper import TaskReaper
 from coordinator.redis_packing import PACKED_CLASSES
 from coordinator.registry import AgentRegistry
+from coordinator.scripts import Rider
 from coordinator.streams import AssignmentStreams
 from coordinator.tasks import TaskStore
 
@@ -105,7 +106,12 @@ class Coordinator:
         self.settings = settings
         self.redis = connect_redis(settings)
         self.registry = AgentRegistry(self.redis, settings)
-        self.tasks = TaskStore(self.redis, settings, wake_dispatcher=self._wake_dispatcher)
+        self.tasks = TaskStore(
+            self.redis,
+            settings,
+            wake_dispatcher=self._wake_dispatcher,
+            offer_dispatch_turn=self._offer_dispatch_turn,
+        )
         self.streams = AssignmentStreams(
             self.redis, self.tasks, settings.node_id, resync_s=settings.heartbeat_interval_s
         )
@@ -215,6 +221,10 @@ class Coordinator:
     def _wake_dispatcher(self) -> None:
         """A task was queued or a slot freed through this node: pass soon."""
         self.dispatcher.request()
+
+    def _offer_dispatch_turn(self) -> Rider | None:
+        """Tasks are about to be queued through this node: start a pass in that round trip."""
+        return self.dispatcher.offer_turn()
 
     def _resynchronise(self) -> None:
         """After the pub/sub connection (re)connects: look in Redis for what was missed."""

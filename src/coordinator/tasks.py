@@ -28,7 +28,7 @@ from coordinator.balancing import Strategy
 from coordinator.config import Settings
 from coordinator.errors import CoordinatorError, FailedPrecondition, NotFound
 from coordinator.registry import epoch_ms
-from coordinator.scripts import TaskScripts, run_batch
+from coordinator.scripts import Rider, TaskScripts, run_batch
 from coordinator.task_models import (
     PRIORITIES_MOST_URGENT_FIRST,
     Attempt,
@@ -130,7 +130,11 @@ class TaskStore:
     """Tasks, queues and statistics, shared by every node that uses the same Redis."""
 
     def __init__(
-        self, redis: Redis, settings: Settings, wake_dispatcher: Callable[[], None] | None = None
+        self,
+        redis: Redis,
+        settings: Settings,
+        wake_dispatcher: Callable[[], None] | None = None,
+        offer_dispatch_turn: Callable[[], Rider | None] | None = None,
     ) -> None:
         self._redis = redis
         self._settings = settings
@@ -139,17 +143,21 @@ class TaskStore:
         # Called when a task joined a queue or a slot came free: the node asks its own
         # dispatcher for a pass (the dispatch turn reaches whichever node is passing).
         self._wake_dispatcher = wake_dispatcher or (lambda: None)
+        # Asked when tasks are queued: the calls that start a pass in the same round trip
+        # (Dispatcher.offer_turn), or None to wake the dispatcher as above.
+        self._offer_dispatch_turn = offer_dispatch_turn or (lambda: None)
 
     # --- clients --------------------------------------------------------------------------
 
     async def submit(self, submission: TaskSubmission) -> tuple[Task, bool]:
         """Queue a task; with a request_id seen within the window, return that task instead."""
         s = submission
-        reply = await self._scripts.submit_task(args=self._submit_args(s))
+        (reply,) = await self._queue([s])
+        if isinstance(reply, Exception):
+            raise reply
         task_id = reply[1]
         if not reply[0]:
             return await self.get(task_id), False
-        self._wake_dispatcher()
         _log_submitted(s, task_id)
         return _as_submitted(s, task_id, created_at_ms=int(reply[2]), seq=int(reply[3])), True
 
@@ -160,9 +168,7 @@ class TaskStore:
         entry per submission, in order: what became of it, or the Redis error its script met
         (an outage raises instead: some tasks may have been queued, and a retry with the
         same request_ids is safe)."""
-        replies = await self._run_each(
-            self._scripts.submit_task, [self._submit_args(s) for s in submissions]
-        )
+        replies = await self._queue(submissions)
         outcomes: list[Submitted | Exception] = []
         for s, reply in zip(submissions, replies, strict=True):
             if isinstance(reply, Exception):
@@ -172,8 +178,22 @@ class TaskStore:
             if created:
                 _log_submitted(s, reply[1])
             outcomes.append(Submitted(reply[1], created, int(reply[2])))
-        self._wake_dispatcher()
         return outcomes
+
+    async def _queue(self, submissions: Sequence[TaskSubmission]) -> list[Any]:
+        """Run ``lua/submit_task.lua`` for each submission in one round trip (the replies,
+        a refused call as its exception object), then have them dispatched: the dispatch
+        turn and snapshot ride in that round trip when this node's dispatcher offers them."""
+        turn = self._offer_dispatch_turn()
+        replies = await run_batch(
+            self._redis,
+            [(self._scripts.submit_task, [], self._submit_args(s)) for s in submissions],
+            raise_on_error=False,
+            rider=turn,
+        )
+        if turn is None:
+            self._wake_dispatcher()
+        return replies
 
     def _submit_args(self, s: TaskSubmission) -> list[Any]:
         """ARGV of ``lua/submit_task.lua`` for one submission (with a fresh task id)."""

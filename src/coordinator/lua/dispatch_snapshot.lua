@@ -6,10 +6,13 @@
 -- by the caller from these fields (the assignment script checks everything again). With
 -- no task waiting no agent is read, and with no ACTIVE agent with a free slot no task.
 --
--- ARGV[1]      most tasks per class (fewer when the free slots are fewer)
--- ARGV[2]      n, the number of priorities
--- ARGV[3..n+2] priority names, most urgent first
--- ARGV[n+3..]  the agent record fields to return, in this order (with status,
+-- ARGV[1]      the caller's dispatch turn token, or '': with a token, nothing is read
+--              unless the caller holds the turn (it was asked for earlier in the same
+--              round trip, lua/dispatch_turn.lua), and the reply is then false
+-- ARGV[2]      most tasks per class (fewer when the free slots are fewer)
+-- ARGV[3]      n, the number of priorities
+-- ARGV[4..n+3] priority names, most urgent first
+-- ARGV[n+4..]  the agent record fields to return, in this order (with status,
 --              active_tasks and max_concurrency among them)
 -- Returns      {now_ms, stored strategy or '', balancer state or '',
 --               {{classes of priority 1}, ..., {classes of priority n}},
@@ -18,18 +21,24 @@
 --               the most tasks read per class}
 --              where the heads of a class are {{task_id, seq, requirements, strategy,
 --              routing_key}, ...} as in lua/queue_heads.lua (none without agents)
-local limit = tonumber(ARGV[1])
-local priority_count = tonumber(ARGV[2])
+local turn_token = ARGV[1]
+local limit = tonumber(ARGV[2])
+local priority_count = tonumber(ARGV[3])
+local first_priority = 4
+local last_priority = priority_count + 3
+if turn_token ~= '' and redis.call('GET', K.dispatch_lock) ~= turn_token then
+  return false  -- another node's turn: it passes again (the 'wanted' flag)
+end
 local fields = {}
 local at = {}
-for i = priority_count + 3, #ARGV do
+for i = last_priority + 1, #ARGV do
   fields[#fields + 1] = ARGV[i]
   at[ARGV[i]] = #fields
 end
 
 local classes = {}
 local waiting = false
-for i = 3, priority_count + 2 do
+for i = first_priority, last_priority do
   classes[#classes + 1] = redis.call('SMEMBERS', K.classes .. ARGV[i])
   waiting = waiting or #classes[#classes] > 0
 end
@@ -57,10 +66,10 @@ end
 -- No more tasks of one class than could be assigned now.
 limit = math.min(limit, free_slots)
 local heads = {}
-for i = 3, priority_count + 2 do
+for i = first_priority, last_priority do
   local their_heads = {}
   if limit > 0 then  -- with no agent to choose, the tasks are not needed either
-    for _, class in ipairs(classes[i - 2]) do
+    for _, class in ipairs(classes[i - first_priority + 1]) do
       their_heads[#their_heads + 1] = class_heads(ARGV[i], class, '-inf', limit)
     end
   end
