@@ -15,7 +15,7 @@ SubmitTasks call with whatever else fell due while the previous call was out (2 
 most at once; ``--latency-client unary``: one SubmitTask per task). The agents report
 through ReportTasks and take several assignments per stream message (bench/load_agent.py).
 
-    make bench                       # everything: 6 minutes on 2 cores
+    make bench                       # everything: about 5 minutes on 2 cores
     make bench ARGS=--quick          # a smoke run: small counts, one run each
     python bench/run_benchmarks.py --scenarios drain,arq --runs 1
 
