@@ -10,8 +10,7 @@ report, a cancel, a reaper round, a stream opening) asks its own dispatcher for 
 each also runs a pass every few hundred milliseconds. A submit to a node that is not
 passing asks for the turn and reads the pass's snapshot in the round trip that queues its
 tasks (``Dispatcher.offer_turn``), so a task on an idle cluster is assigned one round trip
-after it is queued. Only the node holding
-``coordinator:lock:dispatch`` runs passes; the others set ``coordinator:dispatch:wanted``,
+after it is queued. Only the node holding ``coordinator:lock:dispatch`` runs passes; the others set ``coordinator:dispatch:wanted``,
 and the holder keeps passing until that flag stays clear, so no request is lost, whichever
 node it came from, without any pub/sub message. The lock is an efficiency device, not a safety one: each assignment
 is one script that re-checks the task and the agent, so two passes racing (a lock that
@@ -275,11 +274,15 @@ class Dispatcher:
 
     def _release_soon(self, token: str) -> None:
         """Hand back a turn that will not be passed, in the background."""
-        task = asyncio.create_task(
-            self._lock_scripts.dispatch_turn(keys=_TURN_KEYS, args=["release", token, 0])
-        )
+        task = asyncio.create_task(self._release(token))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, token: str) -> None:
+        try:
+            await self._lock_scripts.dispatch_turn(keys=_TURN_KEYS, args=["release", token, 0])
+        except Exception as exc:  # the node is closing Redis: the lock expires by itself
+            log.debug("dispatch turn not handed back (it expires): %r", exc)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
