@@ -22,6 +22,7 @@ from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_g
 from coordinator import reflection
 from coordinator.api.agent_service import AgentService
 from coordinator.api.error_mapping import ErrorMappingInterceptor
+from coordinator.api.serialized_replies import SerializedRepliesInterceptor
 from coordinator.api.task_service import TaskService
 from coordinator.config import Settings
 from coordinator.dispatcher import Dispatcher
@@ -136,6 +137,8 @@ class Coordinator:
             interceptors=[
                 RpcMetricsInterceptor(self.metrics),
                 ErrorMappingInterceptor(on_redis_error=self.metrics.count_redis_error),
+                # Last, so that the others keep the serializer it gives DiscoverAgents.
+                SerializedRepliesInterceptor(),
             ],
             options=server_options(settings),
         )

@@ -45,25 +45,34 @@ def make_agent(agent_id: str, **changes) -> Agent:
     return Agent(**{**fields, **changes})
 
 
-def test_agents_to_proto_is_agent_to_proto_of_each_also_when_asked_again():
+def parsed_reply(agents, token="", total=0) -> agent_pb2.DiscoverAgentsResponse:
+    return agent_pb2.DiscoverAgentsResponse.FromString(wire.discover_reply(agents, token, total))
+
+
+def test_discover_reply_is_the_serialized_response_also_when_asked_again():
     agents = [make_agent("a"), make_agent("b", status=AgentStatus.BUSY, health_score=0.5)]
-    for _ in range(2):  # the second time from the messages kept for these agents
-        assert wire.agents_to_proto(agents) == [wire.agent_to_proto(a) for a in agents]
+    expected = agent_pb2.DiscoverAgentsResponse(
+        agents=[wire.agent_to_proto(a) for a in agents], next_page_token="next", total_size=300
+    )
+    for _ in range(2):  # the second time from the bytes kept for these agents
+        assert parsed_reply(agents, "next", 300) == expected
+    assert parsed_reply([]) == agent_pb2.DiscoverAgentsResponse()
+    assert list(parsed_reply(agents[::-1]).agents) == list(expected.agents)[::-1]
 
 
-def test_a_message_is_kept_only_for_the_agent_object_it_was_built_from():
+def test_bytes_are_kept_only_for_the_agent_object_they_were_built_from():
     # Agents die and new ones are made, often at the address (id) of a dead one: each must
-    # get its own message, never one built for an earlier agent.
+    # get its own bytes, never those built for an earlier agent.
     for i in range(300):
         agent = make_agent(f"agent-{i}", active_tasks=i % 3)
-        (message,) = wire.agents_to_proto([agent])
+        (message,) = parsed_reply([agent]).agents
         assert (message.agent_id, message.active_tasks) == (f"agent-{i}", i % 3)
         del agent, message
 
 
-def test_kept_messages_do_not_keep_agents_alive():
+def test_kept_bytes_do_not_keep_agents_alive():
     agent = make_agent("a")
-    wire.agents_to_proto([agent])
+    wire.discover_reply([agent], "", 1)
     alive = weakref.ref(agent)
     del agent
     gc.collect()

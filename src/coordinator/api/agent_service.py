@@ -106,7 +106,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     async def DiscoverAgents(
         self, request: agent_pb2.DiscoverAgentsRequest, context: Context
-    ) -> agent_pb2.DiscoverAgentsResponse:
+    ) -> bytes:
+        """A DiscoverAgentsResponse, already serialized (``wire.discover_reply``)."""
         query = validation.discover_query(
             statuses=[wire.status_from_proto(s) for s in request.statuses],
             agent_type=request.agent_type,
@@ -118,11 +119,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             page_token=request.page_token,
         )
         page = await self._registry.discover(query)
-        return agent_pb2.DiscoverAgentsResponse(
-            agents=wire.agents_to_proto(page.agents),
-            next_page_token=page.next_page_token,
-            total_size=page.total_size,
-        )
+        return wire.discover_reply(page.agents, page.next_page_token, page.total_size)
 
     async def StreamAssignments(
         self, request: agent_pb2.StreamAssignmentsRequest, context: Context

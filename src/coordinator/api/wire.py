@@ -4,7 +4,7 @@ types except the servicers, which call these functions at the boundary."""
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -57,36 +57,40 @@ def duration_from_s(seconds: float) -> Duration:
     return duration
 
 
-_agent_messages: dict[int, tuple[weakref.ref[Agent], agent_pb2.Agent]] = {}
-"""id(agent) -> (a weak reference to the agent, its wire form), for as long as the agent lives."""
-
-
 def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
     """The wire form of an agent: a new message of the caller's own."""
     return _build_agent(agent)
 
 
-def agents_to_proto(agents: Iterable[Agent]) -> list[agent_pb2.Agent]:
-    """The wire forms of agents, for the repeated field of a reply's constructor, which copies
-    them (as ``extend`` would). The messages are shared: never change them.
+def discover_reply(agents: Sequence[Agent], next_page_token: str, total_size: int) -> bytes:
+    """A DiscoverAgentsResponse, serialized: the handler returns it as it is
+    (``api/serialized_replies.py``).
 
     An Agent is immutable, and the registry hands out the same Agent object for a record that
-    has not changed (``AgentRegistry._decode_row``). So the message built for an agent is kept
-    while that object lives, and a discovery that finds the same agents again copies their
-    messages instead of building them (building took some 20 times as long as copying).
+    has not changed (``AgentRegistry._decode_row``). So each agent's entry of the reply's
+    ``agents`` field is serialized once and kept while that object lives, and a discovery
+    that finds the same agents again joins their bytes: protobuf parses concatenated
+    encodings as one message, the repeated field's entries in order. Copying 50 kept
+    messages into a reply and serializing it took about a third of a discovery's node time.
     """
-    return [_agent_message(agent) for agent in agents]
+    rest = agent_pb2.DiscoverAgentsResponse(next_page_token=next_page_token, total_size=total_size)
+    return b"".join([*(_agent_entry(agent) for agent in agents), rest.SerializeToString()])
 
 
-def _agent_message(agent: Agent) -> agent_pb2.Agent:
+_agent_entries: dict[int, tuple[weakref.ref[Agent], bytes]] = {}
+"""id(agent) -> (a weak reference to the agent, the serialized DiscoverAgentsResponse that
+holds only that agent), for as long as the agent lives."""
+
+
+def _agent_entry(agent: Agent) -> bytes:
     key = id(agent)
-    entry = _agent_messages.get(key)
+    entry = _agent_entries.get(key)
     if entry is not None and entry[0]() is agent:
         return entry[1]
-    message = _build_agent(agent)
+    data = agent_pb2.DiscoverAgentsResponse(agents=[_build_agent(agent)]).SerializeToString()
     # The entry goes when the agent does, before its id can be given to another object.
-    _agent_messages[key] = (weakref.ref(agent, lambda _: _agent_messages.pop(key, None)), message)
-    return message
+    _agent_entries[key] = (weakref.ref(agent, lambda _: _agent_entries.pop(key, None)), data)
+    return data
 
 
 def _build_agent(agent: Agent) -> agent_pb2.Agent:
