@@ -461,6 +461,10 @@ def task_run(
         "submits_refused": expected - accepted,
         "submit_per_s": round(accepted / ((last_reply - first_submit) / 1e9), 1),
         "completed_per_s": round(accepted / ((last_completed - first_submit) / 1e9), 1),
+        # The submit call's share: from when the task was due to its call's reply.
+        "submit_to_reply": latency_summary(
+            [(replied - due) / 1e6 for sub in submits for _, due, replied in sub["records"]]
+        ),
         "submit_to_assigned": latency_summary(
             [(received[t][1] - s) / 1e6 for t, s in submitted.items()]
         ),
@@ -718,9 +722,12 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]
             rows.extend(batching_rows(title, agg))
         elif key.startswith("latency"):
             for what, label in (
+                ("submit_to_reply", "submit reply"),
                 ("submit_to_assigned", "assigned"),
                 ("submit_to_completed", "completed"),
             ):
+                if f"{what}.p50_ms" not in agg:
+                    continue  # absent from older results
                 value = " / ".join(
                     fmt(agg, f"{what}.{p}_ms", 2) for p in ("p50", "p90", "p99", "max")
                 )
