@@ -507,7 +507,7 @@ def scenario_latency(bench: Bench, rate: int) -> dict[str, Any]:
     expected = int(rate * bench.plan.steady_s)
     options: list[dict[str, Any]] = [{"rate": rate, "duration": bench.plan.steady_s}]
     if bench.args.latency_client == "coalesce":
-        options[0].update(coalesce=True, in_flight=2)
+        options[0].update(coalesce=True, in_flight=bench.args.latency_calls_in_flight)
     result = task_run(bench, 1, options, expected, max_concurrency=bench.args.max_concurrency)
     result["rate_per_s"] = rate
     return result
@@ -914,6 +914,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("coalesce", "unary"),
         default="coalesce",
         help="steady-rate submits: SubmitTasks with the tasks due meanwhile, or one SubmitTask each",
+    )
+    parser.add_argument(
+        "--latency-calls-in-flight",
+        type=int,
+        default=2,
+        help="steady-rate submits with --latency-client coalesce: SubmitTasks calls at once",
     )
     parser.add_argument(
         "--rates", help="steady-rate scenarios, tasks/s, comma-separated (200,1000; --quick: 200)"
