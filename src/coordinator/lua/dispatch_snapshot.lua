@@ -6,9 +6,9 @@
 -- by the caller from these fields (the assignment script checks everything again). With
 -- no task waiting no agent is read, and with no ACTIVE agent with a free slot no task.
 --
--- ARGV[1]      the caller's dispatch turn token, or '': with a token, nothing is read
---              unless the caller holds the turn (it was asked for earlier in the same
---              round trip, lua/dispatch_turn.lua), and the reply is then false
+-- ARGV[1]      the caller's dispatch turn token, or '': with a token, the reply is false
+--              and nothing is read unless the caller holds the turn (asked for earlier
+--              in the same round trip: lua/dispatch_turn.lua)
 -- ARGV[2]      most tasks per class (fewer when the free slots are fewer)
 -- ARGV[3]      n, the number of priorities
 -- ARGV[4..n+3] priority names, most urgent first
