@@ -6,11 +6,9 @@ in order) and gets SIGTERM if the harness dies, even by SIGKILL (PR_SET_PDEATHSI
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,20 +17,9 @@ from pathlib import Path
 
 import redis
 
+from coordinator.private_redis import die_with_parent, free_port
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port that was free on the loopback a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def die_with_parent() -> None:
-    """Runs in the child before exec: get SIGTERM when the harness dies."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def spawn(

@@ -36,13 +36,15 @@ def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
         client.close()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Runs in a child before exec: it gets SIGTERM when this process dies (Linux)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that was free on the loopback a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -65,7 +67,7 @@ class PrivateRedis:
                 "is not installed: install it (apt-get install redis-server) or set REDIS_URL"
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = free_port()
         self._process = subprocess.Popen(
             [
                 binary,
@@ -84,7 +86,7 @@ class PrivateRedis:
                 "--daemonize",
                 "no",
             ],
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             stdout=subprocess.DEVNULL,
         )
         url = f"redis://127.0.0.1:{port}/1"
