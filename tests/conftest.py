@@ -118,6 +118,15 @@ async def start_node(
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own (not the session's), to stop and restart: outages."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
 async def node(start_node: Callable[..., Awaitable[Node]]) -> Node:
     """One in-process node on the session Redis."""
     return await start_node()

@@ -12,18 +12,9 @@ from grpc_health.v1 import health_pb2
 
 from aitbc.coordinator.v1 import agent_pb2
 from coordinator.server import SERVICE_NAMES
-from support import RedisServer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture
-def own_redis():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 async def statuses(node) -> set[int]:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent_harness import eventually, submit_request
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.config import ConfigError, Settings, load_settings
-from support import RedisServer, free_port, wait_until
+from support import free_port, wait_until
 
 TASKS = "aitbc.coordinator.v1.TaskService"
 AGENTS = "aitbc.coordinator.v1.AgentService"
@@ -63,14 +63,6 @@ def listening(port: int) -> bool:
             return True
     except ConnectionRefusedError:
         return False
-
-
-@pytest.fixture
-def own_redis():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 async def test_a_task_round_shows_in_the_scraped_metrics(start_node, pool):

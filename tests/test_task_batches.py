@@ -11,9 +11,8 @@ import redis.asyncio as aioredis
 from google.protobuf.struct_pb2 import Struct
 from google.rpc import code_pb2
 
-from agent_harness import duration, field_violations, get_task, submit_request
+from agent_harness import duration, field_violations, get_task, rpc_error, submit_request
 from aitbc.coordinator.v1 import task_pb2
-from support import RedisServer
 
 MAX_TASK_DATA_BYTES = 64
 UNKNOWN_TASK_ID = "0" * 32
@@ -23,12 +22,6 @@ COMPLETED = task_pb2.TASK_STATE_COMPLETED
 @pytest.fixture
 async def node(start_node):
     return await start_node(max_task_data_bytes=MAX_TASK_DATA_BYTES)
-
-
-async def rpc_error(call) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def submit_tasks(node, *entries: task_pb2.SubmitTaskRequest) -> list:
@@ -352,14 +345,6 @@ async def test_no_reports_or_more_than_1000_is_invalid_argument_naming_reports(n
 
 
 # --- Redis outages -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_redis():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 async def test_redis_refusing_writes_or_gone_fails_the_whole_call_unavailable(

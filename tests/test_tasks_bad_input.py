@@ -7,7 +7,7 @@ import grpc
 import pytest
 from google.protobuf.struct_pb2 import Struct
 
-from agent_harness import duration, field_violations, submit_request
+from agent_harness import duration, field_violations, rpc_error, submit_request
 from aitbc.coordinator.v1 import task_pb2
 
 MAX_TASK_DATA_BYTES = 64
@@ -17,12 +17,6 @@ UNKNOWN_TASK_ID = "0" * 32
 @pytest.fixture
 async def node(start_node):
     return await start_node(max_task_data_bytes=MAX_TASK_DATA_BYTES)
-
-
-async def rpc_error(call) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 BAD_SUBMITS = {

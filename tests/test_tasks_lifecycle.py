@@ -9,6 +9,7 @@ import pytest
 from agent_harness import (
     duration,
     get_task,
+    rpc_error,
     submit_request,
     wait_for_state,
 )
@@ -30,12 +31,6 @@ def ms(stamp) -> int:
 
 async def submit(node, **fields) -> task_pb2.Task:
     return (await node.tasks.SubmitTask(submit_request(**fields))).task
-
-
-async def rpc_error(call) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def test_success_walks_pending_assigned_running_completed_and_records_history(node, pool):
