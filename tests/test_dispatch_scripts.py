@@ -85,8 +85,8 @@ async def test_snapshot_has_the_first_tasks_of_each_waiting_class(scripts, regis
     c1 = await new_task(scripts, requirements_class="c1")
     urgent = await new_task(scripts, priority="URGENT", requirements_class="c0")
     await make_agent(registry, redis_client, "a", max_concurrency=10)
-    token, _, *rest = snapshot_args()
-    limited = [token, 2, *rest]  # at most 2 per class
+    action, token, ttl, _, *rest = snapshot_args()
+    limited = [action, token, ttl, 2, *rest]  # at most 2 per class
 
     *_, classes, _, heads, limit = await scripts.dispatch_snapshot(args=limited)
 
@@ -225,15 +225,15 @@ async def test_old_style_assign_still_publishes(scripts, registry, redis_client)
     assert (await assign(scripts, task_id, "a"))[:2] == ["ok", 1]
 
 
-async def test_snapshot_with_a_turn_token_reads_only_for_the_turn_holder(
-    scripts, registry, redis_client
-):
+async def test_snapshot_with_a_turn_reads_only_for_the_turn_holder(scripts, registry, redis_client):
     await new_task(scripts)
     await make_agent(registry, redis_client, "a")
     await redis_client.set(keys.DISPATCH_LOCK, "other-node")
 
-    assert await scripts.dispatch_snapshot(args=snapshot_args("this-node")) is None
+    assert await scripts.dispatch_snapshot(args=snapshot_args("again", "this-node")) is None
 
     await redis_client.set(keys.DISPATCH_LOCK, "this-node")
-    *_, classes, rows, _, _ = await scripts.dispatch_snapshot(args=snapshot_args("this-node"))
+    *_, classes, rows, _, _ = await scripts.dispatch_snapshot(
+        args=snapshot_args("again", "this-node")
+    )
     assert classes[3] and len(rows) == 1

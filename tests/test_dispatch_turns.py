@@ -67,19 +67,23 @@ async def load_only(redis_client, *names: str) -> None:
         await redis_client.script_load(scripts.source(name))
 
 
-async def test_a_submit_that_took_the_turn_late_still_passes(start_node, pool, redis_client):
+async def test_a_submit_after_redis_forgot_scripts_is_dispatched_at_once(
+    start_node, pool, redis_client
+):
     node = await start_node(**LONG_TIMER)
     agent = await pool.start(node.channel, "agent-1")
     await eventually(lambda: no_dispatch_turn_held(redis_client), what="the opening pass ended")
-    await load_only(redis_client, "submit_task", "dispatch_snapshot")  # the turn's runs last
+    await load_only(redis_client, "submit_task", "dispatch_snapshot")
 
     submitted = (await node.tasks.SubmitTask(submit_request())).task
 
-    # Well before the turn's lock would expire (5 s) had it been left held without a pass.
+    # Well before the turn's lock would expire (5 s) were it left held without a pass.
     assert (await agent.next_assignment(timeout_s=2)).task_id == submitted.task_id
 
 
-async def test_a_pass_that_took_the_turn_late_still_passes(start_node, pool, redis_client):
+async def test_a_slot_freed_after_redis_forgot_scripts_is_filled_at_once(
+    start_node, pool, redis_client
+):
     node = await start_node(**LONG_TIMER)
     agent = await pool.start(node.channel, "agent-1")  # one slot
     await node.tasks.SubmitTask(submit_request())

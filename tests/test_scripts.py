@@ -7,7 +7,7 @@ import json
 import pytest
 
 from coordinator import keys
-from coordinator.scripts import SCRIPT_NAMES, Scripts, source
+from coordinator.scripts import SCRIPT_NAMES, Scripts, TaskScripts, source
 
 STATUS_SETS = keys.status_indexes()
 
@@ -212,11 +212,9 @@ async def test_discover_intersects_indexes_and_adds_stale_candidates(scripts, re
     assert await discover([keys.AGENTS_ACTIVE], [], False) == ["a", "b", "c"]
 
 
-async def test_dispatch_turns_lose_no_request(scripts, redis_client):
-    turn = [keys.DISPATCH_LOCK, keys.DISPATCH_WANTED]
-
+async def test_dispatch_turns_lose_no_request(redis_client):
     async def call(action: str, token: str) -> int:
-        return await scripts.dispatch_turn(keys=turn, args=[action, token, 5000])
+        return await TaskScripts(redis_client).dispatch_turn(args=[action, token, 5000])
 
     assert await call("begin", "a") == 1  # node a takes the turn; no request is pending
     assert not await redis_client.exists(keys.DISPATCH_WANTED)
@@ -237,11 +235,9 @@ async def test_dispatch_turns_lose_no_request(scripts, redis_client):
     assert await redis_client.get(keys.DISPATCH_WANTED) == "1"
 
 
-async def test_dispatch_turn_again_keeps_the_lock_or_asks_like_begin(scripts, redis_client):
-    turn = [keys.DISPATCH_LOCK, keys.DISPATCH_WANTED]
-
+async def test_dispatch_turn_again_keeps_the_lock_or_asks_like_begin(redis_client):
     async def call(action: str, token: str) -> int:
-        return await scripts.dispatch_turn(keys=turn, args=[action, token, 5000])
+        return await TaskScripts(redis_client).dispatch_turn(args=[action, token, 5000])
 
     assert await call("begin", "a") == 1
     assert await call("begin", "b") == 0  # a request from another node, pending

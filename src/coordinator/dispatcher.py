@@ -39,7 +39,7 @@ from coordinator.config import Settings
 from coordinator.metrics import NodeMetrics
 from coordinator.models import Agent, AgentStatus
 from coordinator.registry import RECORD_FIELDS, AgentRegistry
-from coordinator.scripts import Rider, ScriptCall, Scripts, TaskScripts, run_batch
+from coordinator.scripts import Rider, ScriptCall, TaskScripts, run_batch
 from coordinator.task_models import PRIORITIES_MOST_URGENT_FIRST, Requirements
 from coordinator.tasks import TaskStore
 
@@ -65,10 +65,11 @@ _SNAPSHOT_ARGS = [
 ]
 
 
-def snapshot_args(turn_token: str = "") -> list[Any]:
-    """The ARGV of ``lua/dispatch_snapshot.lua``: the turn token (read only while holding
-    the turn), heads per class, the priorities, the agent fields."""
-    return [turn_token, *_SNAPSHOT_ARGS]
+def snapshot_args(turn_action: str = "", token: str = "") -> list[Any]:
+    """The ARGV of ``lua/dispatch_snapshot.lua``: the turn to take first ('begin' or
+    'again', or '' for none) with this node's token and the lock's time to live, then heads
+    per class, the priorities, the agent fields."""
+    return [turn_action, token, LOCK_TTL_MS, *_SNAPSHOT_ARGS]
 
 
 LocalDelivery = Callable[[dict[str, Any]], None]
@@ -149,20 +150,7 @@ class _Turn:
     token: str
     requests: int
     """``Dispatcher.request`` calls made before the snapshot was read (it serves them)."""
-    snapshot: _Snapshot | None
-    """None when it must be read again (see ``_turn_without_snapshot``)."""
-
-
-_TURN_KEYS = [keys.DISPATCH_LOCK, keys.DISPATCH_WANTED]
-"""KEYS of ``lua/dispatch_turn.lua``."""
-
-
-def _turn_without_snapshot(replies: Sequence[Any]) -> bool:
-    """Whether the replies of ``Dispatcher._snapshot_calls`` give the turn but no snapshot:
-    the turn's script ran after the snapshot's, sent again once Redis had loaded it (after
-    a NOSCRIPT), so the snapshot saw another holder. The turn is held: read it again."""
-    *turn_reply, reply = replies
-    return bool(turn_reply) and bool(turn_reply[0]) and not reply
+    snapshot: _Snapshot
 
 
 @dataclass(frozen=True)
@@ -196,7 +184,6 @@ class Dispatcher:
         self._store = store
         self._settings = settings
         self._scripts = TaskScripts(redis)
-        self._lock_scripts = Scripts(redis)
         self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
         self._wake = asyncio.Event()
         self._requests = 0
@@ -227,14 +214,15 @@ class Dispatcher:
             return None
         token = uuid.uuid4().hex
         requests = self._requests
-        calls = self._snapshot_calls(_TURN_KEYS, token, "begin")
+        calls = [self._snapshot_call("begin", token)]
 
         def take(replies: list[Any], after_the_submits: bool) -> None:
-            if any(isinstance(r, Exception) for r in replies):
+            (reply,) = replies
+            if isinstance(reply, Exception):
                 self.request()  # the usual way, then
                 return
-            snapshot = self._parse_snapshot(replies)
-            if snapshot is None and not _turn_without_snapshot(replies):
+            snapshot = self._parse_snapshot(reply)
+            if snapshot is None:
                 return  # another node's turn: it saw the 'wanted' flag
             if self._stopping.is_set() or self._handed is not None:
                 self._release_soon(token)
@@ -280,7 +268,7 @@ class Dispatcher:
 
     async def _release(self, token: str) -> None:
         try:
-            await self._lock_scripts.dispatch_turn(keys=_TURN_KEYS, args=["release", token, 0])
+            await self._scripts.dispatch_turn(args=["release", token, 0])
         except Exception as exc:  # the node is closing Redis: the lock expires by itself
             log.debug("dispatch turn not handed back (it expires): %r", exc)
 
@@ -317,18 +305,15 @@ class Dispatcher:
 
     async def _take_turns(self, handed: _Turn | None) -> int:
         assigned = 0
-        turn = _TURN_KEYS
         if handed is None:
             token, served = uuid.uuid4().hex, self._requests
-            # Asking for the turn and reading the snapshot share one round trip: the holder
-            # needs the snapshot at once, and another node's request costs one read more.
-            snapshot = await self._snapshot(turn, token, "begin")
+            # Asking for the turn and reading the snapshot are one step: the holder needs
+            # the snapshot at once, and another node's request reads nothing.
+            snapshot = await self._snapshot("begin", token)
             if snapshot is None:
                 return assigned  # the holder will see the flag
         else:
             token, served, snapshot = handed.token, handed.requests, handed.snapshot
-            if snapshot is None:
-                snapshot = await self._snapshot(turn, token, "again")
         holding = True
         try:
             while snapshot is not None and not self._stopping.is_set():
@@ -336,17 +321,15 @@ class Dispatcher:
                 if self._requests != served:  # asked on this node meanwhile: again at once
                     served = self._requests
                     self._wake.clear()
-                    snapshot = await self._snapshot(turn, token, "again")
+                    snapshot = await self._snapshot("again", token)
                     holding = snapshot is not None
-                elif await self._lock_scripts.dispatch_turn(
-                    keys=turn, args=["end", token, LOCK_TTL_MS]
-                ):
+                elif await self._scripts.dispatch_turn(args=["end", token, LOCK_TTL_MS]):
                     snapshot = await self._snapshot()
                 else:
                     holding, snapshot = False, None
         finally:
             if holding:  # stopped or failed while holding the lock: free it for the others
-                await self._lock_scripts.dispatch_turn(keys=turn, args=["release", token, 0])
+                await self._scripts.dispatch_turn(args=["release", token, 0])
         return assigned
 
     async def dispatch_pass(self) -> int:
@@ -356,30 +339,18 @@ class Dispatcher:
         assert snapshot is not None
         return await self._pass(snapshot)
 
-    async def _snapshot(
-        self, turn: list[str] | None = None, token: str = "", action: str = ""
-    ) -> _Snapshot | None:
-        """Read what a pass starts from; with ``turn`` (the turn's keys, this node's token
-        and 'begin' or 'again'), ask for the turn in the same round trip: None when another
-        node has it."""
-        replies = await run_batch(self._redis, self._snapshot_calls(turn, token, action))
-        if _turn_without_snapshot(replies):
-            replies = await run_batch(self._redis, self._snapshot_calls(turn, token, "again"))
-        return self._parse_snapshot(replies)
+    async def _snapshot(self, turn_action: str = "", token: str = "") -> _Snapshot | None:
+        """Read what a pass starts from; with ``turn_action`` ('begin' or 'again') and this
+        node's token, take the turn in the same step: None when another node has it."""
+        (reply,) = await run_batch(self._redis, [self._snapshot_call(turn_action, token)])
+        return self._parse_snapshot(reply)
 
-    def _snapshot_calls(self, turn: list[str] | None, token: str, action: str) -> list[ScriptCall]:
-        """The calls of ``_snapshot``: the turn first (with ``turn``), then the snapshot,
-        which reads nothing unless that turn was given."""
-        calls: list[ScriptCall] = []
-        if turn is not None:
-            calls.append((self._lock_scripts.dispatch_turn, turn, [action, token, LOCK_TTL_MS]))
-        calls.append((self._scripts.dispatch_snapshot, [], snapshot_args(token if turn else "")))
-        return calls
+    def _snapshot_call(self, turn_action: str, token: str) -> ScriptCall:
+        return (self._scripts.dispatch_snapshot, [], snapshot_args(turn_action, token))
 
-    def _parse_snapshot(self, replies: Sequence[Any]) -> _Snapshot | None:
-        """The snapshot from the replies of ``_snapshot_calls``; None without the turn."""
-        *turn_reply, reply = replies
-        if (turn_reply and not turn_reply[0]) or not reply:
+    def _parse_snapshot(self, reply: Any) -> _Snapshot | None:
+        """The snapshot from ``lua/dispatch_snapshot.lua``'s reply; None without the turn."""
+        if not reply:
             return None
         now_ms, stored_strategy, raw_state, class_sets, rows, heads, heads_limit = reply
         free = {

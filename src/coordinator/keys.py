@@ -208,6 +208,7 @@ TASK_SCRIPT_KEYS = {
     "balancing_strategy": BALANCING_STRATEGY,
     "balancer_state": BALANCER_STATE,
     "dispatch_lock": DISPATCH_LOCK,
+    "dispatch_wanted": DISPATCH_WANTED,
 }
 """The keys and prefixes the task scripts use, by the name they have in the Lua table ``K``."""
 

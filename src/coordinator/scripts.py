@@ -29,11 +29,11 @@ SCRIPT_NAMES = (
     "deregister_agent",
     "sweep_stale_agents",
     "discover_agents",
-    "dispatch_turn",
 )
 
 TASK_SCRIPT_NAMES = (
     "submit_task",
+    "dispatch_turn",
     "dispatch_snapshot",
     "queue_heads",
     "assign_task",
@@ -83,7 +83,6 @@ class Scripts:
         self.deregister_agent = self._bind(redis, "deregister_agent")
         self.sweep_stale_agents = self._bind(redis, "sweep_stale_agents")
         self.discover_agents = self._bind(redis, "discover_agents")
-        self.dispatch_turn = self._bind(redis, "dispatch_turn")
 
     @staticmethod
     def _bind(redis: Redis, name: str) -> AsyncScript:
@@ -98,6 +97,7 @@ class TaskScripts:
             setattr(self, name, redis.register_script(source(name)))
 
     submit_task: AsyncScript
+    dispatch_turn: AsyncScript
     dispatch_snapshot: AsyncScript
     queue_heads: AsyncScript
     assign_task: AsyncScript

@@ -6,13 +6,15 @@
 -- by the caller from these fields (the assignment script checks everything again). With
 -- no task waiting no agent is read, and with no ACTIVE agent with a free slot no task.
 --
--- ARGV[1]      the caller's dispatch turn token, or '': with a token, the reply is false
---              and nothing is read unless the caller holds the turn (asked for earlier
---              in the same round trip: lua/dispatch_turn.lua)
--- ARGV[2]      most tasks per class (fewer when the free slots are fewer)
--- ARGV[3]      n, the number of priorities
--- ARGV[4..n+3] priority names, most urgent first
--- ARGV[n+4..]  the agent record fields to return, in this order (with status,
+-- ARGV[1]      '' to read only, or 'begin' or 'again' to take the dispatch turn first
+--              (task_lib.lua's dispatch_turn): without the turn the reply is false and
+--              nothing is read
+-- ARGV[2]      this node's token for the turn's lock (with ARGV[1])
+-- ARGV[3]      the lock's time-to-live in milliseconds (with ARGV[1])
+-- ARGV[4]      most tasks per class (fewer when the free slots are fewer)
+-- ARGV[5]      n, the number of priorities
+-- ARGV[6..n+5] priority names, most urgent first
+-- ARGV[n+6..]  the agent record fields to return, in this order (with status,
 --              active_tasks and max_concurrency among them)
 -- Returns      {now_ms, stored strategy or '', balancer state or '',
 --               {{classes of priority 1}, ..., {classes of priority n}},
@@ -21,12 +23,12 @@
 --               the most tasks read per class}
 --              where the heads of a class are {{task_id, seq, requirements, strategy,
 --              routing_key}, ...} as in lua/queue_heads.lua (none without agents)
-local turn_token = ARGV[1]
-local limit = tonumber(ARGV[2])
-local priority_count = tonumber(ARGV[3])
-local first_priority = 4
-local last_priority = priority_count + 3
-if turn_token ~= '' and redis.call('GET', K.dispatch_lock) ~= turn_token then
+local turn_action = ARGV[1]
+local limit = tonumber(ARGV[4])
+local priority_count = tonumber(ARGV[5])
+local first_priority = 6
+local last_priority = priority_count + 5
+if turn_action ~= '' and dispatch_turn(turn_action, ARGV[2], ARGV[3]) == 0 then
   return false  -- another node's turn: it passes again (the 'wanted' flag)
 end
 local fields = {}
