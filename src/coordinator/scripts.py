@@ -148,7 +148,7 @@ async def run_batch(
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
-    first_replies = list(replies)
+    own_reloaded = any(isinstance(r, NoScriptError) for r in replies[:own])
     for i, reply in enumerate(replies):
         if isinstance(reply, NoScriptError):
             script, keys, args = calls[i]
@@ -158,7 +158,7 @@ async def run_batch(
                 replies[i] = exc
     if rider is not None:
         replies, ridden = replies[:own], replies[own:]
-        rider[1](ridden, not any(isinstance(r, NoScriptError) for r in first_replies[:own]))
+        rider[1](ridden, not own_reloaded)
     if raise_on_error:
         for reply in replies:
             if isinstance(reply, Exception):
