@@ -188,6 +188,44 @@ async def test_assignment_for_another_nodes_stream_is_published(scripts, registr
     await pubsub.aclose()
 
 
+async def assign_at_submit(scripts, task_id, agent_id="a"):
+    return await scripts.assign_task(args=[task_id, agent_id, "n1", LIVENESS_MS, NODE, "1", "1"])
+
+
+async def test_an_assignment_at_submit_takes_a_task_first_in_line(scripts, registry, redis_client):
+    await new_task(scripts, priority="LOW")  # behind the new task, whatever its class
+    task_id = await new_task(scripts, priority="HIGH", requirements_class="c1")
+    await make_agent(registry, redis_client, "a")
+
+    reply = await assign_at_submit(scripts, task_id)
+
+    assert reply[:2] == ["ok", 1]
+    assert (await task_record(redis_client, task_id))["state"] == "ASSIGNED"
+
+
+@pytest.mark.parametrize(
+    "ahead",
+    [
+        {"priority": "NORMAL", "requirements_class": "c0"},  # earlier, the same class
+        {"priority": "NORMAL", "requirements_class": "c1"},  # earlier, another class
+        {"priority": "URGENT", "requirements_class": "c1"},  # more urgent
+    ],
+)
+async def test_an_assignment_at_submit_never_overtakes_a_waiting_task(
+    scripts, registry, redis_client, ahead
+):
+    waiting = await new_task(scripts, **ahead)
+    task_id = await new_task(scripts, priority="NORMAL", requirements_class="c0")
+    await make_agent(registry, redis_client, "a")
+
+    reply = await assign_at_submit(scripts, task_id)
+
+    assert reply[0] == "not_first"
+    for t in (waiting, task_id):  # nothing changed: a pass will assign them in line
+        assert (await task_record(redis_client, t))["state"] == "PENDING"
+    assert await redis_client.hget(keys.agent("a"), "active_tasks") == "0"
+
+
 async def test_run_batch_runs_every_call_in_order_and_reloads_flushed_scripts(
     scripts, registry, redis_client
 ):

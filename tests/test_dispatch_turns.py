@@ -6,8 +6,13 @@ never passed is handed back."""
 from __future__ import annotations
 
 from agent_harness import eventually, submit_request
+from aitbc.coordinator.v1 import task_pb2
 from coordinator import keys, scripts
 from coordinator.scripts import run_batch
+from coordinator.task_models import TaskSubmission
+from coordinator.tasks import NewTask
+
+ROUND_ROBIN = task_pb2.BalancingStrategy.Value("BALANCING_STRATEGY_ROUND_ROBIN")
 
 LONG_TIMER = {"task_timer_interval_s": 30.0}
 """No timer pass within a test: only a wake-up or a submit's own round trip starts a pass."""
@@ -28,7 +33,8 @@ async def test_a_submit_to_an_idle_node_starts_the_pass_in_its_own_round_trip(
     asked: list[int] = []
     monkeypatch.setattr(node.coordinator.dispatcher, "request", lambda: asked.append(1))
 
-    submitted = (await node.tasks.SubmitTask(submit_request())).task
+    # Round robin: never assigned at submit (tests/test_assign_at_submit.py), so a pass.
+    submitted = (await node.tasks.SubmitTask(submit_request(balancing_strategy=ROUND_ROBIN))).task
     assignment = await agent.next_assignment(timeout_s=5)
 
     assert assignment.task_id == submitted.task_id
@@ -100,11 +106,12 @@ async def test_a_turn_taken_by_a_submit_but_never_passed_is_handed_back(start_no
     node = await start_node(**LONG_TIMER)
     dispatcher = node.coordinator.dispatcher
     await eventually(lambda: no_dispatch_turn_held(redis_client), what="the first pass ended")
-    rider = dispatcher.offer_turn()
+    new_task = [NewTask("t-1", TaskSubmission("test", {}))]  # no agent to assign it to
+    rider = dispatcher.ride_submit(new_task)  # so the turn rides
     assert rider is not None
     await run_batch(node.coordinator.redis, [], rider=rider)  # as a submit's round trip does
     assert await redis_client.exists(keys.DISPATCH_LOCK)
-    assert dispatcher.offer_turn() is None  # one turn waits already
+    assert dispatcher.ride_submit(new_task) is None  # one turn waits already
 
     await dispatcher.stop()  # before its loop passed from that turn
 

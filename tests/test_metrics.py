@@ -111,6 +111,8 @@ async def test_a_task_round_shows_in_the_scraped_metrics(start_node, pool):
     assert 0 <= value(samples, f"{latency}_sum") < 10
     assert value(samples, "aitbc_coordinator_connected_agents") == 1
     assert value(samples, "aitbc_coordinator_redis_errors_total", kind="unavailable") == 0
+    assignments = "aitbc_coordinator_assignments_total"
+    assert value(samples, assignments, way="submit") + value(samples, assignments, way="pass") == 1
     assert value(samples, "aitbc_coordinator_node_info", node_id="test-node") == 1
     # The stream is still open: it is counted when it ends, with its final code.
     assert handled(samples, AGENTS, "StreamAssignments", "CANCELLED", "server_stream") is None

@@ -7,14 +7,21 @@ skips that whole class, so a task that no agent can take never delays any other 
 
 Every node runs a dispatcher. The node that queues a task or frees a slot (a submit, a
 report, a cancel, a reaper round, a stream opening) asks its own dispatcher for a pass, and
-each also runs a pass every few hundred milliseconds. A submit to a node that is not
-passing asks for the turn and reads the pass's snapshot in the round trip that queues its
-tasks (``Dispatcher.offer_turn``), so a task on an idle cluster is assigned one round trip
-after it is queued. Only the node holding ``coordinator:lock:dispatch`` runs passes; the others set ``coordinator:dispatch:wanted``,
-and the holder keeps passing until that flag stays clear, so no request is lost, whichever
-node it came from, without any pub/sub message. The lock is an efficiency device, not a safety one: each assignment
-is one script that re-checks the task and the agent, so two passes racing (a lock that
-expired mid-pass) can never assign a task twice or overfill a slot.
+each also runs a pass every few hundred milliseconds.
+
+A submit needs no pass when nothing waits ahead of its task: the node chooses the agent
+from its view (its latest snapshot, with the assignments it made since) and the assignment
+rides in the round trip that queues the task (``Dispatcher.ride_submit``); the script
+refuses it if a task waits ahead after all, or the slot went meanwhile, and a pass follows.
+Otherwise a submit to a node that is not passing asks for the turn and reads the pass's
+snapshot in that round trip, so the pass needs one round trip more, not two.
+
+Only the node holding ``coordinator:lock:dispatch`` runs passes; the others set
+``coordinator:dispatch:wanted``, and the holder keeps passing until that flag stays clear,
+so no request is lost, whichever node it came from, without any pub/sub message. The lock
+is an efficiency device, not a safety one: each assignment is one script that re-checks
+the task and the agent, so two passes racing (a lock that expired mid-pass), or a pass and
+an assignment at submit, can never assign a task twice or overfill a slot.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from coordinator.models import Agent, AgentStatus
 from coordinator.registry import RECORD_FIELDS, AgentRegistry
 from coordinator.scripts import Rider, ScriptCall, TaskScripts, run_batch
 from coordinator.task_models import PRIORITIES_MOST_URGENT_FIRST, Requirements
-from coordinator.tasks import TaskStore
+from coordinator.tasks import NewTask, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,20 @@ STOP_WAIT_S = 2.0
 """How long stopping waits for a pass in progress before cancelling it."""
 
 AGENT_REFUSALS = ("agent_gone", "agent_unavailable", "agent_full")
+
+AT_SUBMIT_STRATEGIES = frozenset(
+    {Strategy.LEAST_CONNECTIONS, Strategy.CAPABILITY_BASED, Strategy.CONSISTENT_HASH}
+)
+"""Strategies whose choice depends only on what a node's view keeps current (the agents,
+their registration and their slots): only their tasks are assigned at submit. The others
+read metrics that the agents report all the time, or keep a shared turn that passes
+persist (round robin): their tasks wait for a pass, which reads everything afresh."""
+
+VIEW_MAX_AGE_S = 0.5
+"""A view older than this is not chosen from. Reading a new one costs a pass: under a
+steady flow of tasks one submit in this long takes the pass's way."""
+
+_PRIORITY_RANK = {priority: rank for rank, priority in enumerate(PRIORITIES_MOST_URGENT_FIRST)}
 
 _SNAPSHOT_ARGS = [
     HEADS_PER_CLASS,
@@ -77,19 +98,26 @@ LocalDelivery = Callable[[dict[str, Any]], None]
 
 
 @dataclass
-class _PassState:
-    """What one pass knows about the agents: who still has a free slot and how many slots
-    each uses, counting the assignments this pass has made."""
+class _AgentSlots:
+    """What a node knows of the agents' slots since a snapshot: who has a free slot and how
+    many slots each uses, counting the assignments made since (by its passes and at
+    submit) and the slots its reports freed. Only the scripts know for sure: they check
+    again."""
 
-    free: dict[str, Agent]
-    used: dict[str, int]
+    agents: dict[str, Agent]
+    """Every ACTIVE, live agent of the snapshot with an open stream, free or not."""
     blocked: set[str] = field(default_factory=set)
-    """Requirements classes that no free agent fits any more in this pass."""
+    """Requirements classes that no free agent fits any more in the pass under way."""
     refused: set[str] = field(default_factory=set)
     """Agents whose script refused them (gone, unavailable or full): not chosen again."""
 
     def __post_init__(self) -> None:
-        self._agents = dict(self.free)
+        self.used = {agent_id: agent.active_tasks for agent_id, agent in self.agents.items()}
+        self.free = {
+            agent_id: agent
+            for agent_id, agent in self.agents.items()
+            if agent.active_tasks < agent.max_concurrency
+        }
         self._candidates: dict[str, Candidate] = {}
 
     def candidates(self, eligible: list[Agent]) -> list[Candidate]:
@@ -112,15 +140,19 @@ class _PassState:
     def take_slot(self, agent_id: str) -> None:
         self.used[agent_id] += 1
         self._candidates.pop(agent_id, None)
-        if self.used[agent_id] >= self._agents[agent_id].max_concurrency:
+        if self.used[agent_id] >= self.agents[agent_id].max_concurrency:
             self.free.pop(agent_id, None)
 
     def give_back_slot(self, agent_id: str) -> None:
-        """The assignment did not happen: the slot is free again (unless refused)."""
+        """A slot is free again (unless the agent was refused): an assignment did not
+        happen, or an attempt ended."""
+        if self.used.get(agent_id, 0) <= 0:
+            return  # not an agent of the snapshot, or its report was in it already
         self.used[agent_id] -= 1
         self._candidates.pop(agent_id, None)
-        if agent_id not in self.refused:
-            self.free[agent_id] = self._agents[agent_id]
+        agent = self.agents[agent_id]
+        if agent_id not in self.refused and self.used[agent_id] < agent.max_concurrency:
+            self.free[agent_id] = agent
 
     def refuse(self, agent_id: str) -> None:
         self.refused.add(agent_id)
@@ -129,7 +161,8 @@ class _PassState:
 
 @dataclass
 class _Snapshot:
-    """What a pass starts from (``lua/dispatch_snapshot.lua``)."""
+    """What a pass starts from (``lua/dispatch_snapshot.lua``). The latest one a node read is
+    also its view, which tasks are assigned at submit from (``Dispatcher.ride_submit``)."""
 
     class_sets: list[list[str]]
     """The requirements classes with tasks waiting, per priority, most urgent first."""
@@ -137,10 +170,15 @@ class _Snapshot:
     """The first tasks of each of those classes, per priority."""
     heads_limit: int
     """The most tasks read per class: a class with fewer has no more."""
-    free: dict[str, Agent]
-    """ACTIVE, live agents with an open stream on a live node and a free slot."""
+    line: _AgentSlots
+    """The ACTIVE, live agents with an open stream on a live node, and their slots."""
     default_strategy: Strategy
     state: BalancerState
+    read_at: float
+    """The event loop's time when it was read."""
+    eligible: dict[str, list[Agent]] = field(default_factory=dict)
+    """Per requirements class, the agents of the snapshot that fit it (assigning at submit:
+    the line says which of them still have a slot)."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +229,9 @@ class Dispatcher:
         self._passing = False
         self._handed: _Turn | None = None
         """A turn taken in a submit's round trip, for the loop to pass from."""
+        self._view: _Snapshot | None = None
+        """The latest snapshot read that had tasks waiting (the others read no agent):
+        what tasks are assigned at submit from."""
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._releasing: set[asyncio.Task[Any]] = set()
@@ -200,40 +241,118 @@ class Dispatcher:
         self._requests += 1
         self._wake.set()
 
-    def offer_turn(self) -> Rider | None:
-        """The calls that take the turn and read the snapshot in the same round trip as a
-        submit (after its scripts), and what takes their replies: then the pass needs no
-        round trip of its own before it assigns. None while this node passes, or has a turn
-        waiting to be passed, or is not dispatching: ``request`` instead."""
-        if (
-            self._task is None
-            or self._passing
-            or self._handed is not None
-            or self._stopping.is_set()
-        ):
+    def ride_submit(self, new_tasks: Sequence[NewTask]) -> Rider | None:
+        """The calls that ride in the round trip that queues ``new_tasks`` (after their
+        scripts) and what takes their replies; None when none do (then ``request``).
+
+        - An assignment for each task whose agent this node can choose from its view (a
+          strategy of ``AT_SUBMIT_STRATEGIES``): ``lua/assign_task.lua`` takes it only if
+          no task waits ahead, and such a task needs no pass at all.
+        - For the other tasks, or when an assignment is refused, a pass: when this node is
+          not passing, the turn and the pass's snapshot ride too (the pass then needs no
+          round trip of its own before it assigns), otherwise a request.
+        """
+        if self._task is None or self._stopping.is_set():
             return None
-        token = uuid.uuid4().hex
-        requests = self._requests
-        calls = [self._snapshot_call("begin", token)]
+        line, chosen = self._choose_at_submit(new_tasks)
+        calls = [
+            self._assign_call(task_id, agent_id, at_submit=True) for task_id, agent_id in chosen
+        ]
+        turn: tuple[str, int] | None = None
+        if len(chosen) < len(new_tasks) and not self._passing and self._handed is None:
+            turn = (uuid.uuid4().hex, self._requests)
+            calls.append(self._snapshot_call("begin", turn[0]))
+        if not calls:
+            return None
 
         def take(replies: list[Any], after_the_submits: bool) -> None:
-            (reply,) = replies
-            if isinstance(reply, Exception):
-                self.request()  # the usual way, then
-                return
-            snapshot = self._parse_snapshot(reply)
-            if snapshot is None:
-                return  # another node's turn: it saw the 'wanted' flag
-            if self._stopping.is_set() or self._handed is not None:
-                self._release_soon(token)
-                self.request()
-                return
-            self._handed = _Turn(token, requests, snapshot)
-            self._wake.set()
-            if not after_the_submits:  # a submit ran after the snapshot: pass again after
+            refused = self._take_assignments_at_submit(line, chosen, replies[: len(chosen)])
+            if turn is not None:
+                (reply,) = replies[len(chosen) :]
+                self._take_turn(*turn, reply, after_the_submits)
+            elif refused or len(chosen) < len(new_tasks):
                 self.request()
 
         return calls, take
+
+    def slots_freed(self, agent_ids: Sequence[str]) -> None:
+        """This node took reports that ended attempts of these agents: their slots are free
+        in the view too. (A report that Redis took before the view's snapshot was read is
+        counted twice: the assignment script then refuses the slot, and a pass follows.)"""
+        if self._view is not None:
+            for agent_id in agent_ids:
+                self._view.line.give_back_slot(agent_id)
+
+    def _choose_at_submit(
+        self, new_tasks: Sequence[NewTask]
+    ) -> tuple[_AgentSlots | None, list[tuple[str, str]]]:
+        """An agent for each task that can have one from the view, as a pass would choose
+        (most urgent first, then in line), each taking its slot in the view's line: that
+        line, and the (task_id, agent_id) chosen."""
+        view = self._view
+        if view is None or asyncio.get_running_loop().time() - view.read_at > VIEW_MAX_AGE_S:
+            return None, []
+        chosen = []
+        for new_task in sorted(new_tasks, key=lambda t: _PRIORITY_RANK[t.submission.priority]):
+            s = new_task.submission
+            strategy = s.strategy or view.default_strategy
+            if strategy not in AT_SUBMIT_STRATEGIES or s.requirements.min_health_score:
+                continue  # their choice needs what only a fresh snapshot says
+            cls = s.requirements.eligibility_class()
+            eligible = view.eligible.get(cls)
+            if eligible is None:
+                eligible = view.eligible[cls] = [
+                    a for a in view.line.agents.values() if _fits(a, s.requirements)
+                ]
+            candidates = view.line.candidates(eligible)
+            if not candidates:
+                continue
+            agent_id = choose(
+                strategy,
+                candidates,
+                view.state,
+                preferred_capabilities=s.requirements.preferred_capabilities,
+                routing_key=s.routing_key,
+            ).agent_id
+            view.line.take_slot(agent_id)
+            chosen.append((new_task.task_id, agent_id))
+        return view.line, chosen
+
+    def _take_assignments_at_submit(
+        self, line: _AgentSlots | None, chosen: list[tuple[str, str]], replies: list[Any]
+    ) -> bool:
+        """Record the assignments made at submit from ``line``; True when one was refused
+        (its task waits in line: a pass must follow)."""
+        refused = False
+        for (task_id, agent_id), reply in zip(chosen, replies, strict=True):
+            verdict = reply if isinstance(reply, Exception) else reply[0]
+            if verdict == "ok":
+                self._assigned(task_id, agent_id, reply, way="submit")
+                continue
+            refused = True
+            if line is not None:  # that line still counts the slot as taken
+                line.give_back_slot(agent_id)
+                if verdict in AGENT_REFUSALS:
+                    line.refuse(agent_id)
+        return refused
+
+    def _take_turn(self, token: str, requests: int, reply: Any, after_the_submits: bool) -> None:
+        """The reply of the turn and snapshot that rode in a submit's round trip: hand the
+        turn to the loop, which passes from that snapshot."""
+        if isinstance(reply, Exception):
+            self.request()  # the usual way, then
+            return
+        snapshot = self._parse_snapshot(reply)
+        if snapshot is None:
+            return  # another node's turn: it saw the 'wanted' flag
+        if self._stopping.is_set() or self._handed is not None:
+            self._release_soon(token)
+            self.request()
+            return
+        self._handed = _Turn(token, requests, snapshot)
+        self._wake.set()
+        if not after_the_submits:  # a submit ran after the snapshot: pass again after
+            self.request()
 
     def start(self) -> None:
         """Begin dispatching in the background."""
@@ -353,33 +472,34 @@ class Dispatcher:
         if not reply:
             return None
         now_ms, stored_strategy, raw_state, class_sets, rows, heads, heads_limit = reply
-        free = {
+        agents = {
             agent.agent_id: agent
             for agent in self._registry.decode_records(rows, int(now_ms))
-            if agent.status is AgentStatus.ACTIVE and agent.active_tasks < agent.max_concurrency
+            if agent.status is AgentStatus.ACTIVE
         }
-        return _Snapshot(
+        snapshot = _Snapshot(
             class_sets=[sorted(c) for c in class_sets],
             heads=[
                 dict(zip(classes, [_heads(e) for e in entries], strict=False))
                 for classes, entries in zip(class_sets, heads, strict=True)
             ],
             heads_limit=int(heads_limit),
-            free=free,
+            line=_AgentSlots(agents),
             default_strategy=self._store.strategy_or_default(stored_strategy),
             state=_balancer_state(raw_state),
+            read_at=asyncio.get_running_loop().time(),
         )
+        if any(class_sets):  # with nothing waiting, the script reads no agent: no view
+            self._view = snapshot
+        return snapshot
 
     async def _pass(self, snapshot: _Snapshot) -> int:
         """One pass from ``snapshot``: returns the number of assignments."""
-        if not any(snapshot.class_sets) or not snapshot.free:
+        line = snapshot.line
+        if not any(snapshot.class_sets) or not line.free:
             return 0
         state = snapshot.state
         before = json.dumps(asdict(state), sort_keys=True)
-        line = _PassState(
-            free=snapshot.free,
-            used={agent_id: agent.active_tasks for agent_id, agent in snapshot.free.items()},
-        )
         assigned = 0
         for priority, classes, heads in zip(
             PRIORITIES_MOST_URGENT_FIRST, snapshot.class_sets, snapshot.heads, strict=True
@@ -403,7 +523,7 @@ class Dispatcher:
         priority: str,
         classes: Sequence[str],
         first_heads: tuple[dict[str, list[_Head]], int],
-        line: _PassState,
+        line: _AgentSlots,
         default_strategy: Strategy,
         state: BalancerState,
     ) -> int:
@@ -458,19 +578,20 @@ class Dispatcher:
             assigned += await self._assign_in_order(waiting, line, state)
             open_classes = [c for c in open_classes if c not in line.blocked and c not in exhausted]
             limit = min(HEADS_PER_CLASS, line.free_slots())
-            if open_classes and limit > 0:
-                replies = await self._scripts.queue_heads(
-                    args=[
-                        priority,
-                        limit,
-                        *(item for cls in open_classes for item in (cls, after[cls])),
-                    ]
-                )
-                heads = [_heads(entries) for entries in replies]
+            if not open_classes or limit <= 0:
+                break  # the heads in hand are all handled: assigned, gone or blocked
+            replies = await self._scripts.queue_heads(
+                args=[
+                    priority,
+                    limit,
+                    *(item for cls in open_classes for item in (cls, after[cls])),
+                ]
+            )
+            heads = [_heads(entries) for entries in replies]
         return assigned
 
     async def _assign_in_order(
-        self, waiting: list[_Waiting], line: _PassState, state: BalancerState
+        self, waiting: list[_Waiting], line: _AgentSlots, state: BalancerState
     ) -> int:
         """Choose an agent for each waiting task in turn, then send every assignment in one
         round trip. A task whose agent refused (its slot went meanwhile) gets the next
@@ -497,29 +618,14 @@ class Dispatcher:
             if not chosen:
                 break
             replies = await run_batch(
-                self._redis,
-                [
-                    (
-                        self._scripts.assign_task,
-                        [],
-                        [
-                            w.task_id,
-                            agent_id,
-                            secrets.token_hex(8),
-                            self._liveness_timeout_ms,
-                            self._settings.node_id,
-                            "1" if self._deliver is not None else "",
-                        ],
-                    )
-                    for w, agent_id in chosen
-                ],
+                self._redis, [self._assign_call(w.task_id, agent_id) for w, agent_id in chosen]
             )
             waiting = []
             for (w, agent_id), reply in zip(chosen, replies, strict=True):
                 verdict = reply[0]
                 if verdict == "ok":
                     assigned += 1
-                    self._assigned(w.task_id, agent_id, reply)
+                    self._assigned(w.task_id, agent_id, reply, way="pass")
                     continue
                 line.give_back_slot(agent_id)
                 if verdict in AGENT_REFUSALS:
@@ -531,14 +637,34 @@ class Dispatcher:
                 # else another node took the task, or it was cancelled: nothing to do
         return assigned
 
-    def _assigned(self, task_id: str, agent_id: str, reply: list[Any]) -> None:
-        """Record one assignment; send it at once when this node holds the agent's stream."""
-        if len(reply) > 2 and int(reply[2]) >= 0 and self._metrics is not None:
-            self._metrics.observe_submit_to_assignment_ms(int(reply[2]))  # a first attempt
+    def _assign_call(self, task_id: str, agent_id: str, at_submit: bool = False) -> ScriptCall:
+        """``lua/assign_task.lua`` for one task and agent."""
+        return (
+            self._scripts.assign_task,
+            [],
+            [
+                task_id,
+                agent_id,
+                secrets.token_hex(8),
+                self._liveness_timeout_ms,
+                self._settings.node_id,
+                "1" if self._deliver is not None else "",
+                "1" if at_submit else "",
+            ],
+        )
+
+    def _assigned(self, task_id: str, agent_id: str, reply: list[Any], way: str) -> None:
+        """Record one assignment made at submit or by a pass (``way``); send it at once when
+        this node holds the agent's stream."""
+        if self._metrics is not None:
+            self._metrics.count_assignment(way)
+            if len(reply) > 2 and int(reply[2]) >= 0:  # a first attempt
+                self._metrics.observe_submit_to_assignment_ms(int(reply[2]))
         if len(reply) > 3 and self._deliver is not None:
             self._deliver(json.loads(reply[3]))
         log.debug(
-            "task assigned", extra={"task_id": task_id, "agent_id": agent_id, "attempt": reply[1]}
+            "task assigned",
+            extra={"task_id": task_id, "agent_id": agent_id, "attempt": reply[1], "way": way},
         )
 
 

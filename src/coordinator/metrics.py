@@ -57,6 +57,9 @@ REDIS_ERROR_KINDS = ("unavailable", "refused_writes")
 """Redis could not be reached (or timed out, or was loading), or it answered but refused
 writes (a replica, maxmemory, MISCONF)."""
 
+ASSIGNMENT_WAYS = ("submit", "pass")
+"""How a task was assigned: in the round trip that queued it, or by a dispatch pass."""
+
 RPC_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 """From half a millisecond (a health check) to the Redis timeout and beyond."""
 
@@ -96,6 +99,16 @@ class NodeMetrics:
             buckets=ASSIGNMENT_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.assignments = Counter(
+            "assignments",
+            "Assignments this node made, by way: 'submit' (in the round trip that queued the"
+            " task) or 'pass' (a dispatch pass).",
+            ["way"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        for way in ASSIGNMENT_WAYS:
+            self.assignments.labels(way)  # both series exist from the start, at 0
         self.redis_errors = Counter(
             "redis_errors",
             "Calls answered UNAVAILABLE because of Redis, by kind.",
@@ -122,6 +135,10 @@ class NodeMetrics:
     def count_redis_error(self, kind: str) -> None:
         """One call failed because of Redis; ``kind`` is one of REDIS_ERROR_KINDS."""
         self.redis_errors.labels(kind).inc()
+
+    def count_assignment(self, way: str) -> None:
+        """This node assigned a task; ``way`` is one of ASSIGNMENT_WAYS."""
+        self.assignments.labels(way).inc()
 
     def observe_submit_to_assignment_ms(self, latency_ms: int) -> None:
         """A task was assigned for the first time, ``latency_ms`` after it was submitted."""

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -35,7 +36,7 @@ from coordinator.redis_packing import PACKED_CLASSES
 from coordinator.registry import AgentRegistry
 from coordinator.scripts import Rider
 from coordinator.streams import AssignmentStreams
-from coordinator.tasks import TaskStore
+from coordinator.tasks import NewTask, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class Coordinator:
             self.redis,
             settings,
             wake_dispatcher=self._wake_dispatcher,
-            offer_dispatch_turn=self._offer_dispatch_turn,
+            ride_submit=self._ride_submit,
+            slots_freed=self._slots_freed,
         )
         self.streams = AssignmentStreams(
             self.redis, self.tasks, settings.node_id, resync_s=settings.heartbeat_interval_s
@@ -225,9 +227,14 @@ class Coordinator:
         """A task was queued or a slot freed through this node: pass soon."""
         self.dispatcher.request()
 
-    def _offer_dispatch_turn(self) -> Rider | None:
-        """Tasks are about to be queued through this node: start a pass in that round trip."""
-        return self.dispatcher.offer_turn()
+    def _ride_submit(self, new_tasks: Sequence[NewTask]) -> Rider | None:
+        """Tasks are about to be queued through this node: assign them, or start a pass, in
+        that round trip."""
+        return self.dispatcher.ride_submit(new_tasks)
+
+    def _slots_freed(self, agent_ids: Sequence[str]) -> None:
+        """Reports taken here freed these agents' slots."""
+        self.dispatcher.slots_freed(agent_ids)
 
     def _resynchronise(self) -> None:
         """After the pub/sub connection (re)connects: look in Redis for what was missed."""

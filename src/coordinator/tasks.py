@@ -58,6 +58,15 @@ SETTLING_ACTIONS = ("complete", "fail")
 
 
 @dataclass(frozen=True)
+class NewTask:
+    """A task that a submit is about to queue: its new id and what it was submitted with
+    (the dispatcher may assign it in the same round trip)."""
+
+    task_id: str
+    submission: TaskSubmission
+
+
+@dataclass(frozen=True)
 class Submitted:
     """One task of ``submit_many``: the new task, or the one its request_id named."""
 
@@ -134,7 +143,8 @@ class TaskStore:
         redis: Redis,
         settings: Settings,
         wake_dispatcher: Callable[[], None] | None = None,
-        offer_dispatch_turn: Callable[[], Rider | None] | None = None,
+        ride_submit: Callable[[Sequence[NewTask]], Rider | None] | None = None,
+        slots_freed: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         self._redis = redis
         self._settings = settings
@@ -143,9 +153,12 @@ class TaskStore:
         # Called when a task joined a queue or a slot came free: the node asks its own
         # dispatcher for a pass (the dispatch turn reaches whichever node is passing).
         self._wake_dispatcher = wake_dispatcher or (lambda: None)
-        # Asked when tasks are queued: the calls that start a pass in the same round trip
-        # (Dispatcher.offer_turn), or None to wake the dispatcher as above.
-        self._offer_dispatch_turn = offer_dispatch_turn or (lambda: None)
+        # Asked when tasks are about to be queued: the calls that assign them, or start a
+        # pass, in the same round trip (Dispatcher.ride_submit), or None to wake the
+        # dispatcher as above.
+        self._ride_submit = ride_submit or (lambda _: None)
+        # Told which agents' slots the reports taken here freed (Dispatcher.slots_freed).
+        self._slots_freed = slots_freed or (lambda _: None)
 
     # --- clients --------------------------------------------------------------------------
 
@@ -182,21 +195,24 @@ class TaskStore:
 
     async def _queue(self, submissions: Sequence[TaskSubmission]) -> list[Any]:
         """Run ``lua/submit_task.lua`` for each submission in one round trip (the replies,
-        a refused call as its exception object), then have them dispatched: the dispatch
-        turn and snapshot ride in that round trip when this node's dispatcher offers them."""
-        turn = self._offer_dispatch_turn()
+        a refused call as its exception object), then have them dispatched: their
+        assignments, or the dispatch turn and snapshot, ride in that round trip when this
+        node's dispatcher has them."""
+        new_tasks = [NewTask(uuid.uuid4().hex, s) for s in submissions]
+        rider = self._ride_submit(new_tasks)
         replies = await run_batch(
             self._redis,
-            [(self._scripts.submit_task, [], self._submit_args(s)) for s in submissions],
+            [(self._scripts.submit_task, [], self._submit_args(t)) for t in new_tasks],
             raise_on_error=False,
-            rider=turn,
+            rider=rider,
         )
-        if turn is None:
+        if rider is None:
             self._wake_dispatcher()
         return replies
 
-    def _submit_args(self, s: TaskSubmission) -> list[Any]:
-        """ARGV of ``lua/submit_task.lua`` for one submission (with a fresh task id)."""
+    def _submit_args(self, new_task: NewTask) -> list[Any]:
+        """ARGV of ``lua/submit_task.lua`` for one new task."""
+        s = new_task.submission
         fields = {
             "task_type": s.task_type,
             "task_data": json.dumps(s.task_data, separators=(",", ":")),
@@ -208,7 +224,7 @@ class TaskStore:
             "routing_key": s.routing_key,
         }
         return [
-            uuid.uuid4().hex,
+            new_task.task_id,
             s.request_id,
             round(self._settings.idempotency_window_s * 1000),
             s.priority.name,
@@ -318,8 +334,7 @@ class TaskStore:
         refusal = _refusal(report, reply)
         if refusal is not None:
             raise refusal
-        if _frees_a_slot_for_waiting_tasks(report, reply):
-            self._wake_dispatcher()
+        self._after_reports([report], [reply])
         return list(reply)
 
     async def report_many(self, reports: Sequence[Report]) -> list[ReportOutcome | Exception]:
@@ -344,12 +359,21 @@ class TaskStore:
             outcomes.append(
                 ReportOutcome(TaskState[reply[1]], int(float(lease)) if lease else None)
             )
-        if any(
-            _frees_a_slot_for_waiting_tasks(r, reply)
-            for r, reply in zip(reports, replies, strict=True)
-        ):
-            self._wake_dispatcher()
+        self._after_reports(reports, replies)
         return outcomes
+
+    def _after_reports(self, reports: Sequence[Report], replies: Sequence[Any]) -> None:
+        """Tell the dispatcher which slots the reports freed, and wake it when tasks wait
+        for them (``lua/report_task.lua`` says so)."""
+        ended = [
+            (report, reply)
+            for report, reply in zip(reports, replies, strict=True)
+            if _ended_an_attempt(report, reply)
+        ]
+        if ended:
+            self._slots_freed([report.agent_id for report, _ in ended])
+            if any(int(reply[4]) == 1 for _, reply in ended):
+                self._wake_dispatcher()
 
     async def _run_each(self, script: AsyncScript, calls: Sequence[Sequence[Any]]) -> list[Any]:
         """Run ``script`` once per argument list, in order, in one round trip; a call that
@@ -522,15 +546,14 @@ def _refusal(report: Report, reply: Sequence[Any]) -> CoordinatorError | None:
     return None
 
 
-def _frees_a_slot_for_waiting_tasks(report: Report, reply: Any) -> bool:
-    """Whether a report ended an attempt while tasks wait in line (``lua/report_task.lua``
-    says so): only then can a dispatch pass use the freed slot."""
+def _ended_an_attempt(report: Report, reply: Any) -> bool:
+    """Whether a report ended an attempt (freeing its slot); its reply then says, fifth,
+    whether tasks wait in line for that slot."""
     return (
         report.action in SETTLING_ACTIONS
         and isinstance(reply, list)
         and len(reply) > 4
         and reply[0] == "ok"
-        and int(reply[4]) == 1
     )
 
 

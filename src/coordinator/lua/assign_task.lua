@@ -12,22 +12,28 @@
 -- ARGV[6]      '1' when the assigning node sends assignments to the streams it holds
 --              itself (the dispatcher): then an agent streaming from that node is not
 --              told over pub/sub, and the message comes back in the reply instead
+-- ARGV[7]      '1' for an assignment at submit, chosen without a pass: refused unless the
+--              task is first in line (task_lib's first_in_line)
 -- Returns      {'ok', attempt, latency_ms} for a first attempt (latency_ms: from the submit
 --              to this assignment), {'ok', attempt} for a retry, or {refusal, detail};
---              refusals about the task are 'task_gone', about the agent 'agent_gone',
---              'agent_unavailable', 'agent_full'. With a message for the assigning node
---              itself: {'ok', attempt, latency_ms or -1, message}.
+--              refusals about the task are 'task_gone' and 'not_first', about the agent
+--              'agent_gone', 'agent_unavailable', 'agent_full'. With a message for the
+--              assigning node itself: {'ok', attempt, latency_ms or -1, message}.
 local task_id = ARGV[1]
 local agent_id = ARGV[2]
 local token_nonce = ARGV[3]
 local liveness_timeout_ms = tonumber(ARGV[4])
 local node_id = ARGV[5]
 local deliver_here = ARGV[6] == '1'
+local at_submit = ARGV[7] == '1'
 
 local task = load_task(task_id, TASK_FIELDS)
 if not task or task.state ~= 'PENDING'
     or not redis.call('ZSCORE', K.queue .. task.priority, task_id) then
   return {'task_gone', task and task.state or 'missing'}
+end
+if at_submit and not first_in_line(task) then
+  return {'not_first', 'a task waits ahead of it'}
 end
 
 local agent_key = K.agent .. agent_id

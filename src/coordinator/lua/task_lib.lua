@@ -139,6 +139,21 @@ local function tasks_waiting()
   return 0
 end
 
+-- Whether no task waits ahead of ``task`` (queued): none at a more urgent priority and
+-- none queued earlier at its own (every queue is scored by seq). ``task`` needs priority.
+-- A task assigned at its submit must be first in line, so that it overtakes no one.
+local function first_in_line(task)
+  for _, priority in ipairs(PRIORITY_NAMES) do
+    if priority == task.priority then
+      return redis.call('ZRANGE', K.queue .. priority, 0, 0)[1] == task.id
+    end
+    if redis.call('EXISTS', K.classes .. priority) == 1 then
+      return false
+    end
+  end
+  return false
+end
+
 -- Folds one attempt's outcome into the agent's moving averages (predictive and
 -- least_response_time strategies, health score). ``duration_ms`` is nil for failures.
 local function record_outcome(agent_id, succeeded, duration_ms)
