@@ -49,6 +49,7 @@ from processes import (
     CoordinatorNode,
     RedisServer,
     cpu_s,
+    free_port,
     log_tail,
     rss_kib,
     spawn,
@@ -60,7 +61,7 @@ BENCH = REPO / "bench"
 RESULTS_DIR = BENCH / "results"
 COORDINATOR_DB = 1
 ARQ_DB = 2
-SCENARIOS = ("drain", "latency", "two_nodes", "discovery", "streams", "arq")
+SCENARIOS = ("drain", "latency", "floor", "two_nodes", "discovery", "streams", "arq")
 
 TARGETS = {
     "drain_tasks_per_s": 2000.0,
@@ -503,14 +504,70 @@ def scenario_drain(bench: Bench, nodes: int) -> dict[str, Any]:
     )
 
 
+def latency_submit_options(bench: Bench, rate: int) -> dict[str, Any]:
+    """The steady-rate submitter's options (scenario 2 and its floor)."""
+    options: dict[str, Any] = {"rate": rate, "duration": bench.plan.steady_s}
+    if bench.args.latency_client == "coalesce":
+        options.update(coalesce=True, in_flight=bench.args.latency_calls_in_flight)
+    return options
+
+
 def scenario_latency(bench: Bench, rate: int) -> dict[str, Any]:
     expected = int(rate * bench.plan.steady_s)
-    options: list[dict[str, Any]] = [{"rate": rate, "duration": bench.plan.steady_s}]
-    if bench.args.latency_client == "coalesce":
-        options[0].update(coalesce=True, in_flight=bench.args.latency_calls_in_flight)
+    options = [latency_submit_options(bench, rate)]
     result = task_run(bench, 1, options, expected, max_concurrency=bench.args.max_concurrency)
     result["rate_per_s"] = rate
     return result
+
+
+def scenario_floor(bench: Bench, rate: int) -> dict[str, Any]:
+    """Scenario 2's load through bench/grpc_relay.py instead of a node: the same agents and
+    submitter, the same RPCs, nothing behind them (no Redis). What is left is what Python
+    gRPC and these clients cost on this machine, in the same run."""
+    expected = int(rate * bench.plan.steady_s)
+    port = free_port()
+    ready = bench.workdir / f"relay-{port}.ready"
+    relay = bench.python_child(
+        "grpc_relay.py",
+        ["--port", str(port), "--ready-file", str(ready), "--expect", str(expected)],
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_until("the relay", lambda: ready.exists(), 30)
+        outs = [
+            bench.start_agents(address, f"agent{i}", 1, bench.args.max_concurrency)
+            for i in range(bench.plan.drain_agents)
+        ]
+        bench.wait_ready(outs, 60)
+        cpu_before = cpu_s(relay.pid)
+        out = bench.next_path("submitter")
+        options = latency_submit_options(bench, rate)
+        submitter = bench.python_child(
+            "load_submitter.py",
+            submitter_argv(address, out, start_at_ns=time.time_ns() + 500_000_000, **options),
+        )
+        bench.wait_exit([submitter], "the submitter", 120)
+        bench.wait_files([Path(f"{ready}.done")], "every completion at the relay", 60)
+        relay_cpu = cpu_s(relay.pid) - cpu_before
+        bench.signal_agents()
+        bench.wait_files(outs, "the agents' results", 60)
+    finally:
+        bench.stop_run()
+    submits = load(out)
+    submitted, received, errors = join_times([submits], [load(o) for o in outs])
+    check_all_completed(submitted, received, expected)
+    return {
+        "tasks": expected,
+        "rate_per_s": rate,
+        "submit_to_reply": latency_summary(
+            [(replied - due) / 1e6 for _, due, replied in submits["records"]]
+        ),
+        "submit_to_assigned": latency_summary(
+            [(received[t][1] - s) / 1e6 for t, s in submitted.items()]
+        ),
+        "relay_cpu_us_per_task": round(relay_cpu / expected * 1e6, 1),
+        "errors": errors,
+    }
 
 
 def scenario_streams(bench: Bench) -> dict[str, Any]:
@@ -743,6 +800,16 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]
             rows.append(
                 (title, "submits refused (of rate × duration)", fmt(agg, "submits_refused", 0))
             )
+        elif key.startswith("floor"):
+            for what, label in (
+                ("submit_to_reply", "submit reply"),
+                ("submit_to_assigned", "assigned"),
+            ):
+                value = " / ".join(
+                    fmt(agg, f"{what}.{p}_ms", 2) for p in ("p50", "p90", "p99", "max")
+                )
+                rows.append((title, f"submit→{label} p50/p90/p99/max ms", value))
+            rows.append((title, "CPU µs per task: relay", fmt(agg, "relay_cpu_us_per_task", 0)))
         elif key == "discovery":
             rows.append((title, "DiscoverAgents p50 ms", fmt(agg, "discover_sequential.p50_ms", 2)))
             rows.append((title, "DiscoverAgents p99 ms", fmt(agg, "discover_sequential.p99_ms", 2)))
@@ -785,6 +852,7 @@ def median_of(results: dict[str, dict[str, Any]], key: str, figure: str) -> floa
 def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Each target of issue 5 with the measured median and whether it is met."""
     checks: list[tuple[str, str, float | None, float, Callable[[float, float], bool]]] = []
+    floors: dict[str, float | None] = {}
     at_least = float.__ge__
     at_most = float.__le__
     drain = median_of(results, "drain", "completed_per_s")
@@ -794,9 +862,9 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     checks.append(("drain ≥ 1.2× arq", "×", ratio, 1.2, at_least))
     for rate, limit in ((200, 2.0), (1000, 20.0)):
         p99 = median_of(results, f"latency_{rate}", "submit_to_assigned.p99_ms")
-        checks.append(
-            (f"submit→assigned p99 ≤ {limit:g} ms at {rate}/s", "ms", p99, limit, at_most)
-        )
+        name = f"submit→assigned p99 ≤ {limit:g} ms at {rate}/s"
+        checks.append((name, "ms", p99, limit, at_most))
+        floors[name] = median_of(results, f"floor_{rate}", "submit_to_assigned.p99_ms")
     discovery = median_of(results, "discovery", "discover_sequential.p99_ms")
     agents = results.get("discovery", {}).get("runs", [{}])[0].get("agents", 0)
     checks.append((f"discovery p99 ≤ 5 ms ({agents:,} agents)", "ms", discovery, 5.0, at_most))
@@ -809,6 +877,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             "unit": unit,
             "limit": limit,
             "met": None if value is None else bool(test(float(value), limit)),
+            **({"grpc_floor": floors[name]} if floors.get(name) is not None else {}),
         }
         for name, unit, value, limit, test in checks
     ]
@@ -824,7 +893,8 @@ def print_table(rows: list[tuple[str, str, str]], checks: list[dict[str, Any]]) 
     for c in checks:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[c["met"]]
         measured = "-" if c["measured"] is None else f"{c['measured']:g} {c['unit']}"
-        print(f"  {c['target']:<44} {measured:>16}  {verdict}")
+        floor = f"  (gRPC floor, same run: {c['grpc_floor']:g} ms)" if "grpc_floor" in c else ""
+        print(f"  {c['target']:<44} {measured:>16}  {verdict}{floor}")
 
 
 def environment() -> dict[str, Any]:
@@ -875,6 +945,10 @@ def run_scenarios(bench: Bench, chosen: list[str]) -> dict[str, dict[str, Any]]:
             jobs.append(
                 (f"latency_{rate}", title, lambda rate=rate: scenario_latency(bench, rate))  # type: ignore[misc]
             )
+    if "floor" in chosen:
+        for rate in plan.rates:
+            title = f"2f. gRPC floor {rate}/s (relay, no Redis)"
+            jobs.append((f"floor_{rate}", title, lambda rate=rate: scenario_floor(bench, rate)))  # type: ignore[misc]
     if "two_nodes" in chosen:
         title = f"3. drain, 2 nodes, {plan.drain_agents} agents{_submits(plan)}"
         jobs.append(("two_nodes", title, lambda: scenario_drain(bench, 2)))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = "drain,latency,two_nodes,discovery,streams"
+SCENARIOS = "drain,latency,floor,two_nodes,discovery,streams"
 
 
 @pytest.mark.timeout(120)
@@ -47,6 +47,10 @@ def test_quick_benchmark_completes_every_task(tmp_path: Path) -> None:
     (two_nodes,) = json.loads((tmp_path / "two_nodes.quick.json").read_text())["runs"]
     assert len(two_nodes["coordinator_rss_kib"]) == 2, "scenario 3 must run two nodes"
 
+    (floor,) = json.loads((tmp_path / "floor_200.quick.json").read_text())["runs"]
+    assert floor["errors"] == {}
+    assert floor["submit_to_assigned"]["p50_ms"] > 0 and floor["relay_cpu_us_per_task"] > 0
+
     (streams,) = json.loads((tmp_path / "streams.quick.json").read_text())["runs"]
     assert streams["errors"] == {}
     assert streams["memory_per_agent_kib"] > 0
@@ -60,4 +64,6 @@ def test_quick_benchmark_completes_every_task(tmp_path: Path) -> None:
         "drain ≥ 1.2× arq",
         "submit→assigned p99 ≤ 20 ms at 1000/s",
     ]
+    (at_200,) = [t for t in summary["targets"] if t["target"].endswith("at 200/s")]
+    assert at_200["grpc_floor"] > 0  # the floor of the same run, beside the target
     assert "median (min–max) of the runs" in completed.stdout
