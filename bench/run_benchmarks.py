@@ -247,6 +247,12 @@ class Bench:
             if "load_agent.py" in " ".join(map(str, child.args)) and child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
+    def agent_results(self, outs: Sequence[Path]) -> list[dict[str, Any]]:
+        """SIGTERM to the agent processes, which then write their time stamps: those."""
+        self.signal_agents()
+        self.wait_files(outs, "the agents' results", 60)
+        return [load(o) for o in outs]
+
     def wait_exit(
         self, children: Sequence[subprocess.Popen[bytes]], what: str, timeout_s: float
     ) -> None:
@@ -443,12 +449,10 @@ def task_run(
         node_cpu_s = sum(cpu_s(n.pid) - cpu_before[n.node_id] for n in started_nodes)
         redis_cpu = cpu_s(bench.redis.pid) - redis_cpu_before
         admin.close()
-        bench.signal_agents()
-        bench.wait_files(outs, "the agents' results", 60)
+        agent_reports = bench.agent_results(outs)
     finally:
         bench.stop_run()
     submits = [load(o) for o in submit_outs]
-    agent_reports = [load(o) for o in outs]
     submitted, received, errors = join_times(submits, agent_reports)
     check_all_completed(submitted, received, accepted)
     first_submit = min(s["started_ns"] for s in submits)
@@ -549,12 +553,11 @@ def scenario_floor(bench: Bench, rate: int) -> dict[str, Any]:
         bench.wait_exit([submitter], "the submitter", 120)
         bench.wait_files([Path(f"{ready}.done")], "every completion at the relay", 60)
         relay_cpu = cpu_s(relay.pid) - cpu_before
-        bench.signal_agents()
-        bench.wait_files(outs, "the agents' results", 60)
+        agent_reports = bench.agent_results(outs)
     finally:
         bench.stop_run()
     submits = load(out)
-    submitted, received, errors = join_times([submits], [load(o) for o in outs])
+    submitted, received, errors = join_times([submits], agent_reports)
     check_all_completed(submitted, received, expected)
     return {
         "tasks": expected,
@@ -602,12 +605,11 @@ def scenario_streams(bench: Bench) -> dict[str, Any]:
         # Assigned is not yet received: wait until every agent process has all its tasks.
         bench.wait_files([Path(f"{o}.received") for o in outs], "one task per agent", 120)
         rss_delivered = rss_kib(node.pid)
-        bench.signal_agents()
-        bench.wait_files(outs, "the agents' results", 60)
+        agent_reports = bench.agent_results(outs)
     finally:
         bench.stop_run()
     submits = load(out)
-    submitted, received, errors = join_times([submits], [load(o) for o in outs])
+    submitted, received, errors = join_times([submits], agent_reports)
     if len(received) != agents:
         raise RuntimeError(f"{len(received)} of {agents} tasks reached an agent")
     holders = {agent for agent, _, _ in received.values()}
