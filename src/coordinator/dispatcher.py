@@ -158,6 +158,17 @@ class _AgentSlots:
         self.refused.add(agent_id)
         self.free.pop(agent_id, None)
 
+    def not_assigned(self, agent_id: str, verdict: str, detail: Any) -> bool:
+        """``lua/assign_task.lua`` refused an assignment to ``agent_id``: its slot is free
+        again, unless the refusal was about the agent, which is then not chosen again.
+        True for such an agent refusal (the task may go to its next choice)."""
+        self.give_back_slot(agent_id)
+        if verdict not in AGENT_REFUSALS:
+            return False  # about the task: another node took it, or it was cancelled
+        log.debug("agent refused: %s (%s)", verdict, detail, extra={"agent_id": agent_id})
+        self.refuse(agent_id)
+        return True
+
 
 @dataclass
 class _Snapshot:
@@ -325,15 +336,13 @@ class Dispatcher:
         (its task waits in line: a pass must follow)."""
         refused = False
         for (task_id, agent_id), reply in zip(chosen, replies, strict=True):
-            verdict = reply if isinstance(reply, Exception) else reply[0]
-            if verdict == "ok":
+            if not isinstance(reply, Exception) and reply[0] == "ok":
                 self._assigned(task_id, agent_id, reply, way="submit")
                 continue
             refused = True
             if line is not None:  # that line still counts the slot as taken
-                line.give_back_slot(agent_id)
-                if verdict in AGENT_REFUSALS:
-                    line.refuse(agent_id)
+                verdict, detail = ("error", reply) if isinstance(reply, Exception) else reply[:2]
+                line.not_assigned(agent_id, verdict, detail)
         return refused
 
     def _take_turn(self, token: str, requests: int, reply: Any, after_the_submits: bool) -> None:
@@ -627,14 +636,8 @@ class Dispatcher:
                     assigned += 1
                     self._assigned(w.task_id, agent_id, reply, way="pass")
                     continue
-                line.give_back_slot(agent_id)
-                if verdict in AGENT_REFUSALS:
-                    log.debug(
-                        "agent refused: %s (%s)", verdict, reply[1], extra={"agent_id": agent_id}
-                    )
-                    line.refuse(agent_id)
+                if line.not_assigned(agent_id, verdict, reply[1]):
                     waiting.append(w)  # try its next choice
-                # else another node took the task, or it was cancelled: nothing to do
         return assigned
 
     def _assign_call(self, task_id: str, agent_id: str, at_submit: bool = False) -> ScriptCall:
