@@ -20,7 +20,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -99,25 +99,19 @@ class NodeMetrics:
             buckets=ASSIGNMENT_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        self.assignments = Counter(
+        self.assignments = self._counter_by(
             "assignments",
             "Assignments this node made, by way: 'submit' (in the round trip that queued the"
             " task) or 'pass' (a dispatch pass).",
-            ["way"],
-            namespace=NAMESPACE,
-            registry=self.registry,
+            "way",
+            ASSIGNMENT_WAYS,
         )
-        for way in ASSIGNMENT_WAYS:
-            self.assignments.labels(way)  # both series exist from the start, at 0
-        self.redis_errors = Counter(
+        self.redis_errors = self._counter_by(
             "redis_errors",
             "Calls answered UNAVAILABLE because of Redis, by kind.",
-            ["kind"],
-            namespace=NAMESPACE,
-            registry=self.registry,
+            "kind",
+            REDIS_ERROR_KINDS,
         )
-        for kind in REDIS_ERROR_KINDS:
-            self.redis_errors.labels(kind)  # both series exist from the start, at 0
         Gauge(
             "connected_agents",
             "Agents with an open StreamAssignments on this node.",
@@ -131,6 +125,16 @@ class NodeMetrics:
         PlatformCollector(registry=self.registry)
         self._http: tuple[WSGIServer, threading.Thread] | None = None
         self._tasks_collector: TaskIndexCollector | None = None
+
+    def _counter_by(
+        self, name: str, documentation: str, label: str, values: Sequence[str]
+    ) -> Counter:
+        """A counter with one label, each of whose ``values`` has its series from the
+        start, at 0 (a rate over a series that appears late misses its first count)."""
+        counter = Counter(name, documentation, [label], namespace=NAMESPACE, registry=self.registry)
+        for value in values:
+            counter.labels(value)
+        return counter
 
     def count_redis_error(self, kind: str) -> None:
         """One call failed because of Redis; ``kind`` is one of REDIS_ERROR_KINDS."""
