@@ -8,6 +8,7 @@ or None is an error, a float is sent as ``repr`` (hiredis would round it differe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -29,9 +30,15 @@ class HiredisPacking(AbstractConnection):
             args = (*first.split(), *args[1:])
         elif isinstance(first, bytes) and b" " in first:
             args = (*first.split(), *args[1:])
-        if not set(map(type, args)) <= _SENT_AS_IS:
-            args = tuple(_checked(a) for a in args)
-        return [hiredis.pack_command(args)]
+        return [pack_command(args)]
+
+
+def pack_command(args: Sequence[Any]) -> bytes:
+    """One command's RESP bytes, its arguments checked as redis-py checks them."""
+    if not set(map(type, args)) <= _SENT_AS_IS:
+        args = tuple(_checked(a) for a in args)
+    packed: bytes = hiredis.pack_command(tuple(args))
+    return packed
 
 
 _SENT_AS_IS = {str, bytes, int}
