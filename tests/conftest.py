@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2_grpc
 from agent_harness import AgentPool, ScriptedAgent
 from aitbc.coordinator.v1 import agent_pb2_grpc, task_pb2_grpc
 from coordinator.config import Settings
+from coordinator.redis_multiplex import MultiplexedConnection
 from coordinator.server import Coordinator, create_server
 from support import CoordinatorProcess, RedisServer
 
@@ -52,6 +53,14 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def multiplexed(redis_client: aioredis.Redis) -> AsyncIterator[MultiplexedConnection]:
+    """The node's kind of shared connection for task scripts, on the test database."""
+    connection = MultiplexedConnection.like(redis_client, timeout_s=2.0)
+    yield connection
+    await connection.aclose()
 
 
 @pytest.fixture

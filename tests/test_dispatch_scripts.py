@@ -227,14 +227,14 @@ async def test_an_assignment_at_submit_never_overtakes_a_waiting_task(
 
 
 async def test_run_batch_runs_every_call_in_order_and_reloads_flushed_scripts(
-    scripts, registry, redis_client
+    scripts, registry, redis_client, multiplexed
 ):
     tasks = [await new_task(scripts) for _ in range(3)]
     await make_agent(registry, redis_client, "a", max_concurrency=2)
     await redis_client.script_flush()
 
     replies = await run_batch(
-        redis_client,
+        multiplexed,
         [
             (scripts.assign_task, [], [t, "a", f"n{i}", LIVENESS_MS, NODE])
             for i, t in enumerate(tasks)
@@ -249,9 +249,9 @@ async def test_run_batch_runs_every_call_in_order_and_reloads_flushed_scripts(
     ]
 
 
-async def test_run_batch_raises_a_script_error(scripts, redis_client):
+async def test_run_batch_raises_a_script_error(scripts, multiplexed):
     with pytest.raises(ResponseError, match="script"):
-        await run_batch(redis_client, [(scripts.queue_heads, [], ["NORMAL", "not-a-number", "c0"])])
+        await run_batch(multiplexed, [(scripts.queue_heads, [], ["NORMAL", "not-a-number", "c0"])])
 
 
 async def test_old_style_assign_still_publishes(scripts, registry, redis_client):

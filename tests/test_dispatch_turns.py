@@ -109,7 +109,7 @@ async def test_a_turn_taken_by_a_submit_but_never_passed_is_handed_back(start_no
     new_task = [NewTask("t-1", TaskSubmission("test", {}))]  # no agent to assign it to
     rider = dispatcher.ride_submit(new_task)  # so the turn rides
     assert rider is not None
-    await run_batch(node.coordinator.redis, [], rider=rider)  # as a submit's round trip does
+    await run_batch(node.coordinator.multiplexed, [], rider=rider)  # as a submit's round trip does
     assert await redis_client.exists(keys.DISPATCH_LOCK)
     assert dispatcher.ride_submit(new_task) is None  # one turn waits already
 

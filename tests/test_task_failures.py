@@ -178,7 +178,7 @@ async def test_agent_back_within_the_grace_period_keeps_its_task_and_gets_it_aga
 
 
 async def test_a_cancellation_lost_in_a_redis_call_still_ends_the_stream_session(
-    redis_client, make_settings
+    redis_client, multiplexed, make_settings
 ):
     # On Python 3.11 redis-py sends each command through asyncio.wait_for, which drops a
     # cancellation that arrives just as the send completes: gRPC's only cancel of a stream
@@ -202,7 +202,9 @@ async def test_a_cancellation_lost_in_a_redis_call_still_ends_the_stream_session
             return members
 
     redis = DropsOneCancel(redis_client)
-    session = Session("agent-x", TaskStore(redis_client, make_settings()), redis, resync_s=0.05)
+    session = Session(
+        "agent-x", TaskStore(redis_client, multiplexed, make_settings()), redis, resync_s=0.05
+    )
     running = asyncio.create_task(session.next_events())
     done, _ = await asyncio.wait({running}, timeout=2)
     assert redis.dropped

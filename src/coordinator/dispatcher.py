@@ -45,6 +45,7 @@ from coordinator.balancing import BalancerState, Candidate, Strategy, choose
 from coordinator.config import Settings
 from coordinator.metrics import NodeMetrics
 from coordinator.models import Agent, AgentStatus
+from coordinator.redis_multiplex import MultiplexedConnection
 from coordinator.registry import RECORD_FIELDS, AgentRegistry
 from coordinator.scripts import Rider, ScriptCall, TaskScripts, run_batch
 from coordinator.task_models import PRIORITIES_MOST_URGENT_FIRST, Requirements
@@ -220,6 +221,7 @@ class Dispatcher:
     def __init__(
         self,
         redis: Redis,
+        multiplexed: MultiplexedConnection,
         registry: AgentRegistry,
         store: TaskStore,
         settings: Settings,
@@ -227,6 +229,8 @@ class Dispatcher:
         deliver: LocalDelivery | None = None,
     ) -> None:
         self._redis = redis
+        self._multiplexed = multiplexed
+        """Task-script batches: snapshots and assignments go through it."""
         self._metrics = metrics
         self._deliver = deliver
         self._registry = registry
@@ -470,7 +474,7 @@ class Dispatcher:
     async def _snapshot(self, turn_action: str = "", token: str = "") -> _Snapshot | None:
         """Read what a pass starts from; with ``turn_action`` ('begin' or 'again') and this
         node's token, take the turn in the same step: None when another node has it."""
-        (reply,) = await run_batch(self._redis, [self._snapshot_call(turn_action, token)])
+        (reply,) = await run_batch(self._multiplexed, [self._snapshot_call(turn_action, token)])
         return self._parse_snapshot(reply)
 
     def _snapshot_call(self, turn_action: str, token: str) -> ScriptCall:
@@ -627,7 +631,8 @@ class Dispatcher:
             if not chosen:
                 break
             replies = await run_batch(
-                self._redis, [self._assign_call(w.task_id, agent_id) for w, agent_id in chosen]
+                self._multiplexed,
+                [self._assign_call(w.task_id, agent_id) for w, agent_id in chosen],
             )
             waiting = []
             for (w, agent_id), reply in zip(chosen, replies, strict=True):

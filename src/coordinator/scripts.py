@@ -18,9 +18,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from coordinator.keys import TASK_SCRIPT_KEYS
+from coordinator.redis_multiplex import MultiplexedConnection
 
 SCRIPT_NAMES = (
     "register_agent",
@@ -122,19 +123,17 @@ rider's (its script was loaded after a NOSCRIPT)."""
 
 
 async def run_batch(
-    redis: Redis,
+    connection: MultiplexedConnection,
     calls: Sequence[ScriptCall],
     *,
     raise_on_error: bool = True,
     rider: Rider | None = None,
 ) -> list[Any]:
-    """Run many script calls in one pipeline: one round trip.
+    """Run many script calls in one write on the node's shared connection: one round trip.
 
-    Unlike calling each script with ``client=pipeline``, which makes redis-py ask
-    SCRIPT EXISTS first (a second round trip on every batch), this sends EVALSHA only and
-    loads a script only when Redis reports it missing (after a restart or SCRIPT FLUSH);
-    a call refused with NOSCRIPT did not run, so it is sent again. Returns the replies in
-    order. A script's error is raised (the first), like a single call's, or with
+    Sends EVALSHA only; a call refused with NOSCRIPT (Redis restarted, or SCRIPT FLUSH) did
+    not run, so it is sent again with EVAL, which also loads the script. Returns the
+    replies in order. A script's error is raised (the first), like a single call's, or with
     ``raise_on_error=False`` left in its place so that the other replies are not lost; an
     outage (no connection, a timeout) always raises. A ``rider``'s calls run after
     ``calls``, and its replies go to its function, not into the result.
@@ -144,21 +143,22 @@ async def run_batch(
         calls = [*calls, *rider[0]]
     if not calls:
         return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-    own_reloaded = any(isinstance(r, NoScriptError) for r in replies[:own])
-    for i, reply in enumerate(replies):
-        if isinstance(reply, NoScriptError):
-            script, keys, args = calls[i]
-            try:
-                replies[i] = await script(keys=keys, args=args)  # loads it, then runs it
-            except ResponseError as exc:
-                replies[i] = exc
+    replies = await connection.execute(
+        [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+    )
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        again = await connection.execute(
+            [
+                ("EVAL", calls[i][0].script, len(calls[i][1]), *calls[i][1], *calls[i][2])
+                for i in missing
+            ]
+        )
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
     if rider is not None:
         replies, ridden = replies[:own], replies[own:]
-        rider[1](ridden, not own_reloaded)
+        rider[1](ridden, not (missing and missing[0] < own))
     if raise_on_error:
         for reply in replies:
             if isinstance(reply, Exception):

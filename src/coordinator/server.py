@@ -32,6 +32,7 @@ from coordinator.health import RedisHealthMonitor
 from coordinator.liveness import LivenessSweeper
 from coordinator.metrics import NodeMetrics, RpcMetricsInterceptor
 from coordinator.reaper import TaskReaper
+from coordinator.redis_multiplex import MultiplexedConnection
 from coordinator.redis_packing import PACKED_CLASSES
 from coordinator.registry import AgentRegistry
 from coordinator.scripts import Rider
@@ -107,9 +108,12 @@ class Coordinator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis = connect_redis(settings)
+        # Task scripts, the hot path, share one auto-pipelined connection (redis_multiplex).
+        self.multiplexed = MultiplexedConnection.like(self.redis, settings.redis_timeout_s)
         self.registry = AgentRegistry(self.redis, settings)
         self.tasks = TaskStore(
             self.redis,
+            self.multiplexed,
             settings,
             wake_dispatcher=self._wake_dispatcher,
             ride_submit=self._ride_submit,
@@ -121,6 +125,7 @@ class Coordinator:
         self.metrics = NodeMetrics(settings, connected_agents=lambda: self.streams.session_count)
         self.dispatcher = Dispatcher(
             self.redis,
+            self.multiplexed,
             self.registry,
             self.tasks,
             settings,
@@ -218,6 +223,7 @@ class Coordinator:
             await self.metrics.stop_http()
             self.metrics_port = None
             await self.health.withdraw()
+            await self.multiplexed.aclose()
             await self.redis.aclose()
             await self.health_redis.aclose()
             self._stopped = True

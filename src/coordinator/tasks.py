@@ -27,6 +27,7 @@ from coordinator import keys, page_tokens
 from coordinator.balancing import Strategy
 from coordinator.config import Settings
 from coordinator.errors import CoordinatorError, FailedPrecondition, NotFound
+from coordinator.redis_multiplex import MultiplexedConnection
 from coordinator.registry import epoch_ms
 from coordinator.scripts import Rider, TaskScripts, run_batch
 from coordinator.task_models import (
@@ -141,12 +142,15 @@ class TaskStore:
     def __init__(
         self,
         redis: Redis,
+        multiplexed: MultiplexedConnection,
         settings: Settings,
         wake_dispatcher: Callable[[], None] | None = None,
         ride_submit: Callable[[Sequence[NewTask]], Rider | None] | None = None,
         slots_freed: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         self._redis = redis
+        self._multiplexed = multiplexed
+        """Task-script batches: the hot path (submits, reports) goes through it."""
         self._settings = settings
         self._scripts = TaskScripts(redis)
         self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
@@ -201,7 +205,7 @@ class TaskStore:
         new_tasks = [NewTask(uuid.uuid4().hex, s) for s in submissions]
         rider = self._ride_submit(new_tasks)
         replies = await run_batch(
-            self._redis,
+            self._multiplexed,
             [(self._scripts.submit_task, [], self._submit_args(t)) for t in new_tasks],
             raise_on_error=False,
             rider=rider,
@@ -380,7 +384,7 @@ class TaskStore:
         Redis refused comes back as its exception object, so that one entry's failure does
         not hide the others' replies (an outage raises)."""
         return await run_batch(
-            self._redis, [(script, [], args) for args in calls], raise_on_error=False
+            self._multiplexed, [(script, [], args) for args in calls], raise_on_error=False
         )
 
     # --- queues and statistics ------------------------------------------------------------
