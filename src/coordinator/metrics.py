@@ -247,8 +247,8 @@ class TaskIndexCollector(Collector):
 
 
 class RpcMetricsInterceptor(WrappingInterceptor):
-    """Counts every unary and server-streaming call by its final status code, and times the
-    unary ones. Placed first, so it sees the codes the error mapping chose."""
+    """Counts every call by its final status code (a stream once, when it ends), and times
+    the unary ones. Placed first, so it sees the codes the error mapping chose."""
 
     def __init__(self, metrics: NodeMetrics) -> None:
         super().__init__()
@@ -267,7 +267,7 @@ class RpcMetricsInterceptor(WrappingInterceptor):
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
             wrapped = (
-                self._counted_generator(behavior, service, method)
+                self._counted_generator(behavior, service, method, "server_stream")
                 if inspect.isasyncgenfunction(behavior)
                 else self._counted_writer(behavior, service, method)
             )
@@ -276,7 +276,13 @@ class RpcMetricsInterceptor(WrappingInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # client and bidirectional streams (reflection): not counted
+        if handler.stream_stream is not None and inspect.isasyncgenfunction(handler.stream_stream):
+            return grpc.stream_stream_rpc_method_handler(
+                self._counted_generator(handler.stream_stream, service, method, "bidi_stream"),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client streams (none are served): not counted
 
     def _count(
         self,
@@ -306,7 +312,9 @@ class RpcMetricsInterceptor(WrappingInterceptor):
 
         return wrapped
 
-    def _counted_generator(self, behavior: Any, service: str, method: str) -> Any:
+    def _counted_generator(self, behavior: Any, service: str, method: str, rpc_type: str) -> Any:
+        """For handlers that yield their responses: a server or bidirectional stream."""
+
         async def wrapped(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
@@ -318,7 +326,7 @@ class RpcMetricsInterceptor(WrappingInterceptor):
                 error = exc
                 raise
             finally:
-                self._count(service, method, "server_stream", context, error)
+                self._count(service, method, rpc_type, context, error)
 
         return wrapped
 

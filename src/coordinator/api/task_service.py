@@ -1,13 +1,14 @@
 """TaskService: thin async handlers that validate, call the task store and convert.
 
 The batch calls (SubmitTasks, ReportTasks) validate each entry with the same code as the
-unary call that would carry it alone, and answer a refused entry with the same status."""
+unary call that would carry it alone, and answer a refused entry with the same status. Their
+streams (StreamSubmitTasks, StreamReportTasks) handle each message as one such call."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import grpc
@@ -52,18 +53,32 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def SubmitTasks(
         self, request: task_pb2.SubmitTasksRequest, context: Context
     ) -> task_pb2.SubmitTasksResponse:
-        tv.batch_entries(len(request.tasks), "tasks")
-        outcomes = await apply_entries(request.tasks, self._submission, self._store.submit_many)
         response = task_pb2.SubmitTasksResponse()
+        await self._submit_batch(request.tasks, response.results, "SubmitTasks")
+        return response
+
+    async def StreamSubmitTasks(
+        self, requests: AsyncIterator[task_pb2.StreamSubmitTasksRequest], context: Context
+    ) -> AsyncIterator[task_pb2.StreamSubmitTasksResponse]:
+        async for request in requests:
+            response = task_pb2.StreamSubmitTasksResponse()
+            await self._submit_batch(request.tasks, response.results, "StreamSubmitTasks")
+            yield response
+
+    async def _submit_batch(
+        self, tasks: Sequence[task_pb2.SubmitTaskRequest], results: Any, method: str
+    ) -> None:
+        """One SubmitTasks batch: each task's result added to ``results``, in order."""
+        tv.batch_entries(len(tasks), "tasks")
+        outcomes = await apply_entries(tasks, self._submission, self._store.submit_many)
         for outcome in outcomes:
-            result = response.results.add()
+            result = results.add()
             if isinstance(outcome, BaseException):
-                set_entry_error(result.error, outcome, "SubmitTasks")
+                set_entry_error(result.error, outcome, method)
             else:
                 result.task_id = outcome.task_id
                 result.created = outcome.created
                 result.created_at.FromMilliseconds(outcome.created_at_ms)
-        return response
 
     def _submission(self, request: task_pb2.SubmitTaskRequest) -> TaskSubmission:
         """A validated submission (InvalidArgument names every bad field)."""
@@ -165,18 +180,32 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def ReportTasks(
         self, request: task_pb2.ReportTasksRequest, context: Context
     ) -> task_pb2.ReportTasksResponse:
-        tv.batch_entries(len(request.reports), "reports")
-        outcomes = await apply_entries(request.reports, self._report, self._store.report_many)
         response = task_pb2.ReportTasksResponse()
+        await self._report_batch(request.reports, response.results, "ReportTasks")
+        return response
+
+    async def StreamReportTasks(
+        self, requests: AsyncIterator[task_pb2.StreamReportTasksRequest], context: Context
+    ) -> AsyncIterator[task_pb2.StreamReportTasksResponse]:
+        async for request in requests:
+            response = task_pb2.StreamReportTasksResponse()
+            await self._report_batch(request.reports, response.results, "StreamReportTasks")
+            yield response
+
+    async def _report_batch(
+        self, reports: Sequence[task_pb2.TaskReport], results: Any, method: str
+    ) -> None:
+        """One ReportTasks batch: each report's result added to ``results``, in order."""
+        tv.batch_entries(len(reports), "reports")
+        outcomes = await apply_entries(reports, self._report, self._store.report_many)
         for outcome in outcomes:
-            result = response.results.add()
+            result = results.add()
             if isinstance(outcome, BaseException):
-                set_entry_error(result.error, outcome, "ReportTasks")
+                set_entry_error(result.error, outcome, method)
             else:
                 result.state = _STATE_NUMBERS[outcome.state]
                 if outcome.lease_expires_at_ms is not None:
                     result.lease_expires_at.FromMilliseconds(outcome.lease_expires_at_ms)
-        return response
 
     def _report(self, entry: task_pb2.TaskReport) -> Report:
         """One validated report of a ReportTasks call, checked as its unary RPC checks it."""

@@ -603,6 +603,46 @@ export declare type SubmitTasksResponse = Message<"aitbc.coordinator.v1.SubmitTa
 export declare const SubmitTasksResponseSchema: GenMessage<SubmitTasksResponse>;
 
 /**
+ * StreamSubmitTasksRequest is one batch of a StreamSubmitTasks stream.
+ *
+ * @generated from message aitbc.coordinator.v1.StreamSubmitTasksRequest
+ */
+export declare type StreamSubmitTasksRequest = Message<"aitbc.coordinator.v1.StreamSubmitTasksRequest"> & {
+  /**
+   * The tasks, 1 to 1000 of them; each as SubmitTask takes it.
+   *
+   * @generated from field: repeated aitbc.coordinator.v1.SubmitTaskRequest tasks = 1;
+   */
+  tasks: SubmitTaskRequest[];
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.StreamSubmitTasksRequest.
+ * Use `create(StreamSubmitTasksRequestSchema)` to create a new message.
+ */
+export declare const StreamSubmitTasksRequestSchema: GenMessage<StreamSubmitTasksRequest>;
+
+/**
+ * StreamSubmitTasksResponse answers one request message of the stream, in order.
+ *
+ * @generated from message aitbc.coordinator.v1.StreamSubmitTasksResponse
+ */
+export declare type StreamSubmitTasksResponse = Message<"aitbc.coordinator.v1.StreamSubmitTasksResponse"> & {
+  /**
+   * The i-th result is about the i-th task of the request message.
+   *
+   * @generated from field: repeated aitbc.coordinator.v1.SubmitTasksResult results = 1;
+   */
+  results: SubmitTasksResult[];
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.StreamSubmitTasksResponse.
+ * Use `create(StreamSubmitTasksResponseSchema)` to create a new message.
+ */
+export declare const StreamSubmitTasksResponseSchema: GenMessage<StreamSubmitTasksResponse>;
+
+/**
  * SubmitTasksResult is what became of one task of a SubmitTasks call.
  *
  * @generated from message aitbc.coordinator.v1.SubmitTasksResult
@@ -1133,6 +1173,46 @@ export declare type ReportTasksRequest = Message<"aitbc.coordinator.v1.ReportTas
  * Use `create(ReportTasksRequestSchema)` to create a new message.
  */
 export declare const ReportTasksRequestSchema: GenMessage<ReportTasksRequest>;
+
+/**
+ * StreamReportTasksRequest is one batch of a StreamReportTasks stream.
+ *
+ * @generated from message aitbc.coordinator.v1.StreamReportTasksRequest
+ */
+export declare type StreamReportTasksRequest = Message<"aitbc.coordinator.v1.StreamReportTasksRequest"> & {
+  /**
+   * The reports, 1 to 1000 of them, handled in this order.
+   *
+   * @generated from field: repeated aitbc.coordinator.v1.TaskReport reports = 1;
+   */
+  reports: TaskReport[];
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.StreamReportTasksRequest.
+ * Use `create(StreamReportTasksRequestSchema)` to create a new message.
+ */
+export declare const StreamReportTasksRequestSchema: GenMessage<StreamReportTasksRequest>;
+
+/**
+ * StreamReportTasksResponse answers one request message of the stream, in order.
+ *
+ * @generated from message aitbc.coordinator.v1.StreamReportTasksResponse
+ */
+export declare type StreamReportTasksResponse = Message<"aitbc.coordinator.v1.StreamReportTasksResponse"> & {
+  /**
+   * The i-th result is about the i-th report of the request message.
+   *
+   * @generated from field: repeated aitbc.coordinator.v1.TaskReportResult results = 1;
+   */
+  results: TaskReportResult[];
+};
+
+/**
+ * Describes the message aitbc.coordinator.v1.StreamReportTasksResponse.
+ * Use `create(StreamReportTasksResponseSchema)` to create a new message.
+ */
+export declare const StreamReportTasksResponseSchema: GenMessage<StreamReportTasksResponse>;
 
 /**
  * TaskReport is one report: the request of the unary RPC that would send it alone.
@@ -1868,6 +1948,23 @@ export declare const TaskService: GenService<{
     output: typeof SubmitTasksResponseSchema;
   },
   /**
+   * SubmitTasks over one long-lived stream, for a client that submits all the time: each
+   * request message is handled exactly as a SubmitTasks call (1 to 1000 tasks, each checked
+   * alone, refused entries answered in their results) and answered by one response
+   * message, in order. It saves the cost of a call per batch, about half of the node's CPU
+   * and of the round trip for a small batch. A message that SubmitTasks would refuse as a
+   * whole (no entries, more than 1000) ends the stream with INVALID_ARGUMENT, a Redis
+   * outage with UNAVAILABLE; the messages answered before it stand, later ones were not
+   * handled. Messages are handled one at a time, in the order sent.
+   *
+   * @generated from rpc aitbc.coordinator.v1.TaskService.StreamSubmitTasks
+   */
+  streamSubmitTasks: {
+    methodKind: "bidi_streaming";
+    input: typeof StreamSubmitTasksRequestSchema;
+    output: typeof StreamSubmitTasksResponseSchema;
+  },
+  /**
    * Returns one task with its attempts and transitions.
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.GetTask
@@ -1956,6 +2053,21 @@ export declare const TaskService: GenService<{
     methodKind: "unary";
     input: typeof ReportTasksRequestSchema;
     output: typeof ReportTasksResponseSchema;
+  },
+  /**
+   * ReportTasks over one long-lived stream, for an agent that reports all the time: each
+   * request message is handled exactly as a ReportTasks call and answered by one response
+   * message, in order, at about half the node's CPU of a call. A message that ReportTasks
+   * would refuse as a whole ends the stream with INVALID_ARGUMENT, a Redis outage with
+   * UNAVAILABLE; the messages answered before it stand, later ones were not handled, and
+   * sending them again is safe. Messages are handled one at a time, in the order sent.
+   *
+   * @generated from rpc aitbc.coordinator.v1.TaskService.StreamReportTasks
+   */
+  streamReportTasks: {
+    methodKind: "bidi_streaming";
+    input: typeof StreamReportTasksRequestSchema;
+    output: typeof StreamReportTasksResponseSchema;
   },
   /**
    * Streams a task: as it is now first, then once per transition, until the task ends.

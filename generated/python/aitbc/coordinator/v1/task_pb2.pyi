@@ -244,6 +244,18 @@ class SubmitTasksResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[SubmitTasksResult]
     def __init__(self, results: _Optional[_Iterable[_Union[SubmitTasksResult, _Mapping]]] = ...) -> None: ...
 
+class StreamSubmitTasksRequest(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[SubmitTaskRequest]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[SubmitTaskRequest, _Mapping]]] = ...) -> None: ...
+
+class StreamSubmitTasksResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SubmitTasksResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SubmitTasksResult, _Mapping]]] = ...) -> None: ...
+
 class SubmitTasksResult(_message.Message):
     __slots__ = ("task_id", "created", "created_at", "error")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -398,6 +410,18 @@ class ReportTasksRequest(_message.Message):
     REPORTS_FIELD_NUMBER: _ClassVar[int]
     reports: _containers.RepeatedCompositeFieldContainer[TaskReport]
     def __init__(self, reports: _Optional[_Iterable[_Union[TaskReport, _Mapping]]] = ...) -> None: ...
+
+class StreamReportTasksRequest(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[TaskReport]
+    def __init__(self, reports: _Optional[_Iterable[_Union[TaskReport, _Mapping]]] = ...) -> None: ...
+
+class StreamReportTasksResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TaskReportResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[TaskReportResult, _Mapping]]] = ...) -> None: ...
 
 class TaskReport(_message.Message):
     __slots__ = ("acknowledge", "complete", "fail", "extend_lease")
