@@ -1,6 +1,7 @@
 """The SDK's batched calls against a real node: ``Client.submit_many`` (SubmitTasks), and an
-agent's reports sent through ReportTasks, several per call when several are made together,
-each caller still getting its own outcome. Calls are counted by the node's own metrics."""
+agent's reports sent as StreamReportTasks messages, several per message when several are made
+together, each caller still getting its own outcome. Calls are counted by the node's own
+metrics, the batches of reports it applies at its task store."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf.struct_pb2 import Struct
 
 from agent_harness import eventually, get_task, submit_request
@@ -26,17 +28,33 @@ def addr(node: Any) -> str:
     return f"127.0.0.1:{node.port}"
 
 
-def calls(node: Any, method: str, code: str = "OK") -> float:
-    """How many calls of a TaskService method the node answered with ``code``."""
+def calls(node: Any, method: str, code: str = "OK", rpc_type: str = "unary") -> float:
+    """How many calls of a TaskService method the node answered with ``code`` (a stream
+    counts once, when it ends)."""
     value = node.coordinator.metrics.registry.get_sample_value(
         "aitbc_coordinator_rpc_handled_total",
-        {"service": TASKS, "method": method, "type": "unary", "code": code},
+        {"service": TASKS, "method": method, "type": rpc_type, "code": code},
     )
     return value or 0.0
 
 
-async def test_an_agent_whose_tasks_finish_together_reports_them_in_shared_calls(
-    node, sdk_agents, make_client
+def report_batches(node: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each batch of reports the node applies from now on (one per ReportTasks
+    call or StreamReportTasks message), recorded on the way to its real task store."""
+    store = node.coordinator.tasks
+    apply = store.report_many
+    sizes: list[int] = []
+
+    async def report_many(reports: Any) -> Any:
+        sizes.append(len(reports))
+        return await apply(reports)
+
+    monkeypatch.setattr(store, "report_many", report_many)
+    return sizes
+
+
+async def test_an_agent_whose_tasks_finish_together_reports_them_in_shared_messages(
+    node, sdk_agents, make_client, monkeypatch
 ):
     count = 20
     release = asyncio.Event()
@@ -55,7 +73,7 @@ async def test_an_agent_whose_tasks_finish_together_reports_them_in_shared_calls
         return len(started) == count
 
     await eventually(all_started, what=f"{count} handlers running")
-    before = calls(node, "ReportTasks")
+    batches = report_batches(node, monkeypatch)
     release.set()  # every handler returns at once: 20 completions made together
 
     async def all_reported() -> bool:
@@ -66,13 +84,16 @@ async def test_an_agent_whose_tasks_finish_together_reports_them_in_shared_calls
         task = await client.get(result.task_id)
         assert task.state == TaskState.COMPLETED, task
         assert task.result == {"n": i}
-    report_calls = calls(node, "ReportTasks") - before
-    assert 1 <= report_calls < count, f"{count} completions took {report_calls} calls"
-    # Acknowledgements and completions all went through ReportTasks.
-    assert calls(node, "AcknowledgeTask") == calls(node, "CompleteTask") == 0
+    assert sum(batches) == count
+    assert 1 <= len(batches) < count, f"{count} completions took {len(batches)} messages"
+    # Acknowledgements and completions all went as messages of one StreamReportTasks stream.
+    await agent.stop()
+    assert calls(node, "StreamReportTasks", rpc_type="bidi_stream") == 1
+    for method in ("ReportTasks", "AcknowledgeTask", "CompleteTask"):
+        assert calls(node, method) == 0, method
 
 
-async def test_each_report_of_a_shared_call_gets_its_own_outcome(node, pool):
+async def test_each_report_of_a_shared_message_gets_its_own_outcome(node, pool, monkeypatch):
     agent = await pool.start(node.channel, "agent-1", max_concurrency=3)
     for _ in range(3):
         await node.tasks.SubmitTask(submit_request())
@@ -80,7 +101,7 @@ async def test_each_report_of_a_shared_call_gets_its_own_outcome(node, pool):
     stale = dataclasses.replace(second, fencing_token="1:0123456789abcdef")
     endpoints = Endpoints(addr(node))
     reporter = Reporter(endpoints, "agent-1")
-    before = calls(node, "ReportTasks")
+    batches = report_batches(node, monkeypatch)
     try:
         outcomes = await asyncio.gather(
             reporter.complete(first, Struct()),
@@ -92,7 +113,8 @@ async def test_each_report_of_a_shared_call_gets_its_own_outcome(node, pool):
         await endpoints.close()
 
     assert outcomes == [None, grpc.StatusCode.FAILED_PRECONDITION, None]
-    assert calls(node, "ReportTasks") - before == 1  # made together: one call
+    assert batches == [3]  # made together: one message
+    assert calls(node, "ReportTasks") == 0
     states = [(await get_task(node.tasks, a.task_id)).state for a in (first, second, third)]
     assert states == [
         task_pb2.TASK_STATE_COMPLETED,
