@@ -4,10 +4,12 @@
 A grpc.aio server with the same servicers' shape and nothing behind them: no Redis, no
 validation, no strategy. RegisterAgent answers at once; StreamAssignments sends
 ``ready``, then each task handed to the stream (several in one ``assignments`` message
-when the agent asked for them and they are waiting); SubmitTask and SubmitTasks give each
-task a new id and hand it to the next stream in turn; CompleteTask and ReportTasks answer
-at once. The same agent and submitter processes as against a node measure it, so the
-difference between the two is what the coordinator itself costs on this machine.
+when the agent asked for them and they are waiting); SubmitTask, SubmitTasks and each
+message of StreamSubmitTasks give each task a new id and hand it to the next stream in
+turn; CompleteTask, ReportTasks and each message of StreamReportTasks answer at once
+(one response message per request message, in order). The same agent and submitter
+processes as against a node measure it, so the difference between the two is what the
+coordinator itself costs on this machine.
 
 Writes ``--ready-file`` once serving, and ``READY_FILE.done`` once ``--expect`` tasks have
 been reported complete; runs until SIGTERM.
@@ -79,6 +81,16 @@ class Relay(agent_pb2_grpc.AgentServiceServicer, task_pb2_grpc.TaskServiceServic
             results=[task_pb2.SubmitTasksResult(task_id=self._hand_over()) for _ in request.tasks]
         )
 
+    async def StreamSubmitTasks(
+        self, requests: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[task_pb2.StreamSubmitTasksResponse]:
+        async for request in requests:
+            yield task_pb2.StreamSubmitTasksResponse(
+                results=[
+                    task_pb2.SubmitTasksResult(task_id=self._hand_over()) for _ in request.tasks
+                ]
+            )
+
     async def CompleteTask(self, request: Any, context: Any) -> Any:
         self._completed_one()
         return task_pb2.CompleteTaskResponse(task=task_pb2.Task(task_id=request.task_id))
@@ -89,6 +101,16 @@ class Relay(agent_pb2_grpc.AgentServiceServicer, task_pb2_grpc.TaskServiceServic
         return task_pb2.ReportTasksResponse(
             results=[task_pb2.TaskReportResult() for _ in request.reports]
         )
+
+    async def StreamReportTasks(
+        self, requests: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[task_pb2.StreamReportTasksResponse]:
+        async for request in requests:
+            for _ in request.reports:
+                self._completed_one()
+            yield task_pb2.StreamReportTasksResponse(
+                results=[task_pb2.TaskReportResult() for _ in request.reports]
+            )
 
 
 def mark(path: str) -> None:

@@ -7,18 +7,21 @@ and when its completion's reply returned (``time.time_ns``, comparable across pr
 
 ``--mode raw`` (the default, faster) uses the generated gRPC stubs and skips
 AcknowledgeTask: the coordinator accepts a completion straight from ASSIGNED
-(lua/report_task.lua). With ``--report batch`` (the default) each agent sends its
-completions through ReportTasks, batched naturally: at most one call in flight per agent,
-the completions made meanwhile go in the next call; ``--report unary`` sends one
-CompleteTask per task. Assignments made together arrive in one stream message, up to
-``--assignments-per-message`` (64; 1 for one per message). ``--mode sdk`` runs ``coordinator.Agent`` (acknowledge, then
-complete, both batched through ReportTasks by the SDK). ``--hold`` keeps every assignment
-and reports nothing (the many-streams scenario: one task per agent).
+(lua/report_task.lua). Each agent batches its completions naturally: at most one batch in
+flight per agent, the completions made meanwhile go in the next one. With ``--report
+stream`` (the default) the batches are the messages of one StreamReportTasks stream per
+agent (opened before the agent reports ready, the next message written once the previous
+one's response has arrived); ``--report batch`` sends them as ReportTasks calls;
+``--report unary`` sends one CompleteTask per task. Assignments made together arrive in one
+stream message, up to ``--assignments-per-message`` (64; 1 for one per message). ``--mode
+sdk`` runs ``coordinator.Agent`` (acknowledge, then complete, both batched by the SDK).
+``--hold`` keeps every assignment and reports nothing (the many-streams scenario: one task
+per agent; no report stream is opened).
 
 Writes ``OUT.ready`` once every agent's stream is ready, ``OUT.received`` once ``--expect``
 tasks have arrived, and on SIGTERM writes ``OUT``
 (JSON: records ``[task_id, agent_id, received_ns, completed_ns]``, errors, the stream
-messages and report calls counted) and exits.
+messages and the report calls or messages counted) and exits.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,8 @@ class Recorder:
         self.errors: dict[str, int] = {}
         self.repeats = 0
         self.calls = {"stream_messages": 0, "report_calls": 0}
-        """Stream messages with assignments received, report calls made (raw mode)."""
+        """Stream messages with assignments received, report calls (or StreamReportTasks
+        messages) made (raw mode)."""
         self.reporting: set[asyncio.Task[Any]] = set()
         """Completion calls in flight: finished before the report is written."""
         self._waiting = agents
@@ -108,6 +112,8 @@ class BatchedCompletions:
     """One raw agent's completions through ReportTasks: at most one call in flight; the
     completions made while it is go in the next call (as the SDK's Reporter does)."""
 
+    method = "ReportTasks"
+
     def __init__(self, tasks: task_pb2_grpc.TaskServiceStub, agent_id: str, rec: Recorder) -> None:
         self._tasks = tasks
         self._agent_id = agent_id
@@ -122,45 +128,111 @@ class BatchedCompletions:
             self._rec.reporting.add(self._sender)
             self._sender.add_done_callback(self._rec.reporting.discard)
 
+    async def _exchange(
+        self, reports: list[task_pb2.TaskReport]
+    ) -> Sequence[task_pb2.TaskReportResult]:
+        """Send one batch of reports; their results, in order."""
+        request = task_pb2.ReportTasksRequest(reports=reports)
+        reply: task_pb2.ReportTasksResponse = await self._tasks.ReportTasks(
+            request, timeout=CALL_TIMEOUT_S
+        )
+        return reply.results
+
     async def _send(self) -> None:
         try:
             while self._queue:
                 batch = self._queue[:MAX_REPORTS_PER_CALL]
                 del self._queue[:MAX_REPORTS_PER_CALL]
-                request = task_pb2.ReportTasksRequest(
-                    reports=[
-                        task_pb2.TaskReport(
-                            complete=task_pb2.CompleteTaskRequest(
-                                task_id=a.task_id,
-                                agent_id=self._agent_id,
-                                fencing_token=a.fencing_token,
-                            )
+                reports = [
+                    task_pb2.TaskReport(
+                        complete=task_pb2.CompleteTaskRequest(
+                            task_id=a.task_id,
+                            agent_id=self._agent_id,
+                            fencing_token=a.fencing_token,
                         )
-                        for a in batch
-                    ]
-                )
+                    )
+                    for a in batch
+                ]
                 self._rec.calls["report_calls"] += 1
                 try:
-                    reply = await self._tasks.ReportTasks(request, timeout=CALL_TIMEOUT_S)
+                    results = await self._exchange(reports)
                 except grpc.aio.AioRpcError as exc:
                     for _ in batch:
-                        self._rec.error(f"ReportTasks {exc.code().name}")
+                        self._rec.error(f"{self.method} {exc.code().name}")
                     continue
-                for assignment, result in zip(batch, reply.results, strict=True):
+                for assignment, result in zip(batch, results, strict=True):
                     if result.HasField("error"):
                         name = CODE_NAMES.get(result.error.code, str(result.error.code))
-                        self._rec.error(f"ReportTasks entry {name}")
+                        self._rec.error(f"{self.method} entry {name}")
                     else:
                         self._rec.complete(assignment.task_id)
         finally:
             self._sender = None
 
+    async def close(self) -> None:
+        """Nothing to close: calls end by themselves."""
+
+
+class StreamedCompletions(BatchedCompletions):
+    """The same batching over one StreamReportTasks stream: one message in flight, the
+    completions made meanwhile in the next message. The stream is opened before the agent
+    reports ready (and again after an error, for the next message)."""
+
+    method = "StreamReportTasks"
+
+    def __init__(self, tasks: task_pb2_grpc.TaskServiceStub, agent_id: str, rec: Recorder) -> None:
+        super().__init__(tasks, agent_id, rec)
+        self._call: Any = None
+
+    async def open(self) -> None:
+        self._call = self._tasks.StreamReportTasks()
+        await self._call.wait_for_connection()
+
+    async def _exchange(
+        self, reports: list[task_pb2.TaskReport]
+    ) -> Sequence[task_pb2.TaskReportResult]:
+        if self._call is None:
+            await self.open()
+        call = self._call
+        try:
+            await call.write(task_pb2.StreamReportTasksRequest(reports=reports))
+            reply = await call.read()
+        except asyncio.InvalidStateError:  # written after the node ended the stream with OK
+            reply = grpc.aio.EOF
+        except BaseException:
+            call.cancel()
+            self._call = None
+            raise
+        if reply is grpc.aio.EOF:  # the node ended the stream early: count it as its status
+            self._call = None
+            code = await call.code()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNKNOWN if code == grpc.StatusCode.OK else code,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "the stream ended",
+            )
+        results: Sequence[task_pb2.TaskReportResult] = reply.results
+        return results
+
+    async def close(self) -> None:
+        """Half-close the stream (the node ends it with OK)."""
+        call, self._call = self._call, None
+        if call is None or call.done():
+            return
+        try:
+            await call.done_writing()
+            await asyncio.wait_for(call.code(), 5)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
+            call.cancel()
+
 
 async def raw_agent(
     channel: grpc.aio.Channel, agent_id: str, args: argparse.Namespace, rec: Recorder
 ) -> None:
-    """Register, stream, and complete each assignment (no ack): batched through
-    ReportTasks, or with one CompleteTask each (``--report unary``)."""
+    """Register, stream, and complete each assignment (no ack): batched over a
+    StreamReportTasks stream (``--report stream``) or through ReportTasks calls (``batch``),
+    or with one CompleteTask each (``unary``)."""
     agents = agent_pb2_grpc.AgentServiceStub(channel)
     tasks = task_pb2_grpc.TaskServiceStub(channel)
     request = agent_pb2.RegisterAgentRequest(
@@ -198,7 +270,12 @@ async def raw_agent(
             return
         rec.complete(assignment.task_id)
 
-    batched = BatchedCompletions(tasks, agent_id, rec) if args.report == "batch" else None
+    batched: BatchedCompletions | None = None
+    if args.report == "batch" and not args.hold:
+        batched = BatchedCompletions(tasks, agent_id, rec)
+    elif args.report == "stream" and not args.hold:
+        batched = StreamedCompletions(tasks, agent_id, rec)
+        await batched.open()
 
     def run(assignment: agent_pb2.Assignment) -> None:
         if rec.receive(assignment.task_id, agent_id) and not args.hold:
@@ -233,6 +310,8 @@ async def raw_agent(
             rec.error(f"StreamAssignments {exc.code().name}")
     finally:
         call.cancel()
+        if batched is not None:
+            await batched.close()
 
 
 async def sdk_agent(address: str, agent_id: str, args: argparse.Namespace, rec: Recorder) -> None:
@@ -348,9 +427,10 @@ def main() -> int:
     parser.add_argument("--mode", choices=("raw", "sdk"), default="raw")
     parser.add_argument(
         "--report",
-        choices=("unary", "batch"),
-        default="batch",
-        help="raw mode: completions through ReportTasks (batch) or one CompleteTask each",
+        choices=("stream", "batch", "unary"),
+        default="stream",
+        help="raw mode: completions as messages of one StreamReportTasks stream per agent "
+        "(stream), through ReportTasks calls (batch), or one CompleteTask each (unary)",
     )
     parser.add_argument(
         "--assignments-per-message",

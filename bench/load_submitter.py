@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The submitter process of the task benchmarks: no-op tasks through SubmitTask.
+"""The submitter process of the task benchmarks: no-op tasks through SubmitTask(s).
 
 Either as fast as possible (``--count N``, ``--in-flight C`` calls at once over
 ``--channels`` connections) or paced (``--rate R --duration S``: task i is sent at
@@ -16,8 +16,15 @@ start + i/R, and at most ``--in-flight`` SubmitTasks calls are out at once, each
 task that fell due and was not sent yet. A task's submit time is when it fell due, so the
 wait for a call counts in its latency.
 
+``--stream`` (with ``--coalesce``, or with ``--batch N`` and no ``--rate``) sends each of
+those batches as one message of a StreamSubmitTasks stream instead of a SubmitTasks call:
+``--in-flight`` streams (spread over the channels, opened before the start), each with one
+message in flight; the next message on a stream is written once the previous one's
+response has arrived, and takes every task that fell due meanwhile (``--coalesce``) or the
+next N tasks. A task's reply time is when its message's response arrived.
+
 Writes ``--out`` (JSON: records ``[task_id, submitted_ns, replied_ns]``, errors counted per
-task, the number of calls made) and exits.
+task, the number of calls made, messages counted as calls) and exits.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -39,6 +48,59 @@ CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 """Status code names by google.rpc.Code number (a refused entry of SubmitTasks)."""
 
 
+class SubmitStream:
+    """One StreamSubmitTasks stream with one message in flight: ``exchange`` writes a
+    message and returns its response. After an error the stream is opened again for the
+    next message."""
+
+    def __init__(self, stub: task_pb2_grpc.TaskServiceStub) -> None:
+        self._stub = stub
+        self._call: Any = None
+
+    async def open(self) -> None:
+        self._call = self._stub.StreamSubmitTasks()
+        await self._call.wait_for_connection()
+
+    async def exchange(
+        self, tasks: list[task_pb2.SubmitTaskRequest]
+    ) -> Sequence[task_pb2.SubmitTasksResult]:
+        """Send one message; its results, in order (AioRpcError if the stream failed)."""
+        if self._call is None:
+            await self.open()
+        call = self._call
+        try:
+            await call.write(task_pb2.StreamSubmitTasksRequest(tasks=tasks))
+            reply = await call.read()
+        except asyncio.InvalidStateError:  # written after the node ended the stream with OK
+            reply = grpc.aio.EOF
+        except BaseException:
+            call.cancel()
+            self._call = None
+            raise
+        if reply is grpc.aio.EOF:  # the node ended the stream early: count it as its status
+            self._call = None
+            code = await call.code()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNKNOWN if code == grpc.StatusCode.OK else code,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "the stream ended",
+            )
+        results: Sequence[task_pb2.SubmitTasksResult] = reply.results
+        return results
+
+    async def close(self) -> None:
+        """Half-close the stream (the node ends it with OK)."""
+        call, self._call = self._call, None
+        if call is None or call.done():
+            return
+        try:
+            await call.done_writing()
+            await asyncio.wait_for(call.code(), 5)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
+            call.cancel()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     channels = [grpc.aio.insecure_channel(args.address) for _ in range(args.channels)]
     stubs = [task_pb2_grpc.TaskServiceStub(c) for c in channels]
@@ -46,6 +108,11 @@ async def main_async(args: argparse.Namespace) -> None:
     records: list[tuple[str, int, int]] = []
     errors: dict[str, int] = {}
     calls = 0
+    """Calls made, or messages sent on the streams (--stream)."""
+    # --stream: --in-flight streams, over the channels in turn, opened before the start.
+    streams = (
+        [SubmitStream(stubs[k % len(stubs)]) for k in range(args.in_flight)] if args.stream else []
+    )
 
     async def submit(i: int) -> None:
         nonlocal calls
@@ -62,59 +129,46 @@ async def main_async(args: argparse.Namespace) -> None:
             return
         records.append((reply.task.task_id, submitted, time.time_ns()))
 
-    async def submit_batch(first: int, size: int) -> None:
-        nonlocal calls
-        calls += 1
-        requests = [
+    def new_requests(size: int) -> list[task_pb2.SubmitTaskRequest]:
+        return [
             task_pb2.SubmitTaskRequest(
                 task_type="noop", requirements=requirements, request_id=uuid.uuid4().hex
             )
             for _ in range(size)
         ]
-        batch = task_pb2.SubmitTasksRequest(tasks=requests)
+
+    async def submit_many(sender: int, due: list[int] | None, size: int) -> None:
+        """One SubmitTasks call, or one message on stream ``sender`` (--stream), of
+        ``size`` tasks. Their submit time is ``due`` (when each fell due: the wait for the
+        call counts) or else the time just before the call; their reply time the reply's."""
+        nonlocal calls
+        calls += 1
+        requests = new_requests(size)
         submitted = time.time_ns()
         try:
-            reply = await stubs[first // args.batch % len(stubs)].SubmitTasks(batch, timeout=60)
+            if args.stream:
+                results = await streams[sender].exchange(requests)
+            else:
+                stub = stubs[sender % len(stubs)]
+                reply = await stub.SubmitTasks(
+                    task_pb2.SubmitTasksRequest(tasks=requests), timeout=60
+                )
+                results = reply.results
         except grpc.aio.AioRpcError as exc:
             errors[exc.code().name] = errors.get(exc.code().name, 0) + size
             return
         replied = time.time_ns()
-        for result in reply.results:
+        for result, due_ns in zip(results, due or [submitted] * size, strict=True):
             if result.HasField("error"):
                 name = CODE_NAMES.get(result.error.code, str(result.error.code))
                 errors[name] = errors.get(name, 0) + 1
             else:
-                records.append((result.task_id, submitted, replied))
-
-    async def submit_due(due: list[int]) -> None:
-        """One SubmitTasks call for tasks that fell due at the times ``due`` (each task's
-        submit time is when it fell due: the wait for the call counts)."""
-        nonlocal calls
-        calls += 1
-        requests = [
-            task_pb2.SubmitTaskRequest(
-                task_type="noop", requirements=requirements, request_id=uuid.uuid4().hex
-            )
-            for _ in due
-        ]
-        try:
-            reply = await stubs[0].SubmitTasks(
-                task_pb2.SubmitTasksRequest(tasks=requests), timeout=60
-            )
-        except grpc.aio.AioRpcError as exc:
-            errors[exc.code().name] = errors.get(exc.code().name, 0) + len(due)
-            return
-        replied = time.time_ns()
-        for result, submitted in zip(reply.results, due, strict=True):
-            if result.HasField("error"):
-                name = CODE_NAMES.get(result.error.code, str(result.error.code))
-                errors[name] = errors.get(name, 0) + 1
-            else:
-                records.append((result.task_id, submitted, replied))
+                records.append((result.task_id, due_ns, replied))
 
     async def paced_coalesced(count: int, period_ns: int) -> None:
-        """Task i falls due at start + i/rate; at most --in-flight SubmitTasks calls at
-        once, each taking every task due and not yet sent (at most 1000)."""
+        """Task i falls due at start + i/rate; at most --in-flight SubmitTasks calls (or
+        messages, one on each of --in-flight streams) at once, each taking every task due
+        and not yet sent (at most 1000)."""
         due: list[int] = []
         produced = asyncio.Event()
         more = asyncio.Condition()
@@ -131,7 +185,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 produced.set()
                 more.notify_all()
 
-        async def sender() -> None:
+        async def sender(number: int) -> None:
             while True:
                 async with more:
                     await more.wait_for(lambda: bool(due) or produced.is_set())
@@ -139,19 +193,24 @@ async def main_async(args: argparse.Namespace) -> None:
                         return
                     batch = due[:1000]
                     del due[:1000]
-                await submit_due(batch)
+                # Calls all go through the first channel; streams are spread over them.
+                await submit_many(number if args.stream else 0, batch, len(batch))
 
-        await asyncio.gather(produce(), *(sender() for _ in range(args.in_flight)))
+        await asyncio.gather(produce(), *(sender(n) for n in range(args.in_flight)))
 
-    async def send(first: int, count: int) -> None:
-        """The tasks numbered from ``first``: one task, or one batch of up to --batch."""
+    async def send(first: int, count: int, sender: int = 0) -> None:
+        """The tasks numbered from ``first``: one task, or one batch of up to --batch
+        (on stream ``sender`` with --stream)."""
         if args.batch > 1:
-            await submit_batch(first, min(args.batch, count - first))
+            size = min(args.batch, count - first)
+            await submit_many(sender if args.stream else first // args.batch, None, size)
         else:
             await submit(first)
 
     for channel in channels:
         await channel.channel_ready()
+    if args.stream:
+        await asyncio.gather(*(stream.open() for stream in streams))
     delay_s = (args.start_at_ns - time.time_ns()) / 1e9
     if delay_s > 0:
         await asyncio.sleep(delay_s)
@@ -176,12 +235,13 @@ async def main_async(args: argparse.Namespace) -> None:
         count = args.count
         numbers = iter(range(0, count, step))
 
-        async def worker() -> None:
+        async def worker(number: int) -> None:
             for i in numbers:
-                await send(i, count)
+                await send(i, count, number)
 
-        await asyncio.gather(*(worker() for _ in range(args.in_flight)))
+        await asyncio.gather(*(worker(n) for n in range(args.in_flight)))
     finished = time.time_ns()
+    await asyncio.gather(*(stream.close() for stream in streams))
     for channel in channels:
         await channel.close()
     out = Path(args.out)
@@ -214,12 +274,23 @@ def main() -> int:
     parser.add_argument(
         "--batch", type=int, default=1, help="tasks per call; >1 uses SubmitTasks (at most 1000)"
     )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="with --coalesce or --batch N (no --rate): StreamSubmitTasks messages instead of "
+        "SubmitTasks calls, --in-flight streams each with one message in flight",
+    )
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--rate", type=float, default=0.0, help="tasks/s; 0 = as fast as possible")
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--start-at-ns", type=int, default=0)
     parser.add_argument("--out", required=True)
-    asyncio.run(main_async(parser.parse_args()))
+    args = parser.parse_args()
+    if args.stream and not (
+        (args.rate > 0 and args.coalesce) or (args.rate <= 0 and args.batch > 1)
+    ):
+        parser.error("--stream needs --rate R --coalesce, or --batch N (N > 1) without --rate")
+    asyncio.run(main_async(args))
     return 0
 
 

@@ -9,11 +9,15 @@ submitter (bench/arq_baseline.py, with .venv/bench-arq's interpreter). Every fig
 median of ``--runs`` runs (3) with their min and max. Prints a table, writes one JSON per
 scenario and a summary with every target met or not to bench/results/.
 
-The drains submit through SubmitTasks, 100 tasks per call (``--submit-batch 1``: one
-SubmitTask per task); the steady-rate runs send each task when it falls due, in a
-SubmitTasks call with whatever else fell due while the previous call was out (2 calls at
-most at once; ``--latency-client unary``: one SubmitTask per task). The agents report
-through ReportTasks and take several assignments per stream message (bench/load_agent.py).
+The drains submit through SubmitTasks, 100 tasks per call, 4 calls at once
+(``--drain-client stream``: messages of 100 tasks on 4 StreamSubmitTasks streams, one
+message in flight on each; ``--submit-batch 1``: one SubmitTask per task); the steady-rate
+runs send each task when it falls due, in one message of a StreamSubmitTasks stream with
+whatever else fell due while the previous message was out (``--latency-client
+coalesce``: SubmitTasks calls instead, 2 at most at once; ``unary``: one SubmitTask per
+task). The agents report their completions as messages of one StreamReportTasks stream
+each (``--agent-report batch``: ReportTasks calls; ``unary``: CompleteTask) and take
+several assignments per stream message (bench/load_agent.py).
 
     make bench                       # everything: about 5 minutes on 2 cores
     make bench ARGS=--quick          # a smoke run: small counts, one run each
@@ -62,6 +66,9 @@ RESULTS_DIR = BENCH / "results"
 COORDINATOR_DB = 1
 ARQ_DB = 2
 SCENARIOS = ("drain", "latency", "floor", "two_nodes", "discovery", "streams", "arq")
+
+LATENCY_IN_FLIGHT = {"stream": 1, "coalesce": 2}
+"""Steady-rate submits, by client: streams (one message in flight each), or calls at once."""
 
 TARGETS = {
     "drain_tasks_per_s": 2000.0,
@@ -293,6 +300,8 @@ class Bench:
             "--out",
             str(out),
         ]
+        if self.args.agent_mode == "raw":
+            argv += ["--report", self.args.agent_report]
         self.python_child("load_agent.py", [*argv, "--hold"] if hold else argv)
         return out
 
@@ -377,8 +386,9 @@ def join_times(
 def tasks_per_call(
     tasks: int, submits: list[dict[str, Any]], agents: list[dict[str, Any]]
 ) -> dict[str, float]:
-    """How much each message carried on average: tasks per submit call, per stream message
-    with assignments, per report call (what batching the rate allowed)."""
+    """How much each call or message carried on average: tasks per submit call or
+    StreamSubmitTasks message, per stream message with assignments, per report call or
+    StreamReportTasks message (what batching the rate allowed)."""
 
     def per(count: int) -> float:
         return round(tasks / count, 2) if count else 0.0
@@ -500,6 +510,8 @@ def scenario_drain(bench: Bench, nodes: int) -> dict[str, Any]:
             "count": plan.drain_tasks // submitters,
             "batch": plan.submit_batch,
             "in_flight": max(1, in_flight // submitters),
+            # Batches as StreamSubmitTasks messages: in_flight streams, one message each.
+            **({"stream": True} if batched and bench.args.drain_client == "stream" else {}),
         }
         for _ in range(submitters)
     ]
@@ -511,8 +523,12 @@ def scenario_drain(bench: Bench, nodes: int) -> dict[str, Any]:
 def latency_submit_options(bench: Bench, rate: int) -> dict[str, Any]:
     """The steady-rate submitter's options (scenario 2 and its floor)."""
     options: dict[str, Any] = {"rate": rate, "duration": bench.plan.steady_s}
-    if bench.args.latency_client == "coalesce":
-        options.update(coalesce=True, in_flight=bench.args.latency_calls_in_flight)
+    client = bench.args.latency_client
+    if client in ("stream", "coalesce"):
+        in_flight = bench.args.latency_calls_in_flight or LATENCY_IN_FLIGHT[client]
+        options.update(coalesce=True, in_flight=in_flight)
+    if client == "stream":
+        options["stream"] = True
     return options
 
 
@@ -752,13 +768,14 @@ def cpu_rows(title: str, agg: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def batching_rows(title: str, agg: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Tasks per submit call, stream message and report call (absent from older results)."""
+    """Tasks per submit call or message, assignments message and report call or message
+    (absent from older results)."""
     if "tasks_per_call.submit" not in agg:
         return []
     value = " / ".join(
         fmt(agg, f"tasks_per_call.{m}") for m in ("submit", "stream_message", "report")
     )
-    return [(title, "tasks per call: submit / stream message / report", value)]
+    return [(title, "tasks per call or message: submit / assignments / report", value)]
 
 
 def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -928,16 +945,21 @@ def environment() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- main
 
 
-def _submits(plan: Plan) -> str:
+def _submits(bench: Bench) -> str:
     """How a drain's tasks are submitted, for its title."""
-    return f", SubmitTasks ×{plan.submit_batch}" if plan.submit_batch > 1 else ", SubmitTask"
+    batch = bench.plan.submit_batch
+    if batch <= 1:
+        return ", SubmitTask"
+    if bench.args.drain_client == "stream":
+        return f", StreamSubmitTasks ×{batch}"
+    return f", SubmitTasks ×{batch}"
 
 
 def run_scenarios(bench: Bench, chosen: list[str]) -> dict[str, dict[str, Any]]:
     plan = bench.plan
     jobs: list[tuple[str, str, Callable[[], dict[str, Any]]]] = []
     if "drain" in chosen:
-        title = f"1. drain, 1 node, {plan.drain_agents} agents{_submits(plan)}"
+        title = f"1. drain, 1 node, {plan.drain_agents} agents{_submits(bench)}"
         jobs.append(("drain", title, lambda: scenario_drain(bench, 1)))
     if "arq" in chosen:
         jobs.append(("arq", "6. arq baseline, 1 worker", lambda: scenario_arq(bench)))
@@ -952,7 +974,7 @@ def run_scenarios(bench: Bench, chosen: list[str]) -> dict[str, dict[str, Any]]:
             title = f"2f. gRPC floor {rate}/s (relay, no Redis)"
             jobs.append((f"floor_{rate}", title, lambda rate=rate: scenario_floor(bench, rate)))  # type: ignore[misc]
     if "two_nodes" in chosen:
-        title = f"3. drain, 2 nodes, {plan.drain_agents} agents{_submits(plan)}"
+        title = f"3. drain, 2 nodes, {plan.drain_agents} agents{_submits(bench)}"
         jobs.append(("two_nodes", title, lambda: scenario_drain(bench, 2)))
     if "discovery" in chosen:
         title = f"4. discovery, {plan.discovery_agents:,} agents"
@@ -980,22 +1002,39 @@ def main(argv: list[str] | None = None) -> int:
         "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated: {','.join(SCENARIOS)}"
     )
     parser.add_argument("--agent-mode", choices=("raw", "sdk"), default="raw")
+    parser.add_argument(
+        "--agent-report",
+        choices=("stream", "batch", "unary"),
+        default="stream",
+        help="raw agents' completions: messages of one StreamReportTasks stream per agent, "
+        "ReportTasks calls, or one CompleteTask each (load_agent.py --report)",
+    )
     parser.add_argument("--max-concurrency", type=int, default=100, help="per drain agent")
     parser.add_argument("--drain-tasks", type=int)
     parser.add_argument(
-        "--submit-batch", type=int, help="tasks per SubmitTasks call in drains (1: SubmitTask)"
+        "--submit-batch",
+        type=int,
+        help="tasks per SubmitTasks call or StreamSubmitTasks message in drains (1: SubmitTask)",
+    )
+    parser.add_argument(
+        "--drain-client",
+        choices=("calls", "stream"),
+        default="calls",
+        help="drains' batches: SubmitTasks calls, or StreamSubmitTasks messages (one stream "
+        "per batch in flight, one message in flight on each; slower in a drain on 2 cores)",
     )
     parser.add_argument(
         "--latency-client",
-        choices=("coalesce", "unary"),
-        default="coalesce",
-        help="steady-rate submits: SubmitTasks with the tasks due meanwhile, or one SubmitTask each",
+        choices=("stream", "coalesce", "unary"),
+        default="stream",
+        help="steady-rate submits: the tasks due meanwhile as one StreamSubmitTasks message "
+        "(stream) or SubmitTasks call (coalesce), or one SubmitTask each (unary)",
     )
     parser.add_argument(
         "--latency-calls-in-flight",
         type=int,
-        default=2,
-        help="steady-rate submits with --latency-client coalesce: SubmitTasks calls at once",
+        help="steady-rate submits: StreamSubmitTasks streams, one message in flight on each "
+        "(--latency-client stream, 1), or SubmitTasks calls at once (coalesce, 2)",
     )
     parser.add_argument(
         "--rates", help="steady-rate scenarios, tasks/s, comma-separated (200,1000; --quick: 200)"
@@ -1060,6 +1099,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "bench/run_benchmarks.py", *(argv or sys.argv[1:])]),
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "agent_mode": args.agent_mode,
+        "agent_report": args.agent_report if args.agent_mode == "raw" else None,
+        "drain_client": args.drain_client,
+        "latency_client": args.latency_client,
         "coordinator_log_level": args.log_level,
         "plan": plan.__dict__,
         "environment": env,

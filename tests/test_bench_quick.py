@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,32 +19,48 @@ REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = "drain,latency,floor,two_nodes,discovery,streams"
 
 
-@pytest.mark.timeout(120)
-def test_quick_benchmark_completes_every_task(tmp_path: Path) -> None:
+def run_quick(tmp_path: Path, *options: str, timeout_s: float = 110) -> str:
+    """``run_benchmarks.py --quick`` with ``options``, JSON to ``tmp_path``: its output."""
     completed = subprocess.run(
         [
             sys.executable,
             str(REPO / "bench" / "run_benchmarks.py"),
             "--quick",
-            "--scenarios",
-            SCENARIOS,
+            *options,
             "--output-dir",
             str(tmp_path),
         ],
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=timeout_s,
         check=False,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed.stdout
+
+
+def assert_task_run(key: str, run: dict[str, Any]) -> None:
+    """One run of a drain or steady-rate scenario: every task completed, figures sane."""
+    assert run["errors"] == {}, f"{key}: {run['errors']}"
+    assert sum(run["tasks_per_agent"].values()) == run["tasks"], key
+    assert run["completed_per_s"] > 0, key
+    assert run["submit_to_completed"]["p50_ms"] >= run["submit_to_assigned"]["p50_ms"], key
+    assert run["redis_commands_per_task"]["total"] > 0, key
+    # Calls and stream messages were counted: a call or message carries at least one task.
+    assert all(v >= 1 for v in run["tasks_per_call"].values()), f"{key}: {run['tasks_per_call']}"
+
+
+@pytest.mark.timeout(120)
+def test_quick_benchmark_completes_every_task(tmp_path: Path) -> None:
+    stdout = run_quick(tmp_path, "--scenarios", SCENARIOS)
 
     for key in ("drain", "latency_200", "two_nodes"):
-        (run,) = json.loads((tmp_path / f"{key}.quick.json").read_text())["runs"]
-        assert run["errors"] == {}, f"{key}: {run['errors']}"
-        assert sum(run["tasks_per_agent"].values()) == run["tasks"], key
-        assert run["completed_per_s"] > 0, key
-        assert run["submit_to_completed"]["p50_ms"] >= run["submit_to_assigned"]["p50_ms"], key
-        assert run["redis_commands_per_task"]["total"] > 0, key
+        result = json.loads((tmp_path / f"{key}.quick.json").read_text())
+        # The defaults: SubmitTasks calls in drains, streams for the rest.
+        assert (result["drain_client"], result["latency_client"]) == ("calls", "stream")
+        assert result["agent_report"] == "stream"
+        (run,) = result["runs"]
+        assert_task_run(key, run)
     (two_nodes,) = json.loads((tmp_path / "two_nodes.quick.json").read_text())["runs"]
     assert len(two_nodes["coordinator_rss_kib"]) == 2, "scenario 3 must run two nodes"
 
@@ -66,4 +83,20 @@ def test_quick_benchmark_completes_every_task(tmp_path: Path) -> None:
     ]
     (at_200,) = [t for t in summary["targets"] if t["target"].endswith("at 200/s")]
     assert at_200["grpc_floor"] > 0  # the floor of the same run, beside the target
-    assert "median (min–max) of the runs" in completed.stdout
+    assert "median (min–max) of the runs" in stdout
+
+
+@pytest.mark.timeout(60)
+def test_quick_benchmark_with_the_other_clients(tmp_path: Path) -> None:
+    """The clients that are not the defaults: StreamSubmitTasks in the drain, SubmitTasks
+    calls at the steady rate, ReportTasks calls from the agents."""
+    options = ("--drain-client", "stream", "--latency-client", "coalesce")
+    run_quick(
+        tmp_path, "--scenarios", "drain,latency", *options, "--agent-report", "batch", timeout_s=50
+    )
+    for key in ("drain", "latency_200"):
+        result = json.loads((tmp_path / f"{key}.quick.json").read_text())
+        assert (result["drain_client"], result["latency_client"]) == ("stream", "coalesce")
+        assert result["agent_report"] == "batch"
+        (run,) = result["runs"]
+        assert_task_run(key, run)
