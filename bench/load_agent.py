@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from message_stream import MessageStream
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
 
@@ -182,49 +183,20 @@ class StreamedCompletions(BatchedCompletions):
 
     def __init__(self, tasks: task_pb2_grpc.TaskServiceStub, agent_id: str, rec: Recorder) -> None:
         super().__init__(tasks, agent_id, rec)
-        self._call: Any = None
+        self._stream = MessageStream(tasks.StreamReportTasks)
 
     async def open(self) -> None:
-        self._call = self._tasks.StreamReportTasks()
-        await self._call.wait_for_connection()
+        await self._stream.open()
 
     async def _exchange(
         self, reports: list[task_pb2.TaskReport]
     ) -> Sequence[task_pb2.TaskReportResult]:
-        if self._call is None:
-            await self.open()
-        call = self._call
-        try:
-            await call.write(task_pb2.StreamReportTasksRequest(reports=reports))
-            reply = await call.read()
-        except asyncio.InvalidStateError:  # written after the node ended the stream with OK
-            reply = grpc.aio.EOF
-        except BaseException:
-            call.cancel()
-            self._call = None
-            raise
-        if reply is grpc.aio.EOF:  # the node ended the stream early: count it as its status
-            self._call = None
-            code = await call.code()
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNKNOWN if code == grpc.StatusCode.OK else code,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                "the stream ended",
-            )
+        reply = await self._stream.exchange(task_pb2.StreamReportTasksRequest(reports=reports))
         results: Sequence[task_pb2.TaskReportResult] = reply.results
         return results
 
     async def close(self) -> None:
-        """Half-close the stream (the node ends it with OK)."""
-        call, self._call = self._call, None
-        if call is None or call.done():
-            return
-        try:
-            await call.done_writing()
-            await asyncio.wait_for(call.code(), 5)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
-            call.cancel()
+        await self._stream.close()
 
 
 async def raw_agent(

@@ -35,70 +35,16 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
+from message_stream import MessageStream
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 
 CAPABILITY = "bench"
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 """Status code names by google.rpc.Code number (a refused entry of SubmitTasks)."""
-
-
-class SubmitStream:
-    """One StreamSubmitTasks stream with one message in flight: ``exchange`` writes a
-    message and returns its response. After an error the stream is opened again for the
-    next message."""
-
-    def __init__(self, stub: task_pb2_grpc.TaskServiceStub) -> None:
-        self._stub = stub
-        self._call: Any = None
-
-    async def open(self) -> None:
-        self._call = self._stub.StreamSubmitTasks()
-        await self._call.wait_for_connection()
-
-    async def exchange(
-        self, tasks: list[task_pb2.SubmitTaskRequest]
-    ) -> Sequence[task_pb2.SubmitTasksResult]:
-        """Send one message; its results, in order (AioRpcError if the stream failed)."""
-        if self._call is None:
-            await self.open()
-        call = self._call
-        try:
-            await call.write(task_pb2.StreamSubmitTasksRequest(tasks=tasks))
-            reply = await call.read()
-        except asyncio.InvalidStateError:  # written after the node ended the stream with OK
-            reply = grpc.aio.EOF
-        except BaseException:
-            call.cancel()
-            self._call = None
-            raise
-        if reply is grpc.aio.EOF:  # the node ended the stream early: count it as its status
-            self._call = None
-            code = await call.code()
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNKNOWN if code == grpc.StatusCode.OK else code,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                "the stream ended",
-            )
-        results: Sequence[task_pb2.SubmitTasksResult] = reply.results
-        return results
-
-    async def close(self) -> None:
-        """Half-close the stream (the node ends it with OK)."""
-        call, self._call = self._call, None
-        if call is None or call.done():
-            return
-        try:
-            await call.done_writing()
-            await asyncio.wait_for(call.code(), 5)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
-            call.cancel()
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -111,7 +57,9 @@ async def main_async(args: argparse.Namespace) -> None:
     """Calls made, or messages sent on the streams (--stream)."""
     # --stream: --in-flight streams, over the channels in turn, opened before the start.
     streams = (
-        [SubmitStream(stubs[k % len(stubs)]) for k in range(args.in_flight)] if args.stream else []
+        [MessageStream(stubs[k % len(stubs)].StreamSubmitTasks) for k in range(args.in_flight)]
+        if args.stream
+        else []
     )
 
     async def submit(i: int) -> None:
@@ -147,7 +95,8 @@ async def main_async(args: argparse.Namespace) -> None:
         submitted = time.time_ns()
         try:
             if args.stream:
-                results = await streams[sender].exchange(requests)
+                request = task_pb2.StreamSubmitTasksRequest(tasks=requests)
+                results = (await streams[sender].exchange(request)).results
             else:
                 stub = stubs[sender % len(stubs)]
                 reply = await stub.SubmitTasks(

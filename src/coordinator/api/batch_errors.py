@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.rpc import code_pb2, error_details_pb2
 
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.api.error_mapping import redis_unavailable, to_status
 from coordinator.errors import CoordinatorError
+from coordinator.task_validation import batch_entries
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,28 @@ async def apply_entries(
     raise_if_outage(applied)
     taken = iter(applied)
     return [next(taken) if outcome is None else outcome for outcome in outcomes]
+
+
+async def answer_entries(
+    entries: Sequence[Entry],
+    field: str,
+    parse: Callable[[Entry], Parsed],
+    apply: Callable[[list[Parsed]], Awaitable[Sequence[Outcome | Exception]]],
+    results: Any,
+    fill: Callable[[Any, Outcome], None],
+    method: str,
+) -> None:
+    """Answer one batch call, or one message of its stream: 1 to 1000 ``entries`` (else
+    InvalidArgument naming ``field``), taken as ``apply_entries`` takes them; each outcome
+    is added to ``results`` (the reply's repeated field), in order, by ``fill`` when it was
+    accepted, as the entry's ``error`` when it was refused."""
+    batch_entries(len(entries), field)
+    for outcome in await apply_entries(entries, parse, apply):
+        result = results.add()
+        if isinstance(outcome, BaseException):
+            set_entry_error(result.error, outcome, method)
+        else:
+            fill(result, outcome)
 
 
 def raise_if_outage(outcomes: Iterable[object]) -> None:

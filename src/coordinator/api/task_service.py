@@ -16,13 +16,13 @@ import grpc
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 from coordinator import task_validation as tv
 from coordinator.api import wire
-from coordinator.api.batch_errors import apply_entries, set_entry_error
+from coordinator.api.batch_errors import answer_entries
 from coordinator.cancellation import raise_if_cancelled
 from coordinator.config import Settings
 from coordinator.errors import InvalidArgument
 from coordinator.events import EventHub
 from coordinator.task_models import TaskError, TaskState, TaskSubmission
-from coordinator.tasks import Report, TaskStore
+from coordinator.tasks import Report, ReportOutcome, Submitted, TaskStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -69,16 +69,9 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         self, tasks: Sequence[task_pb2.SubmitTaskRequest], results: Any, method: str
     ) -> None:
         """One SubmitTasks batch: each task's result added to ``results``, in order."""
-        tv.batch_entries(len(tasks), "tasks")
-        outcomes = await apply_entries(tasks, self._submission, self._store.submit_many)
-        for outcome in outcomes:
-            result = results.add()
-            if isinstance(outcome, BaseException):
-                set_entry_error(result.error, outcome, method)
-            else:
-                result.task_id = outcome.task_id
-                result.created = outcome.created
-                result.created_at.FromMilliseconds(outcome.created_at_ms)
+        await answer_entries(
+            tasks, "tasks", self._submission, self._store.submit_many, results, _submitted, method
+        )
 
     def _submission(self, request: task_pb2.SubmitTaskRequest) -> TaskSubmission:
         """A validated submission (InvalidArgument names every bad field)."""
@@ -196,16 +189,9 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         self, reports: Sequence[task_pb2.TaskReport], results: Any, method: str
     ) -> None:
         """One ReportTasks batch: each report's result added to ``results``, in order."""
-        tv.batch_entries(len(reports), "reports")
-        outcomes = await apply_entries(reports, self._report, self._store.report_many)
-        for outcome in outcomes:
-            result = results.add()
-            if isinstance(outcome, BaseException):
-                set_entry_error(result.error, outcome, method)
-            else:
-                result.state = _STATE_NUMBERS[outcome.state]
-                if outcome.lease_expires_at_ms is not None:
-                    result.lease_expires_at.FromMilliseconds(outcome.lease_expires_at_ms)
+        await answer_entries(
+            reports, "reports", self._report, self._store.report_many, results, _reported, method
+        )
 
     def _report(self, entry: task_pb2.TaskReport) -> Report:
         """One validated report of a ReportTasks call, checked as its unary RPC checks it."""
@@ -323,3 +309,17 @@ def _optional_s(message: Any, field: str) -> float | None:
     if not message.HasField(field):
         return None
     return wire.duration_s(getattr(message, field))
+
+
+def _submitted(result: task_pb2.SubmitTasksResult, outcome: Submitted) -> None:
+    """The result of a task queued (or found by its request_id) by a batch."""
+    result.task_id = outcome.task_id
+    result.created = outcome.created
+    result.created_at.FromMilliseconds(outcome.created_at_ms)
+
+
+def _reported(result: task_pb2.TaskReportResult, outcome: ReportOutcome) -> None:
+    """The result of a report a batch took."""
+    result.state = _STATE_NUMBERS[outcome.state]
+    if outcome.lease_expires_at_ms is not None:
+        result.lease_expires_at.FromMilliseconds(outcome.lease_expires_at_ms)
