@@ -14,7 +14,15 @@ from coordinator.config import Settings
 from coordinator.dispatcher import snapshot_args
 from coordinator.registry import RECORD_FIELDS, AgentRegistry
 from coordinator.scripts import TaskScripts, run_batch
-from test_task_scripts import LIVENESS_MS, NODE, assign, make_agent, new_task, task_record
+from test_task_scripts import (
+    LIVENESS_MS,
+    NODE,
+    assign,
+    make_agent,
+    new_task,
+    submit_reply,
+    task_record,
+)
 
 
 @pytest.fixture
@@ -188,19 +196,36 @@ async def test_assignment_for_another_nodes_stream_is_published(scripts, registr
     await pubsub.aclose()
 
 
-async def assign_at_submit(scripts, task_id, agent_id="a"):
-    return await scripts.assign_task(args=[task_id, agent_id, "n1", LIVENESS_MS, NODE, "1", "1"])
+async def submit_assigning(scripts, agent_id="a", **options):
+    """A submit that assigns its task to ``agent_id`` at once if it can, as a node's
+    dispatcher asks (Dispatcher.ride_submit): the task_id and the assignment's reply."""
+    reply = await submit_reply(
+        scripts, assignment=[agent_id, "n1", LIVENESS_MS, NODE, "1"], **options
+    )
+    assert reply[0] == 1 and len(reply) == 5
+    return reply[1], reply[4]
 
 
-async def test_an_assignment_at_submit_takes_a_task_first_in_line(scripts, registry, redis_client):
+async def test_a_submit_assigns_its_task_at_once_when_first_in_line(
+    scripts, registry, redis_client
+):
     await new_task(scripts, priority="LOW")  # behind the new task, whatever its class
-    task_id = await new_task(scripts, priority="HIGH", requirements_class="c1")
     await make_agent(registry, redis_client, "a")
 
-    reply = await assign_at_submit(scripts, task_id)
+    task_id, reply = await submit_assigning(scripts, priority="HIGH", requirements_class="c1")
 
-    assert reply[:2] == ["ok", 1]
-    assert (await task_record(redis_client, task_id))["state"] == "ASSIGNED"
+    assert reply[:3] == ["ok", 1, 0]  # no time in line
+    message = json.loads(reply[3])  # for the submitting node, which holds the stream
+    assert message["task_id"] == task_id and message["fencing_token"] == "1:n1"
+    record = await task_record(redis_client, task_id)
+    assert (record["state"], record["agent_id"], record["attempt"]) == ("ASSIGNED", "a", "1")
+    transitions = [(t["state"], t["reason"]) for t in json.loads(record["transitions"])]
+    assert transitions == [("PENDING", "submitted"), ("ASSIGNED", f"assigned by node {NODE}")]
+    assert await redis_client.hget(keys.agent("a"), "active_tasks") == "1"
+    # It never queued: no queue, class or schedule-to-start deadline holds it.
+    assert not await redis_client.exists(keys.task_queue("HIGH"), keys.task_classes("HIGH"))
+    assert await redis_client.zscore(keys.TASK_START_DEADLINES, task_id) is None
+    assert await redis_client.zscore(keys.tasks_in_state("PENDING"), task_id) is None
 
 
 @pytest.mark.parametrize(
@@ -211,19 +236,46 @@ async def test_an_assignment_at_submit_takes_a_task_first_in_line(scripts, regis
         {"priority": "URGENT", "requirements_class": "c1"},  # more urgent
     ],
 )
-async def test_an_assignment_at_submit_never_overtakes_a_waiting_task(
+async def test_a_submit_never_assigns_its_task_over_a_waiting_one(
     scripts, registry, redis_client, ahead
 ):
     waiting = await new_task(scripts, **ahead)
-    task_id = await new_task(scripts, priority="NORMAL", requirements_class="c0")
     await make_agent(registry, redis_client, "a")
 
-    reply = await assign_at_submit(scripts, task_id)
+    task_id, reply = await submit_assigning(scripts, priority="NORMAL", requirements_class="c0")
 
     assert reply[0] == "not_first"
-    for t in (waiting, task_id):  # nothing changed: a pass will assign them in line
+    for t in (waiting, task_id):  # both wait in line: a pass will assign them in order
         assert (await task_record(redis_client, t))["state"] == "PENDING"
+    assert await redis_client.zscore(keys.task_queue("NORMAL"), task_id) is not None
     assert await redis_client.hget(keys.agent("a"), "active_tasks") == "0"
+
+
+@pytest.mark.parametrize(("agent_id", "refusal"), [("a", "agent_full"), ("b", "agent_gone")])
+async def test_a_submit_queues_its_task_when_the_agent_cannot_take_it(
+    scripts, registry, redis_client, agent_id, refusal
+):
+    await make_agent(registry, redis_client, "a", max_concurrency=1)
+    await redis_client.hset(keys.agent("a"), "active_tasks", 1)
+
+    task_id, reply = await submit_assigning(scripts, agent_id=agent_id)
+
+    assert reply[0] == refusal
+    assert (await task_record(redis_client, task_id))["state"] == "PENDING"
+    assert await redis_client.zscore(keys.task_queue("NORMAL"), task_id) is not None
+    assert await redis_client.zscore(keys.TASK_START_DEADLINES, task_id) is not None
+
+
+async def test_a_repeated_submit_assigns_nothing(scripts, registry, redis_client):
+    await make_agent(registry, redis_client, "a", max_concurrency=2)
+    first, _ = await submit_assigning(scripts, request_id="req-1")
+
+    reply = await submit_reply(
+        scripts, request_id="req-1", assignment=["a", "n2", LIVENESS_MS, NODE, "1"]
+    )
+
+    assert reply[:2] == [0, first] and len(reply) == 3
+    assert await redis_client.hget(keys.agent("a"), "active_tasks") == "1"
 
 
 async def test_run_batch_runs_every_call_in_order_and_reloads_flushed_scripts(

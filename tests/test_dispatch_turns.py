@@ -107,9 +107,9 @@ async def test_a_turn_taken_by_a_submit_but_never_passed_is_handed_back(start_no
     dispatcher = node.coordinator.dispatcher
     await eventually(lambda: no_dispatch_turn_held(redis_client), what="the first pass ended")
     new_task = [NewTask("t-1", TaskSubmission("test", {}))]  # no agent to assign it to
-    rider = dispatcher.ride_submit(new_task)  # so the turn rides
-    assert rider is not None
-    await run_batch(node.coordinator.multiplexed, [], rider=rider)  # as a submit's round trip does
+    ride = dispatcher.ride_submit(new_task)  # so the turn rides
+    assert ride is not None and not ride.assignments
+    await run_batch(node.coordinator.multiplexed, [], rider=ride.rider)  # as a submit's does
     assert await redis_client.exists(keys.DISPATCH_LOCK)
     assert dispatcher.ride_submit(new_task) is None  # one turn waits already
 

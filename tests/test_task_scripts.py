@@ -20,6 +20,7 @@ from coordinator.models import AgentRegistration, AgentStatus
 from coordinator.registry import AgentRegistry
 from coordinator.scripts import TASK_SCRIPT_NAMES, TaskScripts
 from coordinator.task_models import Priority, RetryPolicy
+from coordinator.tasks import NO_ASSIGNMENT
 
 NODE = "node-1"
 LIVENESS_MS = 30_000
@@ -63,7 +64,13 @@ async def dump(redis) -> dict[str, tuple[str, object]]:
     return state
 
 
-async def submit(
+async def submit(scripts, **options):
+    """Run submit_task with the fields TaskStore.submit writes; returns (created, task_id)."""
+    reply = await submit_reply(scripts, **options)
+    return reply[0], reply[1]
+
+
+async def submit_reply(
     scripts,
     *,
     priority="NORMAL",
@@ -75,8 +82,10 @@ async def submit(
     max_attempts=3,
     retry=RETRY,
     task_id=None,
+    assignment=NO_ASSIGNMENT,
 ):
-    """Run submit_task with the fields TaskStore.submit writes; returns (created, task_id)."""
+    """Run submit_task with the fields TaskStore.submit writes, and ``assignment`` (ARGV[7..11],
+    for an assignment at submit); returns its reply."""
     fields = {
         "task_type": "test",
         "task_data": '{"n":1}',
@@ -87,7 +96,7 @@ async def submit(
         "strategy": "",
         "routing_key": "",
     }
-    reply = await scripts.submit_task(
+    return await scripts.submit_task(
         args=[
             task_id or uuid.uuid4().hex,
             request_id,
@@ -95,10 +104,10 @@ async def submit(
             priority,
             requirements_class,
             schedule_to_start_ms,
+            *assignment,
             *(item for pair in fields.items() for item in pair),
         ]
     )
-    return reply[0], reply[1]
 
 
 async def new_task(scripts, **options) -> str:

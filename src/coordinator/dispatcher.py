@@ -10,9 +10,10 @@ report, a cancel, a reaper round, a stream opening) asks its own dispatcher for 
 each also runs a pass every few hundred milliseconds.
 
 A submit needs no pass when nothing waits ahead of its task: the node chooses the agent
-from its view (its latest snapshot, with the assignments it made since) and the assignment
-rides in the round trip that queues the task (``Dispatcher.ride_submit``); the script
-refuses it if a task waits ahead after all, or the slot went meanwhile, and a pass follows.
+from its view (its latest snapshot, with the assignments it made since), and the script
+that creates the task assigns it to that agent instead of queueing it
+(``Dispatcher.ride_submit``); if a task waits ahead after all, or the slot went meanwhile,
+the script queues the task, and a pass follows.
 Otherwise a submit to a node that is not passing asks for the turn and reads the pass's
 snapshot in that round trip, so the pass needs one round trip more, not two.
 
@@ -47,9 +48,9 @@ from coordinator.metrics import NodeMetrics
 from coordinator.models import Agent, AgentStatus
 from coordinator.redis_multiplex import MultiplexedConnection
 from coordinator.registry import RECORD_FIELDS, AgentRegistry
-from coordinator.scripts import Rider, ScriptCall, TaskScripts, run_batch
+from coordinator.scripts import ScriptCall, TaskScripts, run_batch
 from coordinator.task_models import PRIORITIES_MOST_URGENT_FIRST, Requirements
-from coordinator.tasks import NewTask, TaskStore
+from coordinator.tasks import NewTask, SubmitRide, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -256,39 +257,42 @@ class Dispatcher:
         self._requests += 1
         self._wake.set()
 
-    def ride_submit(self, new_tasks: Sequence[NewTask]) -> Rider | None:
-        """The calls that ride in the round trip that queues ``new_tasks`` (after their
-        scripts) and what takes their replies; None when none do (then ``request``).
+    def ride_submit(self, new_tasks: Sequence[NewTask]) -> SubmitRide | None:
+        """What rides in the round trip that queues ``new_tasks``; None when nothing does
+        (then ``request``).
 
-        - An assignment for each task whose agent this node can choose from its view (a
-          strategy of ``AT_SUBMIT_STRATEGIES``): ``lua/assign_task.lua`` takes it only if
-          no task waits ahead, and such a task needs no pass at all.
+        - An agent for each task whose agent this node can choose from its view (a strategy
+          of ``AT_SUBMIT_STRATEGIES``): ``lua/submit_task.lua`` assigns the task to it
+          instead of queueing it, if no task waits ahead and the agent can still take it,
+          and such a task needs no pass at all.
         - For the other tasks, or when an assignment is refused, a pass: when this node is
-          not passing, the turn and the pass's snapshot ride too (the pass then needs no
-          round trip of its own before it assigns), otherwise a request.
+          not passing, the turn and the pass's snapshot ride after the submits (the pass
+          then needs no round trip of its own before it assigns), otherwise a request.
         """
         if self._task is None or self._stopping.is_set():
             return None
         line, chosen = self._choose_at_submit(new_tasks)
-        calls = [
-            self._assign_call(task_id, agent_id, at_submit=True) for task_id, agent_id in chosen
-        ]
+        calls = []
         turn: tuple[str, int] | None = None
         if len(chosen) < len(new_tasks) and not self._passing and self._handed is None:
             turn = (uuid.uuid4().hex, self._requests)
             calls.append(self._snapshot_call("begin", turn[0]))
-        if not calls:
+        if not chosen and not calls:
             return None
+        position = {new_task.task_id: i for i, new_task in enumerate(new_tasks)}
 
-        def take(replies: list[Any], after_the_submits: bool) -> None:
-            refused = self._take_assignments_at_submit(line, chosen, replies[: len(chosen)])
+        def take(submits: list[Any], ridden: list[Any], after_the_submits: bool) -> None:
+            refused = self._take_assignments_at_submit(
+                line, chosen, [submits[position[task_id]] for task_id, _ in chosen]
+            )
             if turn is not None:
-                (reply,) = replies[len(chosen) :]
+                (reply,) = ridden
                 self._take_turn(*turn, reply, after_the_submits)
             elif refused or len(chosen) < len(new_tasks):
                 self.request()
 
-        return calls, take
+        assignments = {task_id: self._assignment_args(agent_id) for task_id, agent_id in chosen}
+        return SubmitRide(assignments, (calls, take))
 
     def slots_freed(self, agent_ids: Sequence[str]) -> None:
         """This node took reports that ended attempts of these agents: their slots are free
@@ -334,18 +338,26 @@ class Dispatcher:
         return view.line, chosen
 
     def _take_assignments_at_submit(
-        self, line: _AgentSlots | None, chosen: list[tuple[str, str]], replies: list[Any]
+        self, line: _AgentSlots | None, chosen: list[tuple[str, str]], submits: list[Any]
     ) -> bool:
-        """Record the assignments made at submit from ``line``; True when one was refused
-        (its task waits in line: a pass must follow)."""
+        """Record the assignments made at submit from ``line``, from the replies of the
+        submits of their tasks; True when one was refused (its task waits in line: a pass
+        must follow)."""
         refused = False
-        for (task_id, agent_id), reply in zip(chosen, replies, strict=True):
-            if not isinstance(reply, Exception) and reply[0] == "ok":
-                self._assigned(task_id, agent_id, reply, way="submit")
+        for (task_id, agent_id), reply in zip(chosen, submits, strict=True):
+            detail: Any
+            if isinstance(reply, Exception):
+                verdict, detail = "error", reply
+                refused = True
+            elif not reply[0]:  # a repeated request_id: no new task, nothing assigned
+                verdict, detail = "task_gone", "not created"
+            elif reply[4][0] == "ok":
+                self._assigned(task_id, agent_id, reply[4], way="submit")
                 continue
-            refused = True
+            else:
+                verdict, detail = reply[4][:2]
+                refused = True
             if line is not None:  # that line still counts the slot as taken
-                verdict, detail = ("error", reply) if isinstance(reply, Exception) else reply[:2]
                 line.not_assigned(agent_id, verdict, detail)
         return refused
 
@@ -645,21 +657,20 @@ class Dispatcher:
                     waiting.append(w)  # try its next choice
         return assigned
 
-    def _assign_call(self, task_id: str, agent_id: str, at_submit: bool = False) -> ScriptCall:
+    def _assign_call(self, task_id: str, agent_id: str) -> ScriptCall:
         """``lua/assign_task.lua`` for one task and agent."""
-        return (
-            self._scripts.assign_task,
-            [],
-            [
-                task_id,
-                agent_id,
-                secrets.token_hex(8),
-                self._liveness_timeout_ms,
-                self._settings.node_id,
-                "1" if self._deliver is not None else "",
-                "1" if at_submit else "",
-            ],
-        )
+        return (self._scripts.assign_task, [], [task_id, *self._assignment_args(agent_id)])
+
+    def _assignment_args(self, agent_id: str) -> list[Any]:
+        """The arguments of an assignment to ``agent_id``: ``lua/assign_task.lua``'s
+        ARGV[2..6], which are ``lua/submit_task.lua``'s ARGV[7..11]."""
+        return [
+            agent_id,
+            secrets.token_hex(8),
+            self._liveness_timeout_ms,
+            self._settings.node_id,
+            "1" if self._deliver is not None else "",
+        ]
 
     def _assigned(self, task_id: str, agent_id: str, reply: list[Any], way: str) -> None:
         """Record one assignment made at submit or by a pass (``way``); send it at once when

@@ -115,11 +115,11 @@ class TaskScripts:
 ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
 """One call of a script in a batch: the script, its KEYS and its ARGV."""
 
-Rider = tuple[list[ScriptCall], Callable[[list[Any], bool], None]]
+Rider = tuple[list[ScriptCall], Callable[[list[Any], list[Any], bool], None]]
 """Script calls that ride at the end of another batch, to share its round trip, and the
-function that takes their replies (errors included, as exception objects) and whether they
-ran after every call of the batch: False when one of those had to be sent again after the
-rider's (its script was loaded after a NOSCRIPT)."""
+function that takes the batch's own replies, then theirs (errors included, as exception
+objects), and whether they ran after every call of the batch: False when one of those had
+to be sent again after the rider's (its script was loaded after a NOSCRIPT)."""
 
 
 async def run_batch(
@@ -136,12 +136,15 @@ async def run_batch(
     replies in order. A script's error is raised (the first), like a single call's, or with
     ``raise_on_error=False`` left in its place so that the other replies are not lost; an
     outage (no connection, a timeout) always raises. A ``rider``'s calls run after
-    ``calls``, and its replies go to its function, not into the result.
+    ``calls``; its function gets every reply (before any error is raised), and only the
+    batch's own are returned.
     """
     own = len(calls)
     if rider is not None:
         calls = [*calls, *rider[0]]
     if not calls:
+        if rider is not None:
+            rider[1]([], [], True)
         return []
     replies = await connection.execute(
         [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
@@ -158,7 +161,7 @@ async def run_batch(
             replies[i] = reply
     if rider is not None:
         replies, ridden = replies[:own], replies[own:]
-        rider[1](ridden, not (missing and missing[0] < own))
+        rider[1](replies, ridden, not (missing and missing[0] < own))
     if raise_on_error:
         for reply in replies:
             if isinstance(reply, Exception):

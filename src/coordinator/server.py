@@ -35,9 +35,8 @@ from coordinator.reaper import TaskReaper
 from coordinator.redis_multiplex import MultiplexedConnection
 from coordinator.redis_packing import PACKED_CLASSES
 from coordinator.registry import AgentRegistry
-from coordinator.scripts import Rider
 from coordinator.streams import AssignmentStreams
-from coordinator.tasks import NewTask, TaskStore
+from coordinator.tasks import NewTask, SubmitRide, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +232,7 @@ class Coordinator:
         """A task was queued or a slot freed through this node: pass soon."""
         self.dispatcher.request()
 
-    def _ride_submit(self, new_tasks: Sequence[NewTask]) -> Rider | None:
+    def _ride_submit(self, new_tasks: Sequence[NewTask]) -> SubmitRide | None:
         """Tasks are about to be queued through this node: assign them, or start a pass, in
         that round trip."""
         return self.dispatcher.ride_submit(new_tasks)

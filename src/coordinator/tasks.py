@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,24 @@ class NewTask:
 
     task_id: str
     submission: TaskSubmission
+
+
+NO_ASSIGNMENT = ("", "", "", "", "")
+"""``lua/submit_task.lua``'s ARGV[7..11] for a task to queue, not to assign at once."""
+
+
+@dataclass(frozen=True)
+class SubmitRide:
+    """What the dispatcher adds to the round trip that queues new tasks
+    (``Dispatcher.ride_submit``)."""
+
+    assignments: Mapping[str, Sequence[Any]]
+    """Per task_id, ``lua/submit_task.lua``'s ARGV[7..11]: the agent chosen for it, whom
+    the script assigns it to instead of queueing it if no task waits ahead and the agent
+    can take it, and that assignment's arguments. The other tasks get ``NO_ASSIGNMENT``."""
+    rider: Rider
+    """Calls after the submits (a dispatch turn and its snapshot), and the function that
+    takes their replies with the submits' (which hold the assignments' outcomes)."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +163,7 @@ class TaskStore:
         multiplexed: MultiplexedConnection,
         settings: Settings,
         wake_dispatcher: Callable[[], None] | None = None,
-        ride_submit: Callable[[Sequence[NewTask]], Rider | None] | None = None,
+        ride_submit: Callable[[Sequence[NewTask]], SubmitRide | None] | None = None,
         slots_freed: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         self._redis = redis
@@ -157,9 +175,9 @@ class TaskStore:
         # Called when a task joined a queue or a slot came free: the node asks its own
         # dispatcher for a pass (the dispatch turn reaches whichever node is passing).
         self._wake_dispatcher = wake_dispatcher or (lambda: None)
-        # Asked when tasks are about to be queued: the calls that assign them, or start a
-        # pass, in the same round trip (Dispatcher.ride_submit), or None to wake the
-        # dispatcher as above.
+        # Asked when tasks are about to be queued: the agents to assign them to at once, or
+        # the calls that start a pass, in the same round trip (Dispatcher.ride_submit), or
+        # None to wake the dispatcher as above.
         self._ride_submit = ride_submit or (lambda _: None)
         # Told which agents' slots the reports taken here freed (Dispatcher.slots_freed).
         self._slots_freed = slots_freed or (lambda _: None)
@@ -199,23 +217,32 @@ class TaskStore:
 
     async def _queue(self, submissions: Sequence[TaskSubmission]) -> list[Any]:
         """Run ``lua/submit_task.lua`` for each submission in one round trip (the replies,
-        a refused call as its exception object), then have them dispatched: their
-        assignments, or the dispatch turn and snapshot, ride in that round trip when this
-        node's dispatcher has them."""
+        a refused call as its exception object), then have them dispatched: the script
+        assigns a task at once to the agent this node's dispatcher chose for it, and the
+        dispatch turn and snapshot ride in that round trip, when the dispatcher has them."""
         new_tasks = [NewTask(uuid.uuid4().hex, s) for s in submissions]
-        rider = self._ride_submit(new_tasks)
+        ride = self._ride_submit(new_tasks)
+        assignments = ride.assignments if ride is not None else {}
         replies = await run_batch(
             self._multiplexed,
-            [(self._scripts.submit_task, [], self._submit_args(t)) for t in new_tasks],
+            [
+                (
+                    self._scripts.submit_task,
+                    [],
+                    self._submit_args(t, assignments.get(t.task_id, NO_ASSIGNMENT)),
+                )
+                for t in new_tasks
+            ],
             raise_on_error=False,
-            rider=rider,
+            rider=ride.rider if ride is not None else None,
         )
-        if rider is None:
+        if ride is None:
             self._wake_dispatcher()
         return replies
 
-    def _submit_args(self, new_task: NewTask) -> list[Any]:
-        """ARGV of ``lua/submit_task.lua`` for one new task."""
+    def _submit_args(self, new_task: NewTask, assignment: Sequence[Any]) -> list[Any]:
+        """ARGV of ``lua/submit_task.lua`` for one new task, with its ``assignment``
+        (ARGV[7..11])."""
         s = new_task.submission
         fields = {
             "task_type": s.task_type,
@@ -234,6 +261,7 @@ class TaskStore:
             s.priority.name,
             s.requirements.eligibility_class(),
             round(s.schedule_to_start_s * 1000),
+            *assignment,
             *(item for pair in fields.items() for item in pair),
         ]
 

@@ -139,19 +139,109 @@ local function tasks_waiting()
   return 0
 end
 
--- Whether no task waits ahead of ``task`` (queued): none at a more urgent priority and
--- none queued earlier at its own (every queue is scored by seq). ``task`` needs priority.
--- A task assigned at its submit must be first in line, so that it overtakes no one.
-local function first_in_line(task)
-  for _, priority in ipairs(PRIORITY_NAMES) do
-    if priority == task.priority then
-      return redis.call('ZRANGE', K.queue .. priority, 0, 0)[1] == task.id
-    end
-    if redis.call('EXISTS', K.classes .. priority) == 1 then
+-- Whether no task waits in line at ``priority`` or a more urgent one: then a task of that
+-- priority queued now would be first in line, and may be assigned without queueing.
+local function none_waiting_up_to(priority)
+  for _, name in ipairs(PRIORITY_NAMES) do
+    if redis.call('EXISTS', K.classes .. name) == 1 then
       return false
     end
+    if name == priority then
+      return true
+    end
   end
-  return false
+  return true
+end
+
+-- Why an agent cannot take a task now, as a refusal {verdict, detail} ('agent_gone',
+-- 'agent_unavailable', 'agent_full'); or nil and the node holding its stream. It must be
+-- registered, ACTIVE, live, streaming from a live node, with a free slot.
+local function agent_refusal(agent_id, now, liveness_timeout_ms)
+  local agent = redis.call('HMGET', K.agent .. agent_id, 'status', 'max_concurrency',
+    'active_tasks')
+  if not agent[1] then
+    return {'agent_gone', 'not registered'}
+  end
+  if agent[1] ~= 'ACTIVE' then
+    return {'agent_unavailable', agent[1]}
+  end
+  local last_heartbeat = tonumber(redis.call('ZSCORE', K.heartbeats, agent_id) or 0)
+  if last_heartbeat < now - liveness_timeout_ms then
+    return {'agent_unavailable', 'heartbeat expired'}
+  end
+  local connection = redis.call('HGET', K.connected, agent_id)
+  if not connection then
+    return {'agent_unavailable', 'no open stream'}
+  end
+  local stream_node = string.match(connection, '^(%S+)')
+  if redis.call('EXISTS', K.node .. stream_node) == 0 then
+    return {'agent_unavailable', 'its node ' .. stream_node .. ' is gone'}
+  end
+  if tonumber(agent[3] or 0) >= tonumber(agent[2]) then
+    return {'agent_full', agent[3]}
+  end
+  return nil, stream_node
+end
+
+-- Gives a PENDING task, already out of line, to an agent that agent_refusal accepted: the
+-- task gets its agent, attempt, fencing token and lease; the agent's active count rises; the
+-- node holding the agent's stream is told, or, when that is ``node_id`` itself and
+-- ``deliver_here``, the message comes back in the reply. ``task`` needs the fields of
+-- TASK_FIELDS. Returns assign_task.lua's reply for an assignment ({'ok', ...}).
+local function assign(task, agent_id, token_nonce, node_id, stream_node, deliver_here, now)
+  local task_id = task.id
+  local previous_agent = task.agent_id
+  local attempt = tonumber(task.attempt) + 1
+  local token = attempt .. ':' .. token_nonce
+  local lease_ms = now + tonumber(task.start_to_close_ms)
+  local attempts = append_to_list(task.attempts, {
+    attempt = attempt, agent_id = agent_id, node_id = node_id, assigned_at_ms = now,
+    token = token,
+  })
+  task.attempt = attempt
+  task.agent_id = agent_id
+  redis.call('HSET', K.task .. task_id,
+    'attempt', attempt, 'agent_id', agent_id, 'fencing_token', token,
+    'lease_expires_at_ms', lease_ms, 'assigned_at_ms', now, 'attempts', attempts)
+  transition(task, 'ASSIGNED', now, 'assigned by node ' .. node_id)
+
+  redis.call('ZADD', K.leases, lease_ms, task_id)
+  redis.call('SADD', K.agent_tasks .. agent_id, task_id)
+  redis.call('SADD', K.holding, agent_id)
+  redis.call('HINCRBY', K.agent .. agent_id, 'active_tasks', 1)
+  if previous_agent ~= '' and previous_agent ~= agent_id then
+    redis.call('ZREM', K.by_agent .. previous_agent, task_id)
+  end
+  redis.call('ZADD', K.by_agent .. agent_id, tonumber(task.seq), task_id)
+
+  redis.call('HINCRBY', K.stats, 'tasks_distributed', 1)
+  redis.call('HINCRBY', K.assignments_per_agent, agent_id, 1)
+  local latency_ms = nil
+  if attempt == 1 then
+    latency_ms = now - tonumber(task.created_at_ms)
+    redis.call('HINCRBY', K.stats, 'submit_to_assignment_ms_total', latency_ms)
+    redis.call('HINCRBY', K.stats, 'submit_to_assignment_count', 1)
+    redis.call('LPUSH', K.assign_latencies, latency_ms)
+    redis.call('LTRIM', K.assign_latencies, 0, 9999)
+  end
+  -- The whole assignment rides on the message, so the node holding the stream sends it
+  -- without reading it back (task_data stays a JSON string: cjson would not keep it exact).
+  local payload = redis.call('HMGET', K.task .. task_id, 'task_type', 'task_data')
+  local message = {
+    kind = 'assign', task_id = task_id, attempt = attempt, fencing_token = token,
+    task_type = payload[1] or '', task_data = payload[2] or '{}', priority = task.priority,
+    assigned_at_ms = now, lease_expires_at_ms = lease_ms,
+    start_to_close_ms = tonumber(task.start_to_close_ms),
+  }
+  if deliver_here and stream_node == node_id then
+    message.agent_id = agent_id
+    return {'ok', attempt, latency_ms or -1, cjson.encode(message)}
+  end
+  notify_agent(agent_id, message)
+  if latency_ms then
+    return {'ok', attempt, latency_ms}
+  end
+  return {'ok', attempt}
 end
 
 -- Folds one attempt's outcome into the agent's moving averages (predictive and
