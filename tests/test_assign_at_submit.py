@@ -6,6 +6,8 @@ line for a pass, like any other."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from agent_harness import eventually, submit_request
@@ -19,8 +21,10 @@ RESOURCE_BASED = task_pb2.BalancingStrategy.Value("BALANCING_STRATEGY_RESOURCE_B
 
 @pytest.fixture(autouse=True)
 def lasting_views(monkeypatch):
-    """Views do not age within a test (however slow the machine): see the last test."""
+    """Views do not age within a test (however slow the machine), nor are they read again:
+    see the tests that change this."""
     monkeypatch.setattr(dispatcher_module, "VIEW_MAX_AGE_S", 60.0)
+    monkeypatch.setattr(dispatcher_module, "VIEW_REFRESH_S", 60.0)
 
 
 def spy(monkeypatch, dispatcher, name: str) -> list[object]:
@@ -86,6 +90,29 @@ async def test_a_task_waits_for_a_pass_when_the_view_may_be_out_of_date_for_it(
 
     assert (await agent.next_assignment(timeout_s=5)).task_id == submitted.task.task_id
     assert len(passed) == 1  # a pass read everything afresh
+
+
+async def test_a_view_in_use_is_read_again_before_it_is_too_old(
+    start_node, pool, redis_client, monkeypatch
+):
+    node = await start_node(**LONG_TIMER)
+    agent = await pool.start(node.channel, "agent-1")  # one slot
+    await with_a_view(node, agent, redis_client)
+    dispatcher = node.coordinator.dispatcher
+    monkeypatch.setattr(dispatcher_module, "VIEW_MAX_AGE_S", 0.6)
+    monkeypatch.setattr(dispatcher_module, "VIEW_REFRESH_S", 0.2)
+    first_view = dispatcher._view
+    passed = spy(monkeypatch, dispatcher, "dispatch")
+
+    for _ in range(6):  # 1.8 s: three times the view's most age
+        await asyncio.sleep(0.3)  # each submit finds it older than VIEW_REFRESH_S
+        submitted = (await node.tasks.SubmitTask(submit_request())).task
+        assignment = await agent.next_assignment(timeout_s=5)
+        assert assignment.task_id == submitted.task_id
+        await agent.complete(assignment)
+
+    assert passed == []  # each was assigned at its submit, from a view read meanwhile
+    assert dispatcher._view is not first_view
 
 
 async def test_an_agent_gone_since_the_view_was_read_is_refused_and_the_task_waits(

@@ -51,6 +51,22 @@ async def test_snapshot_reads_no_agent_while_nothing_waits(scripts, registry, re
     assert (strategy, state, classes, agents) == ("", "", [[]] * 5, [])
 
 
+async def test_snapshot_for_a_view_reads_the_agents_and_takes_no_turn(
+    scripts, registry, redis_client
+):
+    await make_agent(registry, redis_client, "a")
+    await new_task(scripts)
+
+    for_view = snapshot_args("view", "this-node", heads=0)
+    _, _, _, classes, rows, heads, limit = await scripts.dispatch_snapshot(args=for_view)
+    assert len(rows) == 1 and classes[3] == ["c0"] and heads == [[]] * 5 and limit == 0
+    await redis_client.delete(keys.task_queue("NORMAL"), keys.task_classes("NORMAL"))
+    _, _, _, classes, rows, *_ = await scripts.dispatch_snapshot(args=for_view)
+    assert len(rows) == 1 and classes == [[]] * 5  # nothing waits: the agents all the same
+
+    assert not await redis_client.exists(keys.DISPATCH_LOCK, keys.DISPATCH_WANTED)
+
+
 async def test_snapshot_has_waiting_classes_and_streaming_active_agents(
     scripts, registry, redis_client
 ):
@@ -93,10 +109,7 @@ async def test_snapshot_has_the_first_tasks_of_each_waiting_class(scripts, regis
     c1 = await new_task(scripts, requirements_class="c1")
     urgent = await new_task(scripts, priority="URGENT", requirements_class="c0")
     await make_agent(registry, redis_client, "a", max_concurrency=10)
-    action, token, ttl, _, *rest = snapshot_args()
-    limited = [action, token, ttl, 2, *rest]  # at most 2 per class
-
-    *_, classes, _, heads, limit = await scripts.dispatch_snapshot(args=limited)
+    *_, classes, _, heads, limit = await scripts.dispatch_snapshot(args=snapshot_args(heads=2))
 
     assert limit == 2
     by_class = [dict(zip(c, h, strict=True)) for c, h in zip(classes, heads, strict=True)]

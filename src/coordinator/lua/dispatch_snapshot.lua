@@ -4,11 +4,13 @@
 -- that has its assignment stream open on a live node and is in agents:active, as the
 -- record fields the dispatcher decodes. Whether each agent is live by heartbeat is decided
 -- by the caller from these fields (the assignment script checks everything again). With
--- no task waiting no agent is read, and with no ACTIVE agent with a free slot no task.
+-- no task waiting no agent is read (unless for a view), and with no ACTIVE agent with a
+-- free slot no task.
 --
--- ARGV[1]      '' to read only, or 'begin' or 'again' to take the dispatch turn first
---              (task_lib.lua's dispatch_turn): without the turn the reply is false and
---              nothing is read
+-- ARGV[1]      '' to read only; 'view' to read only, the agents even with no task waiting
+--              (a node's view, which it assigns tasks at submit from); or 'begin' or
+--              'again' to take the dispatch turn first (task_lib.lua's dispatch_turn):
+--              without the turn the reply is false and nothing is read
 -- ARGV[2]      this node's token for the turn's lock (with ARGV[1])
 -- ARGV[3]      the lock's time-to-live in milliseconds (with ARGV[1])
 -- ARGV[4]      most tasks per class (fewer when the free slots are fewer)
@@ -28,7 +30,8 @@ local limit = tonumber(ARGV[4])
 local priority_count = tonumber(ARGV[5])
 local first_priority = 6
 local last_priority = priority_count + 5
-if turn_action ~= '' and dispatch_turn(turn_action, ARGV[2], ARGV[3]) == 0 then
+local for_view = turn_action == 'view'
+if turn_action ~= '' and not for_view and dispatch_turn(turn_action, ARGV[2], ARGV[3]) == 0 then
   return false  -- another node's turn: it passes again (the 'wanted' flag)
 end
 local fields = {}
@@ -48,7 +51,7 @@ end
 local agents = {}
 local free_slots = 0
 local node_alive = {}
-local connected = waiting and redis.call('HGETALL', K.connected) or {}  -- none needed
+local connected = (waiting or for_view) and redis.call('HGETALL', K.connected) or {}
 for i = 1, #connected, 2 do
   local agent_id = connected[i]
   local node_id = string.match(connected[i + 1], '^(%S+)')
