@@ -40,6 +40,14 @@ def spy(monkeypatch, dispatcher, name: str) -> list[object]:
     return calls
 
 
+async def one_task_through(node, agent) -> None:
+    """Submit a task: the agent receives it, and completes it (freeing its slot)."""
+    submitted = (await node.tasks.SubmitTask(submit_request())).task
+    assignment = await agent.next_assignment(timeout_s=5)
+    assert assignment.task_id == submitted.task_id
+    await agent.complete(assignment)
+
+
 async def with_a_view(node, agent, redis_client) -> None:
     """One task through a pass: its snapshot, read while the task waited, is the view."""
     await node.tasks.SubmitTask(submit_request())
@@ -58,10 +66,7 @@ async def test_a_task_is_assigned_in_its_submits_round_trip_without_a_pass(
     passed = spy(monkeypatch, dispatcher, "dispatch")
 
     for _ in range(3):  # each completion taken here frees the slot in the view too
-        submitted = (await node.tasks.SubmitTask(submit_request())).task
-        assignment = await agent.next_assignment(timeout_s=5)
-        assert assignment.task_id == submitted.task_id
-        await agent.complete(assignment)
+        await one_task_through(node, agent)
 
     assert asked == [] and passed == []
     assert await no_dispatch_turn_held(redis_client)
@@ -106,10 +111,7 @@ async def test_a_view_in_use_is_read_again_before_it_is_too_old(
 
     for _ in range(6):  # 1.8 s: three times the view's most age
         await asyncio.sleep(0.3)  # each submit finds it older than VIEW_REFRESH_S
-        submitted = (await node.tasks.SubmitTask(submit_request())).task
-        assignment = await agent.next_assignment(timeout_s=5)
-        assert assignment.task_id == submitted.task_id
-        await agent.complete(assignment)
+        await one_task_through(node, agent)
 
     assert passed == []  # each was assigned at its submit, from a view read meanwhile
     assert dispatcher._view is not first_view

@@ -431,11 +431,7 @@ class Dispatcher:
         Submits sent before it are counted in it; one sent meanwhile may find a slot it took
         free again in the new view, and its script then refuses the agent: a pass follows."""
         try:
-            (reply,) = await run_batch(
-                self._multiplexed,
-                [(self._scripts.dispatch_snapshot, [], snapshot_args("view", heads=0))],
-            )
-            self._parse_snapshot(reply, for_view=True)
+            await self._snapshot("view")
         except Exception as exc:  # a submit finding the view too old takes a pass's way
             log.debug("view not refreshed: %r", exc)
         finally:
@@ -522,12 +518,14 @@ class Dispatcher:
 
     async def _snapshot(self, turn_action: str = "", token: str = "") -> _Snapshot | None:
         """Read what a pass starts from; with ``turn_action`` ('begin' or 'again') and this
-        node's token, take the turn in the same step: None when another node has it."""
+        node's token, take the turn in the same step: None when another node has it. With
+        'view', read the agents only, for the view."""
         (reply,) = await run_batch(self._multiplexed, [self._snapshot_call(turn_action, token)])
-        return self._parse_snapshot(reply)
+        return self._parse_snapshot(reply, for_view=turn_action == "view")
 
     def _snapshot_call(self, turn_action: str, token: str) -> ScriptCall:
-        return (self._scripts.dispatch_snapshot, [], snapshot_args(turn_action, token))
+        heads = 0 if turn_action == "view" else HEADS_PER_CLASS  # a view needs no tasks
+        return (self._scripts.dispatch_snapshot, [], snapshot_args(turn_action, token, heads))
 
     def _parse_snapshot(self, reply: Any, for_view: bool = False) -> _Snapshot | None:
         """The snapshot from ``lua/dispatch_snapshot.lua``'s reply; None without the turn.

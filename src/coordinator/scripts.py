@@ -143,8 +143,6 @@ async def run_batch(
     if rider is not None:
         calls = [*calls, *rider[0]]
     if not calls:
-        if rider is not None:
-            rider[1]([], [], True)
         return []
     replies = await connection.execute(
         [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
