@@ -11,7 +11,7 @@ import functools
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -189,8 +189,17 @@ class AgentRegistry:
         a row of a record deleted meanwhile (no agent_id) is skipped."""
         return [self._decode_row(row, now_ms) for row in rows if row[0] is not None]
 
-    async def discover(self, query: DiscoverQuery) -> DiscoverPage:
-        """Agents matching ``query``, best health first, then by id, one page at a time."""
+    async def discover(
+        self,
+        query: DiscoverQuery,
+        *,
+        item_bytes: Callable[[Agent], int] | None = None,
+        max_page_bytes: int = 0,
+    ) -> DiscoverPage:
+        """Agents matching ``query``, best health first, then by id, one page at a time.
+        With ``item_bytes`` (what an agent adds to the reply), a page also ends before its
+        items would exceed ``max_page_bytes``, though it always holds one agent when any
+        remains; the next_page_token then continues right after the last agent returned."""
         fingerprint = _fingerprint(query)
         after = page_tokens.decode(query.page_token, fingerprint)
         stored = [s for s in keys.STORED_STATUSES if s in query.statuses]
@@ -218,8 +227,8 @@ class AgentRegistry:
         ]
         matches.sort(key=_order)
         remaining = matches if after is None else [a for a in matches if _order(a) > after]
-        page = remaining[: query.page_size]
-        more = len(remaining) > query.page_size
+        page = _within_bytes(remaining[: query.page_size], item_bytes, max_page_bytes)
+        more = len(remaining) > len(page)
         return DiscoverPage(
             agents=page,
             next_page_token=page_tokens.encode(_order(page[-1]), fingerprint) if more else "",
@@ -393,6 +402,20 @@ def _matches(agent: Agent, query: DiscoverQuery) -> bool:
         labels=query.labels,
         min_health_score=query.min_health_score,
     )
+
+
+def _within_bytes(
+    agents: list[Agent], item_bytes: Callable[[Agent], int] | None, max_bytes: int
+) -> list[Agent]:
+    """The longest head of ``agents`` whose items fit in ``max_bytes`` (at least one)."""
+    if item_bytes is None:
+        return agents
+    total = 0
+    for index, agent in enumerate(agents):
+        total += item_bytes(agent)
+        if index and total > max_bytes:
+            return agents[:index]
+    return agents
 
 
 def _order(agent: Agent) -> tuple[float, str]:

@@ -280,8 +280,17 @@ class TaskStore:
             records = await pipe.execute()
         return [decode_task(r) for r in records if r]
 
-    async def list_tasks(self, query: ListTasksQuery) -> TaskPage:
-        """Tasks matching ``query``, newest first, one page at a time."""
+    async def list_tasks(
+        self,
+        query: ListTasksQuery,
+        *,
+        item_bytes: Callable[[Task], int] | None = None,
+        max_page_bytes: int = 0,
+    ) -> TaskPage:
+        """Tasks matching ``query``, newest first, one page at a time. With ``item_bytes``
+        (what a task adds to the reply), a page also ends before its items would exceed
+        ``max_page_bytes``, though it always holds one task when any remains; the
+        next_page_token then continues right after the last task returned."""
         fingerprint = _fingerprint(query)
         after = page_tokens.decode(query.page_token, fingerprint)
         if query.dead_letter:
@@ -293,6 +302,7 @@ class TaskStore:
         else:
             index = keys.TASK_ALL
         page: list[Task] = []
+        page_bytes = 0
         cursor = after
         last_listed: tuple[float, str] | None = None
         more = False
@@ -315,6 +325,12 @@ class TaskStore:
                 if len(page) == query.page_size:
                     more = True
                     break
+                if item_bytes is not None:
+                    size = item_bytes(task)
+                    if page and page_bytes + size > max_page_bytes:
+                        more = True
+                        break
+                    page_bytes += size
                 page.append(task)
                 last_listed = entry
         token = ""

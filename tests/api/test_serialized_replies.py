@@ -1,4 +1,5 @@
-"""The interceptor that lets DiscoverAgents return its reply already serialized."""
+"""The interceptor that lets DiscoverAgents and ListTasks return their replies already
+serialized."""
 
 import grpc
 
@@ -9,6 +10,7 @@ from coordinator.api.serialized_replies import (
 )
 
 DISCOVER = "/aitbc.coordinator.v1.AgentService/DiscoverAgents"
+LIST_TASKS = "/aitbc.coordinator.v1.TaskService/ListTasks"
 
 
 class Details(grpc.HandlerCallDetails):
@@ -36,8 +38,8 @@ async def intercepted(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMe
     return await SerializedRepliesInterceptor().intercept_service(continuation, Details(method))
 
 
-def test_discover_agents_is_the_method_listed():
-    assert SERIALIZED_REPLY_METHODS == {DISCOVER}
+def test_discover_agents_and_list_tasks_are_the_methods_listed():
+    assert SERIALIZED_REPLY_METHODS == {DISCOVER, LIST_TASKS}
 
 
 async def test_bytes_pass_unchanged_and_a_message_is_serialized():

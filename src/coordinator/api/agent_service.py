@@ -10,7 +10,7 @@ import grpc
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
 from coordinator import validation
-from coordinator.api import wire
+from coordinator.api import page_bytes, wire
 from coordinator.config import Settings
 from coordinator.dispatcher import Dispatcher
 from coordinator.errors import Aborted, FailedPrecondition, NotFound
@@ -118,7 +118,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        page = await self._registry.discover(query)
+        page = await self._registry.discover(
+            query,
+            item_bytes=wire.discover_entry_bytes,
+            max_page_bytes=page_bytes.page_budget_bytes(self._settings),
+        )
         return wire.discover_reply(page.agents, page.next_page_token, page.total_size)
 
     async def StreamAssignments(

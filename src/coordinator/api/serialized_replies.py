@@ -4,7 +4,8 @@ The handler of a method in ``SERIALIZED_REPLY_METHODS`` may return the bytes of 
 message instead of the message; this interceptor lets those bytes through the method's
 serializer unchanged. DiscoverAgents does so: it joins the kept bytes of each agent it
 found (``wire.discover_reply``) instead of building and serializing a reply of 50 agents
-on every call.
+on every call. ListTasks does so to serialize each task once: it measures its page with
+those bytes (``wire.list_tasks_reply``).
 """
 
 from __future__ import annotations
@@ -14,20 +15,25 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from aitbc.coordinator.v1 import agent_pb2
+from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.api.method_wrapping import WrappingInterceptor
 
 if TYPE_CHECKING:  # grpc's stubs make it generic; at run time it is not subscriptable
     Handler = grpc.RpcMethodHandler[Any, Any]
 
 
-def _method_path(service: str, method: str) -> str:
+def _method_path(file: Any, service: str, method: str) -> str:
     """The path gRPC calls a method by: /package.Service/Method."""
-    full_name = agent_pb2.DESCRIPTOR.services_by_name[service].full_name
+    full_name = file.DESCRIPTOR.services_by_name[service].full_name
     return f"/{full_name}/{method}"
 
 
-SERIALIZED_REPLY_METHODS = frozenset({_method_path("AgentService", "DiscoverAgents")})
+SERIALIZED_REPLY_METHODS = frozenset(
+    {
+        _method_path(agent_pb2, "AgentService", "DiscoverAgents"),
+        _method_path(task_pb2, "TaskService", "ListTasks"),
+    }
+)
 
 
 class SerializedRepliesInterceptor(WrappingInterceptor):

@@ -15,13 +15,13 @@ import grpc
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 from coordinator import task_validation as tv
-from coordinator.api import wire
+from coordinator.api import page_bytes, wire
 from coordinator.api.batch_errors import answer_entries
 from coordinator.cancellation import raise_if_cancelled
 from coordinator.config import Settings
 from coordinator.errors import InvalidArgument
 from coordinator.events import EventHub
-from coordinator.task_models import TaskError, TaskState, TaskSubmission
+from coordinator.task_models import Task, TaskError, TaskState, TaskSubmission
 from coordinator.tasks import Report, ReportOutcome, Submitted, TaskStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -111,9 +111,8 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         task = await self._store.get(tv.task_id(request.task_id))
         return task_pb2.GetTaskResponse(task=wire.task_to_proto(task))
 
-    async def ListTasks(
-        self, request: task_pb2.ListTasksRequest, context: Context
-    ) -> task_pb2.ListTasksResponse:
+    async def ListTasks(self, request: task_pb2.ListTasksRequest, context: Context) -> bytes:
+        """A ListTasksResponse, already serialized (``wire.list_tasks_reply``)."""
         query = tv.list_query(
             states=[(s, wire.state_from_proto(s)) for s in request.states],
             agent_id=request.agent_id,
@@ -122,11 +121,19 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        page = await self._store.list_tasks(query)
-        return task_pb2.ListTasksResponse(
-            tasks=[wire.task_to_proto(t) for t in page.tasks],
-            next_page_token=page.next_page_token,
+        # Each task is serialized once: measured for the page's byte limit, then sent.
+        entries: dict[str, bytes] = {}
+
+        def item_bytes(task: Task) -> int:
+            entry = entries[task.task_id] = wire.list_tasks_entry(task)
+            return len(entry)
+
+        page = await self._store.list_tasks(
+            query,
+            item_bytes=item_bytes,
+            max_page_bytes=page_bytes.page_budget_bytes(self._settings),
         )
+        return wire.list_tasks_reply([entries[t.task_id] for t in page.tasks], page.next_page_token)
 
     async def CancelTask(
         self, request: task_pb2.CancelTaskRequest, context: Context

@@ -15,6 +15,7 @@ from coordinator.sdk.errors import (
     TaskExpired,
     TaskFailed,
     TaskNotCompleted,
+    UndecodableReply,
 )
 from coordinator.sdk.runner import Handler
 from coordinator.task_models import Priority, Requirements, RetryPolicy, Task, TaskError, TaskState
@@ -39,4 +40,5 @@ __all__ = [
     "TaskFailed",
     "TaskNotCompleted",
     "TaskState",
+    "UndecodableReply",
 ]

@@ -29,7 +29,7 @@ from coordinator.sdk.endpoints import Endpoints
 from coordinator.sdk.errors import RpcError
 from coordinator.sdk.reports import Reporter
 from coordinator.sdk.runner import AttemptRunner, Handler
-from coordinator.sdk.wire import AssignmentInfo, assignment_from_proto
+from coordinator.sdk.wire import AssignmentInfo, UndecodableAssignment, stream_event
 from coordinator.task_models import TaskError
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,9 @@ class Agent:
 
     async def _stream_session(self) -> Outcome:
         """One StreamAssignments, with heartbeats alongside, until it ends."""
-        call = self._endpoints.agents().StreamAssignments(
+        # Raw bytes, decoded here: a message that python protobuf cannot parse (a task_data
+        # nested too deep) must cost only its own tasks, not the stream or the agent.
+        call = self._endpoints.raw_assignment_stream()(
             agent_pb2.StreamAssignmentsRequest(
                 agent_id=self.agent_id, max_assignments_per_message=ASSIGNMENTS_PER_MESSAGE
             )
@@ -264,24 +266,35 @@ class Agent:
 
         async def read() -> Outcome:
             nonlocal heartbeats
-            async for event in call:
-                kind = event.WhichOneof("event")
+            async for raw in call:
+                event = stream_event(raw)
+                kind = event.kind
                 if kind == "ready":
-                    self.node_id = event.ready.node_id
+                    ready = event.message.ready
+                    self.node_id = ready.node_id
                     self._backoff.reset()
                     self.connected.set()
-                    interval_s = duration_s(event.ready.heartbeat_interval) or 10.0
+                    interval_s = duration_s(ready.heartbeat_interval) or 10.0
                     heartbeats = asyncio.create_task(self._heartbeat(interval_s, heartbeat_verdict))
                     log.info("stream open on node %s", self.node_id, extra=self._log)
-                elif kind == "assignment":
-                    self._accept(assignment_from_proto(event.assignment))
-                elif kind == "assignments":
-                    for assignment in event.assignments.assignments:
-                        self._accept(assignment_from_proto(assignment))
+                elif kind in ("assignment", "assignments"):
+                    for assignment in event.assignments:
+                        self._accept(assignment)
+                    for undecodable in event.undecodable:
+                        self._refuse(undecodable)
                 elif kind == "cancel":
-                    self._cancel(event.cancel.task_id, event.cancel.attempt, event.cancel.reason)
+                    cancel = event.message.cancel
+                    self._cancel(cancel.task_id, cancel.attempt, cancel.reason)
                 elif kind == "draining":
                     return "draining"
+                elif kind is None and event.error:
+                    # Not even the ids could be read: nothing to report; its tasks come back
+                    # when their leases end.
+                    log.error(
+                        "a stream message could not be decoded and was skipped: %s",
+                        event.error,
+                        extra=self._log,
+                    )
             return "reopen"
 
         try:
@@ -336,14 +349,21 @@ class Agent:
 
     # --- work ------------------------------------------------------------------------------
 
-    def _accept(self, assignment: AssignmentInfo) -> None:
+    def _first_delivery(self, assignment: AssignmentInfo) -> bool:
+        """True the first time an attempt arrives (it is remembered), False for a repeat."""
         key = assignment.key
         if key in self._seen:
             log.debug("repeated delivery ignored", extra={**self._log, "task_id": key[0]})
-            return
+            return False
         self._seen[key] = None
         while len(self._seen) > SEEN_DELIVERIES_KEPT:
             self._seen.popitem(last=False)
+        return True
+
+    def _accept(self, assignment: AssignmentInfo) -> None:
+        if not self._first_delivery(assignment):
+            return
+        key = assignment.key
         if not self._accepting:
             self._hand_back(assignment)
             return
@@ -364,6 +384,23 @@ class Agent:
     def _hand_back(self, assignment: AssignmentInfo) -> None:
         """An assignment that raced with stopping: give it back to be retried elsewhere."""
         error = TaskError("the agent is stopping", "AgentStopped", retryable=True)
+        self._report_unrun(assignment, error)
+
+    def _refuse(self, undecodable: UndecodableAssignment) -> None:
+        """An assignment whose task could not be decoded: no agent of this SDK could run it,
+        so it fails for good instead of killing or stalling agent after agent."""
+        assignment = undecodable.assignment
+        if not self._first_delivery(assignment):
+            return
+        log.error(
+            "assignment could not be decoded; reporting the task failed: %s",
+            undecodable.reason,
+            extra={**self._log, "task_id": assignment.task_id, "attempt": assignment.attempt},
+        )
+        self._report_unrun(assignment, undecodable.error())
+
+    def _report_unrun(self, assignment: AssignmentInfo, error: TaskError) -> None:
+        """Fail an attempt that never ran; stopping waits for the report (``_drain``)."""
         task = asyncio.create_task(self._report_hand_back(assignment, error))
         self._handing_back.add(task)
         task.add_done_callback(self._handing_back.discard)

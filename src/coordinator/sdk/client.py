@@ -34,7 +34,13 @@ from coordinator.api.wire import (
 from coordinator.balancing import Strategy
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.endpoints import RETRIED_CODES, Endpoints
-from coordinator.sdk.errors import RpcError, TaskCancelled, TaskExpired, TaskFailed
+from coordinator.sdk.errors import (
+    RpcError,
+    TaskCancelled,
+    TaskExpired,
+    TaskFailed,
+    UndecodableReply,
+)
 from coordinator.sdk.wire import entry_error, stats_from_proto, task_from_proto
 from coordinator.task_models import Priority, Requirements, RetryPolicy, Task, TaskState, TaskStats
 
@@ -236,13 +242,17 @@ class Client:
     async def get(self, task_id: str) -> Task:
         """The task as it is now, with its attempts and transitions."""
         request = task_pb2.GetTaskRequest(task_id=task_id)
-        reply = await self._call(lambda s: s.GetTask(request, timeout=self.call_timeout_s))
+        reply = await self._call(
+            lambda s: s.GetTask(request, timeout=self.call_timeout_s), about_task=task_id
+        )
         return task_from_proto(reply.task)
 
     async def cancel(self, task_id: str, reason: str = "cancelled by client") -> Task:
         """Cancel a task that has not finished; its agent gets a cancel notice."""
         request = task_pb2.CancelTaskRequest(task_id=task_id, reason=reason)
-        reply = await self._call(lambda s: s.CancelTask(request, timeout=self.call_timeout_s))
+        reply = await self._call(
+            lambda s: s.CancelTask(request, timeout=self.call_timeout_s), about_task=task_id
+        )
         return task_from_proto(reply.task)
 
     async def stats(self) -> TaskStats:
@@ -262,6 +272,8 @@ class Client:
             call = self._endpoints.tasks().WatchTask(task_pb2.WatchTaskRequest(task_id=task_id))
             try:
                 async for message in call:
+                    if message is None:  # see _call
+                        raise UndecodableReply(task_id)
                     task = task_from_proto(message.task)
                     backoff.reset()
                     deadline = time.monotonic() + self.retry_timeout_s
@@ -295,14 +307,20 @@ class Client:
                     raise TaskExpired(task, f"task {task_id} expired: no agent took it in time")
         raise RpcError(grpc.StatusCode.INTERNAL, f"the watch of task {task_id} ended early")
 
-    async def _call(self, call: Call[T]) -> T:
-        """One unary call, retried on the next address while nodes are unavailable."""
+    async def _call(self, call: Call[T], about_task: str = "") -> T:
+        """One unary call, retried on the next address while nodes are unavailable. Raises
+        ``UndecodableReply`` naming ``about_task`` when the reply cannot be parsed."""
         backoff = Backoff()
         deadline = time.monotonic() + self.retry_timeout_s
         while True:
             address = self._endpoints.address
             try:
-                return await call(self._endpoints.tasks())
+                reply = await call(self._endpoints.tasks())
+                if reply is None:
+                    # grpc.aio hands back None for a reply its deserializer refused (and
+                    # logs why); a None reply is never an answer otherwise.
+                    raise UndecodableReply(about_task)
+                return reply
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRIED_CODES or time.monotonic() > deadline:
                     raise RpcError(exc.code(), exc.details() or "") from None

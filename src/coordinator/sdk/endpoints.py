@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from aitbc.coordinator.v1 import agent_pb2_grpc, task_pb2_grpc
+from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2_grpc
 
 # Server allows pings every 10 s at most (more earns a GOAWAY); 30 s finds a dead peer
 # behind a silent network within 40 s.
@@ -19,6 +19,10 @@ _CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+)
+
+_STREAM_ASSIGNMENTS = (
+    f"/{agent_pb2.DESCRIPTOR.services_by_name['AgentService'].full_name}/StreamAssignments"
 )
 
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
@@ -57,6 +61,16 @@ class Endpoints:
     def agents(self) -> agent_pb2_grpc.AgentServiceStub:
         """An AgentService stub on the current address."""
         return agent_pb2_grpc.AgentServiceStub(self.channel())
+
+    def raw_assignment_stream(self) -> grpc.aio.UnaryStreamMultiCallable:
+        """StreamAssignments on the current address, its messages left as bytes: the agent
+        decodes them itself (``sdk.wire.stream_event``), so that a message it cannot parse
+        in full does not break the stream."""
+        return self.channel().unary_stream(
+            _STREAM_ASSIGNMENTS,
+            request_serializer=agent_pb2.StreamAssignmentsRequest.SerializeToString,
+            response_deserializer=None,
+        )
 
     def tasks(self) -> task_pb2_grpc.TaskServiceStub:
         """A TaskService stub on the current address."""

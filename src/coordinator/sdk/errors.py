@@ -32,6 +32,22 @@ class RpcError(CoordinatorError):
         self.message = message
 
 
+class UndecodableReply(RpcError):
+    """The coordinator answered about task ``task_id``, but its reply could not be decoded
+    here (python protobuf refuses data nested deeper than 100 levels, as a task's data or
+    result can be). The call itself took effect: a cancel did cancel. ``code`` is INTERNAL,
+    as gRPC reports a reply it cannot parse."""
+
+    def __init__(self, task_id: str = "") -> None:
+        super().__init__(
+            grpc.StatusCode.INTERNAL,
+            (f"task {task_id}: " if task_id else "")
+            + "the coordinator's reply could not be decoded by this client "
+            "(its data, result or error details nest deeper than python protobuf parses)",
+        )
+        self.task_id = task_id
+
+
 class TaskNotCompleted(CoordinatorError):
     """``Client.wait``: the task ended without a result; ``task`` is its final record."""
 
