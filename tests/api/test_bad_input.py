@@ -5,11 +5,16 @@ whatever the client sent."""
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.struct_pb2 import Struct
+from google.rpc import code_pb2
 
-from agent_harness import rpc_error
+from agent_harness import field_violations, rpc_error, submit_request
+from aitbc.coordinator.v1 import agent_pb2, task_pb2
 
 GARBAGE = b"\xff" * 16
 """Not a protobuf message: an invalid tag and a varint that never ends."""
@@ -81,3 +86,186 @@ async def test_an_undecodable_message_of_a_bidi_stream_is_invalid_argument(node,
     assert caught.value.details() == "request could not be decoded"
     assert "class" not in caught.value.details()
     _assert_no_traceback(caplog)
+
+
+# --- Structs: nesting depth and numbers JSON does not have -------------------------------------
+
+MAX_DEPTH = 32
+"""COORDINATOR_MAX_STRUCT_DEPTH's default, and the most a Python client can read back."""
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """A JSON object of ``levels`` levels of objects (the costliest kind for a parser: an
+    object level is 3 protobuf messages, a list level 2)."""
+    value: Any = 1
+    for _ in range(levels - 1):
+        value = {"v": value}
+    return {"v": value}
+
+
+def struct(data: dict[str, Any]) -> Struct:
+    message = Struct()
+    message.update(data)
+    return message
+
+
+def failure(assignment: agent_pb2.Assignment, agent_id: str, details: Struct) -> Any:
+    return task_pb2.FailTaskRequest(
+        task_id=assignment.task_id,
+        agent_id=agent_id,
+        fencing_token=assignment.fencing_token,
+        error=task_pb2.TaskError(message="no", retryable=False, details=details),
+    )
+
+
+def completion(assignment: agent_pb2.Assignment, agent_id: str, result: Struct) -> Any:
+    return task_pb2.CompleteTaskRequest(
+        task_id=assignment.task_id,
+        agent_id=agent_id,
+        fencing_token=assignment.fencing_token,
+        result=result,
+    )
+
+
+async def test_structs_at_the_depth_limit_are_accepted_and_every_reply_can_be_read(node, pool):
+    """Every reply that carries the task is parsed by this (Python) client: a task at the
+    limit in task_data, result and error.details must be readable everywhere."""
+    deep_data = nested(MAX_DEPTH)
+    deep = struct(deep_data)
+    agent = await pool.start(node.channel, "agent-1")
+
+    failed = (await node.tasks.SubmitTask(submit_request(data=deep_data))).task
+    assignment = await agent.next_assignment()  # pushed, and parsed by the agent's stream
+    assert assignment.task_data == deep
+    await node.tasks.FailTask(failure(assignment, "agent-1", deep))
+
+    done = (await node.tasks.SubmitTask(submit_request(data=deep_data))).task
+    assignment = await agent.next_assignment()
+    await node.tasks.CompleteTask(completion(assignment, "agent-1", deep))
+
+    read = (await node.tasks.GetTask(task_pb2.GetTaskRequest(task_id=failed.task_id))).task
+    assert read.attempts[0].error.details == deep  # the deepest place a Struct is sent
+    assert read.error.details == deep and read.task_data == deep
+    read = (await node.tasks.GetTask(task_pb2.GetTaskRequest(task_id=done.task_id))).task
+    assert read.result == deep
+    listed = await node.tasks.ListTasks(task_pb2.ListTasksRequest())
+    assert {t.task_id for t in listed.tasks} == {failed.task_id, done.task_id}
+    by_agent = await node.tasks.ListTasks(task_pb2.ListTasksRequest(agent_id="agent-1"))
+    assert len(by_agent.tasks) == 2
+    async for change in node.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=failed.task_id)):
+        assert change.task.attempts[0].error.details == deep
+        break
+
+    waiting = await node.tasks.SubmitTask(
+        submit_request(data=deep_data, requirements=task_pb2.TaskRequirements(agent_id="nobody"))
+    )
+    cancelled = await node.tasks.CancelTask(
+        task_pb2.CancelTaskRequest(task_id=waiting.task.task_id)
+    )
+    assert cancelled.task.task_data == deep
+
+
+async def test_a_struct_one_level_too_deep_is_invalid_argument_naming_the_field(
+    node, pool, start_node
+):
+    too_deep_data = nested(MAX_DEPTH + 1)
+    too_deep = struct(too_deep_data)
+    as_list = {"v": [[[1]]]}  # 4 levels: the object, and three lists
+
+    error = await rpc_error(node.tasks.SubmitTask(submit_request(data=too_deep_data)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(field_violations(error)) == ["task_data"]
+    assert "32 levels" in error.details()
+
+    strict = await start_node(max_struct_depth=3)
+    error = await rpc_error(strict.tasks.SubmitTask(submit_request(data=as_list)))
+    assert list(field_violations(error)) == ["task_data"]
+    assert "3 levels" in error.details()
+    await strict.tasks.SubmitTask(submit_request(data={"v": [[1]]}))  # 3 levels
+
+    agent = await pool.start(node.channel, "agent-2")
+    await node.tasks.SubmitTask(submit_request())
+    assignment = await agent.next_assignment()
+    error = await rpc_error(node.tasks.CompleteTask(completion(assignment, "agent-2", too_deep)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(field_violations(error)) == ["result"]
+    error = await rpc_error(node.tasks.FailTask(failure(assignment, "agent-2", too_deep)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(field_violations(error)) == ["error.details"]
+    stats = await node.tasks.GetStats(task_pb2.GetStatsRequest())
+    assert stats.tasks_submitted == 2 and stats.tasks_completed == stats.tasks_failed == 0
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+async def test_nan_and_infinity_are_invalid_argument_naming_the_field(node, pool, number):
+    bad_data = {"ok": 1, "deep": {"x": [number]}}
+    bad = struct(bad_data)
+
+    error = await rpc_error(node.tasks.SubmitTask(submit_request(data=bad_data)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(field_violations(error)) == ["task_data"]
+
+    agent = await pool.start(node.channel, "agent-1")
+    await node.tasks.SubmitTask(submit_request())
+    assignment = await agent.next_assignment()
+    error = await rpc_error(node.tasks.CompleteTask(completion(assignment, "agent-1", bad)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(field_violations(error)) == ["result"]
+    error = await rpc_error(node.tasks.FailTask(failure(assignment, "agent-1", bad)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(field_violations(error)) == ["error.details"]
+
+
+def _entry_codes(results: Any) -> list[int]:
+    return [r.error.code for r in results]
+
+
+async def test_a_nan_or_too_deep_entry_of_a_batch_is_that_entrys_error(node, pool):
+    nan = struct({"x": math.nan})
+    entries = [
+        submit_request(),
+        submit_request(data={"x": math.nan}),
+        submit_request(data=nested(MAX_DEPTH + 1)),
+    ]
+
+    reply = await node.tasks.SubmitTasks(task_pb2.SubmitTasksRequest(tasks=entries))
+    assert _entry_codes(reply.results) == [0, code_pb2.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT]
+    assert [v.field for v in reply.results[1].error.field_violations] == ["task_data"]
+
+    stream = node.tasks.StreamSubmitTasks()
+    await stream.write(task_pb2.StreamSubmitTasksRequest(tasks=entries))
+    reply = await stream.read()
+    assert _entry_codes(reply.results) == [0, code_pb2.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT]
+    await stream.done_writing()
+
+    agent = await pool.start(node.channel, "agent-1", max_concurrency=4)
+    first, second = await agent.next_assignment(), await agent.next_assignment()
+
+    def reports(assignment: agent_pb2.Assignment, result: Struct) -> list[task_pb2.TaskReport]:
+        return [
+            task_pb2.TaskReport(complete=completion(assignment, "agent-1", result)),
+            task_pb2.TaskReport(fail=failure(assignment, "agent-1", struct({"x": -math.inf}))),
+        ]
+
+    reply = await node.tasks.ReportTasks(task_pb2.ReportTasksRequest(reports=reports(first, nan)))
+    assert _entry_codes(reply.results) == [code_pb2.INVALID_ARGUMENT] * 2
+    assert [v.field for v in reply.results[0].error.field_violations] == ["result"]
+    assert [v.field for v in reply.results[1].error.field_violations] == ["error.details"]
+
+    # (A Struct too deep inside a batch of reports is past the node's own parser limit: the
+    # whole request is undecodable, INVALID_ARGUMENT. NaN is not.)
+    stream = node.tasks.StreamReportTasks()
+    await stream.write(
+        task_pb2.StreamReportTasksRequest(reports=reports(second, struct({"x": math.inf})))
+    )
+    reply = await stream.read()
+    assert _entry_codes(reply.results) == [code_pb2.INVALID_ARGUMENT] * 2
+    # the stream is still open: a good report on it is taken
+    await stream.write(
+        task_pb2.StreamReportTasksRequest(
+            reports=[task_pb2.TaskReport(complete=completion(second, "agent-1", struct({})))]
+        )
+    )
+    reply = await stream.read()
+    assert _entry_codes(reply.results) == [0]
+    await stream.done_writing()

@@ -78,7 +78,9 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         r = request.requirements
         retry = request.retry_policy
         return tv.submission(
-            task_data=wire.struct_to_dict(request.task_data),
+            task_data=wire.struct_to_dict(
+                request.task_data, "task_data", self._settings.max_struct_depth
+            ),
             task_data_bytes=request.task_data.ByteSize(),
             max_task_data_bytes=self._settings.max_task_data_bytes,
             task_type=request.task_type,
@@ -164,7 +166,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def FailTask(
         self, request: task_pb2.FailTaskRequest, context: Context
     ) -> task_pb2.FailTaskResponse:
-        error = _error(request)
+        error = _error(request, self._settings.max_struct_depth)
         task = await self._store.fail(
             request.task_id, request.agent_id, request.fencing_token, error
         )
@@ -205,7 +207,8 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             return Report.complete(c.task_id, c.agent_id, c.fencing_token, self._result(c))
         if kind == "fail":
             f = entry.fail
-            return Report.fail(f.task_id, f.agent_id, f.fencing_token, _error(f))
+            error = _error(f, self._settings.max_struct_depth)
+            return Report.fail(f.task_id, f.agent_id, f.fencing_token, error)
         if kind == "extend_lease":
             x = entry.extend_lease
             return Report.extend(x.task_id, x.agent_id, x.fencing_token, _lease(x))
@@ -223,7 +226,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
                 f"is {size} bytes serialized; at most "
                 f"{self._settings.max_task_data_bytes} (COORDINATOR_MAX_TASK_DATA_BYTES)",
             )
-        return wire.struct_to_dict(request.result)
+        return wire.struct_to_dict(request.result, "result", self._settings.max_struct_depth)
 
     async def WatchTask(
         self, request: task_pb2.WatchTaskRequest, context: Context
@@ -291,11 +294,12 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         )
 
 
-def _error(request: task_pb2.FailTaskRequest) -> TaskError:
+def _error(request: task_pb2.FailTaskRequest, max_struct_depth: int) -> TaskError:
     """The checked error of a failure report."""
     tv.report(request.task_id, request.agent_id, request.fencing_token)
     e = request.error
-    return tv.task_error(e.message, e.type, e.retryable, wire.struct_to_dict(e.details))
+    details = wire.struct_to_dict(e.details, "error.details", max_struct_depth)
+    return tv.task_error(e.message, e.type, e.retryable, details)
 
 
 def _lease(request: task_pb2.ExtendTaskLeaseRequest) -> float | None:

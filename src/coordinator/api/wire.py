@@ -3,17 +3,18 @@ types except the servicers, which call these functions at the boundary."""
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import ListValue, Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.balancing import Strategy
+from coordinator.errors import InvalidArgument
 from coordinator.models import Agent, AgentStatus
 from coordinator.task_models import (
     Assignment,
@@ -151,11 +152,69 @@ def strategy_to_proto(strategy: Strategy | None) -> str:
     return STRATEGY_PREFIX + (strategy.name if strategy else "UNSPECIFIED")
 
 
-def struct_to_dict(struct: Struct) -> dict[str, Any]:
-    """A JSON-like dict from a Struct."""
-    if not struct.fields:  # the common empty input: skip the generic converter
+MAX_STRUCT_DEPTH = 32
+"""The most levels of a Struct the node accepts, and the highest (and default)
+``COORDINATOR_MAX_STRUCT_DEPTH``. Every reader must be able to parse what the node accepted,
+and parsers stop at 100 nested messages (Python's, C++'s and Java's protobuf). One level of
+objects costs 3 messages (the Struct, its map entry, the Value), and the deepest reply that
+carries a client's Struct, a GetTaskResponse's ``task.attempts[].error.details``, puts 4
+messages around it: 4 + 3 x 32 = 100. With 33 levels, GetTask, ListTasks, CancelTask and
+WatchTask of that task could not be parsed by a Python client."""
+
+
+def struct_to_dict(
+    struct: Struct, field: str = "struct", max_depth: int = MAX_STRUCT_DEPTH
+) -> dict[str, Any]:
+    """A JSON-like dict from a Struct the client sent in ``field``.
+
+    InvalidArgument naming ``field`` when it nests deeper than ``max_depth`` levels or holds
+    a number that is NaN or infinite (JSON has neither; they could not be stored or read
+    back). Levels: the Struct itself is level 1, and every object (Struct) or list
+    (ListValue) inside it is one level deeper than what holds it: ``{"a": 1}`` has 1 level,
+    ``{"a": {"b": [1]}}`` has 3.
+    """
+    if not struct.fields:  # the common empty input: nothing to walk
         return {}
-    return json_format.MessageToDict(struct)
+    return _struct(struct, 1, field, max_depth)
+
+
+def _struct(struct: Struct, depth: int, field: str, max_depth: int) -> dict[str, Any]:
+    if depth > max_depth:
+        raise _too_deep(field, max_depth)
+    return {key: _value(value, depth, field, max_depth) for key, value in struct.fields.items()}
+
+
+def _list(values: ListValue, depth: int, field: str, max_depth: int) -> list[Any]:
+    if depth > max_depth:
+        raise _too_deep(field, max_depth)
+    return [_value(value, depth, field, max_depth) for value in values.values]
+
+
+def _value(value: Value, depth: int, field: str, max_depth: int) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument.of(
+                field, f"holds {number}; numbers must be finite (JSON has no NaN or Infinity)"
+            )
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _struct(value.struct_value, depth + 1, field, max_depth)
+    if kind == "list_value":
+        return _list(value.list_value, depth + 1, field, max_depth)
+    return None  # null_value, or no kind set (JSON's null, as json_format reads it)
+
+
+def _too_deep(field: str, max_depth: int) -> InvalidArgument:
+    return InvalidArgument.of(
+        field,
+        f"nests objects and lists more than {max_depth} levels deep (COORDINATOR_MAX_STRUCT_DEPTH)",
+    )
 
 
 def struct_from_dict(data: dict[str, Any] | None) -> Struct | None:
