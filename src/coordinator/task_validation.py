@@ -66,11 +66,6 @@ def batch_entries(count: int, field: str) -> None:
         raise InvalidArgument.of(field, f"must hold 1 to {MAX_BATCH_ENTRIES} entries; got {count}")
 
 
-def _enum(raw: int, parsed: Any, field: str, v: Violations) -> None:
-    if raw != 0 and parsed is None:
-        v.add(field, f"{raw} is not a known value")
-
-
 def _seconds(
     value: float | None, default: float, field: str, low: float, high: float, v: Violations
 ) -> float:
@@ -122,7 +117,6 @@ def submission(
     task_data_bytes: int,
     max_task_data_bytes: int,
     task_type: str,
-    priority_raw: int,
     priority: Priority | None,
     requirements_fields: Mapping[str, Any],
     max_attempts: int,
@@ -132,12 +126,13 @@ def submission(
     max_backoff_s: float | None,
     backoff_multiplier: float,
     request_id: str,
-    strategy_raw: int,
     strategy: Strategy | None,
     routing_key: str,
+    violations: Violations | None = None,
 ) -> TaskSubmission:
-    """A validated SubmitTask request with defaults applied."""
-    v = Violations()
+    """A validated SubmitTask request with defaults applied; ``violations`` holds problems
+    found already (unknown enum numbers: ``api.wire.enum_from_proto``), reported with these."""
+    v = violations or Violations()
     if task_data_bytes > max_task_data_bytes:
         v.add(
             "task_data",
@@ -146,7 +141,6 @@ def submission(
         )
     if task_type and not TASK_TYPE.match(task_type):
         v.add("task_type", "must be 1 to 128 letters, digits or . _ : / - starting with one")
-    _enum(priority_raw, priority, "priority", v)
     reqs = requirements(**requirements_fields, v=v)
     attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
     if not 1 <= attempts <= MAX_MAX_ATTEMPTS:
@@ -181,7 +175,6 @@ def submission(
         v.add("retry_policy.backoff_multiplier", f"must be from 1 to 100; got {multiplier}")
     if request_id and not REQUEST_ID.match(request_id):
         v.add("request_id", "must be 1 to 128 printable ASCII characters without spaces")
-    _enum(strategy_raw, strategy, "balancing_strategy", v)
     if len(routing_key) > MAX_ROUTING_KEY_CHARS:
         v.add("routing_key", f"has {len(routing_key)} characters; at most {MAX_ROUTING_KEY_CHARS}")
     v.raise_if_any()
@@ -252,20 +245,24 @@ def list_query(
     dead_letter: bool,
     page_size: int,
     page_token: str,
+    violations: Violations | None = None,
 ) -> ListTasksQuery:
-    """A validated ListTasks query (page size 0 means 100)."""
-    v = Violations()
+    """A validated ListTasks query (page size 0 means 100); ``violations`` holds problems
+    found already (unknown enum numbers), reported with these."""
+    v = violations or Violations()
     wanted_states = set()
+    # None with a number other than 0 is an unknown number, which api.wire.enums_from_proto
+    # has put in ``violations`` already; with 0 it is UNSPECIFIED, which names nothing.
     for index, (raw, state) in enumerate(states):
-        if state is None:
-            v.add(f"states[{index}]", f"{raw} is not a task state")
-        else:
+        if state is None and raw == 0:
+            v.add(f"states[{index}]", "must name a state, not UNSPECIFIED")
+        elif state is not None:
             wanted_states.add(state)
     wanted_priorities = set()
     for index, (raw, priority) in enumerate(priorities):
-        if priority is None:
-            v.add(f"priorities[{index}]", f"{raw} is not a priority")
-        else:
+        if priority is None and raw == 0:
+            v.add(f"priorities[{index}]", "must name a priority, not UNSPECIFIED")
+        elif priority is not None:
             wanted_priorities.add(priority)
     if agent_id and not AGENT_ID.match(agent_id):
         v.add("agent_id", f"{agent_id!r} is not a valid agent id")

@@ -221,7 +221,7 @@ def status_update(
 
 def discover_query(
     *,
-    statuses: Iterable[AgentStatus | None],
+    statuses: Iterable[tuple[int, AgentStatus | None]],
     agent_type: str,
     capabilities: Iterable[str],
     services: Iterable[str],
@@ -229,15 +229,18 @@ def discover_query(
     min_health_score: float,
     page_size: int,
     page_token: str,
+    violations: Violations | None = None,
 ) -> DiscoverQuery:
-    """A validated DiscoverAgents query (no statuses means ACTIVE; page size 0 means 100)."""
-    v = Violations()
+    """A validated DiscoverAgents query (no statuses means ACTIVE; page size 0 means 100);
+    ``statuses`` are (wire number, status) pairs and ``violations`` holds problems found
+    already (unknown enum numbers: ``api.wire.enums_from_proto``), reported with these."""
+    v = violations or Violations()
     wanted: set[AgentStatus] = set()
-    for index, status in enumerate(statuses):
-        if status is None:
-            v.add(f"statuses[{index}]", "must name a status, not UNSPECIFIED")
-        else:
+    for index, (number, status) in enumerate(statuses):
+        if status is not None:
             wanted.add(status)
+        elif number == 0:  # another number without a status is in ``violations`` already
+            v.add(f"statuses[{index}]", "must name a status, not UNSPECIFIED")
     if agent_type and not AGENT_TYPE.match(agent_type):
         v.add("agent_type", "must be 1 to 64 of a-z 0-9 _ - starting with a letter")
     caps = tags(capabilities, "capabilities", v)

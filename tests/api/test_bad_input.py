@@ -269,3 +269,86 @@ async def test_a_nan_or_too_deep_entry_of_a_batch_is_that_entrys_error(node, poo
     reply = await stream.read()
     assert _entry_codes(reply.results) == [0]
     await stream.done_writing()
+
+
+# --- Enum numbers the proto does not define ---------------------------------------------------
+
+UNKNOWN_ENUMS = {
+    "Heartbeat.status=99": ("agents", "Heartbeat", agent_pb2.HeartbeatRequest, {"status": 99}),
+    "Heartbeat.status=-1": ("agents", "Heartbeat", agent_pb2.HeartbeatRequest, {"status": -1}),
+    "UpdateAgentStatus.status": (
+        "agents",
+        "UpdateAgentStatus",
+        agent_pb2.UpdateAgentStatusRequest,
+        {"status": 99},
+    ),
+    "DiscoverAgents.statuses[1]": (
+        "agents",
+        "DiscoverAgents",
+        agent_pb2.DiscoverAgentsRequest,
+        {"statuses": [agent_pb2.AGENT_STATUS_ACTIVE, 99]},
+    ),
+    "ListTasks.states[0]": ("tasks", "ListTasks", task_pb2.ListTasksRequest, {"states": [99]}),
+    "ListTasks.priorities[0]": (
+        "tasks",
+        "ListTasks",
+        task_pb2.ListTasksRequest,
+        {"priorities": [-1]},
+    ),
+    "SubmitTask.priority": ("tasks", "SubmitTask", submit_request, {"priority": 99}),
+    "SubmitTask.balancing_strategy": (
+        "tasks",
+        "SubmitTask",
+        submit_request,
+        {"balancing_strategy": 99},
+    ),
+    "PurgeQueue.priority": ("tasks", "PurgeQueue", task_pb2.PurgeQueueRequest, {"priority": 99}),
+    "SetBalancingStrategy.strategy": (
+        "tasks",
+        "SetBalancingStrategy",
+        task_pb2.SetBalancingStrategyRequest,
+        {"strategy": 99},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNKNOWN_ENUMS))
+async def test_an_unknown_enum_number_is_invalid_argument_naming_field_and_number(node, case):
+    service, method, request_type, fields = UNKNOWN_ENUMS[case]
+    await node.agents.RegisterAgent(
+        agent_pb2.RegisterAgentRequest(agent_id="agent-1", agent_type="worker")
+    )
+    request = request_type(**fields)
+    if hasattr(request, "agent_id") and not request.agent_id:
+        request.agent_id = "agent-1"
+    stub = getattr(node, service)
+
+    error = await rpc_error(getattr(stub, method)(request))
+
+    field = case.split(".", 1)[1].split("=")[0]
+    number = next(str(n) for n in _numbers(fields) if n not in (0, 1))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(field_violations(error)) == [field]
+    assert f"{number} is not a known value" in field_violations(error)[field]
+
+
+def _numbers(fields: dict[str, Any]) -> list[int]:
+    (value,) = fields.values()
+    return list(value) if isinstance(value, list) else [value]
+
+
+async def test_unspecified_still_means_what_each_call_says(node, hold_stream):
+    """0 is not an unknown number: a heartbeat without status keeps the agent's status,
+    a discovery without statuses finds ACTIVE agents."""
+    await node.agents.RegisterAgent(
+        agent_pb2.RegisterAgentRequest(agent_id="agent-1", agent_type="worker")
+    )
+    await hold_stream(node, "agent-1")
+    reply = await node.agents.Heartbeat(agent_pb2.HeartbeatRequest(agent_id="agent-1"))
+    assert reply.status == agent_pb2.AGENT_STATUS_ACTIVE
+    found = await node.agents.DiscoverAgents(agent_pb2.DiscoverAgentsRequest())
+    assert [a.agent_id for a in found.agents] == ["agent-1"]
+    error = await rpc_error(
+        node.agents.DiscoverAgents(agent_pb2.DiscoverAgentsRequest(statuses=[0]))
+    )
+    assert list(field_violations(error)) == ["statuses[0]"]

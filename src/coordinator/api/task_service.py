@@ -23,6 +23,7 @@ from coordinator.errors import InvalidArgument
 from coordinator.events import EventHub
 from coordinator.task_models import TaskError, TaskState, TaskSubmission
 from coordinator.tasks import Report, ReportOutcome, Submitted, TaskStore
+from coordinator.validation import Violations
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -77,15 +78,16 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         """A validated submission (InvalidArgument names every bad field)."""
         r = request.requirements
         retry = request.retry_policy
+        enums = Violations()  # reported with the other fields' problems
         return tv.submission(
+            violations=enums,
             task_data=wire.struct_to_dict(
                 request.task_data, "task_data", self._settings.max_struct_depth
             ),
             task_data_bytes=request.task_data.ByteSize(),
             max_task_data_bytes=self._settings.max_task_data_bytes,
             task_type=request.task_type,
-            priority_raw=request.priority,
-            priority=wire.priority_from_proto(request.priority),
+            priority=wire.enum_from_proto(request.priority, "priority", wire.TASK_PRIORITY, enums),
             requirements_fields={
                 "agent_type": r.agent_type,
                 "capabilities": r.capabilities,
@@ -102,8 +104,9 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             max_backoff_s=_optional_s(retry, "max_backoff"),
             backoff_multiplier=retry.backoff_multiplier,
             request_id=request.request_id,
-            strategy_raw=request.balancing_strategy,
-            strategy=wire.strategy_from_proto(request.balancing_strategy),
+            strategy=wire.enum_from_proto(
+                request.balancing_strategy, "balancing_strategy", wire.BALANCING_STRATEGY, enums
+            ),
             routing_key=request.routing_key,
         )
 
@@ -116,10 +119,14 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def ListTasks(
         self, request: task_pb2.ListTasksRequest, context: Context
     ) -> task_pb2.ListTasksResponse:
+        enums = Violations()  # reported with the other fields' problems
         query = tv.list_query(
-            states=[(s, wire.state_from_proto(s)) for s in request.states],
+            violations=enums,
+            states=wire.enums_from_proto(request.states, "states", wire.TASK_STATE, enums),
             agent_id=request.agent_id,
-            priorities=[(p, wire.priority_from_proto(p)) for p in request.priorities],
+            priorities=wire.enums_from_proto(
+                request.priorities, "priorities", wire.TASK_PRIORITY, enums
+            ),
             dead_letter=request.dead_letter,
             page_size=request.page_size,
             page_token=request.page_token,
@@ -267,7 +274,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def PurgeQueue(
         self, request: task_pb2.PurgeQueueRequest, context: Context
     ) -> task_pb2.PurgeQueueResponse:
-        priority = wire.priority_from_proto(request.priority)
+        priority = wire.enum_from_proto(request.priority, "priority", wire.TASK_PRIORITY)
         if priority is None:
             raise InvalidArgument.of("priority", "must name a queue: LOW to URGENT")
         cancelled = await self._store.purge(priority, tv.reason(request.reason))
@@ -282,7 +289,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def SetBalancingStrategy(
         self, request: task_pb2.SetBalancingStrategyRequest, context: Context
     ) -> task_pb2.SetBalancingStrategyResponse:
-        strategy = wire.strategy_from_proto(request.strategy)
+        strategy = wire.enum_from_proto(request.strategy, "strategy", wire.BALANCING_STRATEGY)
         if strategy is None:
             raise InvalidArgument.of(
                 "strategy", "must name a strategy, for example BALANCING_STRATEGY_ROUND_ROBIN"

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.struct_pb2 import ListValue, Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.balancing import Strategy
-from coordinator.errors import InvalidArgument
+from coordinator.errors import FieldViolation, InvalidArgument
 from coordinator.models import Agent, AgentStatus
 from coordinator.task_models import (
     Assignment,
@@ -27,16 +30,81 @@ from coordinator.task_models import (
     TaskState,
     TaskStats,
 )
+from coordinator.validation import Violations
 
 STATUS_PREFIX = "AGENT_STATUS_"
+PRIORITY_PREFIX = "TASK_PRIORITY_"
+STATE_PREFIX = "TASK_STATE_"
+STRATEGY_PREFIX = "BALANCING_STRATEGY_"
+
+E = TypeVar("E", bound=Enum)
+
+
+@dataclass(frozen=True)
+class WireEnum(Generic[E]):
+    """A proto enum and the domain enum its values become (names match after the prefix)."""
+
+    wire: EnumTypeWrapper
+    domain: type[E]
+    prefix: str
+
+    def parse(self, number: int) -> E | None:
+        """The domain value of a wire number; None for UNSPECIFIED or an unknown number."""
+        try:
+            return self.domain[self.wire.Name(number).removeprefix(self.prefix)]
+        except (ValueError, KeyError):
+            return None
+
+    def known_names(self) -> str:
+        return ", ".join(n for n in self.wire.keys() if not n.endswith("_UNSPECIFIED"))
+
+
+AGENT_STATUS = WireEnum(agent_pb2.AgentStatus, AgentStatus, STATUS_PREFIX)
+TASK_PRIORITY = WireEnum(task_pb2.TaskPriority, Priority, PRIORITY_PREFIX)
+TASK_STATE = WireEnum(task_pb2.TaskState, TaskState, STATE_PREFIX)
+BALANCING_STRATEGY = WireEnum(task_pb2.BalancingStrategy, Strategy, STRATEGY_PREFIX)
+
+
+def enum_from_proto(
+    number: int, field: str, kind: WireEnum[E], violations: Violations | None = None
+) -> E | None:
+    """The domain value of the enum number a client sent in ``field``: None for 0
+    (UNSPECIFIED: what it means is the caller's to say).
+
+    A number the proto does not define is InvalidArgument naming the field and the number
+    (proto3 keeps unknown enum numbers as plain ints, so they reach us). With ``violations``
+    it is added there instead, to be reported with the request's other problems.
+    """
+    value = kind.parse(number)
+    if value is None and number != 0:
+        violation = FieldViolation(
+            field, f"{number} is not a known value; use one of {kind.known_names()}"
+        )
+        if violations is None:
+            raise InvalidArgument([violation])
+        violations.add(violation.field, violation.description)
+    return value
+
+
+def enums_from_proto(
+    numbers: Iterable[int], field: str, kind: WireEnum[E], violations: Violations | None = None
+) -> list[tuple[int, E | None]]:
+    """Each number of a repeated enum ``field`` with its domain value (None for 0). Every
+    unknown number is InvalidArgument naming its index (``statuses[2]``), or is added to
+    ``violations`` when given."""
+    found = Violations() if violations is None else violations
+    values = [
+        (number, enum_from_proto(number, f"{field}[{index}]", kind, found))
+        for index, number in enumerate(numbers)
+    ]
+    if violations is None:
+        found.raise_if_any()
+    return values
 
 
 def status_from_proto(value: int) -> AgentStatus | None:
     """The domain status of a wire enum value; None for UNSPECIFIED or an unknown number."""
-    try:
-        return AgentStatus[agent_pb2.AgentStatus.Name(value).removeprefix(STATUS_PREFIX)]
-    except (ValueError, KeyError):
-        return None
+    return AGENT_STATUS.parse(value)
 
 
 def status_to_proto(status: AgentStatus) -> str:
@@ -118,33 +186,20 @@ def _build_agent(agent: Agent) -> agent_pb2.Agent:
 
 # --- Tasks -----------------------------------------------------------------------------------
 
-PRIORITY_PREFIX = "TASK_PRIORITY_"
-STATE_PREFIX = "TASK_STATE_"
-STRATEGY_PREFIX = "BALANCING_STRATEGY_"
-
 
 def priority_from_proto(value: int) -> Priority | None:
     """The domain priority of a wire value; None for UNSPECIFIED or an unknown number."""
-    try:
-        return Priority[task_pb2.TaskPriority.Name(value).removeprefix(PRIORITY_PREFIX)]
-    except (ValueError, KeyError):
-        return None
+    return TASK_PRIORITY.parse(value)
 
 
 def state_from_proto(value: int) -> TaskState | None:
     """The domain state of a wire value; None for UNSPECIFIED or an unknown number."""
-    try:
-        return TaskState[task_pb2.TaskState.Name(value).removeprefix(STATE_PREFIX)]
-    except (ValueError, KeyError):
-        return None
+    return TASK_STATE.parse(value)
 
 
 def strategy_from_proto(value: int) -> Strategy | None:
     """The domain strategy of a wire value; None for UNSPECIFIED or an unknown number."""
-    try:
-        return Strategy[task_pb2.BalancingStrategy.Name(value).removeprefix(STRATEGY_PREFIX)]
-    except (ValueError, KeyError):
-        return None
+    return BALANCING_STRATEGY.parse(value)
 
 
 def strategy_to_proto(strategy: Strategy | None) -> str:
