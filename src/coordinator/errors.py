@@ -30,12 +30,13 @@ MAX_MESSAGE_CHARS = MAX_VIOLATION_CHARS + 64
 
 
 def echo(value: object) -> str:
-    """``value`` quoted for an error message: its ASCII repr, cut to ``MAX_ECHO_CHARS``
-    characters of the value followed by an ellipsis when it is longer."""
+    """``value`` quoted for an error message: its ASCII repr (escapes count), cut to at most
+    ``MAX_ECHO_CHARS`` characters between the quotes, followed by an ellipsis when cut."""
     text = str(value)
-    if len(text) <= MAX_ECHO_CHARS:
-        return ascii(text)
-    return ascii(text[:MAX_ECHO_CHARS]) + "..."
+    kept = min(len(text), MAX_ECHO_CHARS)
+    while len(ascii(text[:kept])) > MAX_ECHO_CHARS + 2:  # escapes of non-ASCII are longer
+        kept -= 1
+    return ascii(text[:kept]) + ("..." if kept < len(text) else "")
 
 
 def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:

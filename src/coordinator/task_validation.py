@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from coordinator.balancing import Strategy
-from coordinator.errors import InvalidArgument
+from coordinator.errors import InvalidArgument, echo
 from coordinator.task_models import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SCHEDULE_TO_START_S,
@@ -56,7 +56,7 @@ def task_id(value: str, field: str = "task_id") -> str:
     if not value:
         raise InvalidArgument.of(field, "is required")
     if not TASK_ID.match(value):
-        raise InvalidArgument.of(field, f"{value!r} is not a task id (32 hex digits)")
+        raise InvalidArgument.of(field, f"{echo(value)} is not a task id (32 hex digits)")
     return value
 
 
@@ -92,12 +92,12 @@ def requirements(
     if agent_type and not AGENT_TYPE.match(agent_type):
         v.add(prefix + "agent_type", "must be 1 to 64 of a-z 0-9 _ - starting with a letter")
     if agent_id and not AGENT_ID.match(agent_id):
-        v.add(prefix + "agent_id", f"{agent_id!r} is not a valid agent id")
+        v.add(prefix + "agent_id", f"{echo(agent_id)} is not a valid agent id")
     if len(labels) > MAX_LABELS:
         v.add(prefix + "labels", f"has {len(labels)} entries; at most {MAX_LABELS}")
     for key, value in labels.items():
         if not MAP_KEY.match(key) or len(value) > MAX_LABEL_VALUE_CHARS:
-            v.add(f"{prefix}labels[{key!r}]", "is not a valid label")
+            v.add(f"{prefix}labels[{echo(key)}]", "is not a valid label")
     if not math.isfinite(min_health_score) or not 0.0 <= min_health_score <= 1.0:
         v.add(prefix + "min_health_score", f"must be from 0 to 1; got {min_health_score}")
     return Requirements(
@@ -265,7 +265,7 @@ def list_query(
         elif priority is not None:
             wanted_priorities.add(priority)
     if agent_id and not AGENT_ID.match(agent_id):
-        v.add("agent_id", f"{agent_id!r} is not a valid agent id")
+        v.add("agent_id", f"{echo(agent_id)} is not a valid agent id")
     size = page_size or DEFAULT_PAGE_SIZE
     if not 1 <= size <= MAX_PAGE_SIZE:
         v.add("page_size", f"must be from 1 to {MAX_PAGE_SIZE}; got {page_size}")

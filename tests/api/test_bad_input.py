@@ -15,6 +15,7 @@ from google.rpc import code_pb2
 
 from agent_harness import field_violations, rpc_error, submit_request
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
+from coordinator import errors
 
 GARBAGE = b"\xff" * 16
 """Not a protobuf message: an invalid tag and a varint that never ends."""
@@ -352,3 +353,66 @@ async def test_unspecified_still_means_what_each_call_says(node, hold_stream):
         node.agents.DiscoverAgents(agent_pb2.DiscoverAgentsRequest(statuses=[0]))
     )
     assert list(field_violations(error)) == ["statuses[0]"]
+
+
+# --- Error messages stay bounded, whatever the client sent ---------------------------------
+
+TRAILERS_LIMIT = 8 * 1024
+"""The metadata size gRPC clients accept by default; an error's trailers must fit in it."""
+
+
+def _trailer_bytes(error: grpc.aio.AioRpcError) -> int:
+    metadata = list(error.trailing_metadata() or ())
+    encoded = sum(len(key) + len(value) for key, value in metadata)
+    return encoded + len(error.details().encode())  # grpc-message is not in the metadata
+
+
+async def test_a_huge_task_id_is_invalid_argument_quoting_only_its_start(node):
+    huge = "x" * 5000
+    for call in (
+        node.tasks.GetTask(task_pb2.GetTaskRequest(task_id=huge)),
+        node.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=huge)),
+        node.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=huge)).read(),
+    ):
+        error = await rpc_error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == f"task_id: '{'x' * 64}'... is not a task id (32 hex digits)"
+
+
+async def test_ten_thousand_bad_labels_give_a_bounded_invalid_argument(node):
+    labels = {f"bad key {i} " + "\u00fc" * 100: "v" for i in range(10_000)}
+    request = agent_pb2.RegisterAgentRequest(agent_id="agent-1", agent_type="worker", labels=labels)
+
+    error = await rpc_error(node.agents.RegisterAgent(request))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _trailer_bytes(error) < TRAILERS_LIMIT
+    violations = field_violations(error)
+    # "has 10000 entries" and 10,000 bad keys: as many as fit in the budget, then the count
+    reported = len(violations) - 1
+    assert 5 <= reported <= 20
+    assert violations[""] == f"and {10_001 - reported} more violations"
+    assert error.details().endswith(f"; and {10_001 - reported} more violations")
+    first_key = next(field for field in violations if field.startswith("labels["))
+    assert "\\xfc" in first_key and first_key.endswith("...]")  # ASCII, cut
+    assert len(first_key) <= len("labels[]") + 64 + 2 + 3
+
+
+async def test_every_bad_entry_of_a_batch_stays_bounded_too(node):
+    tasks = [
+        submit_request(
+            task_type="t" * 5000,
+            requirements=task_pb2.TaskRequirements(
+                labels={f"{'k' * 500} {i}": "v" for i in range(100)}, agent_id="a" * 5000
+            ),
+        )
+    ] * 3
+    reply = await node.tasks.SubmitTasks(task_pb2.SubmitTasksRequest(tasks=tasks))
+    for result in reply.results:
+        assert result.error.code == code_pb2.INVALID_ARGUMENT
+        reported = len(result.error.field_violations) - 1  # then "and N more"
+        assert 5 <= reported <= 20
+        assert result.error.field_violations[-1].description == (
+            f"and {103 - reported} more violations"  # type, agent id, "100 entries", 100 keys
+        )
+        assert len(result.error.message) <= errors.MAX_MESSAGE_CHARS
