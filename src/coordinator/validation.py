@@ -118,7 +118,8 @@ def _string_map(
             )
         if len(value) > max_value_chars:
             violations.add(
-                f"{field}[{echo(key)}]", f"value has {len(value)} characters; at most {max_value_chars}"
+                f"{field}[{echo(key)}]",
+                f"value has {len(value)} characters; at most {max_value_chars}",
             )
     return dict(values)
 
