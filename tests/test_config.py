@@ -60,6 +60,9 @@ def test_agent_type_allow_list_and_wildcard():
         ({"COORDINATOR_BALANCING_STRATEGY": "round robin"}, "COORDINATOR_BALANCING_STRATEGY"),
         ({"COORDINATOR_MAX_TASK_DATA_BYTES": "1mb"}, "COORDINATOR_MAX_TASK_DATA_BYTES"),
         ({"COORDINATOR_MAX_TASK_DATA_BYTES": "1023"}, "COORDINATOR_MAX_TASK_DATA_BYTES"),
+        ({"COORDINATOR_MAX_STRUCT_DEPTH": "0"}, "COORDINATOR_MAX_STRUCT_DEPTH"),
+        ({"COORDINATOR_MAX_STRUCT_DEPTH": "33"}, "COORDINATOR_MAX_STRUCT_DEPTH"),
+        ({"COORDINATOR_MAX_STRUCT_DEPTH": "deep"}, "COORDINATOR_MAX_STRUCT_DEPTH"),
         ({"COORDINATOR_IDEMPOTENCY_WINDOW_S": "0"}, "COORDINATOR_IDEMPOTENCY_WINDOW_S"),
         ({"COORDINATOR_IDEMPOTENCY_WINDOW_S": "a day"}, "COORDINATOR_IDEMPOTENCY_WINDOW_S"),
         ({"COORDINATOR_STREAM_GRACE_S": "-1"}, "COORDINATOR_STREAM_GRACE_S"),
@@ -80,6 +83,8 @@ def test_task_defaults():
     settings = load_settings({})
     assert settings.balancing_strategy == "least_connections"
     assert settings.max_task_data_bytes == 1024 * 1024
+    assert settings.max_struct_depth == 32
+    assert load_settings({"COORDINATOR_MAX_STRUCT_DEPTH": "8"}).max_struct_depth == 8
     assert settings.idempotency_window_s == 86_400
     assert settings.stream_grace_s == 15
     assert settings.task_timer_interval_s == 0.5

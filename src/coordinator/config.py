@@ -77,6 +77,9 @@ class Settings:
     balancing_strategy: str = "least_connections"
     """The cluster's strategy until SetBalancingStrategy stores another one in Redis."""
     max_task_data_bytes: int = 1024 * 1024
+    max_struct_depth: int = 32
+    """Most levels of objects and lists in a task_data, result or error.details (see
+    ``api.wire.MAX_STRUCT_DEPTH``, also the highest value)."""
     idempotency_window_s: float = 86_400.0
     stream_grace_s: float = 15.0
     task_timer_interval_s: float = 0.5
@@ -142,6 +145,7 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         max_task_data_bytes=reader.get(
             "COORDINATOR_MAX_TASK_DATA_BYTES", 1024 * 1024, _task_data_size
         ),
+        max_struct_depth=reader.get("COORDINATOR_MAX_STRUCT_DEPTH", 32, _struct_depth),
         idempotency_window_s=reader.get("COORDINATOR_IDEMPOTENCY_WINDOW_S", 86_400.0, _positive),
         stream_grace_s=reader.get("COORDINATOR_STREAM_GRACE_S", 15.0, _non_negative),
         task_timer_interval_s=reader.get("COORDINATOR_TASK_TIMER_INTERVAL_S", 0.5, _positive),
@@ -264,6 +268,14 @@ def _task_data_size(raw: str) -> int:
     value = int(raw)
     if not 1024 <= value <= 256 * 1024 * 1024:
         raise ValueError("must be a byte count from 1024 to 268435456")
+    return value
+
+
+def _struct_depth(raw: str) -> int:
+    # 32 is the most every protobuf reader can parse back (api.wire.MAX_STRUCT_DEPTH).
+    value = int(raw)
+    if not 1 <= value <= 32:
+        raise ValueError("must be a number of levels from 1 to 32")
     return value
 
 

@@ -173,6 +173,10 @@ TASK_REAP_LOCK = "coordinator:lock:task-reaper"
 """Held by the node running a reaper round (leases, retries, expiries, lost agents)."""
 
 BALANCING_STRATEGY = "coordinator:balancing:strategy"
+
+PAGE_TOKEN_KEY = "coordinator:page-token-key"
+"""The cluster's key for signing page tokens (64 hex digits), made by the first node that
+found none (SET NX); see ``page_tokens``."""
 """The cluster's load-balancing strategy (lower-case name)."""
 
 BALANCER_STATE = "coordinator:balancing:state"

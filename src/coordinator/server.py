@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
-from coordinator import reflection
+from coordinator import page_tokens, reflection
 from coordinator.api.agent_service import AgentService
 from coordinator.api.error_mapping import ErrorMappingInterceptor
 from coordinator.api.serialized_replies import SerializedRepliesInterceptor
@@ -110,6 +110,7 @@ class Coordinator:
         # Task scripts, the hot path, share one auto-pipelined connection (redis_multiplex).
         self.multiplexed = MultiplexedConnection.like(self.redis, settings.redis_timeout_s)
         self.registry = AgentRegistry(self.redis, settings)
+        self.page_token_key = page_tokens.ClusterKey(self.redis)
         self.tasks = TaskStore(
             self.redis,
             self.multiplexed,
@@ -192,6 +193,7 @@ class Coordinator:
         self.dispatcher.start()
         self.reaper.start()
         self.sweeper.start()
+        self.page_token_key.start()
         log.info(
             "coordinator serving on %s:%d (Redis %s, health %s)",
             self.settings.host,
@@ -211,6 +213,7 @@ class Coordinator:
             await self.health.stop()
             await self.health.servicer.enter_graceful_shutdown()
             await self.sweeper.stop()
+            await self.page_token_key.stop()
             await self.reaper.stop()
             await self.dispatcher.stop()
             log.info("draining: health NOT_SERVING, new calls refused, grace %.1f s", grace)

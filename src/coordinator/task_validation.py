@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from coordinator.balancing import Strategy
-from coordinator.errors import InvalidArgument
+from coordinator.errors import InvalidArgument, echo
 from coordinator.task_models import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SCHEDULE_TO_START_S,
@@ -56,7 +56,7 @@ def task_id(value: str, field: str = "task_id") -> str:
     if not value:
         raise InvalidArgument.of(field, "is required")
     if not TASK_ID.match(value):
-        raise InvalidArgument.of(field, f"{value!r} is not a task id (32 hex digits)")
+        raise InvalidArgument.of(field, f"{echo(value)} is not a task id (32 hex digits)")
     return value
 
 
@@ -64,11 +64,6 @@ def batch_entries(count: int, field: str) -> None:
     """The number of entries of a batch call (SubmitTasks, ReportTasks): 1 to 1000."""
     if not 1 <= count <= MAX_BATCH_ENTRIES:
         raise InvalidArgument.of(field, f"must hold 1 to {MAX_BATCH_ENTRIES} entries; got {count}")
-
-
-def _enum(raw: int, parsed: Any, field: str, v: Violations) -> None:
-    if raw != 0 and parsed is None:
-        v.add(field, f"{raw} is not a known value")
 
 
 def _seconds(
@@ -97,12 +92,12 @@ def requirements(
     if agent_type and not AGENT_TYPE.match(agent_type):
         v.add(prefix + "agent_type", "must be 1 to 64 of a-z 0-9 _ - starting with a letter")
     if agent_id and not AGENT_ID.match(agent_id):
-        v.add(prefix + "agent_id", f"{agent_id!r} is not a valid agent id")
+        v.add(prefix + "agent_id", f"{echo(agent_id)} is not a valid agent id")
     if len(labels) > MAX_LABELS:
         v.add(prefix + "labels", f"has {len(labels)} entries; at most {MAX_LABELS}")
     for key, value in labels.items():
         if not MAP_KEY.match(key) or len(value) > MAX_LABEL_VALUE_CHARS:
-            v.add(f"{prefix}labels[{key!r}]", "is not a valid label")
+            v.add(f"{prefix}labels[{echo(key)}]", "is not a valid label")
     if not math.isfinite(min_health_score) or not 0.0 <= min_health_score <= 1.0:
         v.add(prefix + "min_health_score", f"must be from 0 to 1; got {min_health_score}")
     return Requirements(
@@ -122,7 +117,6 @@ def submission(
     task_data_bytes: int,
     max_task_data_bytes: int,
     task_type: str,
-    priority_raw: int,
     priority: Priority | None,
     requirements_fields: Mapping[str, Any],
     max_attempts: int,
@@ -132,12 +126,13 @@ def submission(
     max_backoff_s: float | None,
     backoff_multiplier: float,
     request_id: str,
-    strategy_raw: int,
     strategy: Strategy | None,
     routing_key: str,
+    violations: Violations | None = None,
 ) -> TaskSubmission:
-    """A validated SubmitTask request with defaults applied."""
-    v = Violations()
+    """A validated SubmitTask request with defaults applied; ``violations`` holds problems
+    found already (unknown enum numbers: ``api.wire.enum_from_proto``), reported with these."""
+    v = violations or Violations()
     if task_data_bytes > max_task_data_bytes:
         v.add(
             "task_data",
@@ -146,7 +141,6 @@ def submission(
         )
     if task_type and not TASK_TYPE.match(task_type):
         v.add("task_type", "must be 1 to 128 letters, digits or . _ : / - starting with one")
-    _enum(priority_raw, priority, "priority", v)
     reqs = requirements(**requirements_fields, v=v)
     attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
     if not 1 <= attempts <= MAX_MAX_ATTEMPTS:
@@ -181,7 +175,6 @@ def submission(
         v.add("retry_policy.backoff_multiplier", f"must be from 1 to 100; got {multiplier}")
     if request_id and not REQUEST_ID.match(request_id):
         v.add("request_id", "must be 1 to 128 printable ASCII characters without spaces")
-    _enum(strategy_raw, strategy, "balancing_strategy", v)
     if len(routing_key) > MAX_ROUTING_KEY_CHARS:
         v.add("routing_key", f"has {len(routing_key)} characters; at most {MAX_ROUTING_KEY_CHARS}")
     v.raise_if_any()
@@ -252,23 +245,27 @@ def list_query(
     dead_letter: bool,
     page_size: int,
     page_token: str,
+    violations: Violations | None = None,
 ) -> ListTasksQuery:
-    """A validated ListTasks query (page size 0 means 100)."""
-    v = Violations()
+    """A validated ListTasks query (page size 0 means 100); ``violations`` holds problems
+    found already (unknown enum numbers), reported with these."""
+    v = violations or Violations()
     wanted_states = set()
+    # None with a number other than 0 is an unknown number, which api.wire.enums_from_proto
+    # has put in ``violations`` already; with 0 it is UNSPECIFIED, which names nothing.
     for index, (raw, state) in enumerate(states):
-        if state is None:
-            v.add(f"states[{index}]", f"{raw} is not a task state")
-        else:
+        if state is None and raw == 0:
+            v.add(f"states[{index}]", "must name a state, not UNSPECIFIED")
+        elif state is not None:
             wanted_states.add(state)
     wanted_priorities = set()
     for index, (raw, priority) in enumerate(priorities):
-        if priority is None:
-            v.add(f"priorities[{index}]", f"{raw} is not a priority")
-        else:
+        if priority is None and raw == 0:
+            v.add(f"priorities[{index}]", "must name a priority, not UNSPECIFIED")
+        elif priority is not None:
             wanted_priorities.add(priority)
     if agent_id and not AGENT_ID.match(agent_id):
-        v.add("agent_id", f"{agent_id!r} is not a valid agent id")
+        v.add("agent_id", f"{echo(agent_id)} is not a valid agent id")
     size = page_size or DEFAULT_PAGE_SIZE
     if not 1 <= size <= MAX_PAGE_SIZE:
         v.add("page_size", f"must be from 1 to {MAX_PAGE_SIZE}; got {page_size}")

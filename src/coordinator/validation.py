@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 
-from coordinator.errors import FieldViolation, InvalidArgument
+from coordinator.errors import FieldViolation, InvalidArgument, echo
 from coordinator.models import AgentRegistration, AgentStatus, DiscoverQuery
 
 AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -85,7 +85,7 @@ def _check_agent_type(
     elif not AGENT_TYPE.match(value):
         violations.add(field, "must be 1 to 64 of a-z 0-9 _ - starting with a letter")
     elif not any_type and value not in allowed:
-        violations.add(field, f"{value!r} is not allowed; allowed types: {', '.join(allowed)}")
+        violations.add(field, f"{echo(value)} is not allowed; allowed types: {', '.join(allowed)}")
 
 
 def tags(values: Iterable[str], field: str, violations: Violations) -> tuple[str, ...]:
@@ -96,7 +96,7 @@ def tags(values: Iterable[str], field: str, violations: Violations) -> tuple[str
         if not TAG.match(tag):
             violations.add(
                 f"{field}[{index}]",
-                f"{tag!r} must be 1 to 128 letters, digits or . _ : / + - starting with a letter or digit",
+                f"{echo(tag)} must be 1 to 128 letters, digits or . _ : / + - starting with a letter or digit",
             )
     return unique
 
@@ -113,12 +113,13 @@ def _string_map(
     for key, value in values.items():
         if not MAP_KEY.match(key):
             violations.add(
-                f"{field}[{key!r}]",
+                f"{field}[{echo(key)}]",
                 "key must be 1 to 63 letters, digits or . _ / - starting with a letter or digit",
             )
         if len(value) > max_value_chars:
             violations.add(
-                f"{field}[{key!r}]", f"value has {len(value)} characters; at most {max_value_chars}"
+                f"{field}[{echo(key)}]",
+                f"value has {len(value)} characters; at most {max_value_chars}",
             )
     return dict(values)
 
@@ -131,13 +132,13 @@ def _load_metrics(
     for name, value in values.items():
         if not MAP_KEY.match(name):
             violations.add(
-                f"{field}[{name!r}]",
+                f"{field}[{echo(name)}]",
                 "name must be 1 to 63 letters, digits or . _ / - starting with a letter or digit",
             )
         if not math.isfinite(value):
-            violations.add(f"{field}[{name!r}]", "must be a finite number")
+            violations.add(f"{field}[{echo(name)}]", "must be a finite number")
         elif name in ("cpu", "memory") and not 0.0 <= value <= 1.0:
-            violations.add(f"{field}[{name!r}]", f"is a fraction from 0 to 1; got {value}")
+            violations.add(f"{field}[{echo(name)}]", f"is a fraction from 0 to 1; got {value}")
     return dict(values)
 
 
@@ -221,7 +222,7 @@ def status_update(
 
 def discover_query(
     *,
-    statuses: Iterable[AgentStatus | None],
+    statuses: Iterable[tuple[int, AgentStatus | None]],
     agent_type: str,
     capabilities: Iterable[str],
     services: Iterable[str],
@@ -229,15 +230,18 @@ def discover_query(
     min_health_score: float,
     page_size: int,
     page_token: str,
+    violations: Violations | None = None,
 ) -> DiscoverQuery:
-    """A validated DiscoverAgents query (no statuses means ACTIVE; page size 0 means 100)."""
-    v = Violations()
+    """A validated DiscoverAgents query (no statuses means ACTIVE; page size 0 means 100);
+    ``statuses`` are (wire number, status) pairs and ``violations`` holds problems found
+    already (unknown enum numbers: ``api.wire.enums_from_proto``), reported with these."""
+    v = violations or Violations()
     wanted: set[AgentStatus] = set()
-    for index, status in enumerate(statuses):
-        if status is None:
-            v.add(f"statuses[{index}]", "must name a status, not UNSPECIFIED")
-        else:
+    for index, (number, status) in enumerate(statuses):
+        if status is not None:
             wanted.add(status)
+        elif number == 0:  # another number without a status is in ``violations`` already
+            v.add(f"statuses[{index}]", "must name a status, not UNSPECIFIED")
     if agent_type and not AGENT_TYPE.match(agent_type):
         v.add("agent_type", "must be 1 to 64 of a-z 0-9 _ - starting with a letter")
     caps = tags(capabilities, "capabilities", v)

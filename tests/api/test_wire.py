@@ -1,11 +1,17 @@
-"""The wire and domain status enums correspond name for name; agents' wire forms."""
+"""The wire and domain enums correspond name for name; agents' wire forms; a client's
+Structs and enum numbers checked as they are converted."""
 
 import gc
 import weakref
 
+import pytest
+from google.protobuf.struct_pb2 import Struct
+
 from aitbc.coordinator.v1 import agent_pb2
 from coordinator.api import wire
+from coordinator.errors import InvalidArgument
 from coordinator.models import Agent, AgentStatus
+from coordinator.validation import Violations
 
 
 def test_every_domain_status_round_trips_through_the_wire_enum():
@@ -77,3 +83,30 @@ def test_kept_bytes_do_not_keep_agents_alive():
     del agent
     gc.collect()
     assert alive() is None
+
+
+def _struct(data):
+    message = Struct()
+    message.update(data)
+    return message
+
+
+def test_struct_levels_count_objects_and_lists_alike():
+
+    three_levels = {"a": {"b": [1]}, "c": None, "d": "x", "e": True}
+    assert wire.struct_to_dict(_struct(three_levels), "task_data", 3) == three_levels
+    with pytest.raises(InvalidArgument) as caught:
+        wire.struct_to_dict(_struct(three_levels), "task_data", 2)
+    assert [v.field for v in caught.value.violations] == ["task_data"]
+    assert wire.struct_to_dict(_struct({}), "task_data", 1) == {}
+
+
+def test_an_enum_number_is_its_value_none_for_unspecified_or_a_violation_naming_it():
+    assert wire.enum_from_proto(1, "status", wire.AGENT_STATUS) is AgentStatus.ACTIVE
+    assert wire.enum_from_proto(0, "status", wire.AGENT_STATUS) is None
+    with pytest.raises(InvalidArgument, match=r"^status: -1 is not a known value; use one of "):
+        wire.enum_from_proto(-1, "status", wire.AGENT_STATUS)
+    collected = Violations()
+    pairs = wire.enums_from_proto([1, 0, 42], "statuses", wire.AGENT_STATUS, collected)
+    assert pairs == [(1, AgentStatus.ACTIVE), (0, None), (42, None)]
+    assert [v.field for v in collected.items] == ["statuses[2]"]

@@ -17,6 +17,7 @@ from coordinator.errors import Aborted, FailedPrecondition, NotFound
 from coordinator.registry import AgentRegistry
 from coordinator.streams import AssignmentEvent, AssignmentStreams, EndEvent, StreamEvent
 from coordinator.task_models import Assignment
+from coordinator.validation import Violations
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -64,7 +65,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.HeartbeatRequest, context: Context
     ) -> agent_pb2.HeartbeatResponse:
         load_metrics, status = validation.heartbeat(
-            request.agent_id, request.load_metrics, wire.status_from_proto(request.status)
+            request.agent_id,
+            request.load_metrics,
+            wire.enum_from_proto(request.status, "status", wire.AGENT_STATUS),
         )
         agent, streaming = await self._registry.heartbeat(request.agent_id, load_metrics, status)
         if not streaming:
@@ -84,7 +87,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.UpdateAgentStatusResponse:
         status, load_metrics, reason = validation.status_update(
             request.agent_id,
-            wire.status_from_proto(request.status),
+            wire.enum_from_proto(request.status, "status", wire.AGENT_STATUS),
             request.load_metrics,
             request.reason,
         )
@@ -108,8 +111,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.DiscoverAgentsRequest, context: Context
     ) -> bytes:
         """A DiscoverAgentsResponse, already serialized (``wire.discover_reply``)."""
+        enums = Violations()  # reported with the other fields' problems
         query = validation.discover_query(
-            statuses=[wire.status_from_proto(s) for s in request.statuses],
+            violations=enums,
+            statuses=wire.enums_from_proto(request.statuses, "statuses", wire.AGENT_STATUS, enums),
             agent_type=request.agent_type,
             capabilities=request.capabilities,
             services=request.services,

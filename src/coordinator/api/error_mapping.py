@@ -4,11 +4,18 @@ An interceptor wraps every handler of the coordinator's own services: ``Coordina
 kinds map to their codes, InvalidArgument carries ``google.rpc.BadRequest`` field violations
 in the rich status details, a Redis outage is UNAVAILABLE, and anything unforeseen is logged
 with its traceback and answered INTERNAL (never UNKNOWN with a stack trace).
+
+It wraps each method's ``request_deserializer`` too: bytes that are not a message of the
+method's request type would otherwise fail inside grpc itself, which answers UNKNOWN (or
+INTERNAL on a stream) naming a Python class and logs a traceback per call, so any client
+could flood the logs. They are INVALID_ARGUMENT "request could not be decoded", logged once
+per ``UNDECODABLE_LOG_INTERVAL_S`` with a count.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -76,8 +83,8 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     """The google.rpc.Status for an error raised by a handler."""
     if isinstance(exc, errors.CoordinatorError):
         code = _code_of(exc)
-        status = status_pb2.Status(code=code.value[0], message=str(exc))
-        if isinstance(exc, errors.InvalidArgument):
+        status = status_pb2.Status(code=code.value[0], message=errors.bounded(str(exc)))
+        if isinstance(exc, errors.InvalidArgument) and exc.violations:
             details = any_pb2.Any()
             details.Pack(
                 error_details_pb2.BadRequest(
@@ -144,6 +151,41 @@ async def _abort(
     await context.abort_with_status(rpc_status.to_status(status))
 
 
+UNDECODABLE_LOG_INTERVAL_S = 60.0
+"""Undecodable requests are logged at most once per this many seconds, with their count."""
+
+
+class _UndecodableLog:
+    """Counts undecodable requests; logs a warning at most once per interval (never a
+    traceback: the bytes came from a client, the fault is not ours)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._next_log_at = 0.0
+        self._unlogged = 0
+
+    def note(self, method: str) -> None:
+        self._unlogged += 1
+        now = time.monotonic()
+        if now < self._next_log_at:
+            return
+        log.warning(
+            "%d undecodable request(s) answered INVALID_ARGUMENT in the last %.0f s "
+            "(the latest to %s)",
+            self._unlogged,
+            self._interval_s,
+            method,
+        )
+        self._unlogged = 0
+        self._next_log_at = now + self._interval_s
+
+
+_UNDECODABLE = object()
+"""What a wrapped deserializer returns for a unary request it could not decode: grpc.aio
+answers UNKNOWN with a traceback when the deserializer raises before the handler runs, so
+the wrapped handler raises for it instead."""
+
+
 class ErrorMappingInterceptor(WrappingInterceptor):
     """Maps exceptions of the coordinator's handlers to status codes (see module docstring);
     ``on_redis_error`` is told the kind of every Redis error met (the node's metrics)."""
@@ -151,36 +193,76 @@ class ErrorMappingInterceptor(WrappingInterceptor):
     def __init__(self, on_redis_error: RedisErrorCounter | None = None) -> None:
         super().__init__()
         self._on_redis_error = on_redis_error
+        self._undecodable = _UndecodableLog(UNDECODABLE_LOG_INTERVAL_S)
 
     def _wrap(
         self, handler: grpc.RpcMethodHandler[Any, Any], method: str
     ) -> grpc.RpcMethodHandler[Any, Any]:
         if not method.startswith(OWN_SERVICES_PREFIX):
             return handler
+        on_redis_error = self._on_redis_error
+        deserializer = handler.request_deserializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, self._on_redis_error),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(handler.unary_unary, method, on_redis_error),
+                request_deserializer=self._unary_deserializer(deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, self._on_redis_error),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(handler.unary_stream, method, on_redis_error),
+                request_deserializer=self._unary_deserializer(deserializer, method),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method, on_redis_error),
+                request_deserializer=self._stream_deserializer(deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method, self._on_redis_error),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(handler.stream_stream, method, on_redis_error),
+                request_deserializer=self._stream_deserializer(deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+    def _unary_deserializer(self, deserializer: Any, method: str) -> Any:
+        """The request, or ``_UNDECODABLE`` (the wrapped handler raises for it)."""
+        if deserializer is None:
+            return None
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return deserializer(data)
+            except Exception:
+                self._undecodable.note(method)
+                return _UNDECODABLE
+
+        return deserialize
+
+    def _stream_deserializer(self, deserializer: Any, method: str) -> Any:
+        """Each request of a stream; UndecodableRequest, raised where the handler reads the
+        request iterator, so the wrapped handler maps it as any error of its own."""
+        if deserializer is None:
+            return None
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return deserializer(data)
+            except Exception:
+                self._undecodable.note(method)
+                raise errors.UndecodableRequest() from None
+
+        return deserialize
 
 
 def _wrap_unary(behavior: Any, method: str, on_redis_error: RedisErrorCounter | None) -> Any:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            if request is _UNDECODABLE:
+                raise errors.UndecodableRequest()
             return await behavior(request, context)
         except Exception as exc:
             if isinstance(exc, AbortError):
@@ -195,6 +277,8 @@ def _wrap_stream(behavior: Any, method: str, on_redis_error: RedisErrorCounter |
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
+            if request is _UNDECODABLE:
+                raise errors.UndecodableRequest()
             async for response in behavior(request, context):
                 yield response
         except Exception as exc:

@@ -23,6 +23,7 @@ from coordinator.errors import InvalidArgument
 from coordinator.events import EventHub
 from coordinator.task_models import Task, TaskError, TaskState, TaskSubmission
 from coordinator.tasks import Report, ReportOutcome, Submitted, TaskStore
+from coordinator.validation import Violations
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -77,13 +78,16 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         """A validated submission (InvalidArgument names every bad field)."""
         r = request.requirements
         retry = request.retry_policy
+        enums = Violations()  # reported with the other fields' problems
         return tv.submission(
-            task_data=wire.struct_to_dict(request.task_data),
+            violations=enums,
+            task_data=wire.struct_to_dict(
+                request.task_data, "task_data", self._settings.max_struct_depth
+            ),
             task_data_bytes=request.task_data.ByteSize(),
             max_task_data_bytes=self._settings.max_task_data_bytes,
             task_type=request.task_type,
-            priority_raw=request.priority,
-            priority=wire.priority_from_proto(request.priority),
+            priority=wire.enum_from_proto(request.priority, "priority", wire.TASK_PRIORITY, enums),
             requirements_fields={
                 "agent_type": r.agent_type,
                 "capabilities": r.capabilities,
@@ -100,8 +104,9 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             max_backoff_s=_optional_s(retry, "max_backoff"),
             backoff_multiplier=retry.backoff_multiplier,
             request_id=request.request_id,
-            strategy_raw=request.balancing_strategy,
-            strategy=wire.strategy_from_proto(request.balancing_strategy),
+            strategy=wire.enum_from_proto(
+                request.balancing_strategy, "balancing_strategy", wire.BALANCING_STRATEGY, enums
+            ),
             routing_key=request.routing_key,
         )
 
@@ -113,10 +118,14 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
 
     async def ListTasks(self, request: task_pb2.ListTasksRequest, context: Context) -> bytes:
         """A ListTasksResponse, already serialized (``wire.list_tasks_reply``)."""
+        enums = Violations()  # reported with the other fields' problems
         query = tv.list_query(
-            states=[(s, wire.state_from_proto(s)) for s in request.states],
+            violations=enums,
+            states=wire.enums_from_proto(request.states, "states", wire.TASK_STATE, enums),
             agent_id=request.agent_id,
-            priorities=[(p, wire.priority_from_proto(p)) for p in request.priorities],
+            priorities=wire.enums_from_proto(
+                request.priorities, "priorities", wire.TASK_PRIORITY, enums
+            ),
             dead_letter=request.dead_letter,
             page_size=request.page_size,
             page_token=request.page_token,
@@ -171,7 +180,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def FailTask(
         self, request: task_pb2.FailTaskRequest, context: Context
     ) -> task_pb2.FailTaskResponse:
-        error = _error(request)
+        error = _error(request, self._settings.max_struct_depth)
         task = await self._store.fail(
             request.task_id, request.agent_id, request.fencing_token, error
         )
@@ -212,7 +221,8 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             return Report.complete(c.task_id, c.agent_id, c.fencing_token, self._result(c))
         if kind == "fail":
             f = entry.fail
-            return Report.fail(f.task_id, f.agent_id, f.fencing_token, _error(f))
+            error = _error(f, self._settings.max_struct_depth)
+            return Report.fail(f.task_id, f.agent_id, f.fencing_token, error)
         if kind == "extend_lease":
             x = entry.extend_lease
             return Report.extend(x.task_id, x.agent_id, x.fencing_token, _lease(x))
@@ -230,7 +240,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
                 f"is {size} bytes serialized; at most "
                 f"{self._settings.max_task_data_bytes} (COORDINATOR_MAX_TASK_DATA_BYTES)",
             )
-        return wire.struct_to_dict(request.result)
+        return wire.struct_to_dict(request.result, "result", self._settings.max_struct_depth)
 
     async def WatchTask(
         self, request: task_pb2.WatchTaskRequest, context: Context
@@ -271,7 +281,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def PurgeQueue(
         self, request: task_pb2.PurgeQueueRequest, context: Context
     ) -> task_pb2.PurgeQueueResponse:
-        priority = wire.priority_from_proto(request.priority)
+        priority = wire.enum_from_proto(request.priority, "priority", wire.TASK_PRIORITY)
         if priority is None:
             raise InvalidArgument.of("priority", "must name a queue: LOW to URGENT")
         cancelled = await self._store.purge(priority, tv.reason(request.reason))
@@ -286,7 +296,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def SetBalancingStrategy(
         self, request: task_pb2.SetBalancingStrategyRequest, context: Context
     ) -> task_pb2.SetBalancingStrategyResponse:
-        strategy = wire.strategy_from_proto(request.strategy)
+        strategy = wire.enum_from_proto(request.strategy, "strategy", wire.BALANCING_STRATEGY)
         if strategy is None:
             raise InvalidArgument.of(
                 "strategy", "must name a strategy, for example BALANCING_STRATEGY_ROUND_ROBIN"
@@ -298,11 +308,12 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         )
 
 
-def _error(request: task_pb2.FailTaskRequest) -> TaskError:
+def _error(request: task_pb2.FailTaskRequest, max_struct_depth: int) -> TaskError:
     """The checked error of a failure report."""
     tv.report(request.task_id, request.agent_id, request.fencing_token)
     e = request.error
-    return tv.task_error(e.message, e.type, e.retryable, wire.struct_to_dict(e.details))
+    details = wire.struct_to_dict(e.details, "error.details", max_struct_depth)
+    return tv.task_error(e.message, e.type, e.retryable, details)
 
 
 def _lease(request: task_pb2.ExtendTaskLeaseRequest) -> float | None:

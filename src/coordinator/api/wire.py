@@ -3,17 +3,21 @@ types except the servicers, which call these functions at the boundary."""
 
 from __future__ import annotations
 
+import math
 import weakref
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Generic, TypeVar
 
-from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.struct_pb2 import ListValue, Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.balancing import Strategy
+from coordinator.errors import FieldViolation, InvalidArgument
 from coordinator.models import Agent, AgentStatus
 from coordinator.task_models import (
     Assignment,
@@ -26,16 +30,81 @@ from coordinator.task_models import (
     TaskState,
     TaskStats,
 )
+from coordinator.validation import Violations
 
 STATUS_PREFIX = "AGENT_STATUS_"
+PRIORITY_PREFIX = "TASK_PRIORITY_"
+STATE_PREFIX = "TASK_STATE_"
+STRATEGY_PREFIX = "BALANCING_STRATEGY_"
+
+E = TypeVar("E", bound=Enum)
+
+
+@dataclass(frozen=True)
+class WireEnum(Generic[E]):
+    """A proto enum and the domain enum its values become (names match after the prefix)."""
+
+    wire: EnumTypeWrapper
+    domain: type[E]
+    prefix: str
+
+    def parse(self, number: int) -> E | None:
+        """The domain value of a wire number; None for UNSPECIFIED or an unknown number."""
+        try:
+            return self.domain[self.wire.Name(number).removeprefix(self.prefix)]
+        except (ValueError, KeyError):
+            return None
+
+    def known_names(self) -> str:
+        return ", ".join(n for n in self.wire.keys() if not n.endswith("_UNSPECIFIED"))
+
+
+AGENT_STATUS = WireEnum(agent_pb2.AgentStatus, AgentStatus, STATUS_PREFIX)
+TASK_PRIORITY = WireEnum(task_pb2.TaskPriority, Priority, PRIORITY_PREFIX)
+TASK_STATE = WireEnum(task_pb2.TaskState, TaskState, STATE_PREFIX)
+BALANCING_STRATEGY = WireEnum(task_pb2.BalancingStrategy, Strategy, STRATEGY_PREFIX)
+
+
+def enum_from_proto(
+    number: int, field: str, kind: WireEnum[E], violations: Violations | None = None
+) -> E | None:
+    """The domain value of the enum number a client sent in ``field``: None for 0
+    (UNSPECIFIED: what it means is the caller's to say).
+
+    A number the proto does not define is InvalidArgument naming the field and the number
+    (proto3 keeps unknown enum numbers as plain ints, so they reach us). With ``violations``
+    it is added there instead, to be reported with the request's other problems.
+    """
+    value = kind.parse(number)
+    if value is None and number != 0:
+        violation = FieldViolation(
+            field, f"{number} is not a known value; use one of {kind.known_names()}"
+        )
+        if violations is None:
+            raise InvalidArgument([violation])
+        violations.add(violation.field, violation.description)
+    return value
+
+
+def enums_from_proto(
+    numbers: Iterable[int], field: str, kind: WireEnum[E], violations: Violations | None = None
+) -> list[tuple[int, E | None]]:
+    """Each number of a repeated enum ``field`` with its domain value (None for 0). Every
+    unknown number is InvalidArgument naming its index (``statuses[2]``), or is added to
+    ``violations`` when given."""
+    found = Violations() if violations is None else violations
+    values = [
+        (number, enum_from_proto(number, f"{field}[{index}]", kind, found))
+        for index, number in enumerate(numbers)
+    ]
+    if violations is None:
+        found.raise_if_any()
+    return values
 
 
 def status_from_proto(value: int) -> AgentStatus | None:
     """The domain status of a wire enum value; None for UNSPECIFIED or an unknown number."""
-    try:
-        return AgentStatus[agent_pb2.AgentStatus.Name(value).removeprefix(STATUS_PREFIX)]
-    except (ValueError, KeyError):
-        return None
+    return AGENT_STATUS.parse(value)
 
 
 def status_to_proto(status: AgentStatus) -> str:
@@ -152,33 +221,20 @@ def _build_agent(agent: Agent) -> agent_pb2.Agent:
 
 # --- Tasks -----------------------------------------------------------------------------------
 
-PRIORITY_PREFIX = "TASK_PRIORITY_"
-STATE_PREFIX = "TASK_STATE_"
-STRATEGY_PREFIX = "BALANCING_STRATEGY_"
-
 
 def priority_from_proto(value: int) -> Priority | None:
     """The domain priority of a wire value; None for UNSPECIFIED or an unknown number."""
-    try:
-        return Priority[task_pb2.TaskPriority.Name(value).removeprefix(PRIORITY_PREFIX)]
-    except (ValueError, KeyError):
-        return None
+    return TASK_PRIORITY.parse(value)
 
 
 def state_from_proto(value: int) -> TaskState | None:
     """The domain state of a wire value; None for UNSPECIFIED or an unknown number."""
-    try:
-        return TaskState[task_pb2.TaskState.Name(value).removeprefix(STATE_PREFIX)]
-    except (ValueError, KeyError):
-        return None
+    return TASK_STATE.parse(value)
 
 
 def strategy_from_proto(value: int) -> Strategy | None:
     """The domain strategy of a wire value; None for UNSPECIFIED or an unknown number."""
-    try:
-        return Strategy[task_pb2.BalancingStrategy.Name(value).removeprefix(STRATEGY_PREFIX)]
-    except (ValueError, KeyError):
-        return None
+    return BALANCING_STRATEGY.parse(value)
 
 
 def strategy_to_proto(strategy: Strategy | None) -> str:
@@ -186,11 +242,69 @@ def strategy_to_proto(strategy: Strategy | None) -> str:
     return STRATEGY_PREFIX + (strategy.name if strategy else "UNSPECIFIED")
 
 
-def struct_to_dict(struct: Struct) -> dict[str, Any]:
-    """A JSON-like dict from a Struct."""
-    if not struct.fields:  # the common empty input: skip the generic converter
+MAX_STRUCT_DEPTH = 32
+"""The most levels of a Struct the node accepts, and the highest (and default)
+``COORDINATOR_MAX_STRUCT_DEPTH``. Every reader must be able to parse what the node accepted,
+and parsers stop at 100 nested messages (Python's, C++'s and Java's protobuf). One level of
+objects costs 3 messages (the Struct, its map entry, the Value), and the deepest reply that
+carries a client's Struct, a GetTaskResponse's ``task.attempts[].error.details``, puts 4
+messages around it: 4 + 3 x 32 = 100. With 33 levels, GetTask, ListTasks, CancelTask and
+WatchTask of that task could not be parsed by a Python client."""
+
+
+def struct_to_dict(
+    struct: Struct, field: str = "struct", max_depth: int = MAX_STRUCT_DEPTH
+) -> dict[str, Any]:
+    """A JSON-like dict from a Struct the client sent in ``field``.
+
+    InvalidArgument naming ``field`` when it nests deeper than ``max_depth`` levels or holds
+    a number that is NaN or infinite (JSON has neither; they could not be stored or read
+    back). Levels: the Struct itself is level 1, and every object (Struct) or list
+    (ListValue) inside it is one level deeper than what holds it: ``{"a": 1}`` has 1 level,
+    ``{"a": {"b": [1]}}`` has 3.
+    """
+    if not struct.fields:  # the common empty input: nothing to walk
         return {}
-    return json_format.MessageToDict(struct)
+    return _struct(struct, 1, field, max_depth)
+
+
+def _struct(struct: Struct, depth: int, field: str, max_depth: int) -> dict[str, Any]:
+    if depth > max_depth:
+        raise _too_deep(field, max_depth)
+    return {key: _value(value, depth, field, max_depth) for key, value in struct.fields.items()}
+
+
+def _list(values: ListValue, depth: int, field: str, max_depth: int) -> list[Any]:
+    if depth > max_depth:
+        raise _too_deep(field, max_depth)
+    return [_value(value, depth, field, max_depth) for value in values.values]
+
+
+def _value(value: Value, depth: int, field: str, max_depth: int) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument.of(
+                field, f"holds {number}; numbers must be finite (JSON has no NaN or Infinity)"
+            )
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _struct(value.struct_value, depth + 1, field, max_depth)
+    if kind == "list_value":
+        return _list(value.list_value, depth + 1, field, max_depth)
+    return None  # null_value, or no kind set (JSON's null, as json_format reads it)
+
+
+def _too_deep(field: str, max_depth: int) -> InvalidArgument:
+    return InvalidArgument.of(
+        field,
+        f"nests objects and lists more than {max_depth} levels deep (COORDINATOR_MAX_STRUCT_DEPTH)",
+    )
 
 
 def struct_from_dict(data: dict[str, Any] | None) -> Struct | None:

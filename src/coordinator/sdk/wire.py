@@ -55,10 +55,16 @@ def _whole_numbers_as_int(value: Any) -> Any:
     return value
 
 
+PARSED_STRUCT_DEPTH = 100
+"""Levels of a Struct the SDK decodes: whatever python protobuf could parse (its recursion
+limit is 100 messages). The node's own limit on what it accepts (COORDINATOR_MAX_STRUCT_DEPTH)
+is lower; the SDK must not refuse what a node of another version or setting sent."""
+
+
 def struct_to_dict(struct: Any) -> dict[str, Any]:
     """A plain dict from a Struct. A Struct holds every number as a double; whole ones come
     back as ``int``, as ``json.loads`` would give them (``{"x": 1}`` stays ``{"x": 1}``)."""
-    return dict(_whole_numbers_as_int(_struct_to_dict(struct)))
+    return dict(_whole_numbers_as_int(_struct_to_dict(struct, max_depth=PARSED_STRUCT_DEPTH)))
 
 
 @dataclass(frozen=True)
