@@ -28,6 +28,7 @@ an assignment at submit, can never assign a task twice or overfill a slot.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -147,6 +148,8 @@ class _AgentSlots:
         return sum(agent.max_concurrency - self.used[a] for a, agent in self.free.items())
 
     def take_slot(self, agent_id: str) -> None:
+        if agent_id not in self.used:
+            return  # not an agent of the snapshot (a view read after it left)
         self.used[agent_id] += 1
         self._candidates.pop(agent_id, None)
         if self.used[agent_id] >= self.agents[agent_id].max_concurrency:
@@ -181,8 +184,10 @@ class _AgentSlots:
 
 @dataclass
 class _Snapshot:
-    """What a pass starts from (``lua/dispatch_snapshot.lua``). The latest one a node read is
-    also its view, which tasks are assigned at submit from (``Dispatcher.ride_submit``)."""
+    """What a pass starts from (``lua/dispatch_snapshot.lua``). A copy of the latest one a
+    node read, with slots of its own, is its view, which tasks are assigned at submit from
+    (``Dispatcher.ride_submit``): a pass's snapshot changes only with the pass's own
+    assignments."""
 
     class_sets: list[list[str]]
     """The requirements classes with tasks waiting, per priority, most urgent first."""
@@ -551,13 +556,21 @@ class Dispatcher:
             read_at=asyncio.get_running_loop().time(),
         )
         if for_view or any(class_sets):  # else the script read no agent: no view
-            self._view = snapshot
+            # The view is a copy with its own slots: submits and reports change the view's
+            # all the time, and must not change a snapshot under a pass (one taken with no
+            # free slot read no task; a slot freed in it later made its pass look for them).
+            self._view = dataclasses.replace(
+                snapshot, line=_AgentSlots(agents), state=_balancer_state(raw_state)
+            )
         return snapshot
 
     async def _pass(self, snapshot: _Snapshot) -> int:
         """One pass from ``snapshot``: returns the number of assignments."""
         line = snapshot.line
-        if not any(snapshot.class_sets) or not line.free:
+        if snapshot.heads_limit <= 0 or not line.free:
+            # No task was read: nothing waited, or no slot was free when the snapshot was
+            # read. A slot freed since then asks for a pass of its own (its report wakes the
+            # dispatcher when tasks wait), which reads the tasks.
             return 0
         state = snapshot.state
         before = json.dumps(asdict(state), sort_keys=True)
@@ -600,7 +613,7 @@ class Dispatcher:
         while open_classes and line.free:
             # A class that filled its batch may have more tasks beyond it: merge the classes
             # only up to the earliest such batch end, so FIFO holds across classes too.
-            batch_ends = [e[-1][1] for e in heads if len(e) == limit]
+            batch_ends = [e[-1][1] for e in heads if e and len(e) == limit]
             horizon = min(batch_ends) if batch_ends else math.inf
             in_line = sorted(
                 (seq, task_id, cls, details)
@@ -688,10 +701,20 @@ class Dispatcher:
                 if verdict == "ok":
                     assigned += 1
                     self._assigned(w.task_id, agent_id, reply, way="pass")
+                    self._taken_in_view(line, agent_id)
                     continue
                 if line.not_assigned(agent_id, verdict, reply[1]):
                     waiting.append(w)  # try its next choice
         return assigned
+
+    def _taken_in_view(self, line: _AgentSlots, agent_id: str) -> None:
+        """A pass assigned a task to ``agent_id``: its slot is taken in the view too (the
+        view is the pass's snapshot's copy, or a later one; a later one that already
+        counts the assignment counts it twice until it is read again: a submit then
+        chooses another agent, or its task waits for a pass)."""
+        view = self._view
+        if view is not None and view.line is not line:
+            view.line.take_slot(agent_id)
 
     def _assign_call(self, task_id: str, agent_id: str) -> ScriptCall:
         """``lua/assign_task.lua`` for one task and agent."""
