@@ -350,6 +350,7 @@ class Dispatcher:
                 view.state,
                 preferred_capabilities=s.requirements.preferred_capabilities,
                 routing_key=s.routing_key,
+                tie_key=new_task.task_id,
             ).agent_id
             view.line.take_slot(agent_id)
             chosen.append((new_task.task_id, agent_id))
@@ -686,6 +687,7 @@ class Dispatcher:
                     state,
                     preferred_capabilities=w.requirements.preferred_capabilities,
                     routing_key=w.routing_key,
+                    tie_key=w.task_id,
                 ).agent_id
                 line.take_slot(agent_id)
                 chosen.append((w, agent_id))
