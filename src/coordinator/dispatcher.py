@@ -226,6 +226,9 @@ class _Waiting:
     routing_key: str
     eligible: list[Agent]
     cls: str
+    avoid_agent_id: str = ""
+    """The agent whose attempt of this task just expired or failed: the retry goes to
+    another agent when another can take it."""
 
 
 class Dispatcher:
@@ -630,7 +633,7 @@ class Dispatcher:
                 if len(entries) < limit and (not entries or entries[-1][1] <= horizon)
             }
             waiting: list[_Waiting] = []
-            for seq, task_id, cls, (raw_requirements, raw_strategy, routing_key) in in_line:
+            for seq, task_id, cls, (raw_requirements, raw_strategy, routing_key, avoid) in in_line:
                 after[cls] = f"({seq:.0f}"
                 if not raw_requirements:
                     continue  # deleted meanwhile
@@ -648,6 +651,7 @@ class Dispatcher:
                         routing_key,
                         eligible_by_class[cls],
                         cls,
+                        avoid,
                     )
                 )
             assigned += await self._assign_in_order(waiting, line, state)
@@ -681,6 +685,8 @@ class Dispatcher:
                 if not candidates:
                     line.blocked.add(w.cls)
                     continue
+                if w.avoid_agent_id and len(candidates) > 1:
+                    candidates = _elsewhere(candidates, w.avoid_agent_id)
                 agent_id = choose(
                     w.strategy,
                     candidates,
@@ -748,14 +754,22 @@ class Dispatcher:
         )
 
 
-_Head = tuple[str, float, str, str, str]
-"""A task at the head of a class queue: task_id, seq, requirements, strategy, routing_key
-(requirements is '' for a task deleted meanwhile)."""
+_Head = tuple[str, float, str, str, str, str]
+"""A task at the head of a class queue: task_id, seq, requirements, strategy, routing_key,
+avoid_agent_id (requirements is '' for a task deleted meanwhile; avoid_agent_id is the agent
+whose attempt last ended unsuccessfully, or '')."""
 
 
 def _heads(entries: Sequence[Sequence[Any]]) -> list[_Head]:
     """The heads of one class as ``lua/task_lib.lua``'s class_heads returns them."""
-    return [(str(e[0]), float(e[1]), str(e[2]), str(e[3]), str(e[4])) for e in entries]
+    return [(str(e[0]), float(e[1]), str(e[2]), str(e[3]), str(e[4]), str(e[5])) for e in entries]
+
+
+def _elsewhere(candidates: list[Candidate], avoid_agent_id: str) -> list[Candidate]:
+    """The candidates but ``avoid_agent_id`` (a retry's last agent), unless it is the only
+    one: a retry goes back to it only when no other eligible agent has a free slot now.
+    (Waiting for another would hold the task for an agent that may never come.)"""
+    return [c for c in candidates if c.agent_id != avoid_agent_id] or candidates
 
 
 def _balancer_state(raw: str | None) -> BalancerState:
