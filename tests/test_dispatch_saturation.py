@@ -12,6 +12,10 @@ import random
 
 from agent_harness import ScriptedAgent, eventually, submit_request
 from aitbc.coordinator.v1 import task_pb2
+from coordinator.scripts import TaskScripts, run_batch
+from coordinator.task_models import TaskSubmission
+from coordinator.tasks import NewTask
+from test_dispatch_turns import LONG_TIMER, no_dispatch_turn_held
 
 COMPLETED = task_pb2.TASK_STATE_COMPLETED
 
@@ -81,3 +85,37 @@ async def test_saturated_slots_never_fail_a_pass_and_every_task_completes(start_
         for task_id in submitted[:20]
     ]
     assert set(states) == {COMPLETED}
+
+
+async def test_a_slot_freed_under_a_full_snapshot_handed_to_the_loop_does_not_fail_its_pass(
+    start_node, pool, redis_client, caplog
+):
+    """The exact sequence of defect 9, step by step: a submit takes the turn and reads a
+    snapshot while the only slot is taken (it reads no task), a report frees the slot, and
+    the node counts that in its view before the loop passes from the snapshot."""
+    caplog.set_level(logging.ERROR, logger="coordinator.dispatcher")
+    node = await start_node(**LONG_TIMER)
+    agent = await pool.start(node.channel, "agent-1")  # one slot
+    await node.tasks.SubmitTask(submit_request())
+    held = await agent.next_assignment(timeout_s=5)
+    waiting = (await node.tasks.SubmitTask(submit_request())).task  # waits for the slot
+    await eventually(lambda: no_dispatch_turn_held(redis_client), what="that pass ended")
+    dispatcher = node.coordinator.dispatcher
+
+    # A submit with no free agent in the view: the turn and a snapshot ride in its round trip.
+    ride = dispatcher.ride_submit([NewTask("t-unqueued", TaskSubmission("test", {}))])
+    assert ride is not None and not ride.assignments
+    calls, take = ride.rider
+    snapshot_replies = await run_batch(node.coordinator.multiplexed, calls)
+    assert snapshot_replies[0][-1] == 0  # no free slot: no task read
+    # The agent's completion runs in Redis after that snapshot ...
+    reply = await TaskScripts(redis_client).report_task(
+        args=[held.task_id, "agent-1", held.fencing_token, "complete", "{}"]
+    )
+    assert reply[0] == "ok"
+    take([], snapshot_replies, True)  # ... the snapshot is handed to the loop (and viewed),
+    dispatcher.slots_freed(["agent-1"])  # ... and the report's reply frees the slot here,
+    dispatcher.request()  # ... and asks for a pass (tasks wait), before the loop runs.
+
+    assert (await agent.next_assignment(timeout_s=5)).task_id == waiting.task_id
+    assert failed_passes(caplog) == []
