@@ -4,13 +4,16 @@ A pass walks the priorities from URGENT to LOW, and within one priority the task
 place in line (FIFO). Tasks are queued per requirements class as well as per priority, and a
 pass looks only at the heads of the class queues: once no free agent fits a class, the pass
 skips that whole class, so a task that no agent can take never delays any other task.
+A retry goes to another agent than the one whose attempt just expired or failed, unless
+that agent is the only one with a free slot that fits it.
 
 Every node runs a dispatcher. The node that queues a task or frees a slot (a submit, a
 report, a cancel, a reaper round, a stream opening) asks its own dispatcher for a pass, and
 each also runs a pass every few hundred milliseconds.
 
 A submit needs no pass when nothing waits ahead of its task: the node chooses the agent
-from its view (its latest snapshot, with the assignments it made since), and the script
+from its view (a copy of its latest snapshot, with the assignments it made and the slots
+its reports freed since; a pass's own snapshot never changes under it), and the script
 that creates the task assigns it to that agent instead of queueing it
 (``Dispatcher.ride_submit``); if a task waits ahead after all, or the slot went meanwhile,
 the script queues the task, and a pass follows.
@@ -472,7 +475,7 @@ class Dispatcher:
             # all the time, and must not change a snapshot under a pass (one taken with no
             # free slot read no task; a slot freed in it later made its pass look for them).
             self._view = dataclasses.replace(
-                snapshot, line=AgentSlots(agents), state=balancer_state(raw_state)
+                snapshot, line=AgentSlots(agents), state=balancer_state(raw_state), eligible={}
             )
         return snapshot
 
