@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The task benchmarks (issue 5): drain throughput, latency under load, two nodes, discovery
-at scale, many streams, and the same drain through arq as a baseline.
+at scale, many streams, the same drain through arq as a baseline, and how evenly each
+balancing strategy spreads light work (bench/spread.py).
 
 Starts its own redis-server (free loopback port, no persistence; db 1 for the coordinator,
 db 2 for arq), coordinator nodes (``python -m coordinator serve``), agent processes
@@ -19,7 +20,7 @@ task). The agents report their completions as messages of one StreamReportTasks 
 each (``--agent-report batch``: ReportTasks calls; ``unary``: CompleteTask) and take
 several assignments per stream message (bench/load_agent.py).
 
-    make bench                       # everything: 5 to 7 minutes on 2 cores
+    make bench                       # everything: 8 to 10 minutes on 2 cores
     make bench ARGS=--quick          # a smoke run: small counts, one run each
     python bench/run_benchmarks.py --scenarios drain,arq --runs 1
 
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import spread
 from processes import (
     REPO,
     CoordinatorNode,
@@ -65,7 +67,7 @@ BENCH = REPO / "bench"
 RESULTS_DIR = BENCH / "results"
 COORDINATOR_DB = 1
 ARQ_DB = 2
-SCENARIOS = ("drain", "latency", "floor", "two_nodes", "discovery", "streams", "arq")
+SCENARIOS = ("drain", "latency", "floor", "two_nodes", "discovery", "streams", "spread", "arq")
 
 LATENCY_IN_FLIGHT = {"stream": 1, "coalesce": 2}
 """Steady-rate submits, by client: streams (one message in flight each), or calls at once."""
@@ -843,6 +845,8 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]
                     f"{agg['coordinator_rss_kib.after_register']['median'] / 1024:.1f}",
                 )
             )
+        elif key == "spread":
+            rows.extend(spread.table_rows(title, agg, fmt))
         elif key == "streams":
             rows.append(
                 (
@@ -982,6 +986,10 @@ def run_scenarios(bench: Bench, chosen: list[str]) -> dict[str, dict[str, Any]]:
     if "streams" in chosen:
         title = f"5. {plan.stream_agents:,} streams, 1 node"
         jobs.append(("streams", title, lambda: scenario_streams(bench)))
+    if "spread" in chosen:
+        jobs.append(
+            ("spread", spread.title(bench.args.quick), lambda: spread.scenario_spread(bench))
+        )
     results: dict[str, dict[str, Any]] = {}
     for key, title, job in jobs:
         runs = []

@@ -161,9 +161,39 @@ async def test_queue_heads_returns_each_class_in_line_after_its_bound(scripts, r
     assert [h[0] for h in c0] == [second, third]  # after the bound, at most 2
     assert [h[0] for h in c1] == [other]
     assert empty == []
-    task_id, score, requirements, strategy, routing_key = c0[0]
+    task_id, score, requirements, strategy, routing_key, avoid_agent_id = c0[0]
     assert (task_id, int(float(score))) == (second, seq[second])
-    assert (requirements, strategy, routing_key) == ("{}", "", "")
+    assert (requirements, strategy, routing_key, avoid_agent_id) == ("{}", "", "", "")
+
+
+@pytest.mark.parametrize("ending", ["fail", "release"])
+async def test_a_task_back_in_line_names_the_agent_whose_attempt_ended(
+    scripts, registry, redis_client, ending
+):
+    """A retry prefers another agent (issue 14, defect 12): the script that ends an attempt
+    records its agent, and the heads carry it to the dispatcher."""
+    task_id = await new_task(scripts)
+    await make_agent(registry, redis_client, "a")
+    assert (await assign(scripts, task_id, "a"))[:2] == ["ok", 1]
+    token = await redis_client.hget(keys.task(task_id), "fencing_token")
+    if ending == "fail":
+        error = json.dumps({"message": "oops", "type": "E", "retryable": True})
+        assert (await scripts.report_task(args=[task_id, "a", token, "fail", error]))[
+            1
+        ] == "PENDING"
+    else:
+        reason = "lease expired without a report"
+        assert await scripts.release_task(args=[task_id, "a", "", "lease_expired", reason]) == (
+            "PENDING"
+        )
+    await redis_client.zadd(keys.TASK_SCHEDULED, {task_id: 0})  # its backoff is over
+    assert await scripts.promote_due_tasks(args=[10]) == 1
+
+    ((head,),) = await scripts.queue_heads(args=["NORMAL", 10, "c0", "-inf"])
+    *_, heads, _ = await scripts.dispatch_snapshot(args=snapshot_args())
+
+    assert head[0] == task_id and head[5] == "a"
+    assert heads[3][0][0][5] == "a"
 
 
 async def test_queue_heads_marks_a_task_deleted_meanwhile(scripts, redis_client):

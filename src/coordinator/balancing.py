@@ -7,11 +7,17 @@ picks the eligible agents (every one has a free slot), loads and saves the clust
 Every choice is deterministic: the same candidates, state and arguments choose the same agent
 on every coordinator node, whatever order the candidates come in. Ties go to the *least
 connections order*: slot use (``active_tasks / max_concurrency``) ascending, then
-``active_tasks`` ascending, then ``agent_id`` ascending.
+``active_tasks`` ascending, then the *rendezvous rank* of ``(tie_key, agent_id)``, where
+``tie_key`` is the task's id: agents equal in everything else are ranked by a hash of the
+task and the agent (rendezvous, or highest-random-weight, hashing). Each task then ranks the
+equal agents in its own order, so they share the work evenly (ties broken by ``agent_id``
+sent nearly every task to the lowest ids whenever agents were idle), and every node still
+makes the same choice for the same task. ``agent_id`` decides only a hash collision.
 
 LEAST_CONNECTIONS
     Lowest slot use, in the least connections order. Slot use is relative: an agent using 1 of 4
     slots is less loaded than one using 1 of 2, so it wins even with the same absolute count.
+    Among idle agents (or any equally loaded ones) the rendezvous rank spreads the tasks.
 ROUND_ROBIN
     Candidates in ``agent_id`` order; choose the first ``agent_id`` strictly greater than
     ``state.round_robin_last``, wrapping to the smallest, and remember it. Remembering an id
@@ -42,6 +48,8 @@ CONSISTENT_HASH
     processes, unlike ``hash()``); the task goes to the first point clockwise from the hash of
     ``routing_key``. The same key and eligible set give the same agent, and an agent leaving
     moves only the keys it held. An empty ``routing_key`` falls back to LEAST_CONNECTIONS.
+
+ROUND_ROBIN and WEIGHTED_ROUND_ROBIN need no tie-break of their own: they rotate.
 """
 
 from __future__ import annotations
@@ -51,8 +59,9 @@ import enum
 import functools
 import hashlib
 import statistics
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 VIRTUAL_POINTS_PER_AGENT = 64
 """Points of each agent on the consistent hash ring; more points spread keys more evenly."""
@@ -110,9 +119,43 @@ class BalancerState:
     weighted_current: dict[str, float] = field(default_factory=dict)
 
 
-def least_connections_order(candidate: Candidate) -> tuple[float, int, str]:
+def load_order(candidate: Candidate) -> tuple[float, int]:
+    """The least connections order before its tie-break: slot use, then active tasks."""
+    return (candidate.slot_use, candidate.active_tasks)
+
+
+def rendezvous_rank(tie_key: str, agent_id: str) -> int:
+    """Where ``agent_id`` ranks for the task ``tie_key`` among agents equal in load: a hash of
+    both, so that each task orders the agents differently but every node alike."""
+    return stable_hash(f"{tie_key}\x00{agent_id}")
+
+
+def least_connections_order(candidate: Candidate, tie_key: str = "") -> tuple[Any, ...]:
     """Sort key of the least connections order, the tie-break of every ranking strategy."""
-    return (candidate.slot_use, candidate.active_tasks, candidate.agent_id)
+    return (
+        *load_order(candidate),
+        rendezvous_rank(tie_key, candidate.agent_id),
+        candidate.agent_id,
+    )
+
+
+def _best(
+    candidates: Sequence[Candidate], rank: Callable[[Candidate], tuple[Any, ...]], tie_key: str
+) -> Candidate:
+    """The candidate first by ``rank``, then by the rendezvous rank for ``tie_key``. Only the
+    candidates tied first are hashed: a choice among many idle agents hashes each once, a
+    choice with one clear winner hashes none."""
+    best: list[Candidate] = []
+    best_rank: tuple[Any, ...] | None = None
+    for candidate in candidates:
+        candidate_rank = rank(candidate)
+        if best_rank is None or candidate_rank < best_rank:
+            best, best_rank = [candidate], candidate_rank
+        elif candidate_rank == best_rank:
+            best.append(candidate)
+    if len(best) == 1:
+        return best[0]
+    return min(best, key=lambda c: (rendezvous_rank(tie_key, c.agent_id), c.agent_id))
 
 
 def resource_load(candidate: Candidate) -> float:
@@ -145,8 +188,8 @@ def hash_ring(agent_ids: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, .
     return tuple(point for point, _ in points), tuple(owner for _, owner in points)
 
 
-def _least_connections(candidates: Sequence[Candidate]) -> Candidate:
-    return min(candidates, key=least_connections_order)
+def _least_connections(candidates: Sequence[Candidate], tie_key: str) -> Candidate:
+    return _best(candidates, load_order, tie_key)
 
 
 def _round_robin(candidates: Sequence[Candidate], state: BalancerState) -> Candidate:
@@ -169,41 +212,36 @@ def _weighted_round_robin(candidates: Sequence[Candidate], state: BalancerState)
     return chosen
 
 
-def _least_response_time(candidates: Sequence[Candidate]) -> Candidate:
-    return min(
+def _least_response_time(candidates: Sequence[Candidate], tie_key: str) -> Candidate:
+    return _best(
         candidates,
-        key=lambda c: (
-            c.avg_duration_ms is not None,
-            c.avg_duration_ms or 0.0,
-            least_connections_order(c),
-        ),
+        lambda c: (c.avg_duration_ms is not None, c.avg_duration_ms or 0.0, *load_order(c)),
+        tie_key,
     )
 
 
-def _resource_based(candidates: Sequence[Candidate]) -> Candidate:
-    return min(candidates, key=lambda c: (resource_load(c), least_connections_order(c)))
+def _resource_based(candidates: Sequence[Candidate], tie_key: str) -> Candidate:
+    return _best(candidates, lambda c: (resource_load(c), *load_order(c)), tie_key)
 
 
-def _capability_based(candidates: Sequence[Candidate], preferred: Collection[str]) -> Candidate:
+def _capability_based(
+    candidates: Sequence[Candidate], preferred: Collection[str], tie_key: str
+) -> Candidate:
     wanted = frozenset(preferred)
-    return min(
-        candidates,
-        key=lambda c: (-len(wanted & c.capabilities), least_connections_order(c)),
-    )
+    return _best(candidates, lambda c: (-len(wanted & c.capabilities), *load_order(c)), tie_key)
 
 
-def _predictive(candidates: Sequence[Candidate]) -> Candidate:
+def _predictive(candidates: Sequence[Candidate], tie_key: str) -> Candidate:
     measured = [c.avg_duration_ms for c in candidates if c.avg_duration_ms is not None]
     fallback_avg_ms = statistics.median(measured) if measured else 0.0
-    return min(
-        candidates,
-        key=lambda c: (-expected_score(c, fallback_avg_ms), least_connections_order(c)),
+    return _best(
+        candidates, lambda c: (-expected_score(c, fallback_avg_ms), *load_order(c)), tie_key
     )
 
 
-def _consistent_hash(candidates: Sequence[Candidate], routing_key: str) -> Candidate:
+def _consistent_hash(candidates: Sequence[Candidate], routing_key: str, tie_key: str) -> Candidate:
     if not routing_key:
-        return _least_connections(candidates)
+        return _least_connections(candidates, tie_key)
     by_id = {c.agent_id: c for c in candidates}
     points, owners = hash_ring(tuple(sorted(by_id)))
     # bisect_right: a key hashing exactly onto a point belongs to that point's successor,
@@ -219,8 +257,11 @@ def choose(
     *,
     preferred_capabilities: Collection[str] = (),
     routing_key: str = "",
+    tie_key: str = "",
 ) -> Candidate:
     """The candidate that ``strategy`` chooses; see the module docstring for each strategy.
+    ``tie_key`` (the task's id) breaks ties between equally good agents: give each task its
+    own, or equal agents do not share the work.
 
     Raises ValueError on an empty candidate list. Mutates ``state`` for ROUND_ROBIN and
     WEIGHTED_ROUND_ROBIN only; the caller persists it.
@@ -229,18 +270,18 @@ def choose(
         raise ValueError("no candidates to choose from")
     match strategy:
         case Strategy.LEAST_CONNECTIONS:
-            return _least_connections(candidates)
+            return _least_connections(candidates, tie_key)
         case Strategy.ROUND_ROBIN:
             return _round_robin(candidates, state)
         case Strategy.WEIGHTED_ROUND_ROBIN:
             return _weighted_round_robin(candidates, state)
         case Strategy.LEAST_RESPONSE_TIME:
-            return _least_response_time(candidates)
+            return _least_response_time(candidates, tie_key)
         case Strategy.RESOURCE_BASED:
-            return _resource_based(candidates)
+            return _resource_based(candidates, tie_key)
         case Strategy.CAPABILITY_BASED:
-            return _capability_based(candidates, preferred_capabilities)
+            return _capability_based(candidates, preferred_capabilities, tie_key)
         case Strategy.PREDICTIVE:
-            return _predictive(candidates)
+            return _predictive(candidates, tie_key)
         case Strategy.CONSISTENT_HASH:
-            return _consistent_hash(candidates, routing_key)
+            return _consistent_hash(candidates, routing_key, tie_key)

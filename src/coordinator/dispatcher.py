@@ -4,13 +4,16 @@ A pass walks the priorities from URGENT to LOW, and within one priority the task
 place in line (FIFO). Tasks are queued per requirements class as well as per priority, and a
 pass looks only at the heads of the class queues: once no free agent fits a class, the pass
 skips that whole class, so a task that no agent can take never delays any other task.
+A retry goes to another agent than the one whose attempt just expired or failed, unless
+that agent is the only one with a free slot that fits it.
 
 Every node runs a dispatcher. The node that queues a task or frees a slot (a submit, a
 report, a cancel, a reaper round, a stream opening) asks its own dispatcher for a pass, and
 each also runs a pass every few hundred milliseconds.
 
 A submit needs no pass when nothing waits ahead of its task: the node chooses the agent
-from its view (its latest snapshot, with the assignments it made since), and the script
+from its view (a copy of its latest snapshot, with the assignments it made and the slots
+its reports freed since; a pass's own snapshot never changes under it), and the script
 that creates the task assigns it to that agent instead of queueing it
 (``Dispatcher.ride_submit``); if a task waits ahead after all, or the slot went meanwhile,
 the script queues the task, and a pass follows.
@@ -28,22 +31,32 @@ an assignment at submit, can never assign a task twice or overfill a slot.
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 import json
 import logging
 import math
 import secrets
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
 from coordinator import keys
 from coordinator.api.error_mapping import redis_unavailable
-from coordinator.balancing import BalancerState, Candidate, Strategy, choose
+from coordinator.balancing import BalancerState, Strategy, choose
 from coordinator.config import Settings
+from coordinator.dispatch_slots import (
+    AgentSlots,
+    Head,
+    Snapshot,
+    balancer_state,
+    elsewhere,
+    fits,
+    read_heads,
+    requirements_of,
+)
 from coordinator.metrics import NodeMetrics
 from coordinator.models import Agent, AgentStatus
 from coordinator.redis_multiplex import MultiplexedConnection
@@ -63,8 +76,6 @@ LOCK_TTL_MS = 5_000
 
 STOP_WAIT_S = 2.0
 """How long stopping waits for a pass in progress before cancelling it."""
-
-AGENT_REFUSALS = ("agent_gone", "agent_unavailable", "agent_full")
 
 AT_SUBMIT_STRATEGIES = frozenset(
     {Strategy.LEAST_CONNECTIONS, Strategy.CAPABILITY_BASED, Strategy.CONSISTENT_HASH}
@@ -106,101 +117,6 @@ LocalDelivery = Callable[[dict[str, Any]], None]
 """Sends an assignment message of ``lua/assign_task.lua`` to a stream this node holds."""
 
 
-@dataclass
-class _AgentSlots:
-    """What a node knows of the agents' slots since a snapshot: who has a free slot and how
-    many slots each uses, counting the assignments made since (by its passes and at
-    submit) and the slots its reports freed. Only the scripts know for sure: they check
-    again."""
-
-    agents: dict[str, Agent]
-    """Every ACTIVE, live agent of the snapshot with an open stream, free or not."""
-    blocked: set[str] = field(default_factory=set)
-    """Requirements classes that no free agent fits any more in the pass under way."""
-    refused: set[str] = field(default_factory=set)
-    """Agents whose script refused them (gone, unavailable or full): not chosen again."""
-
-    def __post_init__(self) -> None:
-        self.used = {agent_id: agent.active_tasks for agent_id, agent in self.agents.items()}
-        self.free = {
-            agent_id: agent
-            for agent_id, agent in self.agents.items()
-            if agent.active_tasks < agent.max_concurrency
-        }
-        self._candidates: dict[str, Candidate] = {}
-
-    def candidates(self, eligible: list[Agent]) -> list[Candidate]:
-        """The strategy's view of the eligible agents that still have a free slot (each
-        built once per change of its slots, not once per task: passes over many agents)."""
-        out = []
-        for agent in eligible:
-            agent_id = agent.agent_id
-            if agent_id not in self.free:
-                continue
-            candidate = self._candidates.get(agent_id)
-            if candidate is None:
-                candidate = self._candidates[agent_id] = _candidate(agent, self.used[agent_id])
-            out.append(candidate)
-        return out
-
-    def free_slots(self) -> int:
-        return sum(agent.max_concurrency - self.used[a] for a, agent in self.free.items())
-
-    def take_slot(self, agent_id: str) -> None:
-        self.used[agent_id] += 1
-        self._candidates.pop(agent_id, None)
-        if self.used[agent_id] >= self.agents[agent_id].max_concurrency:
-            self.free.pop(agent_id, None)
-
-    def give_back_slot(self, agent_id: str) -> None:
-        """A slot is free again (unless the agent was refused): an assignment did not
-        happen, or an attempt ended."""
-        if self.used.get(agent_id, 0) <= 0:
-            return  # not an agent of the snapshot, or its report was in it already
-        self.used[agent_id] -= 1
-        self._candidates.pop(agent_id, None)
-        agent = self.agents[agent_id]
-        if agent_id not in self.refused and self.used[agent_id] < agent.max_concurrency:
-            self.free[agent_id] = agent
-
-    def refuse(self, agent_id: str) -> None:
-        self.refused.add(agent_id)
-        self.free.pop(agent_id, None)
-
-    def not_assigned(self, agent_id: str, verdict: str, detail: Any) -> bool:
-        """``lua/assign_task.lua`` refused an assignment to ``agent_id``: its slot is free
-        again, unless the refusal was about the agent, which is then not chosen again.
-        True for such an agent refusal (the task may go to its next choice)."""
-        self.give_back_slot(agent_id)
-        if verdict not in AGENT_REFUSALS:
-            return False  # about the task: another node took it, or it was cancelled
-        log.debug("agent refused: %s (%s)", verdict, detail, extra={"agent_id": agent_id})
-        self.refuse(agent_id)
-        return True
-
-
-@dataclass
-class _Snapshot:
-    """What a pass starts from (``lua/dispatch_snapshot.lua``). The latest one a node read is
-    also its view, which tasks are assigned at submit from (``Dispatcher.ride_submit``)."""
-
-    class_sets: list[list[str]]
-    """The requirements classes with tasks waiting, per priority, most urgent first."""
-    heads: list[dict[str, list[_Head]]]
-    """The first tasks of each of those classes, per priority."""
-    heads_limit: int
-    """The most tasks read per class: a class with fewer has no more."""
-    line: _AgentSlots
-    """The ACTIVE, live agents with an open stream on a live node, and their slots."""
-    default_strategy: Strategy
-    state: BalancerState
-    read_at: float
-    """The event loop's time when it was read."""
-    eligible: dict[str, list[Agent]] = field(default_factory=dict)
-    """Per requirements class, the agents of the snapshot that fit it (assigning at submit:
-    the line says which of them still have a slot)."""
-
-
 @dataclass(frozen=True)
 class _Turn:
     """A dispatch turn a submit took, with the snapshot read in its round trip."""
@@ -208,7 +124,7 @@ class _Turn:
     token: str
     requests: int
     """``Dispatcher.request`` calls made before the snapshot was read (it serves them)."""
-    snapshot: _Snapshot
+    snapshot: Snapshot
 
 
 @dataclass(frozen=True)
@@ -221,6 +137,9 @@ class _Waiting:
     routing_key: str
     eligible: list[Agent]
     cls: str
+    avoid_agent_id: str = ""
+    """The agent whose attempt of this task just expired or failed: the retry goes to
+    another agent when another can take it."""
 
 
 class Dispatcher:
@@ -252,7 +171,7 @@ class Dispatcher:
         self._passing = False
         self._handed: _Turn | None = None
         """A turn taken in a submit's round trip, for the loop to pass from."""
-        self._view: _Snapshot | None = None
+        self._view: Snapshot | None = None
         """The latest snapshot read that had tasks waiting (the others read no agent), or
         read for a view (``_refresh_view``): what tasks are assigned at submit from."""
         self._refreshing: asyncio.Task[None] | None = None
@@ -312,7 +231,7 @@ class Dispatcher:
 
     def _choose_at_submit(
         self, new_tasks: Sequence[NewTask]
-    ) -> tuple[_AgentSlots | None, list[tuple[str, str]]]:
+    ) -> tuple[AgentSlots | None, list[tuple[str, str]]]:
         """An agent for each task that can have one from the view, as a pass would choose
         (most urgent first, then in line), each taking its slot in the view's line: that
         line, and the (task_id, agent_id) chosen."""
@@ -334,7 +253,7 @@ class Dispatcher:
             eligible = view.eligible.get(cls)
             if eligible is None:
                 eligible = view.eligible[cls] = [
-                    a for a in view.line.agents.values() if _fits(a, s.requirements)
+                    a for a in view.line.agents.values() if fits(a, s.requirements)
                 ]
             candidates = view.line.candidates(eligible)
             if not candidates:
@@ -345,13 +264,14 @@ class Dispatcher:
                 view.state,
                 preferred_capabilities=s.requirements.preferred_capabilities,
                 routing_key=s.routing_key,
+                tie_key=new_task.task_id,
             ).agent_id
             view.line.take_slot(agent_id)
             chosen.append((new_task.task_id, agent_id))
         return view.line, chosen
 
     def _take_assignments_at_submit(
-        self, line: _AgentSlots | None, chosen: list[tuple[str, str]], submits: list[Any]
+        self, line: AgentSlots | None, chosen: list[tuple[str, str]], submits: list[Any]
     ) -> bool:
         """Record the assignments made at submit from ``line``, from the replies of the
         submits of their tasks; True when one was refused (its task waits in line: a pass
@@ -516,7 +436,7 @@ class Dispatcher:
         assert snapshot is not None
         return await self._pass(snapshot)
 
-    async def _snapshot(self, turn_action: str = "", token: str = "") -> _Snapshot | None:
+    async def _snapshot(self, turn_action: str = "", token: str = "") -> Snapshot | None:
         """Read what a pass starts from; with ``turn_action`` ('begin' or 'again') and this
         node's token, take the turn in the same step: None when another node has it. With
         'view', read the agents only, for the view."""
@@ -527,7 +447,7 @@ class Dispatcher:
         heads = 0 if turn_action == "view" else HEADS_PER_CLASS  # a view needs no tasks
         return (self._scripts.dispatch_snapshot, [], snapshot_args(turn_action, token, heads))
 
-    def _parse_snapshot(self, reply: Any, for_view: bool = False) -> _Snapshot | None:
+    def _parse_snapshot(self, reply: Any, for_view: bool = False) -> Snapshot | None:
         """The snapshot from ``lua/dispatch_snapshot.lua``'s reply; None without the turn.
         It becomes the view when it was read ``for_view`` or had tasks waiting."""
         if not reply:
@@ -538,26 +458,34 @@ class Dispatcher:
             for agent in self._registry.decode_records(rows, int(now_ms))
             if agent.status is AgentStatus.ACTIVE
         }
-        snapshot = _Snapshot(
+        snapshot = Snapshot(
             class_sets=[sorted(c) for c in class_sets],
             heads=[
-                dict(zip(classes, [_heads(e) for e in entries], strict=False))
+                dict(zip(classes, [read_heads(e) for e in entries], strict=False))
                 for classes, entries in zip(class_sets, heads, strict=True)
             ],
             heads_limit=int(heads_limit),
-            line=_AgentSlots(agents),
+            line=AgentSlots(agents),
             default_strategy=self._store.strategy_or_default(stored_strategy),
-            state=_balancer_state(raw_state),
+            state=balancer_state(raw_state),
             read_at=asyncio.get_running_loop().time(),
         )
         if for_view or any(class_sets):  # else the script read no agent: no view
-            self._view = snapshot
+            # The view is a copy with its own slots: submits and reports change the view's
+            # all the time, and must not change a snapshot under a pass (one taken with no
+            # free slot read no task; a slot freed in it later made its pass look for them).
+            self._view = dataclasses.replace(
+                snapshot, line=AgentSlots(agents), state=balancer_state(raw_state), eligible={}
+            )
         return snapshot
 
-    async def _pass(self, snapshot: _Snapshot) -> int:
+    async def _pass(self, snapshot: Snapshot) -> int:
         """One pass from ``snapshot``: returns the number of assignments."""
         line = snapshot.line
-        if not any(snapshot.class_sets) or not line.free:
+        if snapshot.heads_limit <= 0 or not line.free:
+            # No task was read: nothing waited, or no slot was free when the snapshot was
+            # read. A slot freed since then asks for a pass of its own (its report wakes the
+            # dispatcher when tasks wait), which reads the tasks.
             return 0
         state = snapshot.state
         before = json.dumps(asdict(state), sort_keys=True)
@@ -583,8 +511,8 @@ class Dispatcher:
         self,
         priority: str,
         classes: Sequence[str],
-        first_heads: tuple[dict[str, list[_Head]], int],
-        line: _AgentSlots,
+        first_heads: tuple[dict[str, list[Head]], int],
+        line: AgentSlots,
         default_strategy: Strategy,
         state: BalancerState,
     ) -> int:
@@ -600,7 +528,7 @@ class Dispatcher:
         while open_classes and line.free:
             # A class that filled its batch may have more tasks beyond it: merge the classes
             # only up to the earliest such batch end, so FIFO holds across classes too.
-            batch_ends = [e[-1][1] for e in heads if len(e) == limit]
+            batch_ends = [e[-1][1] for e in heads if e and len(e) == limit]
             horizon = min(batch_ends) if batch_ends else math.inf
             in_line = sorted(
                 (seq, task_id, cls, details)
@@ -616,15 +544,15 @@ class Dispatcher:
                 if len(entries) < limit and (not entries or entries[-1][1] <= horizon)
             }
             waiting: list[_Waiting] = []
-            for seq, task_id, cls, (raw_requirements, raw_strategy, routing_key) in in_line:
+            for seq, task_id, cls, (raw_requirements, raw_strategy, routing_key, avoid) in in_line:
                 after[cls] = f"({seq:.0f}"
                 if not raw_requirements:
                     continue  # deleted meanwhile
-                requirements = _requirements(raw_requirements)
+                requirements = requirements_of(raw_requirements)
                 strategy = Strategy.parse(raw_strategy) if raw_strategy else None
                 if cls not in eligible_by_class:
                     eligible_by_class[cls] = [
-                        a for a in line.free.values() if _fits(a, requirements)
+                        a for a in line.free.values() if fits(a, requirements)
                     ]
                 waiting.append(
                     _Waiting(
@@ -634,6 +562,7 @@ class Dispatcher:
                         routing_key,
                         eligible_by_class[cls],
                         cls,
+                        avoid,
                     )
                 )
             assigned += await self._assign_in_order(waiting, line, state)
@@ -648,11 +577,11 @@ class Dispatcher:
                     *(item for cls in open_classes for item in (cls, after[cls])),
                 ]
             )
-            heads = [_heads(entries) for entries in replies]
+            heads = [read_heads(entries) for entries in replies]
         return assigned
 
     async def _assign_in_order(
-        self, waiting: list[_Waiting], line: _AgentSlots, state: BalancerState
+        self, waiting: list[_Waiting], line: AgentSlots, state: BalancerState
     ) -> int:
         """Choose an agent for each waiting task in turn, then send every assignment in one
         round trip. A task whose agent refused (its slot went meanwhile) gets the next
@@ -667,12 +596,15 @@ class Dispatcher:
                 if not candidates:
                     line.blocked.add(w.cls)
                     continue
+                if w.avoid_agent_id and len(candidates) > 1:
+                    candidates = elsewhere(candidates, w.avoid_agent_id)
                 agent_id = choose(
                     w.strategy,
                     candidates,
                     state,
                     preferred_capabilities=w.requirements.preferred_capabilities,
                     routing_key=w.routing_key,
+                    tie_key=w.task_id,
                 ).agent_id
                 line.take_slot(agent_id)
                 chosen.append((w, agent_id))
@@ -688,10 +620,20 @@ class Dispatcher:
                 if verdict == "ok":
                     assigned += 1
                     self._assigned(w.task_id, agent_id, reply, way="pass")
+                    self._taken_in_view(line, agent_id)
                     continue
                 if line.not_assigned(agent_id, verdict, reply[1]):
                     waiting.append(w)  # try its next choice
         return assigned
+
+    def _taken_in_view(self, line: AgentSlots, agent_id: str) -> None:
+        """A pass assigned a task to ``agent_id``: its slot is taken in the view too (the
+        view is the pass's snapshot's copy, or a later one; a later one that already
+        counts the assignment counts it twice until it is read again: a submit then
+        chooses another agent, or its task waits for a pass)."""
+        view = self._view
+        if view is not None and view.line is not line:
+            view.line.take_slot(agent_id)
 
     def _assign_call(self, task_id: str, agent_id: str) -> ScriptCall:
         """``lua/assign_task.lua`` for one task and agent."""
@@ -721,56 +663,3 @@ class Dispatcher:
             "task assigned",
             extra={"task_id": task_id, "agent_id": agent_id, "attempt": reply[1], "way": way},
         )
-
-
-_Head = tuple[str, float, str, str, str]
-"""A task at the head of a class queue: task_id, seq, requirements, strategy, routing_key
-(requirements is '' for a task deleted meanwhile)."""
-
-
-def _heads(entries: Sequence[Sequence[Any]]) -> list[_Head]:
-    """The heads of one class as ``lua/task_lib.lua``'s class_heads returns them."""
-    return [(str(e[0]), float(e[1]), str(e[2]), str(e[3]), str(e[4])) for e in entries]
-
-
-def _balancer_state(raw: str | None) -> BalancerState:
-    """The strategies' shared state as stored in Redis (round-robin and weighted turns)."""
-    if not raw:
-        return BalancerState()
-    data = json.loads(raw)
-    return BalancerState(
-        round_robin_last=data.get("round_robin_last", ""),
-        weighted_current={k: float(v) for k, v in data.get("weighted_current", {}).items()},
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _requirements(raw: str) -> Requirements:
-    """Requirements of a task, decoded once per distinct text (tasks of a class share it)."""
-    return Requirements.from_json(raw)
-
-
-def _fits(agent: Agent, requirements: Requirements) -> bool:
-    """Whether an agent meets every requirement of a task."""
-    r = requirements
-    return (not r.agent_id or agent.agent_id == r.agent_id) and agent.matches(
-        agent_type=r.agent_type,
-        capabilities=r.capabilities,
-        services=r.services,
-        labels=r.labels,
-        min_health_score=r.min_health_score,
-    )
-
-
-def _candidate(agent: Agent, active_tasks: int) -> Candidate:
-    return Candidate(
-        agent_id=agent.agent_id,
-        active_tasks=active_tasks,
-        max_concurrency=agent.max_concurrency,
-        weight=agent.weight,
-        load_metrics=agent.load_metrics,
-        capabilities=frozenset(agent.capabilities),
-        avg_duration_ms=agent.avg_duration_ms,
-        recent_success=agent.recent_success,
-        health_score=agent.health_score,
-    )

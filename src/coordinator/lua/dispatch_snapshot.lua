@@ -24,7 +24,8 @@
 --               {{heads of class 1 of priority 1, ...}, ..., {... of priority n}},
 --               the most tasks read per class}
 --              where the heads of a class are {{task_id, seq, requirements, strategy,
---              routing_key}, ...} as in lua/queue_heads.lua (none without agents)
+--              routing_key, avoid_agent_id}, ...} as in lua/queue_heads.lua (none without
+--              agents)
 local turn_action = ARGV[1]
 local limit = tonumber(ARGV[4])
 local priority_count = tonumber(ARGV[5])

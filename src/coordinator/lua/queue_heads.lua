@@ -5,7 +5,9 @@
 -- ARGV[2]      most tasks per class
 -- ARGV[3..]    pairs: requirements class, lower bound of seq ('-inf', or '(N' for after N)
 -- Returns      per class, in the order given: {{task_id, seq, requirements, strategy,
---              routing_key}, ...}; requirements is '' for a task deleted meanwhile
+--              routing_key, avoid_agent_id}, ...}; requirements is '' for a task deleted
+--              meanwhile, avoid_agent_id the agent of the attempt that last ended
+--              unsuccessfully ('' if none): its retry prefers another agent
 local priority = ARGV[1]
 local limit = tonumber(ARGV[2])
 

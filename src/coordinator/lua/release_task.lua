@@ -1,6 +1,7 @@
 -- The coordinator gives up the current attempt of a task: its lease expired, or its agent
 -- lost its stream or its heartbeat. The slot is given back, the agent is told to stop, and
 -- the task goes back in line after a backoff, or is FAILED once max_attempts is reached.
+-- Back in line, its retry prefers another agent (retry_or_fail records this one).
 --
 -- ARGV[1]      task_id
 -- ARGV[2]      the agent expected to hold the attempt ('' for any)

@@ -2,6 +2,8 @@
 -- the lease, complete with a result, or fail with an error. The fencing token must be the
 -- current attempt's: a report for an attempt that is no longer current changes nothing and
 -- is refused. Repeating a report that succeeded changes nothing and is answered 'repeat'.
+-- A retryable failure puts the task back in line, and its retry prefers another agent
+-- (retry_or_fail records this one).
 --
 -- ARGV[1]      task_id
 -- ARGV[2]      agent_id

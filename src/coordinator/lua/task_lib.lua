@@ -288,6 +288,9 @@ end
 
 -- After a failed attempt: back in line after a backoff while attempts remain and the error
 -- is retryable, else FAILED and dead-lettered. ``task`` needs the fields of TASK_FIELDS.
+-- A task back in line records the agent of the attempt that just ended (expired, lost or
+-- failed) as 'avoid_agent_id': the dispatcher gives the retry to another agent when another
+-- can take it (class_heads returns the field).
 local function retry_or_fail(task, now, err, reason)
   local key = K.task .. task.id
   redis.call('HSET', key, 'error', cjson.encode(err))
@@ -296,6 +299,7 @@ local function retry_or_fail(task, now, err, reason)
     local retry = cjson.decode(task.retry)
     local backoff = retry.initial_ms * retry.multiplier ^ (attempt - 1)
     backoff = math.floor(math.min(backoff, retry.max_ms))
+    redis.call('HSET', key, 'avoid_agent_id', task.agent_id or '')
     redis.call('ZADD', K.scheduled, now + backoff, task.id)
     transition(task, 'PENDING', now, reason .. '; retry in ' .. backoff .. ' ms')
     return 'PENDING'
@@ -316,16 +320,18 @@ local TASK_FIELDS = {
 
 -- The first tasks of one requirements-class queue after the seq bound ``after`` ('-inf', or
 -- '(N' for after N), at most ``limit``, each as {task_id, seq, requirements, strategy,
--- routing_key}; requirements is '' for a task deleted meanwhile. For the dispatcher.
+-- routing_key, avoid_agent_id}; requirements is '' for a task deleted meanwhile, and
+-- avoid_agent_id the agent whose attempt of the task last ended unsuccessfully ('' for a
+-- first attempt; see retry_or_fail). For the dispatcher.
 local function class_heads(priority, class, after, limit)
   local entries = redis.call('ZRANGEBYSCORE', K.queue .. priority .. ':' .. class, after,
     '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
   local heads = {}
   for j = 1, #entries, 2 do
     local task = redis.call('HMGET', K.task .. entries[j], 'requirements', 'strategy',
-      'routing_key')
+      'routing_key', 'avoid_agent_id')
     heads[#heads + 1] = {entries[j], entries[j + 1], task[1] or '', task[2] or '',
-      task[3] or ''}
+      task[3] or '', task[4] or ''}
   end
   return heads
 end
