@@ -47,7 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import flood
 import redis
+import watchers
 from processes import (
     REPO,
     CoordinatorNode,
@@ -65,7 +67,17 @@ BENCH = REPO / "bench"
 RESULTS_DIR = BENCH / "results"
 COORDINATOR_DB = 1
 ARQ_DB = 2
-SCENARIOS = ("drain", "latency", "floor", "two_nodes", "discovery", "streams", "arq")
+SCENARIOS = (
+    "drain",
+    "latency",
+    "floor",
+    "two_nodes",
+    "discovery",
+    "streams",
+    "arq",
+    "flood",
+    "watchers",
+)
 
 LATENCY_IN_FLIGHT = {"stream": 1, "coalesce": 2}
 """Steady-rate submits, by client: streams (one message in flight each), or calls at once."""
@@ -858,6 +870,10 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]
             rows.append(
                 (title, "deliver one task to each agent, s", fmt(agg, "deliver_one_each_s", 2))
             )
+        elif key == "flood":
+            rows.extend(flood.table_rows(title, agg, fmt))
+        elif key == "watchers":
+            rows.extend(watchers.table_rows(title, agg, fmt))
     return rows
 
 
@@ -982,6 +998,12 @@ def run_scenarios(bench: Bench, chosen: list[str]) -> dict[str, dict[str, Any]]:
     if "streams" in chosen:
         title = f"5. {plan.stream_agents:,} streams, 1 node"
         jobs.append(("streams", title, lambda: scenario_streams(bench)))
+    if "flood" in chosen:
+        title = "7. one heavy client: SubmitTasks flood beside 100/s"
+        jobs.append(("flood", title, lambda: flood.scenario_flood(bench)))
+    if "watchers" in chosen:
+        title = "8. idle WatchTask streams, 1 node"
+        jobs.append(("watchers", title, lambda: watchers.scenario_watchers(bench)))
     results: dict[str, dict[str, Any]] = {}
     for key, title, job in jobs:
         runs = []

@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
 from coordinator import reflection
+from coordinator.api.admission import AdmissionInterceptor, AdmissionLimiter
 from coordinator.api.agent_service import AgentService
 from coordinator.api.error_mapping import ErrorMappingInterceptor
 from coordinator.api.serialized_replies import SerializedRepliesInterceptor
@@ -138,11 +139,18 @@ class Coordinator:
             on_reconnect=self._resynchronise,
         )
         self.reaper = TaskReaper(self.redis, settings, wake_dispatcher=self.dispatcher.request)
+        self.admission = AdmissionLimiter(
+            per_node=settings.batch_tasks_per_node,
+            per_peer=settings.batch_tasks_per_peer,
+            retry_after_s=settings.batch_retry_after_s,
+        )
         self.server = grpc.aio.server(
             # The metrics interceptor first: it sees the status codes the error mapping chose.
             interceptors=[
                 RpcMetricsInterceptor(self.metrics),
                 ErrorMappingInterceptor(on_redis_error=self.metrics.count_redis_error),
+                # Inside the error mapping, which answers its refusals with RetryInfo.
+                AdmissionInterceptor(self.admission),
                 # Last, so that the others keep the serializer it gives DiscoverAgents.
                 SerializedRepliesInterceptor(),
             ],
