@@ -91,7 +91,7 @@ class Settings:
     at once; a call beyond is RESOURCE_EXHAUSTED with RetryInfo (see api/admission.py)."""
     batch_tasks_per_peer: int = 1000
     """The same bound for one client connection."""
-    batch_retry_after_s: float = 0.2
+    batch_retry_after_s: float = 1.0
     """The retry delay a refused batch submit is told (google.rpc.RetryInfo)."""
 
     @property
@@ -158,7 +158,7 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         log_format=reader.get("COORDINATOR_LOG_FORMAT", "text", _log_format),
         batch_tasks_per_node=reader.get("COORDINATOR_BATCH_TASKS_PER_NODE", 2000, _batch_tasks),
         batch_tasks_per_peer=reader.get("COORDINATOR_BATCH_TASKS_PER_PEER", 1000, _batch_tasks),
-        batch_retry_after_s=reader.get("COORDINATOR_BATCH_RETRY_AFTER_S", 0.2, _positive),
+        batch_retry_after_s=reader.get("COORDINATOR_BATCH_RETRY_AFTER_S", 1.0, _positive),
     )
     if settings.metrics_enabled and settings.metrics_port == settings.port != 0:
         raise ConfigError(

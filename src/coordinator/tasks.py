@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 BATCH = 500
 """Most tasks one script call or one index read handles."""
 
-SUBMITS_PER_ROUND_TRIP = 100
+SUBMITS_PER_ROUND_TRIP = 50
 """Most submit scripts of a batch sent in one round trip: 1,000 tasks of 3 KB in one went
 on the node's shared Redis connection as 3 MB, which every other call then queued behind."""
 

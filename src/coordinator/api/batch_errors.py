@@ -27,7 +27,7 @@ Entry = TypeVar("Entry")
 Parsed = TypeVar("Parsed")
 Outcome = TypeVar("Outcome")
 
-ENTRIES_PER_TURN = 100
+ENTRIES_PER_TURN = 25
 """Entries checked between two yields to the event loop: a batch of 1,000 large entries
 would otherwise hold it for tens of milliseconds, and every other call with it."""
 
