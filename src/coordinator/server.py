@@ -96,7 +96,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # CANCELLED "CANCELLED", logged nowhere. Queue instead: the client's deadline decides
         # (DEADLINE_EXCEEDED, explicit). Equal limits turn off the random dropping. (Core
         # still drops a call left waiting 30 s, grpc.server_max_unrequested_time_in_server,
-        # longer than the SDK's deadlines.)
+        # longer than the SDK's deadlines.) What made calls wait here for seconds was a node
+        # whose loop big batches held: those are now admitted by weight and refused beyond it
+        # (api/admission.py), so this queue only absorbs bursts of small calls (reconnects).
         ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
         ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     ]
