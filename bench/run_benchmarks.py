@@ -48,8 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import flood
 import redis
 import spread
+import watchers
 from processes import (
     REPO,
     CoordinatorNode,
@@ -67,7 +69,18 @@ BENCH = REPO / "bench"
 RESULTS_DIR = BENCH / "results"
 COORDINATOR_DB = 1
 ARQ_DB = 2
-SCENARIOS = ("drain", "latency", "floor", "two_nodes", "discovery", "streams", "spread", "arq")
+SCENARIOS = (
+    "drain",
+    "latency",
+    "floor",
+    "two_nodes",
+    "discovery",
+    "streams",
+    "spread",
+    "arq",
+    "flood",
+    "watchers",
+)
 
 LATENCY_IN_FLIGHT = {"stream": 1, "coalesce": 2}
 """Steady-rate submits, by client: streams (one message in flight each), or calls at once."""
@@ -862,6 +875,10 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]
             rows.append(
                 (title, "deliver one task to each agent, s", fmt(agg, "deliver_one_each_s", 2))
             )
+        elif key == "flood":
+            rows.extend(flood.table_rows(title, agg, fmt))
+        elif key == "watchers":
+            rows.extend(watchers.table_rows(title, agg, fmt))
     return rows
 
 
@@ -990,6 +1007,12 @@ def run_scenarios(bench: Bench, chosen: list[str]) -> dict[str, dict[str, Any]]:
         jobs.append(
             ("spread", spread.title(bench.args.quick), lambda: spread.scenario_spread(bench))
         )
+    if "flood" in chosen:
+        title = "8. one heavy client: SubmitTasks flood beside 100/s"
+        jobs.append(("flood", title, lambda: flood.scenario_flood(bench)))
+    if "watchers" in chosen:
+        title = "9. idle WatchTask streams, 1 node"
+        jobs.append(("watchers", title, lambda: watchers.scenario_watchers(bench)))
     results: dict[str, dict[str, Any]] = {}
     for key, title, job in jobs:
         runs = []

@@ -89,6 +89,13 @@ class Settings:
     otherwise fight over one metrics port, and an upgrade opens no new unauthenticated port."""
     metrics_port: int = DEFAULT_METRICS_PORT
     log_format: str = "text"
+    batch_tasks_per_node: int = 2000
+    """Tasks a node takes in batch submits (SubmitTasks calls, StreamSubmitTasks messages)
+    at once; a call beyond is RESOURCE_EXHAUSTED with RetryInfo (see api/admission.py)."""
+    batch_tasks_per_peer: int = 1000
+    """The same bound for one client connection."""
+    batch_retry_after_s: float = 1.0
+    """The retry delay a refused batch submit is told (google.rpc.RetryInfo)."""
 
     @property
     def any_agent_type(self) -> bool:
@@ -153,6 +160,9 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         metrics_enabled=reader.get("COORDINATOR_METRICS_ENABLED", False, _boolean),
         metrics_port=reader.get("COORDINATOR_METRICS_PORT", DEFAULT_METRICS_PORT, _port),
         log_format=reader.get("COORDINATOR_LOG_FORMAT", "text", _log_format),
+        batch_tasks_per_node=reader.get("COORDINATOR_BATCH_TASKS_PER_NODE", 2000, _batch_tasks),
+        batch_tasks_per_peer=reader.get("COORDINATOR_BATCH_TASKS_PER_PEER", 1000, _batch_tasks),
+        batch_retry_after_s=reader.get("COORDINATOR_BATCH_RETRY_AFTER_S", 1.0, _positive),
     )
     if settings.metrics_enabled and settings.metrics_port == settings.port != 0:
         raise ConfigError(
@@ -202,6 +212,13 @@ def _connections(raw: str) -> int:
     value = int(raw)
     if not 4 <= value <= 10_000:
         raise ValueError("must be a connection count from 4 to 10000")
+    return value
+
+
+def _batch_tasks(raw: str) -> int:
+    value = int(raw)
+    if not 1000 <= value <= 1_000_000:
+        raise ValueError("must be a number of tasks from 1000 (one full batch) to 1000000")
     return value
 
 

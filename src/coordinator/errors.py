@@ -124,5 +124,14 @@ class Aborted(CoordinatorError):
     """The call lost to a concurrent one (a newer assignment stream replaced this one)."""
 
 
+class ResourceExhausted(CoordinatorError):
+    """The node is at a limit for this kind of call; the client may retry after
+    ``retry_after_s`` (told in google.rpc.RetryInfo)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class Unavailable(CoordinatorError):
     """A dependency (Redis) cannot be reached; the client may retry."""

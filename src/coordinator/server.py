@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
 from coordinator import page_tokens, reflection
+from coordinator.api.admission import AdmissionInterceptor, AdmissionLimiter
 from coordinator.api.agent_service import AgentService
 from coordinator.api.error_mapping import ErrorMappingInterceptor
 from coordinator.api.serialized_replies import SerializedRepliesInterceptor
@@ -95,7 +96,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # CANCELLED "CANCELLED", logged nowhere. Queue instead: the client's deadline decides
         # (DEADLINE_EXCEEDED, explicit). Equal limits turn off the random dropping. (Core
         # still drops a call left waiting 30 s, grpc.server_max_unrequested_time_in_server,
-        # longer than the SDK's deadlines.)
+        # longer than the SDK's deadlines.) What made calls wait here for seconds was a node
+        # whose loop big batches held: those are now admitted by weight and refused beyond it
+        # (api/admission.py), so this queue only absorbs bursts of small calls (reconnects).
         ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
         ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     ]
@@ -139,11 +142,18 @@ class Coordinator:
             on_reconnect=self._resynchronise,
         )
         self.reaper = TaskReaper(self.redis, settings, wake_dispatcher=self.dispatcher.request)
+        self.admission = AdmissionLimiter(
+            per_node=settings.batch_tasks_per_node,
+            per_peer=settings.batch_tasks_per_peer,
+            retry_after_s=settings.batch_retry_after_s,
+        )
         self.server = grpc.aio.server(
             # The metrics interceptor first: it sees the status codes the error mapping chose.
             interceptors=[
                 RpcMetricsInterceptor(self.metrics),
                 ErrorMappingInterceptor(on_redis_error=self.metrics.count_redis_error),
+                # Inside the error mapping, which answers its refusals with RetryInfo.
+                AdmissionInterceptor(self.admission),
                 # Last, so that the others keep the serializer it gives DiscoverAgents.
                 SerializedRepliesInterceptor(),
             ],

@@ -47,6 +47,7 @@ _CODES: dict[type[errors.CoordinatorError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -97,6 +98,8 @@ def to_status(exc: BaseException) -> status_pb2.Status:
                 )
             )
             status.details.append(details)
+        if isinstance(exc, errors.ResourceExhausted):
+            status.details.append(_retry_info(exc.retry_after_s))
         return status
     if isinstance(exc, RedisConnectionError) and str(exc) == POOL_EXHAUSTED:
         return status_pb2.Status(
@@ -117,6 +120,15 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     return status_pb2.Status(
         code=code_pb2.INTERNAL, message="internal error; the coordinator logged the details"
     )
+
+
+def _retry_info(retry_after_s: float) -> any_pb2.Any:
+    """google.rpc.RetryInfo: how long the client should wait before it tries again."""
+    retry_info = error_details_pb2.RetryInfo()
+    retry_info.retry_delay.FromNanoseconds(round(retry_after_s * 1e9))
+    details = any_pb2.Any()
+    details.Pack(retry_info)
+    return details
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -27,8 +28,10 @@ from coordinator.validation import Violations
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-WATCH_RECHECK_S = 1.0
-"""A watch re-reads its task this often even without a message (a lost one costs this much)."""
+WATCH_SAFETY_RECHECK_S = 60.0
+"""A watch re-reads its task only when the hub says it changed, or may have (a reconnect);
+and, as a last resort against a loss nobody noticed, after about this long without news
+(jittered, so that watchers opened together do not read together)."""
 
 _STATE_NUMBERS = {
     s: cast(task_pb2.TaskState, task_pb2.TaskState.Value(wire.STATE_PREFIX + s.name))
@@ -252,7 +255,9 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             seen = len(task.transitions)
             while not task.state.final:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changes.get(), WATCH_RECHECK_S)
+                    await asyncio.wait_for(
+                        changes.get(), WATCH_SAFETY_RECHECK_S * random.uniform(0.75, 1.25)
+                    )
                 while not changes.empty():
                     changes.get_nowait()
                 task = await self._store.get(task_id)

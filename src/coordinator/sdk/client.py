@@ -5,7 +5,8 @@
         result = await client.wait(task.task_id, timeout_s=60)
 
 Calls that meet an unavailable node are retried on the next address, with backoff, for up
-to ``retry_timeout_s``; ``submit`` keeps its ``request_id`` across those retries, so a retry
+to ``retry_timeout_s`` (a node at its bound of batch submits says how long to wait first:
+RESOURCE_EXHAUSTED with RetryInfo); ``submit`` keeps its ``request_id`` across those retries, so a retry
 never creates a second task. ``submit_many`` queues many tasks with few calls (SubmitTasks,
 up to 1000 tasks each), with the same retries and the same guarantee.
 """
@@ -21,6 +22,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 from coordinator.api.wire import (
@@ -322,7 +324,25 @@ class Client:
                     raise UndecodableReply(about_task)
                 return reply
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRIED_CODES or time.monotonic() > deadline:
+                pause_s = retry_delay_s(exc)  # a busy node says when to come back
+                if pause_s is None and exc.code() not in RETRIED_CODES:
+                    raise RpcError(exc.code(), exc.details() or "") from None
+                if time.monotonic() > deadline:
                     raise RpcError(exc.code(), exc.details() or "") from None
                 self._endpoints.move_on(away_from=address)
-                await asyncio.sleep(backoff.next_delay_s())
+                await asyncio.sleep(max(pause_s or 0.0, backoff.next_delay_s()))
+
+
+def retry_delay_s(exc: grpc.aio.AioRpcError) -> float | None:
+    """The ``google.rpc.RetryInfo`` delay of a RESOURCE_EXHAUSTED error (a node at its
+    bound of batch submits), None for any other error."""
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    raw = dict(exc.trailing_metadata() or ()).get("grpc-status-details-bin")
+    if not isinstance(raw, bytes):
+        return None
+    retry_info = error_details_pb2.RetryInfo()
+    for detail in status_pb2.Status.FromString(raw).details:
+        if detail.Unpack(retry_info):
+            return retry_info.retry_delay.ToNanoseconds() / 1e9
+    return None
