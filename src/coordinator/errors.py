@@ -133,5 +133,15 @@ class ResourceExhausted(CoordinatorError):
         self.retry_after_s = retry_after_s
 
 
+class Unauthenticated(CoordinatorError):
+    """The call carries no credential, or one that failed a check; the message says which
+    check, never the credential itself."""
+
+
+class PermissionDenied(CoordinatorError):
+    """The caller is authenticated but its grant does not allow this call or target; the
+    message names the permission."""
+
+
 class Unavailable(CoordinatorError):
     """A dependency (Redis) cannot be reached; the client may retry."""
