@@ -1,6 +1,6 @@
 """An agent process for tests/test_fault_injection.py: ``python tests/fault_agent.py AGENT_ID
 ADDRESSES MAX_CONCURRENCY``. It runs the Python SDK's ``Agent``; its handler works 50 to 150
-ms and returns a result naming the task and attempt, so that a result given to the wrong
+ms (or the task's ``work_s`` seconds) and returns a result naming the task and attempt, so that a result given to the wrong
 task, or accepted twice, is visible.
 
 Each line it prints is one event with its task and attempt: the handler's ``handler done``
@@ -32,7 +32,7 @@ class _Fields(logging.Filter):
 
 
 async def work(task: TaskContext) -> dict[str, object]:
-    await asyncio.sleep(random.uniform(0.05, 0.15))
+    await asyncio.sleep(float(task.data.get("work_s") or random.uniform(0.05, 0.15)))
     log.info("handler done", extra={"task_id": task.task_id, "attempt": task.attempt})
     return {"task_id": task.task_id, "attempt": task.attempt, "agent_id": task.agent_id}
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,12 @@ SUBMIT_EVERY_S = 0.9
 LEASE_S = 3.0
 MAX_ATTEMPTS = 5
 AGENTS = 4
-AGENT_SLOTS = 4
+AGENT_SLOTS = 6
+SLOW_EVERY = 60
+SLOW_WORK_S = 4.0
+"""One task in SLOW_EVERY works SLOW_WORK_S: when the stopped agent held one, its retry is
+still running when the agent resumes, so the stale completion races a live attempt (the
+others' retries are over by then, and any report would be refused as not held)."""
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "EXPIRED")
 REFUSED_CODES = ("FAILED_PRECONDITION", "ABORTED", "NOT_FOUND")
 """What a stale report may be refused with: not this attempt's any more, or no such agent."""
@@ -204,17 +210,19 @@ class AgentEvents:
                 self.refused.append((*key, action, rest.split(":", 1)[0]))
         return self
 
-    def in_flight(self) -> int:
-        """Attempts started and not yet done, reported or dropped."""
+    def in_flight(self, among: set[str] | None = None) -> int:
+        """Attempts started and not yet done, reported or dropped (of tasks ``among``)."""
         settled = self.done | self.dropped | {(t, a) for t, a, _, _ in self.refused}
-        return len(self.started - settled)
+        return sum(1 for t, _ in self.started - settled if among is None or t in among)
 
 
-async def wait_in_flight(agent: AgentProcess, timeout_s: float = 10.0) -> None:
-    """Until the agent is in the middle of at least one task."""
+async def wait_in_flight(
+    agent: AgentProcess, among: Callable[[], set[str]] | None = None, timeout_s: float = 15.0
+) -> None:
+    """Until the agent is in the middle of at least one task (one of ``among()``)."""
     deadline = time.monotonic() + timeout_s
-    while AgentEvents().read(agent.log_text()).in_flight() < 1:
-        assert time.monotonic() < deadline, f"{agent.agent_id} never held a task"
+    while not AgentEvents().read(agent.log_text()).in_flight(among() if among else None):
+        assert time.monotonic() < deadline, f"{agent.agent_id} never held such a task"
         await asyncio.sleep(0.02)
 
 
@@ -256,7 +264,7 @@ async def test_no_task_lost_or_completed_twice_through_node_agent_and_redis_faul
         new_tasks = [
             NewTask(
                 "fault",
-                {"n": n},
+                {"n": n, "work_s": SLOW_WORK_S if n % SLOW_EVERY == 7 else 0},
                 request_id=f"fault-{run}-{n}",
                 max_attempts=MAX_ATTEMPTS,
                 start_to_close_s=LEASE_S,
@@ -292,8 +300,12 @@ async def test_no_task_lost_or_completed_twice_through_node_agent_and_redis_faul
             faults_done.append("agent SIGKILL")
             await asyncio.sleep(1.5)
             agents[0].start()
-            # An agent stops for longer than its leases, then resumes: its reports are stale.
-            await wait_in_flight(agents[1])
+            # An agent stops for longer than its leases, then resumes: its reports are stale,
+            # one of them while its task's next attempt runs elsewhere.
+            await wait_in_flight(
+                agents[1],
+                among=lambda: {r.task_id for n, r in enumerate(results) if n % SLOW_EVERY == 7},
+            )
             agents[1].signal(signal.SIGSTOP)
             await asyncio.sleep(LEASE_S + 3)
             sigcont_offset = len(agents[1].log_text())
@@ -384,6 +396,18 @@ async def test_no_task_lost_or_completed_twice_through_node_agent_and_redis_faul
     duplicate_completions_refused = sum(
         1 for t, a in events.done if completed_attempt.get(t) != a and (t, a) in refused_keys
     )
+    # A result must be the one the completing attempt produced: a stale attempt's result
+    # accepted in its place is a duplicate result even though one completion is recorded.
+    wrong_results = [
+        (t.task_id, completed_attempt.get(t.task_id), t.result)
+        for t in tasks
+        if t.state == TaskState.COMPLETED
+        and ((t.result or {}).get("task_id"), (t.result or {}).get("attempt"))
+        != (t.task_id, completed_attempt.get(t.task_id))
+    ]
+    accepted_elsewhere = [
+        (t, a) for t, a in events.accepted if completed_attempt.get(t) not in (None, a)
+    ]
     stale_refused = [r for r in events.refused if r[3] in REFUSED_CODES]
     stale_after_sigcont = [r for r in stopped_after.refused if r[3] in REFUSED_CODES]
     other_refusals = [r for r in events.refused if r[3] not in REFUSED_CODES]
@@ -393,6 +417,7 @@ async def test_no_task_lost_or_completed_twice_through_node_agent_and_redis_faul
             f"\nfault injection ({', '.join(faults_done)}): {TASKS} tasks, "
             f"{by_state.get('COMPLETED', 0)} completed, {len(out_of_attempts)} failed after "
             f"{MAX_ATTEMPTS} attempts, lost {len(lost)}, duplicates {len(set(duplicates))}, "
+            f"stale results accepted {len(wrong_results) + len(accepted_elsewhere)}, "
             f"stale reports refused {len(stale_refused)} ({len(stale_after_sigcont)} from the "
             f"stopped agent after SIGCONT), duplicate completions refused "
             f"{duplicate_completions_refused}; submitted in {submitted_s:.0f} s, "
@@ -407,16 +432,7 @@ async def test_no_task_lost_or_completed_twice_through_node_agent_and_redis_faul
     assert set(by_state) <= {"COMPLETED", "FAILED"}, by_state
     assert [t.task_id for t in out_of_attempts if t.attempt < MAX_ATTEMPTS] == []
     assert sorted(set(duplicates)) == []
-    for t in tasks:
-        if t.state == TaskState.COMPLETED:
-            assert t.result == {
-                "task_id": t.task_id,
-                "attempt": completed_attempt[t.task_id],
-                "agent_id": t.result["agent_id"] if t.result else None,
-            }, t
-    accepted_elsewhere = [
-        (t, a) for t, a in events.accepted if completed_attempt.get(t) not in (None, a)
-    ]
+    assert wrong_results == [], "results that are not the completing attempt's own"
     assert accepted_elsewhere == [], "an agent saw a completion accepted that did not count"
     assert unexplained == [], f"{len(unexplained)} finished attempts neither accepted nor refused"
     assert other_refusals == [], f"reports refused for other reasons: {other_refusals[:5]}"
