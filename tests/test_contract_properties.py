@@ -26,6 +26,8 @@ random, shrunk to a minimal failing request.
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
 import re
@@ -124,6 +126,7 @@ CONNECTED_ID = f"prop-connected-{uuid.uuid4().hex[:8]}"
 """An agent whose stream the test holds open, for Heartbeat requests (only they name it):
 Heartbeat answers FAILED_PRECONDITION before anything else to an agent with no stream."""
 PROBE_MARKER = uuid.uuid4().hex
+"""In the task_data of the test's probe tasks, so the worker keeps their assignments."""
 KNOWN_TASK_IDS: list[str] = []
 """Tasks created before the examples run, that requests may name."""
 
@@ -143,6 +146,36 @@ class Placeholder:
 
     probe: int
     part: str  # "task_id", "agent_id" or "fencing_token"
+
+
+TOKEN_FORGERIES = ("NaN", "Infinity", "-Infinity", "1e999", "flip", "cut")
+
+
+@dataclass(frozen=True)
+class ForgedToken:
+    """A page token the test body forges from a real one (a next_page_token of the same
+    request with page_size 1): its numbers replaced by ``forgery`` when it decodes as
+    base64 JSON, or one character flipped ("flip"), or cut in half ("cut")."""
+
+    forgery: str
+
+
+def forge(token: str, forgery: str) -> str:
+    if not token:
+        return token
+    if forgery == "cut":
+        return token[: len(token) // 2]
+    try:
+        content = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except ValueError:
+        content = None
+    if forgery == "flip" or not isinstance(content, dict):
+        middle = len(token) // 2
+        return token[:middle] + ("A" if token[middle] != "A" else "B") + token[middle + 1 :]
+    value = json.loads(forgery) if forgery != "1e999" else math.inf
+    forged = {k: value if isinstance(v, int | float) else v for k, v in content.items()}
+    raw = json.dumps(forged).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def probe_fields(probe: int) -> dict[str, Any]:
@@ -218,7 +251,6 @@ struct_value = st.one_of(
     st.builds(lambda v: {"big": v}, very_huge_text),
 )
 """A google.protobuf.Struct as a dict: anything JSON-like, and the nasty cases."""
-small_struct = st.dictionaries(st.text(max_size=8), json_value, max_size=3)
 time_value = st.tuples(
     st.one_of(st.integers(-5, 700), st.integers(-(2**63), 2**63 - 1)),
     st.one_of(st.just(0), st.integers(-(2**31), 2**31 - 1)),
@@ -365,7 +397,7 @@ def req(name: str) -> pb_descriptor.Descriptor:
     return (
         agent_pb2.DESCRIPTOR.message_types_by_name.get(name)
         or task_pb2.DESCRIPTOR.message_types_by_name[name]
-    )  # type: ignore[return-value]
+    )
 
 
 pool_id = st.sampled_from(POOL_AGENTS)
@@ -373,7 +405,10 @@ known_statuses = st.sampled_from((0, 1, 2, 3, 4, 5))
 known_priorities = st.integers(0, 5)
 known_states = st.integers(0, 7)
 page_token = st.one_of(
-    st.just(""), text, st.sampled_from(("AAAA", "eyJ4IjogTmFOfQ==", "not base64 !"))
+    st.just(""),
+    text,
+    st.sampled_from(("AAAA", "eyJ4IjogTmFOfQ==", "not base64 !")),
+    st.sampled_from(TOKEN_FORGERIES).map(ForgedToken),
 )
 valid_duration = st.tuples(st.integers(1, 600), st.just(0))
 probe = st.integers(0, 2)
@@ -543,6 +578,20 @@ def strategy_for(method: str) -> st.SearchStrategy[list[dict[str, Any]]]:
     return one.map(lambda spec: [spec])
 
 
+def nested_bytes(levels: int) -> bytes:
+    """Field 1, length-delimited, inside itself ``levels`` times: past the parser's depth."""
+    data = b""
+    for _ in range(levels):
+        size, prefix = len(data), b""
+        while True:
+            prefix += bytes([(size & 0x7F) | (0x80 if size > 0x7F else 0)])
+            size >>= 7
+            if not size:
+                break
+        data = b"\x0a" + prefix + data
+    return data
+
+
 KNOWN_BAD_BYTES = (
     b"\xff",  # a tag that is a truncated varint
     b"\x0a\xff\xff\xff\xff\x0f",  # field 1, length-delimited, length 4 GiB
@@ -552,7 +601,7 @@ KNOWN_BAD_BYTES = (
     b"\x0d\x00\x00",  # field 1 fixed32, truncated
     b"\x00\x00",  # field number 0
     b"\x0a\x02\x0a\x05",  # a nested message cut short
-    (b"\x0a\x02" * 0) + b"\x2a" + b"\x0a" * 200,  # deep garbage
+    nested_bytes(150),
 )
 raw_payload = st.one_of(st.sampled_from(KNOWN_BAD_BYTES), st.binary(max_size=120))
 
@@ -597,6 +646,24 @@ def fill_message(target: Message, value: Any) -> None:
         target.seconds, target.nanos = value  # type: ignore[attr-defined]
     else:
         fill(target, value)
+
+
+def forge_tokens(node: LiveNode, method: str, specs: list[dict[str, Any]]) -> list[Any]:
+    """The specs with each ForgedToken replaced by a forgery of a real next_page_token."""
+    forged = []
+    for spec in specs:
+        token = spec.get("page_token")
+        if isinstance(token, ForgedToken):
+            first = message_class(METHODS[method].input_type)()
+            fill(first, {k: v for k, v in spec.items() if k not in ("page_token", "page_size")})
+            first.page_size = 1  # type: ignore[attr-defined]
+            try:
+                real = node.call(method)(first, timeout=UNARY_TIMEOUT_S).next_page_token
+            except grpc.RpcError:
+                real = ""  # the filters are refused anyway
+            spec = {**spec, "page_token": forge(real, token.forgery)}
+        forged.append(spec)
+    return forged
 
 
 def resolve(spec: Any, probes: Callable[[int], Assignment]) -> Any:
@@ -1130,44 +1197,115 @@ def test_every_rpc_has_a_strategy():
     )
 
 
+def run_example(node: LiveNode, method: str, specs: list[dict[str, Any]]) -> None:
+    """Build one example's request(s) (fresh assignments for its placeholders, forged page
+    tokens), send them and check the answer."""
+    request_class = message_class(METHODS[method].input_type)
+    probes: dict[int, Assignment] = {}
+
+    def probe_assignment(index: int) -> Assignment:
+        if index not in probes:
+            probes[index] = node.submit_probe()
+        return probes[index]
+
+    messages = []
+    for spec in resolve(forge_tokens(node, method, specs), probe_assignment):
+        message = request_class()
+        fill(message, spec)
+        messages.append(message)
+    try:
+        exchange(node, method, messages)
+    finally:
+        cancel = node.call("aitbc.coordinator.v1.TaskService/CancelTask", raw=True)
+        for assignment in probes.values():  # free the worker's slot
+            try:
+                cancel(
+                    task_pb2.CancelTaskRequest(task_id=assignment.task_id).SerializeToString(),
+                    timeout=UNARY_TIMEOUT_S,
+                )
+            except grpc.RpcError:
+                pass
+
+
+ISSUE_47_DEPTH = {"a": {"s": nested(47, "list", 1)}}
+"""issue 14's reproduction of a task_data that a Python reader cannot parse back."""
+ENTRY = {"task_type": "echo", "task_data": {"n": 1}}
+KNOWN_CASES: dict[str, list[list[dict[str, Any]]]] = {
+    "aitbc.coordinator.v1.AgentService/Heartbeat": [
+        [{"agent_id": CONNECTED_ID, "status": 99}],
+        [{"agent_id": CONNECTED_ID, "status": -1}],
+    ],
+    "aitbc.coordinator.v1.AgentService/UpdateAgentStatus": [
+        [{"agent_id": POOL_AGENTS[0], "status": 99}]
+    ],
+    "aitbc.coordinator.v1.AgentService/DiscoverAgents": [[{"statuses": [99]}]],
+    "aitbc.coordinator.v1.AgentService/RegisterAgent": [
+        [
+            {
+                "agent_id": POOL_AGENTS[0],
+                "agent_type": "worker",
+                "labels": {f"bad key {i}=": "v" for i in range(10_000)},
+            }
+        ]
+    ],
+    "aitbc.coordinator.v1.TaskService/SubmitTask": [
+        [{**ENTRY, "task_data": ISSUE_47_DEPTH}],
+        [{**ENTRY, "task_data": {"x": math.nan}}],
+        [{**ENTRY, "priority": 99}],
+    ],
+    "aitbc.coordinator.v1.TaskService/SubmitTasks": [
+        [{"tasks": [ENTRY, {**ENTRY, "task_data": {"x": math.inf}}]}],
+        [{"tasks": [ENTRY, {**ENTRY, "balancing_strategy": 99}]}],
+    ],
+    "aitbc.coordinator.v1.TaskService/StreamSubmitTasks": [
+        [{"tasks": [ENTRY]}, {"tasks": [ENTRY, {**ENTRY, "task_data": {"x": -math.inf}}]}],
+    ],
+    "aitbc.coordinator.v1.TaskService/GetTask": [[{"task_id": "x" * 5000}]],
+    "aitbc.coordinator.v1.TaskService/CancelTask": [[{"task_id": "x" * 5000}]],
+    "aitbc.coordinator.v1.TaskService/WatchTask": [[{"task_id": "x" * 5000}]],
+    "aitbc.coordinator.v1.TaskService/ListTasks": [
+        [{"page_token": ForgedToken("NaN")}],
+        [{"states": [99]}],
+        [{}],
+    ],
+    "aitbc.coordinator.v1.TaskService/CompleteTask": [
+        [{**probe_fields(0), "result": ISSUE_47_DEPTH}],
+        [{**probe_fields(0), "result": {"x": math.nan}}],
+    ],
+    "aitbc.coordinator.v1.TaskService/FailTask": [
+        [{**probe_fields(0), "error": {"message": "m", "details": {"x": math.nan}}}],
+    ],
+    "aitbc.coordinator.v1.TaskService/ReportTasks": [
+        [{"reports": [{"complete": {**probe_fields(0), "result": {"x": math.nan}}}]}],
+    ],
+    "aitbc.coordinator.v1.TaskService/StreamReportTasks": [
+        [{"reports": [{"complete": {**probe_fields(0), "result": {"x": math.nan}}}]}],
+    ],
+}
+"""Requests that broke the contract once (issue 14): every run sends them first."""
+
+
 @pytest.mark.timeout(BATCH_TIMEOUT_S)
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_generated_requests_get_an_actionable_answer(live: LiveNode, method: str):
     if method not in PLAUSIBLE:
         pytest.fail(f"{method} has no strategy in PLAUSIBLE")
     strategy = strategy_for(method)
-    request_class = message_class(METHODS[method].input_type)
 
     @settings(PROFILE)
     @given(data=st.data())
     def examples(data: st.DataObject) -> None:
-        specs = data.draw(strategy, label="requests")
-        probes: dict[int, Assignment] = {}
+        run_example(live, method, data.draw(strategy, label="requests"))
 
-        def probe_assignment(index: int) -> Assignment:
-            if index not in probes:
-                probes[index] = live.submit_probe()
-            return probes[index]
+    def known_then_generated() -> None:
+        for specs in KNOWN_CASES.get(method, []):
+            try:
+                run_example(live, method, specs)
+            except AssertionError as exc:
+                raise AssertionError(f"known case {specs!r:.300}: {exc}") from None
+        examples()
 
-        messages = []
-        for spec in resolve(specs, probe_assignment):
-            message = request_class()
-            fill(message, spec)
-            messages.append(message)
-        try:
-            exchange(live, method, messages)
-        finally:
-            cancel = live.call("aitbc.coordinator.v1.TaskService/CancelTask", raw=True)
-            for assignment in probes.values():  # free the worker's slot
-                try:
-                    cancel(
-                        task_pb2.CancelTaskRequest(task_id=assignment.task_id).SerializeToString(),
-                        timeout=UNARY_TIMEOUT_S,
-                    )
-                except grpc.RpcError:
-                    pass
-
-    run_batch(live, examples)
+    run_batch(live, known_then_generated)
 
 
 @pytest.mark.timeout(BATCH_TIMEOUT_S)
