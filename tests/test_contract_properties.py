@@ -1129,12 +1129,11 @@ def check_node(node: LiveNode) -> None:
         (t, get_task.future(task_pb2.GetTaskRequest(task_id=t), timeout=UNARY_TIMEOUT_S))
         for t in changed
     ]
-    for (task_id, future), stamp in zip(
-        futures, [dict(zip(task_ids, updated, strict=True))[t] for t in changed], strict=True
-    ):
+    stamps = dict(zip(task_ids, updated, strict=True))
+    for task_id, future in futures:
+        node.seen_updates[task_id] = stamps[task_id]  # reported once, when stored or changed
         try:
             future.result()
-            node.seen_updates[task_id] = stamp
         except grpc.RpcError as error:
             unreadable.append(f"{task_id}: {error.code().name}: {(error.details() or '')[:120]}")
     if unreadable:
