@@ -58,7 +58,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 # --------------------------------------------------------------------------- budget
 settings.register_profile(
     "ci",
-    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "40")),
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "80")),
     derandomize=True,
     deadline=None,
     database=None,
