@@ -78,7 +78,7 @@ if ! $(PY) -I -c 'import importlib.util as u, os, sys; sys.exit(any(os.path.exis
 fi
 endef
 
-.PHONY: help install run test protos check-protos lint bench bench-discovery clean check-redis
+.PHONY: help install run test test-properties protos check-protos lint bench bench-discovery clean check-redis
 
 help: ## List targets
 	@echo "Usage: make <target> [VENV=.venv] [ARGS=...] [PYTEST_ARGS=...]"
@@ -143,6 +143,11 @@ test: install check-redis $(NODE_AGENT_STAMP) check-protos lint ## check-protos 
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests (exit code 5)" >&2; fi; \
 	exit $$rc
+
+# make test runs the property tests with the "ci" Hypothesis profile (a fixed, derandomized
+# budget); this runs the "long" one: many more random examples, shrunk when one fails.
+test-properties: install check-redis ## Property tests of the gRPC contract, long budget (HYPOTHESIS_MAX_EXAMPLES=N)
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest tests/test_contract_properties.py $(PYTEST_ARGS)
 
 protos: $(VENV_STAMP) $(BUF_STAMP) ## Regenerate generated/python and generated/js from protos/**/*.proto
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
