@@ -15,8 +15,13 @@ from coordinator.config import Settings
 from coordinator.dispatcher import Dispatcher
 from coordinator.errors import Aborted, FailedPrecondition, NotFound
 from coordinator.registry import AgentRegistry
-from coordinator.streams import AssignmentEvent, AssignmentStreams, EndEvent, StreamEvent
-from coordinator.task_models import Assignment
+from coordinator.streams import (
+    AssignmentEvent,
+    AssignmentStreams,
+    CancelEvent,
+    EndEvent,
+    StreamEvent,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -35,6 +40,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._streams = streams
         self._dispatcher = dispatcher
         self._settings = settings
+        self._batch_bytes = min(settings.max_message_bytes - 1024, BATCH_BYTES_CAP)
 
     async def RegisterAgent(
         self, request: agent_pb2.RegisterAgentRequest, context: Context
@@ -136,20 +142,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             self._dispatcher.request()  # the agent's slots are free to fill
             per_message = max(1, request.max_assignments_per_message)
             while True:
-                for event in _batched(await session.next_events(), per_message):
-                    if isinstance(event, list):
-                        yield agent_pb2.StreamAssignmentsResponse(
-                            assignments=agent_pb2.AssignmentBatch(
-                                assignments=[wire.assignment_to_proto(a) for a in event]
-                            )
-                        )
-                    elif isinstance(event, EndEvent):
-                        if event.reason == "replaced":
+                for message in _messages(
+                    await session.next_events(), per_message, self._batch_bytes
+                ):
+                    if isinstance(message, EndEvent):
+                        if message.reason == "replaced":
                             raise Aborted(
                                 f"agent_id: a newer StreamAssignments for agent {agent_id!r} "
                                 "replaced this one"
                             )
-                        if event.reason == "deregistered":
+                        if message.reason == "deregistered":
                             raise NotFound(
                                 f"agent_id: agent {agent_id!r} was deregistered; register it "
                                 "again to receive work"
@@ -158,35 +160,61 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                             draining=agent_pb2.NodeDraining(node_id=self._settings.node_id)
                         )
                         return
-                    elif isinstance(event, AssignmentEvent):
-                        yield agent_pb2.StreamAssignmentsResponse(
-                            assignment=wire.assignment_to_proto(event.assignment)
-                        )
-                    else:
-                        yield agent_pb2.StreamAssignmentsResponse(
-                            cancel=agent_pb2.CancelNotice(
-                                task_id=event.task_id, attempt=event.attempt, reason=event.reason
-                            )
-                        )
+                    yield message
         finally:
             self._streams.close(session)
 
 
-def _batched(
-    events: Sequence[StreamEvent], per_message: int
-) -> Iterator[StreamEvent | list[Assignment]]:
-    """The events in order, with runs of assignments grouped ``per_message`` at most (a
-    group of one stays a single assignment event)."""
-    run: list[Assignment] = []
+BATCH_BYTES_CAP = 4 * 1024 * 1024 - 1024
+"""Most bytes of a batch of assignments: under gRPC's default 4 MiB receive limit (clients
+keep it unless they need bigger single assignments), less room for the message's framing."""
+
+
+def _messages(
+    events: Sequence[StreamEvent], per_message: int, max_bytes: int
+) -> Iterator[agent_pb2.StreamAssignmentsResponse | EndEvent]:
+    """The stream messages of the events, in order: runs of assignments grouped
+    ``per_message`` at most and ``max_bytes`` at most (an assignment bigger than that goes
+    alone: one always fits in a message, given the task_data limit); an EndEvent as it is."""
+    run: list[agent_pb2.Assignment] = []
+    run_bytes = 0
     for event in events:
-        if isinstance(event, AssignmentEvent) and per_message > 1:
-            run.append(event.assignment)
-            if len(run) < per_message:
+        if isinstance(event, AssignmentEvent):
+            assignment = wire.assignment_to_proto(event.assignment)
+            if per_message == 1:
+                yield agent_pb2.StreamAssignmentsResponse(assignment=assignment)
                 continue
+            size = _field_bytes(assignment.ByteSize())
+            if run and (len(run) == per_message or run_bytes + size > max_bytes):
+                yield _batch(run)
+                run, run_bytes = [], 0
+            run.append(assignment)
+            run_bytes += size
+            continue
         if run:
-            yield run if len(run) > 1 else AssignmentEvent(run[0])
-            run = []
-        if not isinstance(event, AssignmentEvent) or per_message == 1:
+            yield _batch(run)
+            run, run_bytes = [], 0
+        if isinstance(event, CancelEvent):
+            yield agent_pb2.StreamAssignmentsResponse(
+                cancel=agent_pb2.CancelNotice(
+                    task_id=event.task_id, attempt=event.attempt, reason=event.reason
+                )
+            )
+        else:
             yield event
     if run:
-        yield run if len(run) > 1 else AssignmentEvent(run[0])
+        yield _batch(run)
+
+
+def _batch(run: list[agent_pb2.Assignment]) -> agent_pb2.StreamAssignmentsResponse:
+    """One message for a run of assignments (a run of one stays a single assignment)."""
+    if len(run) == 1:
+        return agent_pb2.StreamAssignmentsResponse(assignment=run[0])
+    return agent_pb2.StreamAssignmentsResponse(
+        assignments=agent_pb2.AssignmentBatch(assignments=run)
+    )
+
+
+def _field_bytes(size: int) -> int:
+    """Bytes of a length-delimited field of ``size`` bytes: tag, length, payload."""
+    return 1 + (size.bit_length() + 6) // 7 + size if size else 2
