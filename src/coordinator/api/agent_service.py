@@ -3,17 +3,21 @@ assignment stream, which forwards a node-local session's events (``coordinator.s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import grpc
+from grpc_status import rpc_status
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
 from coordinator import validation
-from coordinator.api import wire
+from coordinator.api import error_mapping, wire
 from coordinator.config import Settings
 from coordinator.dispatcher import Dispatcher
-from coordinator.errors import Aborted, FailedPrecondition, NotFound
+from coordinator.errors import FailedPrecondition, Unavailable
 from coordinator.registry import AgentRegistry
 from coordinator.streams import (
     AssignmentEvent,
@@ -21,6 +25,7 @@ from coordinator.streams import (
     CancelEvent,
     EndEvent,
     StreamEvent,
+    ended_error,
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -41,6 +46,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._dispatcher = dispatcher
         self._settings = settings
         self._batch_bytes = min(settings.max_message_bytes - 1024, BATCH_BYTES_CAP)
+        self._aborts: set[asyncio.Task[None]] = set()
 
     async def RegisterAgent(
         self, request: agent_pb2.RegisterAgentRequest, context: Context
@@ -132,37 +138,57 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.StreamAssignmentsResponse]:
         agent_id = validation.agent_id(request.agent_id)
         session = await self._streams.open(agent_id)
+        handler = asyncio.current_task()
+        assert handler is not None  # grpc.aio runs each call's handler in a task
+        session.on_stop(functools.partial(self._stop_stream, context, handler))
         try:
+            session.write_started()
             yield agent_pb2.StreamAssignmentsResponse(
                 ready=agent_pb2.StreamReady(
                     node_id=self._settings.node_id,
                     heartbeat_interval=wire.duration_from_s(self._settings.heartbeat_interval_s),
                 )
             )
+            session.write_finished()
             self._dispatcher.request()  # the agent's slots are free to fill
             per_message = max(1, request.max_assignments_per_message)
             while True:
-                for message in _messages(
-                    await session.next_events(), per_message, self._batch_bytes
-                ):
+                events = await session.next_events()
+                for message in _messages(events, per_message, self._batch_bytes):
                     if isinstance(message, EndEvent):
-                        if message.reason == "replaced":
-                            raise Aborted(
-                                f"agent_id: a newer StreamAssignments for agent {agent_id!r} "
-                                "replaced this one"
-                            )
-                        if message.reason == "deregistered":
-                            raise NotFound(
-                                f"agent_id: agent {agent_id!r} was deregistered; register it "
-                                "again to receive work"
-                            )
+                        if message.reason == "stopped":  # the stall watchdog is cancelling it
+                            raise asyncio.CancelledError
+                        error = ended_error(agent_id, message)
+                        if error is not None:
+                            raise error
                         yield agent_pb2.StreamAssignmentsResponse(
                             draining=agent_pb2.NodeDraining(node_id=self._settings.node_id)
                         )
                         return
+                    # Held here by gRPC flow control while the agent does not read: the
+                    # stream watchdog looks at how long.
+                    session.write_started()
                     yield message
+                    session.write_finished()
         finally:
-            self._streams.close(session)
+            self._streams.finish(session)
+
+    def _stop_stream(self, context: Context, handler: asyncio.Task[Any], message: str) -> None:
+        """End a stream whose handler may be held in a write: send the status (UNAVAILABLE,
+        so the agent reconnects) in the background, then cancel the handler."""
+        status = rpc_status.to_status(error_mapping.to_status(Unavailable(message)))
+
+        async def abort() -> None:
+            # Sent after whatever the agent has not read yet; if it never reads again, its
+            # call ends when it cancels it or the node stops.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await context.abort_with_status(status)
+
+        task = asyncio.create_task(abort(), name="stream-abort")
+        self._aborts.add(task)
+        task.add_done_callback(self._aborts.discard)
+        # After the abort has begun: a cancelled handler sends no status of its own.
+        asyncio.get_running_loop().call_soon(handler.cancel)
 
 
 BATCH_BYTES_CAP = 4 * 1024 * 1024 - 1024
