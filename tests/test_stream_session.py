@@ -11,6 +11,7 @@ import pytest
 
 from agent_harness import eventually, submit_request
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
+from coordinator import keys
 from coordinator.stream_session import (
     AssignmentEvent,
     CancelEvent,
@@ -147,3 +148,40 @@ async def test_a_stream_that_overflowed_sends_the_rest_from_redis_once_read_agai
         call.cancel()
         with contextlib.suppress(Exception):
             await channel.close()
+
+
+async def test_room_taken_by_a_resync_is_not_given_to_announcements_meanwhile(
+    start_node, redis_client, multiplexed, make_settings
+):
+    """The resync reads whole tasks after choosing how many fit; announcements that arrive
+    during that read must find the room taken."""
+    node = await start_node()
+    agents = node.agents
+    await agents.RegisterAgent(
+        agent_pb2.RegisterAgentRequest(agent_id="agent-1", agent_type="worker", max_concurrency=5)
+    )
+    call = agents.StreamAssignments(agent_pb2.StreamAssignmentsRequest(agent_id="agent-1"))
+    assert (await call.read()).WhichOneof("event") == "ready"
+    for _ in range(5):
+        await node.tasks.SubmitTask(submit_request())
+
+    async def five_held() -> bool:
+        return await redis_client.scard(keys.agent_tasks("agent-1")) == 5
+
+    await eventually(five_held, what="five tasks held by agent-1")
+    call.cancel()  # the agent keeps them for the stream grace period
+
+    class AnnouncesWhileReading(TaskStore):
+        async def get_many(self, task_ids):
+            for i in range(3):  # assignments of other tasks, announced meanwhile
+                session.push(assignment(f"other-{i}"))
+            return await super().get_many(task_ids)
+
+    store = AnnouncesWhileReading(redis_client, multiplexed, make_settings())
+    session = Session(
+        "agent-1", store, redis_client, resync_s=1.0, limits=QueueLimits(max_events=3)
+    )
+    events = await session.next_events()
+
+    assert len(events) == 3
+    assert session.queued[0] <= 3

@@ -27,7 +27,8 @@ from coordinator.task_models import Assignment, Priority, TaskState
 from coordinator.tasks import TaskStore
 
 ASSIGNMENT_OVERHEAD_BYTES = 512
-"""An assignment's bytes besides its task_data (ids, token, type, times), a generous guess."""
+"""An assignment's bytes besides its task_data (ids, token, type of at most 64 characters,
+times), a generous guess."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,7 @@ StreamEvent = AssignmentEvent | CancelEvent | EndEvent
 
 def assignment_event(assignment: Assignment, task_data_bytes: int) -> AssignmentEvent:
     """The event of an assignment whose task_data is ``task_data_bytes`` long (as JSON)."""
-    size = ASSIGNMENT_OVERHEAD_BYTES + task_data_bytes + len(assignment.task_type)
-    return AssignmentEvent(assignment, size)
+    return AssignmentEvent(assignment, ASSIGNMENT_OVERHEAD_BYTES + task_data_bytes)
 
 
 def _cancel_bytes(event: CancelEvent) -> int:
@@ -329,8 +329,18 @@ class Session:
             events, used = events + 1, used + size
             chosen.append(task_id)
             sizes[task_id] = data_bytes
+        # Room is kept for them while they are read: announcements arriving meanwhile must
+        # not take it too.
+        reserved = (len(chosen), sum(ASSIGNMENT_OVERHEAD_BYTES + sizes[t] for t in chosen))
+        self._taken_events += reserved[0]
+        self._taken_bytes += reserved[1]
+        try:
+            tasks = await self._store.get_many(chosen)
+        finally:
+            self._taken_events -= reserved[0]
+            self._taken_bytes -= reserved[1]
         fresh: list[StreamEvent] = []
-        for task in await self._store.get_many(chosen):
+        for task in tasks:
             attempt_key = (task.task_id, task.attempt)
             if task.state is TaskState.ASSIGNED and task.agent_id == self.agent_id:
                 if attempt_key in self._sent:
