@@ -65,14 +65,28 @@ async def test_concurrent_streams_of_one_agent_leave_exactly_one_open_and_record
     try:
         for round_ in range(ROUNDS):
             await open_pairs_once(
-                node, redis_client, stubs, [f"agent-{round_}-{i:02d}" for i in range(50)]
+                [node], redis_client, stubs, [f"agent-{round_}-{i:02d}" for i in range(50)]
             )
     finally:
         for channel in channels:
             await channel.close()
 
 
-async def open_pairs_once(node, redis_client, stubs, agent_ids):
+async def test_concurrent_streams_of_one_agent_on_two_nodes_leave_one_open_and_recorded(
+    start_node, redis_client
+):
+    nodes = [await start_node(node_id="node-a"), await start_node(node_id="node-b")]
+    stubs = [node.agents for node in nodes]
+    for round_ in range(ROUNDS):
+        await open_pairs_once(
+            nodes, redis_client, stubs, [f"agent-{round_}-{i:02d}" for i in range(50)]
+        )
+
+
+async def open_pairs_once(nodes, redis_client, stubs, agent_ids):
+    """Open two streams per agent at once (one through each stub), then check that exactly
+    one per agent stays open, that it is the one Redis records, and that it gets work."""
+    node = nodes[0]
     for agent_id in agent_ids:
         await node.agents.RegisterAgent(
             agent_pb2.RegisterAgentRequest(agent_id=agent_id, agent_type="worker")
@@ -86,14 +100,18 @@ async def open_pairs_once(node, redis_client, stubs, agent_ids):
         await eventually(settled, timeout_s=20, what="every stream ready or ended")
         await asyncio.sleep(1.0)  # let every replaced stream end
 
-        sessions = node.coordinator.streams.sessions_by_agent()
+        sessions: dict[str, list[str]] = {}  # agent id -> "{node_id} {session}" on any node
+        for each in nodes:
+            node_id = each.coordinator.settings.node_id
+            for agent_id, session_id in each.coordinator.streams.sessions_by_agent().items():
+                sessions.setdefault(agent_id, []).append(f"{node_id} {session_id}")
         bad = []
         for agent_id in agent_ids:
             pair = [s for s in streams if s.agent_id == agent_id]
             still_open = [s for s in pair if s.open]
             connection = await redis_client.hget(keys.AGENTS_CONNECTED, agent_id)
-            if len(still_open) != 1 or connection != f"test-node {sessions.get(agent_id)}":
-                bad.append((agent_id, len(still_open), connection))
+            if len(still_open) != 1 or sessions.get(agent_id) != [connection]:
+                bad.append((agent_id, len(still_open), connection, sessions.get(agent_id)))
         assert not bad, f"{len(bad)} of {len(agent_ids)} pairs: {bad[:5]}"
         for agent_id in agent_ids:
             pair = [s for s in streams if s.agent_id == agent_id]
