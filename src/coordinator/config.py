@@ -96,6 +96,11 @@ class Settings:
     """The same bound for one client connection."""
     batch_retry_after_s: float = 1.0
     """The retry delay a refused batch submit is told (google.rpc.RetryInfo)."""
+    stream_stall_timeout_s: float = 10.0
+    """An agent that does not read its StreamAssignments for this long loses the stream."""
+    stream_queue_max_events: int = 1000
+    stream_queue_max_bytes: int = 16 * 1024 * 1024
+    """What a node holds for one stream, waiting to be written (about; see stream_session)."""
 
     @property
     def any_agent_type(self) -> bool:
@@ -163,7 +168,20 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         batch_tasks_per_node=reader.get("COORDINATOR_BATCH_TASKS_PER_NODE", 2000, _batch_tasks),
         batch_tasks_per_peer=reader.get("COORDINATOR_BATCH_TASKS_PER_PEER", 1000, _batch_tasks),
         batch_retry_after_s=reader.get("COORDINATOR_BATCH_RETRY_AFTER_S", 1.0, _positive),
+        stream_stall_timeout_s=reader.get("COORDINATOR_STREAM_STALL_TIMEOUT_S", 10.0, _positive),
+        stream_queue_max_events=reader.get(
+            "COORDINATOR_STREAM_QUEUE_MAX_EVENTS", 1000, _queue_events
+        ),
+        stream_queue_max_bytes=reader.get(
+            "COORDINATOR_STREAM_QUEUE_MAX_BYTES", 16 * 1024 * 1024, _queue_bytes
+        ),
     )
+    if settings.stream_queue_max_bytes < settings.max_message_bytes:
+        raise ConfigError(
+            "COORDINATOR_STREAM_QUEUE_MAX_BYTES: must hold at least one message of "
+            "COORDINATOR_MAX_MESSAGE_BYTES "
+            f"({settings.stream_queue_max_bytes} < {settings.max_message_bytes})"
+        )
     if settings.metrics_enabled and settings.metrics_port == settings.port != 0:
         raise ConfigError(
             "COORDINATOR_METRICS_PORT: must differ from COORDINATOR_PORT "
@@ -256,6 +274,20 @@ def _msg_size(raw: str) -> int:
     value = int(raw)
     if not 64 * 1024 <= value <= 256 * 1024 * 1024:
         raise ValueError("must be a byte count from 65536 to 268435456")
+    return value
+
+
+def _queue_events(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 1_000_000:
+        raise ValueError("must be an event count from 1 to 1000000")
+    return value
+
+
+def _queue_bytes(raw: str) -> int:
+    value = int(raw)
+    if not 64 * 1024 <= value <= 1024 * 1024 * 1024:
+        raise ValueError("must be a byte count from 65536 to 1073741824")
     return value
 
 

@@ -36,7 +36,7 @@ from coordinator.reaper import TaskReaper
 from coordinator.redis_multiplex import MultiplexedConnection
 from coordinator.redis_packing import PACKED_CLASSES
 from coordinator.registry import AgentRegistry
-from coordinator.streams import AssignmentStreams
+from coordinator.streams import AssignmentStreams, QueueLimits
 from coordinator.tasks import NewTask, SubmitRide, TaskStore
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,12 @@ class Coordinator:
             slots_freed=self._slots_freed,
         )
         self.streams = AssignmentStreams(
-            self.redis, self.tasks, settings.node_id, resync_s=settings.heartbeat_interval_s
+            self.redis,
+            self.tasks,
+            settings.node_id,
+            resync_s=settings.heartbeat_interval_s,
+            limits=QueueLimits(settings.stream_queue_max_events, settings.stream_queue_max_bytes),
+            stall_timeout_s=settings.stream_stall_timeout_s,
         )
         self.metrics = NodeMetrics(settings, connected_agents=lambda: self.streams.session_count)
         self.dispatcher = Dispatcher(
@@ -198,6 +203,7 @@ class Coordinator:
                 f"cannot bind {self.settings.address}: is another process using the port? ({exc})"
             ) from None
         await self.server.start()
+        self.streams.start()
         await self.health.start()
         await self.events.start()
         self.dispatcher.start()
@@ -222,6 +228,12 @@ class Coordinator:
             grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
             await self.health.stop()
             await self.health.servicer.enter_graceful_shutdown()
+            # From here on no call may start: gRPC refuses new calls (UNAVAILABLE) as soon as
+            # the server stops, and a StreamAssignments already past gRPC is refused by the
+            # streams. The server waits, in the background, for the running calls (at most
+            # the grace period), while the node tells its agents to leave.
+            self.streams.begin_drain()
+            serving = asyncio.create_task(self.server.stop(grace), name="server-stop")
             await self.sweeper.stop()
             await self.page_token_key.stop()
             await self.reaper.stop()
@@ -229,9 +241,9 @@ class Coordinator:
             log.info("draining: health NOT_SERVING, new calls refused, grace %.1f s", grace)
             # Agents are told to reconnect elsewhere; their tasks wait for them.
             await self.streams.drain()
-            await self.server.stop(grace)
+            await serving
             await self.events.stop()
-            await self.streams.wait_closed()
+            await self.streams.stop()
             await self.metrics.stop_http()
             self.metrics_port = None
             await self.health.withdraw()

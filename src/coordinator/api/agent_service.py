@@ -3,20 +3,30 @@ assignment stream, which forwards a node-local session's events (``coordinator.s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import grpc
+from grpc_status import rpc_status
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
 from coordinator import validation
-from coordinator.api import page_bytes, wire
+from coordinator.api import error_mapping, page_bytes, wire
 from coordinator.config import Settings
 from coordinator.dispatcher import Dispatcher
-from coordinator.errors import Aborted, FailedPrecondition, NotFound
+from coordinator.errors import FailedPrecondition, Unavailable
 from coordinator.registry import AgentRegistry
-from coordinator.streams import AssignmentEvent, AssignmentStreams, EndEvent, StreamEvent
-from coordinator.task_models import Assignment
+from coordinator.streams import (
+    AssignmentEvent,
+    AssignmentStreams,
+    CancelEvent,
+    EndEvent,
+    StreamEvent,
+    ended_error,
+)
 from coordinator.validation import Violations
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -36,6 +46,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._streams = streams
         self._dispatcher = dispatcher
         self._settings = settings
+        self._batch_bytes = min(settings.max_message_bytes - 1024, BATCH_BYTES_CAP)
+        self._aborts: set[asyncio.Task[None]] = set()
 
     async def RegisterAgent(
         self, request: agent_pb2.RegisterAgentRequest, context: Context
@@ -135,67 +147,109 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.StreamAssignmentsResponse]:
         agent_id = validation.agent_id(request.agent_id)
         session = await self._streams.open(agent_id)
+        handler = asyncio.current_task()
+        assert handler is not None  # grpc.aio runs each call's handler in a task
+        session.on_stop(functools.partial(self._stop_stream, context, handler))
         try:
+            session.write_started()
             yield agent_pb2.StreamAssignmentsResponse(
                 ready=agent_pb2.StreamReady(
                     node_id=self._settings.node_id,
                     heartbeat_interval=wire.duration_from_s(self._settings.heartbeat_interval_s),
                 )
             )
+            session.write_finished()
             self._dispatcher.request()  # the agent's slots are free to fill
             per_message = max(1, request.max_assignments_per_message)
             while True:
-                for event in _batched(await session.next_events(), per_message):
-                    if isinstance(event, list):
-                        yield agent_pb2.StreamAssignmentsResponse(
-                            assignments=agent_pb2.AssignmentBatch(
-                                assignments=[wire.assignment_to_proto(a) for a in event]
-                            )
-                        )
-                    elif isinstance(event, EndEvent):
-                        if event.reason == "replaced":
-                            raise Aborted(
-                                f"agent_id: a newer StreamAssignments for agent {agent_id!r} "
-                                "replaced this one"
-                            )
-                        if event.reason == "deregistered":
-                            raise NotFound(
-                                f"agent_id: agent {agent_id!r} was deregistered; register it "
-                                "again to receive work"
-                            )
+                events = await session.next_events()
+                for message in _messages(events, per_message, self._batch_bytes):
+                    if isinstance(message, EndEvent):
+                        if message.reason == "stopped":  # the stall watchdog is cancelling it
+                            raise asyncio.CancelledError
+                        error = ended_error(agent_id, message)
+                        if error is not None:
+                            raise error
                         yield agent_pb2.StreamAssignmentsResponse(
                             draining=agent_pb2.NodeDraining(node_id=self._settings.node_id)
                         )
                         return
-                    elif isinstance(event, AssignmentEvent):
-                        yield agent_pb2.StreamAssignmentsResponse(
-                            assignment=wire.assignment_to_proto(event.assignment)
-                        )
-                    else:
-                        yield agent_pb2.StreamAssignmentsResponse(
-                            cancel=agent_pb2.CancelNotice(
-                                task_id=event.task_id, attempt=event.attempt, reason=event.reason
-                            )
-                        )
+                    # Held here by gRPC flow control while the agent does not read: the
+                    # stream watchdog looks at how long.
+                    session.write_started()
+                    yield message
+                    session.write_finished()
         finally:
-            self._streams.close(session)
+            self._streams.finish(session)
+
+    def _stop_stream(self, context: Context, handler: asyncio.Task[Any], message: str) -> None:
+        """End a stream whose handler may be held in a write: send the status (UNAVAILABLE,
+        so the agent reconnects) in the background, then cancel the handler."""
+        status = rpc_status.to_status(error_mapping.to_status(Unavailable(message)))
+
+        async def abort() -> None:
+            # Sent after whatever the agent has not read yet; if it never reads again, its
+            # call ends when it cancels it or the node stops.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await context.abort_with_status(status)
+
+        task = asyncio.create_task(abort(), name="stream-abort")
+        self._aborts.add(task)
+        task.add_done_callback(self._aborts.discard)
+        # After the abort has begun: a cancelled handler sends no status of its own.
+        asyncio.get_running_loop().call_soon(handler.cancel)
 
 
-def _batched(
-    events: Sequence[StreamEvent], per_message: int
-) -> Iterator[StreamEvent | list[Assignment]]:
-    """The events in order, with runs of assignments grouped ``per_message`` at most (a
-    group of one stays a single assignment event)."""
-    run: list[Assignment] = []
+BATCH_BYTES_CAP = 4 * 1024 * 1024 - 1024
+"""Most bytes of a batch of assignments: under gRPC's default 4 MiB receive limit (clients
+keep it unless they need bigger single assignments), less room for the message's framing."""
+
+
+def _messages(
+    events: Sequence[StreamEvent], per_message: int, max_bytes: int
+) -> Iterator[agent_pb2.StreamAssignmentsResponse | EndEvent]:
+    """The stream messages of the events, in order: runs of assignments grouped
+    ``per_message`` at most and ``max_bytes`` at most (an assignment bigger than that goes
+    alone: one always fits in a message, given the task_data limit); an EndEvent as it is."""
+    run: list[agent_pb2.Assignment] = []
+    run_bytes = 0
     for event in events:
-        if isinstance(event, AssignmentEvent) and per_message > 1:
-            run.append(event.assignment)
-            if len(run) < per_message:
+        if isinstance(event, AssignmentEvent):
+            assignment = wire.assignment_to_proto(event.assignment)
+            if per_message == 1:
+                yield agent_pb2.StreamAssignmentsResponse(assignment=assignment)
                 continue
+            size = _field_bytes(assignment.ByteSize())
+            if run and (len(run) == per_message or run_bytes + size > max_bytes):
+                yield _batch(run)
+                run, run_bytes = [], 0
+            run.append(assignment)
+            run_bytes += size
+            continue
         if run:
-            yield run if len(run) > 1 else AssignmentEvent(run[0])
-            run = []
-        if not isinstance(event, AssignmentEvent) or per_message == 1:
+            yield _batch(run)
+            run, run_bytes = [], 0
+        if isinstance(event, CancelEvent):
+            yield agent_pb2.StreamAssignmentsResponse(
+                cancel=agent_pb2.CancelNotice(
+                    task_id=event.task_id, attempt=event.attempt, reason=event.reason
+                )
+            )
+        else:
             yield event
     if run:
-        yield run if len(run) > 1 else AssignmentEvent(run[0])
+        yield _batch(run)
+
+
+def _batch(run: list[agent_pb2.Assignment]) -> agent_pb2.StreamAssignmentsResponse:
+    """One message for a run of assignments (a run of one stays a single assignment)."""
+    if len(run) == 1:
+        return agent_pb2.StreamAssignmentsResponse(assignment=run[0])
+    return agent_pb2.StreamAssignmentsResponse(
+        assignments=agent_pb2.AssignmentBatch(assignments=run)
+    )
+
+
+def _field_bytes(size: int) -> int:
+    """Bytes of a length-delimited field of ``size`` bytes: tag, length, payload."""
+    return 1 + (size.bit_length() + 6) // 7 + size if size else 2
