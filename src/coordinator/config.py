@@ -96,11 +96,25 @@ class Settings:
     """The same bound for one client connection."""
     batch_retry_after_s: float = 1.0
     """The retry delay a refused batch submit is told (google.rpc.RetryInfo)."""
+    quota_submit_rate: float = 0.0
+    """Tasks per second each principal may submit, cluster-wide; 0: no rate limit. Quotas
+    apply to authenticated principals only (``coordinator.auth.quotas``)."""
+    quota_submit_burst: float = 0.0
+    """Most submits of a principal at once (its token bucket's size); 0: twice the rate, at
+    least 1 (``quota_submit_burst_effective``)."""
+    quota_max_unfinished: int = 0
+    """Most tasks of each principal not yet in a final state, cluster-wide; 0: no limit."""
 
     @property
     def any_agent_type(self) -> bool:
         """True when the allow-list is ``*``: any well-formed agent type is accepted."""
         return ANY_AGENT_TYPE in self.agent_types
+
+    @property
+    def quota_submit_burst_effective(self) -> float:
+        """The token bucket's size: COORDINATOR_QUOTA_SUBMIT_BURST, or by default twice the
+        rate and at least 1 (a bucket smaller than one task would admit none)."""
+        return self.quota_submit_burst or max(1.0, 2 * self.quota_submit_rate)
 
     @property
     def address(self) -> str:
@@ -163,7 +177,15 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         batch_tasks_per_node=reader.get("COORDINATOR_BATCH_TASKS_PER_NODE", 2000, _batch_tasks),
         batch_tasks_per_peer=reader.get("COORDINATOR_BATCH_TASKS_PER_PEER", 1000, _batch_tasks),
         batch_retry_after_s=reader.get("COORDINATOR_BATCH_RETRY_AFTER_S", 1.0, _positive),
+        quota_submit_rate=reader.get("COORDINATOR_QUOTA_SUBMIT_RATE", 0.0, _quota_rate),
+        quota_submit_burst=reader.get("COORDINATOR_QUOTA_SUBMIT_BURST", 0.0, _quota_burst),
+        quota_max_unfinished=reader.get("COORDINATOR_QUOTA_MAX_UNFINISHED", 0, _quota_tasks),
     )
+    if settings.quota_submit_burst and not settings.quota_submit_rate:
+        raise ConfigError(
+            "COORDINATOR_QUOTA_SUBMIT_BURST: needs COORDINATOR_QUOTA_SUBMIT_RATE above 0 "
+            "(without a rate there is no token bucket)"
+        )
     if settings.metrics_enabled and settings.metrics_port == settings.port != 0:
         raise ConfigError(
             "COORDINATOR_METRICS_PORT: must differ from COORDINATOR_PORT "
@@ -219,6 +241,27 @@ def _batch_tasks(raw: str) -> int:
     value = int(raw)
     if not 1000 <= value <= 1_000_000:
         raise ValueError("must be a number of tasks from 1000 (one full batch) to 1000000")
+    return value
+
+
+def _quota_rate(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1_000_000:
+        raise ValueError("must be a number of tasks per second from 0 (no limit) to 1000000")
+    return value
+
+
+def _quota_burst(raw: str) -> float:
+    value = float(raw)
+    if not 1 <= value <= 1_000_000:
+        raise ValueError("must be a number of tasks from 1 to 1000000 (empty: twice the rate)")
+    return value
+
+
+def _quota_tasks(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 1_000_000_000:
+        raise ValueError("must be a number of tasks from 0 (no limit) to 1000000000")
     return value
 
 
