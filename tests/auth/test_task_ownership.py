@@ -21,6 +21,7 @@ from aitbc.coordinator.v1 import task_pb2
 from coordinator.api.task_service import TaskService
 from coordinator.auth.principal import Principal, Role, calling_as
 from coordinator.errors import NotFound, PermissionDenied
+from coordinator.sdk import wire as sdk_wire
 from coordinator.task_models import TaskState, TaskSubmission
 from test_task_scripts import dump
 
@@ -86,6 +87,7 @@ async def test_the_submitter_is_stored_and_shown(service, node, redis_client):
     with calling("alice"):
         assert (await get(service, task.task_id)).submitted_by == "alice"
     assert (await node.coordinator.tasks.get(task.task_id)).submitted_by == "alice"
+    assert sdk_wire.task_from_proto(task).submitted_by == "alice"  # what the SDK's Client shows
     # Without authentication nobody is stored, and anybody reads it, as before.
     anonymous = await submit(service, None)
     assert anonymous.submitted_by == ""
