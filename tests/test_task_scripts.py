@@ -15,6 +15,7 @@ from importlib import resources
 import pytest
 
 from coordinator import keys
+from coordinator.auth.quotas import SubmitQuota
 from coordinator.config import Settings
 from coordinator.models import AgentRegistration, AgentStatus
 from coordinator.registry import AgentRegistry
@@ -27,6 +28,7 @@ LIVENESS_MS = 30_000
 LEASE_MS = 30_000
 START_MS = 60_000
 RETRY = RetryPolicy(initial_backoff_s=1.0, max_backoff_s=2.5, backoff_multiplier=3.0)
+NO_QUOTA = SubmitQuota()
 
 
 @pytest.fixture
@@ -83,9 +85,12 @@ async def submit_reply(
     retry=RETRY,
     task_id=None,
     assignment=NO_ASSIGNMENT,
+    submitted_by="",
+    quota=NO_QUOTA,
 ):
     """Run submit_task with the fields TaskStore.submit writes, and ``assignment`` (ARGV[7..11],
-    for an assignment at submit); returns its reply."""
+    for an assignment at submit), ``submitted_by`` and its ``quota`` (ARGV[12..15]); returns
+    its reply."""
     fields = {
         "task_type": "test",
         "task_data": '{"n":1}',
@@ -105,6 +110,7 @@ async def submit_reply(
             requirements_class,
             schedule_to_start_ms,
             *assignment,
+            *quota.script_args(submitted_by),
             *(item for pair in fields.items() for item in pair),
         ]
     )
@@ -878,3 +884,93 @@ async def test_a_settling_report_says_whether_tasks_wait_for_the_slot(
         await new_task(scripts, priority=priority.name)
         args = [task_id, "a", token, action, payload, "0"]
         assert (await scripts.report_task(args=args))[4] == 1, priority
+
+
+# --- submitters and their quotas (issue 15) --------------------------------------------------
+
+
+async def unfinished(redis, principal) -> int:
+    return int(await redis.hget(keys.QUOTA_UNFINISHED, principal) or 0)
+
+
+async def test_submit_stores_its_submitter_whose_request_ids_are_its_own(scripts, redis_client):
+    created, task_id = await submit(scripts, submitted_by="alice", request_id="req-1")
+    assert created == 1
+    assert (await task_record(redis_client, task_id))["submitted_by"] == "alice"
+    assert await unfinished(redis_client, "alice") == 1
+    assert await redis_client.get(keys.task_request("req-1", "alice")) == task_id
+    assert not await redis_client.exists(keys.task_request("req-1"))
+    # Again by alice: her task, nothing counted twice. By bob, or without auth: new tasks.
+    assert await submit(scripts, submitted_by="alice", request_id="req-1") == (0, task_id)
+    assert await unfinished(redis_client, "alice") == 1
+    created, bobs = await submit(scripts, submitted_by="bob", request_id="req-1")
+    assert created == 1 and bobs != task_id
+    created, anonymous = await submit(scripts, request_id="req-1")
+    assert created == 1 and anonymous not in (task_id, bobs)
+    assert (await task_record(redis_client, anonymous))["submitted_by"] == ""
+    assert await redis_client.hgetall(keys.QUOTA_UNFINISHED) == {"alice": "1", "bob": "1"}
+
+
+async def test_a_submit_over_quota_is_refused_and_changes_nothing(scripts, redis_client):
+    most_two = SubmitQuota(max_unfinished=2)
+    for _ in range(2):
+        assert (await submit(scripts, submitted_by="alice", quota=most_two))[0] == 1
+    before = await dump(redis_client)
+    reply = await submit_reply(scripts, submitted_by="alice", quota=most_two)
+    assert reply == ["over_quota", "max_unfinished", 0, "2"]
+    assert await dump(redis_client) == before
+
+    bucket = SubmitQuota(rate_per_s=0.001, burst=2.0)  # one token in 1,000 s: none refills
+    for _ in range(2):
+        assert (await submit(scripts, submitted_by="bob", quota=bucket))[0] == 1
+    tokens = await redis_client.hgetall(keys.quota_submit("bob"))
+    assert float(tokens["tokens"]) == pytest.approx(0, abs=0.01)
+    assert 0 < await redis_client.pttl(keys.quota_submit("bob")) <= 2_000_001
+    before = await dump(redis_client)
+    reply = await submit_reply(scripts, submitted_by="bob", quota=bucket)
+    assert reply[:2] == ["over_quota", "submit_rate"]
+    assert 990_000 <= reply[2] <= 1_000_000  # ms until the next token
+    assert await dump(redis_client) == before
+    # Without a submitter no quota applies, whatever the arguments say.
+    assert (await submit(scripts, quota=SubmitQuota(max_unfinished=1)))[0] == 1
+    assert (await submit(scripts, quota=SubmitQuota(max_unfinished=1)))[0] == 1
+
+
+async def test_each_task_gives_back_its_place_once_when_it_ends(scripts, registry, redis_client):
+    completed = await new_task(scripts, submitted_by="alice")
+    failed = await new_task(scripts, submitted_by="alice", max_attempts=1)
+    cancelled = await new_task(scripts, submitted_by="alice")
+    expired = await new_task(scripts, submitted_by="alice", schedule_to_start_ms=0)
+    assert await unfinished(redis_client, "alice") == 4
+    assert await scripts.expire_tasks(args=[10]) == [expired]
+    assert await unfinished(redis_client, "alice") == 3
+    await make_agent(registry, redis_client, "a", max_concurrency=2)
+    for task_id in (completed, failed):
+        assert (await assign(scripts, task_id, "a"))[0] == "ok"
+    token = await redis_client.hget(keys.task(completed), "fencing_token")
+    assert (await report(scripts, completed, "a", token, "complete", "{}"))[0] == "ok"
+    assert await unfinished(redis_client, "alice") == 2
+    token = await redis_client.hget(keys.task(failed), "fencing_token")
+    assert (await report(scripts, failed, "a", token, "fail", failure()))[:2] == ["ok", "FAILED"]
+    assert await unfinished(redis_client, "alice") == 1
+    assert await scripts.cancel_task(args=[cancelled, "", "", ""]) == ["ok"]
+    assert not await redis_client.exists(keys.QUOTA_UNFINISHED)
+    # Ended tasks end once: repeats, another cancel and forgetting them give nothing back.
+    await new_task(scripts, submitted_by="alice")
+    assert await scripts.cancel_task(args=[cancelled, "", "", ""]) == ["final", "CANCELLED"]
+    assert (await report(scripts, completed, "a", token, "complete", "{}"))[0] != "ok"
+    assert await scripts.forget_finished_tasks(args=[2**50, 100]) == 4
+    assert await unfinished(redis_client, "alice") == 1
+
+
+async def test_cancel_for_another_submitter_is_refused_before_anything_else(scripts, redis_client):
+    task_id = await new_task(scripts, submitted_by="alice")
+    anonymous = await new_task(scripts)
+    before = await dump(redis_client)
+    assert await scripts.cancel_task(args=[task_id, "", "", "bob"]) == ["not_owner"]
+    assert await scripts.cancel_task(args=[anonymous, "", "", "bob"]) == ["not_owner"]
+    assert await scripts.cancel_task(args=["no-such-task", "", "", "bob"]) == ["not_found"]
+    assert await dump(redis_client) == before
+    assert await scripts.cancel_task(args=[task_id, "", "", "alice"]) == ["ok"]
+    # A finished task of another says not_owner too, not what became of it.
+    assert await scripts.cancel_task(args=[task_id, "", "", "bob"]) == ["not_owner"]

@@ -101,11 +101,25 @@ class Settings:
     stream_queue_max_events: int = 1000
     stream_queue_max_bytes: int = 16 * 1024 * 1024
     """What a node holds for one stream, waiting to be written (about; see stream_session)."""
+    quota_submit_rate: float = 0.0
+    """Tasks per second each principal may submit, cluster-wide; 0: no rate limit. Quotas
+    apply to authenticated principals only (``coordinator.auth.quotas``)."""
+    quota_submit_burst: float = 0.0
+    """Most submits of a principal at once (its token bucket's size); 0: twice the rate, at
+    least 1 (``quota_submit_burst_effective``)."""
+    quota_max_unfinished: int = 0
+    """Most tasks of each principal not yet in a final state, cluster-wide; 0: no limit."""
 
     @property
     def any_agent_type(self) -> bool:
         """True when the allow-list is ``*``: any well-formed agent type is accepted."""
         return ANY_AGENT_TYPE in self.agent_types
+
+    @property
+    def quota_submit_burst_effective(self) -> float:
+        """The token bucket's size: COORDINATOR_QUOTA_SUBMIT_BURST, or by default twice the
+        rate and at least 1 (a bucket smaller than one task would admit none)."""
+        return self.quota_submit_burst or max(1.0, 2 * self.quota_submit_rate)
 
     @property
     def address(self) -> str:
@@ -175,12 +189,20 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         stream_queue_max_bytes=reader.get(
             "COORDINATOR_STREAM_QUEUE_MAX_BYTES", 16 * 1024 * 1024, _queue_bytes
         ),
+        quota_submit_rate=reader.get("COORDINATOR_QUOTA_SUBMIT_RATE", 0.0, _quota_rate),
+        quota_submit_burst=reader.get("COORDINATOR_QUOTA_SUBMIT_BURST", 0.0, _quota_burst),
+        quota_max_unfinished=reader.get("COORDINATOR_QUOTA_MAX_UNFINISHED", 0, _quota_tasks),
     )
     if settings.stream_queue_max_bytes < settings.max_message_bytes:
         raise ConfigError(
             "COORDINATOR_STREAM_QUEUE_MAX_BYTES: must hold at least one message of "
             "COORDINATOR_MAX_MESSAGE_BYTES "
             f"({settings.stream_queue_max_bytes} < {settings.max_message_bytes})"
+        )
+    if settings.quota_submit_burst and not settings.quota_submit_rate:
+        raise ConfigError(
+            "COORDINATOR_QUOTA_SUBMIT_BURST: needs COORDINATOR_QUOTA_SUBMIT_RATE above 0 "
+            "(without a rate there is no token bucket)"
         )
     if settings.metrics_enabled and settings.metrics_port == settings.port != 0:
         raise ConfigError(
@@ -237,6 +259,27 @@ def _batch_tasks(raw: str) -> int:
     value = int(raw)
     if not 1000 <= value <= 1_000_000:
         raise ValueError("must be a number of tasks from 1000 (one full batch) to 1000000")
+    return value
+
+
+def _quota_rate(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1_000_000:
+        raise ValueError("must be a number of tasks per second from 0 (no limit) to 1000000")
+    return value
+
+
+def _quota_burst(raw: str) -> float:
+    value = float(raw)
+    if not 1 <= value <= 1_000_000:
+        raise ValueError("must be a number of tasks from 1 to 1000000 (empty: twice the rate)")
+    return value
+
+
+def _quota_tasks(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 1_000_000_000:
+        raise ValueError("must be a number of tasks from 0 (no limit) to 1000000000")
     return value
 
 

@@ -282,7 +282,7 @@ class Dispatcher:
             if isinstance(reply, Exception):
                 verdict, detail = "error", reply
                 refused = True
-            elif not reply[0]:  # a repeated request_id: no new task, nothing assigned
+            elif reply[0] != 1:  # a repeated request_id, or over quota: no new task
                 verdict, detail = "task_gone", "not created"
             elif reply[4][0] == "ok":
                 self._assigned(task_id, agent_id, reply[4], way="submit")

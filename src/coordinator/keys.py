@@ -133,7 +133,21 @@ TASK_BY_AGENT_PREFIX = "tasks:agent:"
 """``tasks:agent:{agent_id}``: tasks whose current (or last) attempt is on that agent, by seq."""
 
 TASK_REQUEST_PREFIX = "tasks:request:"
-"""``tasks:request:{request_id}``: the task a request_id created, for the idempotency window."""
+"""``tasks:request:{request_id}``: the task a request_id created, for the idempotency window,
+when it was submitted without authentication."""
+
+TASK_PRINCIPAL_REQUEST_PREFIX = "tasks:request-of:"
+"""``tasks:request-of:{len(principal)}:{principal}:{request_id}``: the same for a task that a
+principal submitted. Each principal has its own request_ids, so that one principal's
+request_id neither finds (and shows) nor blocks another's task."""
+
+QUOTA_SUBMIT_PREFIX = "quota:submit:"
+"""``quota:submit:{principal}``: hash of a principal's submit token bucket (``tokens``, and
+``at_ms`` when they were counted); it expires once the bucket would be full again."""
+
+QUOTA_UNFINISHED = "quota:unfinished"
+"""Hash: principal to the number of its tasks not yet in a final state (a principal with none
+has no field)."""
 
 TASK_STATS = "tasks:stats"
 """Hash of cluster-wide counters (tasks_submitted, tasks_distributed, ...)."""
@@ -196,6 +210,9 @@ TASK_SCRIPT_KEYS = {
     "finished": TASK_FINISHED,
     "by_agent": TASK_BY_AGENT_PREFIX,
     "request": TASK_REQUEST_PREFIX,
+    "principal_request": TASK_PRINCIPAL_REQUEST_PREFIX,
+    "quota_submit": QUOTA_SUBMIT_PREFIX,
+    "quota_unfinished": QUOTA_UNFINISHED,
     "stats": TASK_STATS,
     "assign_latencies": TASK_ASSIGN_LATENCIES,
     "assignments_per_agent": TASK_ASSIGNMENTS_PER_AGENT,
@@ -243,9 +260,19 @@ def tasks_by_agent(agent_id: str) -> str:
     return f"{TASK_BY_AGENT_PREFIX}{agent_id}"
 
 
-def task_request(request_id: str) -> str:
-    """The idempotency record of one request_id."""
-    return f"{TASK_REQUEST_PREFIX}{request_id}"
+def task_request(request_id: str, principal: str = "") -> str:
+    """The idempotency record of one request_id, of ``principal`` ("" without auth). The
+    name's length comes first, so that no other principal and request_id spell the same key
+    (``lua/submit_task.lua`` builds it the same way)."""
+    if not principal:
+        return f"{TASK_REQUEST_PREFIX}{request_id}"
+    length = len(principal.encode())  # bytes, as Lua counts them
+    return f"{TASK_PRINCIPAL_REQUEST_PREFIX}{length}:{principal}:{request_id}"
+
+
+def quota_submit(principal: str) -> str:
+    """The submit token bucket of one principal."""
+    return f"{QUOTA_SUBMIT_PREFIX}{principal}"
 
 
 def agent_tasks(agent_id: str) -> str:

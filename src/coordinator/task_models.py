@@ -268,6 +268,9 @@ class Task:
     fencing_token: str
     seq: int = 0
     """Place in line: tasks of one priority are assigned in this order (FIFO)."""
+    submitted_by: str = ""
+    """The principal that submitted the task; "" when it was submitted without
+    authentication. A client may read, watch and cancel only its own tasks."""
 
     def as_of(self, count: int) -> Task:
         """The task as its first ``count`` transitions left it, for a watch that fell behind.

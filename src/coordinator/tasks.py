@@ -25,6 +25,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from coordinator import keys, page_tokens
+from coordinator.auth import principal
+from coordinator.auth.quotas import SubmitQuota, is_refusal
 from coordinator.balancing import Strategy
 from coordinator.config import Settings
 from coordinator.errors import CoordinatorError, FailedPrecondition, NotFound
@@ -179,6 +181,7 @@ class TaskStore:
         """Task-script batches: the hot path (submits, reports) goes through it."""
         self._settings = settings
         self._scripts = TaskScripts(redis)
+        self._quota = SubmitQuota.of(settings)
         self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
         # Called when a task joined a queue or a slot came free: the node asks its own
         # dispatcher for a pass (the dispatch turn reaches whichever node is passing).
@@ -193,16 +196,32 @@ class TaskStore:
     # --- clients --------------------------------------------------------------------------
 
     async def submit(self, submission: TaskSubmission) -> tuple[Task, bool]:
-        """Queue a task; with a request_id seen within the window, return that task instead."""
+        """Queue a task; with a request_id seen within the window, return that task instead.
+
+        The task is the calling principal's (``principal.current()``): stored as its
+        submitter, under its quotas (ResourceExhausted when over one), and its request_ids
+        are its own."""
         s = submission
-        (reply,) = await self._queue([s])
+        submitted_by = principal.submitter_name()
+        (reply,) = await self._queue([s], submitted_by)
         if isinstance(reply, Exception):
             raise reply
+        if is_refusal(reply):
+            raise self._quota.refusal(reply, submitted_by)
         task_id = reply[1]
         if not reply[0]:
             return await self.get(task_id), False
         _log_submitted(s, task_id)
-        return _as_submitted(s, task_id, created_at_ms=int(reply[2]), seq=int(reply[3])), True
+        return (
+            _as_submitted(
+                s,
+                task_id,
+                created_at_ms=int(reply[2]),
+                seq=int(reply[3]),
+                submitted_by=submitted_by,
+            ),
+            True,
+        )
 
     async def submit_many(
         self, submissions: Sequence[TaskSubmission]
@@ -210,16 +229,22 @@ class TaskStore:
         """Queue many tasks, each exactly as ``submit`` would, in a few round trips. Returns one
         entry per submission, in order: what became of it, or the Redis error its script met
         (an outage raises instead: some tasks may have been queued, and a retry with the
-        same request_ids is safe)."""
+        same request_ids is safe). A submission over its principal's quota gets
+        ResourceExhausted; the others are taken."""
+        submitted_by = principal.submitter_name()
         replies: list[Any] = []
         # In chunks, one round trip each: the node's other calls share its Redis connection
         # and its event loop, and get their turn between two chunks, not after 1,000 tasks.
         for start in range(0, len(submissions), SUBMITS_PER_ROUND_TRIP):
-            replies += await self._queue(submissions[start : start + SUBMITS_PER_ROUND_TRIP])
+            chunk = submissions[start : start + SUBMITS_PER_ROUND_TRIP]
+            replies += await self._queue(chunk, submitted_by)
         outcomes: list[Submitted | Exception] = []
         for s, reply in zip(submissions, replies, strict=True):
             if isinstance(reply, Exception):
                 outcomes.append(reply)
+                continue
+            if is_refusal(reply):
+                outcomes.append(self._quota.refusal(reply, submitted_by))
                 continue
             created = bool(reply[0])
             if created:
@@ -227,9 +252,10 @@ class TaskStore:
             outcomes.append(Submitted(reply[1], created, int(reply[2])))
         return outcomes
 
-    async def _queue(self, submissions: Sequence[TaskSubmission]) -> list[Any]:
-        """Run ``lua/submit_task.lua`` for each submission in one round trip (the replies,
-        a refused call as its exception object), then have them dispatched: the script
+    async def _queue(self, submissions: Sequence[TaskSubmission], submitted_by: str) -> list[Any]:
+        """Run ``lua/submit_task.lua`` for each submission of ``submitted_by`` in one round
+        trip (the replies, a refused call as its exception object), then have them
+        dispatched: the script
         assigns a task at once to the agent this node's dispatcher chose for it, and the
         dispatch turn and snapshot ride in that round trip, when the dispatcher has them."""
         new_tasks = [NewTask(uuid.uuid4().hex, s) for s in submissions]
@@ -241,7 +267,7 @@ class TaskStore:
                 (
                     self._scripts.submit_task,
                     [],
-                    self._submit_args(t, assignments.get(t.task_id, NO_ASSIGNMENT)),
+                    self._submit_args(t, assignments.get(t.task_id, NO_ASSIGNMENT), submitted_by),
                 )
                 for t in new_tasks
             ],
@@ -252,9 +278,11 @@ class TaskStore:
             self._wake_dispatcher()
         return replies
 
-    def _submit_args(self, new_task: NewTask, assignment: Sequence[Any]) -> list[Any]:
+    def _submit_args(
+        self, new_task: NewTask, assignment: Sequence[Any], submitted_by: str
+    ) -> list[Any]:
         """ARGV of ``lua/submit_task.lua`` for one new task, with its ``assignment``
-        (ARGV[7..11])."""
+        (ARGV[7..11]), its submitter and that one's quotas (ARGV[12..15])."""
         s = new_task.submission
         fields = {
             "task_type": s.task_type,
@@ -274,6 +302,7 @@ class TaskStore:
             s.requirements.eligibility_class(),
             round(s.schedule_to_start_s * 1000),
             *assignment,
+            *self._quota.script_args(submitted_by),
             *(item for pair in fields.items() for item in pair),
         ]
 
@@ -350,12 +379,16 @@ class TaskStore:
             token = page_tokens.encode(last_listed, fingerprint)
         return TaskPage(tasks=page, next_page_token=token)
 
-    async def cancel(self, task_id: str, reason: str) -> Task:
-        """Cancel a PENDING, ASSIGNED or RUNNING task; a finished one is FAILED_PRECONDITION."""
+    async def cancel(self, task_id: str, reason: str, *, submitted_by: str | None = None) -> Task:
+        """Cancel a PENDING, ASSIGNED or RUNNING task; a finished one is FAILED_PRECONDITION.
+
+        With ``submitted_by``, only a task that principal submitted: another one is
+        NotFound, exactly as an unknown one (the caller answers both alike, and nothing is
+        changed: the check and the cancel are one script)."""
         outcome = await self._scripts.cancel_task(
-            args=[task_id, reason or "cancelled by client", ""]
+            args=[task_id, reason or "cancelled by client", "", submitted_by or ""]
         )
-        if outcome[0] == "not_found":
+        if outcome[0] in ("not_found", "not_owner"):
             raise NotFound(f"task_id: no task {task_id!r}")
         if outcome[0] == "final":
             raise FailedPrecondition(f"task_id: task {task_id!r} is already {outcome[1]}")
@@ -652,10 +685,13 @@ def decode_task(record: dict[str, str]) -> Task:
         dead_lettered=record.get("dead_lettered") == "1",
         fencing_token=record.get("fencing_token", ""),
         seq=int(record.get("seq") or 0),
+        submitted_by=record.get("submitted_by", ""),
     )
 
 
-def _as_submitted(s: TaskSubmission, task_id: str, created_at_ms: int, seq: int) -> Task:
+def _as_submitted(
+    s: TaskSubmission, task_id: str, created_at_ms: int, seq: int, submitted_by: str
+) -> Task:
     """The task exactly as ``lua/submit_task.lua`` stored it, without reading it back.
 
     Requirements, durations and the retry policy go through their stored form (sorted
@@ -687,6 +723,7 @@ def _as_submitted(s: TaskSubmission, task_id: str, created_at_ms: int, seq: int)
         dead_lettered=False,
         fencing_token="",
         seq=seq,
+        submitted_by=submitted_by,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
@@ -18,15 +19,19 @@ from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 from coordinator import task_validation as tv
 from coordinator.api import page_bytes, wire
 from coordinator.api.batch_errors import answer_entries
+from coordinator.auth import ownership
+from coordinator.auth.principal import current
 from coordinator.cancellation import raise_if_cancelled
 from coordinator.config import Settings
-from coordinator.errors import InvalidArgument
+from coordinator.errors import InvalidArgument, NotFound
 from coordinator.events import EventHub
 from coordinator.task_models import Task, TaskError, TaskState, TaskSubmission
 from coordinator.tasks import Report, ReportOutcome, Submitted, TaskStore
 from coordinator.validation import Violations
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+audit_log = logging.getLogger("coordinator.audit")
 
 WATCH_SAFETY_RECHECK_S = 60.0
 """A watch re-reads its task only when the hub says it changed, or may have (a reconnect);
@@ -116,8 +121,22 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def GetTask(
         self, request: task_pb2.GetTaskRequest, context: Context
     ) -> task_pb2.GetTaskResponse:
-        task = await self._store.get(tv.task_id(request.task_id))
+        task = await self._own_task(tv.task_id(request.task_id), "tasks.read", "GetTask")
         return task_pb2.GetTaskResponse(task=wire.task_to_proto(task))
+
+    async def _own_task(self, task_id: str, permission: str, rpc: str) -> Task:
+        """The task, if the caller may read it: a client only its own (``auth.ownership``;
+        another's and an unknown one are the same PermissionDenied)."""
+        owner = ownership.required_submitter(ownership.READ_ANY_TASK)
+        try:
+            task = await self._store.get(task_id)
+        except NotFound:
+            if owner is not None:
+                raise ownership.not_its_task(permission, rpc, task_id) from None
+            raise
+        if owner is not None and task.submitted_by != owner:
+            raise ownership.not_its_task(permission, rpc, task_id)
+        return task
 
     async def ListTasks(self, request: task_pb2.ListTasksRequest, context: Context) -> bytes:
         """A ListTasksResponse, already serialized (``wire.list_tasks_reply``)."""
@@ -150,7 +169,33 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def CancelTask(
         self, request: task_pb2.CancelTaskRequest, context: Context
     ) -> task_pb2.CancelTaskResponse:
-        task = await self._store.cancel(tv.task_id(request.task_id), tv.reason(request.reason))
+        task_id = tv.task_id(request.task_id)
+        reason = tv.reason(request.reason)
+        # A client cancels only its own tasks: lua/cancel_task.lua checks the submitter in
+        # the step that cancels, so nothing of another's task changes, or is told.
+        owner = ownership.required_submitter(ownership.CANCEL_ANY_TASK)
+        try:
+            task = await self._store.cancel(task_id, reason, submitted_by=owner)
+        except NotFound:
+            if owner is not None:
+                raise ownership.not_its_task("tasks.cancel", "CancelTask", task_id) from None
+            raise
+        principal = current()
+        if principal is not None and task.submitted_by != principal.name:
+            # An operator cancelled another principal's task: audited. When
+            # coordinator.auth.audit merges, this is audit.operator_action("cancel_task",
+            # task_id) (the same fields, and the audit events metric).
+            audit_log.info(
+                "audit cancel_task by %s on TaskService/CancelTask: ok",
+                principal.name,
+                extra={
+                    "action": "cancel_task",
+                    "principal": principal.name,
+                    "rpc": "TaskService/CancelTask",
+                    "target": task_id,
+                    "outcome": "ok",
+                },
+            )
         return task_pb2.CancelTaskResponse(task=wire.task_to_proto(task))
 
     async def AcknowledgeTask(
@@ -250,7 +295,8 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     ) -> AsyncIterator[task_pb2.WatchTaskResponse]:
         task_id = tv.task_id(request.task_id)
         async with self._hub.watch_task(task_id) as changes:
-            task = await self._store.get(task_id)
+            # A task's submitter never changes: checking the first read covers the watch.
+            task = await self._own_task(task_id, "tasks.watch", "WatchTask")
             yield task_pb2.WatchTaskResponse(task=wire.task_to_proto(task))
             seen = len(task.transitions)
             while not task.state.final:

@@ -409,6 +409,7 @@ def task_to_proto(task: Task) -> task_pb2.Task:
         updated_at=timestamp_from_ms(task.updated_at_ms),
         lease_expires_at=_optional_timestamp(task.lease_expires_at_ms),
         dead_lettered=task.dead_lettered,
+        submitted_by=task.submitted_by,
     )
 
 

@@ -4,14 +4,23 @@
 -- ARGV[1]      task_id
 -- ARGV[2]      reason
 -- ARGV[3]      'pending_only' to cancel only a PENDING task (queue purges), else ''
--- Returns      {'ok'}, {'not_found'} or {'final', state} (or {'not_pending', state})
+-- ARGV[4]      the principal the task must have been submitted by (a client cancelling
+--              its own task), or '' for any task (no authentication, or an operator)
+-- Returns      {'ok'}, {'not_found'}, {'not_owner'} (another principal's task: checked
+--              before its state, so the reply says nothing more about it) or
+--              {'final', state} (or {'not_pending', state})
 local task_id = ARGV[1]
 local reason = ARGV[2]
 local pending_only = ARGV[3] == 'pending_only'
+local required_submitter = ARGV[4] or ''
 
 local task = load_task(task_id, TASK_FIELDS)
 if not task then
   return {'not_found'}
+end
+if required_submitter ~= '' and
+    redis.call('HGET', K.task .. task_id, 'submitted_by') ~= required_submitter then
+  return {'not_owner'}
 end
 if FINAL[task.state] then
   return {'final', task.state}

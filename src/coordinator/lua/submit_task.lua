@@ -13,12 +13,20 @@
 -- ARGV[8..11]  for that assignment, as assign_task.lua's ARGV[3..6]: random part of the
 --              fencing token, liveness timeout in milliseconds, node_id of the submitting
 --              node, '1' when that node sends assignments to the streams it holds itself
--- ARGV[12..]   field, value pairs of the task's descriptive fields (start_to_close_ms
+-- ARGV[12]     submitted_by: the principal submitting the task, or '' without
+--              authentication. Stored with the task; its request_ids are its own (a
+--              request_id of another principal is another task); its quotas apply
+-- ARGV[13..15] those quotas (quota_lib.lua): submits per second ('0': no rate limit), the
+--              burst of the token bucket, the most unfinished tasks ('0': no limit); all
+--              ignored without a submitter
+-- ARGV[16..]   field, value pairs of the task's descriptive fields (start_to_close_ms
 --              among them)
 -- Returns      {1, task_id, created_at_ms, seq} when created, with a fifth item when an
 --              agent was given: assign_task.lua's reply, or {'not_first', detail} when a
---              task waits ahead (a refused task waits in line); otherwise
---              {0, existing task_id, its created_at_ms}
+--              task waits ahead (a refused task waits in line); {0, existing task_id, its
+--              created_at_ms} for a request_id seen within the window (nothing changes,
+--              no quota is taken); {'over_quota', quota, retry_after_ms, detail} when the
+--              submitter is over a quota (quota_lib.lua's refusal; nothing changes)
 local task_id = ARGV[1]
 local request_id = ARGV[2]
 local idempotency_window_ms = tonumber(ARGV[3])
@@ -26,10 +34,16 @@ local priority = ARGV[4]
 local class = ARGV[5]
 local schedule_to_start_ms = ARGV[6]
 local agent_id = ARGV[7] or ''
-local first_field_arg = 12
+local submitted_by = ARGV[12] or ''
+local first_field_arg = 16
 
+-- keys.task_request: a principal's request_ids are its own.
+local request_key = K.request .. request_id
+if submitted_by ~= '' then
+  request_key = K.principal_request .. #submitted_by .. ':' .. submitted_by .. ':' .. request_id
+end
 if request_id ~= '' then
-  local existing = redis.call('GET', K.request .. request_id)
+  local existing = redis.call('GET', request_key)
   if existing then
     local created_at_ms = redis.call('HGET', K.task .. existing, 'created_at_ms')
     if created_at_ms then
@@ -39,6 +53,13 @@ if request_id ~= '' then
 end
 
 local now = now_ms()
+if submitted_by ~= '' then
+  local refusal = take_submit_quota(submitted_by, now, tonumber(ARGV[13]) or 0,
+    tonumber(ARGV[14]) or 1, tonumber(ARGV[15]) or 0)
+  if refusal then
+    return {'over_quota', unpack(refusal)}
+  end
+end
 local seq = redis.call('INCR', K.sequence)
 local key = K.task .. task_id
 local hset = {
@@ -47,7 +68,7 @@ local hset = {
   'schedule_to_start_ms', schedule_to_start_ms, 'seq', seq,
   'attempt', 0, 'agent_id', '', 'fencing_token', '', 'lease_expires_at_ms', '',
   'result', '', 'error', '', 'dead_lettered', 0, 'attempts', '[]', 'transitions', '[]',
-  'created_at_ms', now, 'updated_at_ms', now,
+  'created_at_ms', now, 'updated_at_ms', now, 'submitted_by', submitted_by,
 }
 local start_to_close_ms = nil
 for i = first_field_arg, #ARGV, 2 do
@@ -68,7 +89,7 @@ redis.call('ZADD', K.all, seq, task_id)
 transition(task, 'PENDING', now, 'submitted')
 redis.call('HINCRBY', K.stats, 'tasks_submitted', 1)
 if request_id ~= '' then
-  redis.call('SET', K.request .. request_id, task_id, 'PX', idempotency_window_ms)
+  redis.call('SET', request_key, task_id, 'PX', idempotency_window_ms)
 end
 
 if agent_id == '' then

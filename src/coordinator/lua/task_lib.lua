@@ -1,5 +1,6 @@
 -- Shared by every task script: coordinator.scripts prepends this file, after the table K of
--- key names and prefixes that coordinator/keys.py defines (TASK_SCRIPT_KEYS).
+-- key names and prefixes that coordinator/keys.py defines (TASK_SCRIPT_KEYS) and the quota
+-- functions of quota_lib.lua.
 --
 -- A task is the hash K.task .. task_id. Its attempts and transitions are JSON lists in the
 -- hash; the scripts append to them, so every change of state and its history are one
@@ -56,9 +57,15 @@ end
 
 -- Moves the task to a new state: the state indexes, the transitions list, updated_at and
 -- the WatchTask channel. ``task`` needs seq, transitions, attempt and agent_id. The listing
--- indexes are scored by seq, which is unique and follows creation order.
+-- indexes are scored by seq, which is unique and follows creation order. Every way a task
+-- ends (completed, failed for good, cancelled, purged, expired) comes through here, so its
+-- submitter's count of unfinished tasks (quota_lib.lua) falls here, once: a final state is
+-- never left.
 local function transition(task, state, now, reason)
   local key = K.task .. task.id
+  if FINAL[state] and not FINAL[task.state] then
+    release_unfinished(redis.call('HGET', key, 'submitted_by'))
+  end
   redis.call('ZREM', K.state .. task.state, task.id)
   redis.call('ZADD', K.state .. state, tonumber(task.seq), task.id)
   task.transitions = append_to_list(task.transitions, {

@@ -259,6 +259,7 @@ def task_from_proto(message: task_pb2.Task) -> Task:
         lease_expires_at_ms=_optional_ms(message, "lease_expires_at"),
         dead_lettered=message.dead_lettered,
         fencing_token="",
+        submitted_by=message.submitted_by,
     )
 
 

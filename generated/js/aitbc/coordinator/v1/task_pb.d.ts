@@ -436,6 +436,15 @@ export declare type Task = Message<"aitbc.coordinator.v1.Task"> & {
    * @generated from field: bool dead_lettered = 23;
    */
   deadLettered: boolean;
+
+  /**
+   * The principal that submitted the task (a token's subject, a certificate's name); empty
+   * when it was submitted without authentication. A client may read, watch and cancel only
+   * the tasks it submitted; its quotas count them.
+   *
+   * @generated from field: string submitted_by = 24;
+   */
+  submittedBy: string;
 };
 
 /**

@@ -149,7 +149,7 @@ class TaskTransition(_message.Message):
     def __init__(self, state: _Optional[_Union[TaskState, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., agent_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "task_type", "state", "priority", "task_data", "requirements", "max_attempts", "attempt", "agent_id", "schedule_to_start_timeout", "start_to_close_timeout", "retry_policy", "request_id", "balancing_strategy", "routing_key", "result", "error", "attempts", "transitions", "created_at", "updated_at", "lease_expires_at", "dead_lettered")
+    __slots__ = ("task_id", "task_type", "state", "priority", "task_data", "requirements", "max_attempts", "attempt", "agent_id", "schedule_to_start_timeout", "start_to_close_timeout", "retry_policy", "request_id", "balancing_strategy", "routing_key", "result", "error", "attempts", "transitions", "created_at", "updated_at", "lease_expires_at", "dead_lettered", "submitted_by")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,7 @@ class Task(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     task_type: str
     state: TaskState
@@ -196,7 +197,8 @@ class Task(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     lease_expires_at: _timestamp_pb2.Timestamp
     dead_lettered: bool
-    def __init__(self, task_id: _Optional[str] = ..., task_type: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., priority: _Optional[_Union[TaskPriority, str]] = ..., task_data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., requirements: _Optional[_Union[TaskRequirements, _Mapping]] = ..., max_attempts: _Optional[int] = ..., attempt: _Optional[int] = ..., agent_id: _Optional[str] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., start_to_close_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., request_id: _Optional[str] = ..., balancing_strategy: _Optional[_Union[BalancingStrategy, str]] = ..., routing_key: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[TaskAttempt, _Mapping]]] = ..., transitions: _Optional[_Iterable[_Union[TaskTransition, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dead_lettered: _Optional[bool] = ...) -> None: ...
+    submitted_by: str
+    def __init__(self, task_id: _Optional[str] = ..., task_type: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., priority: _Optional[_Union[TaskPriority, str]] = ..., task_data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., requirements: _Optional[_Union[TaskRequirements, _Mapping]] = ..., max_attempts: _Optional[int] = ..., attempt: _Optional[int] = ..., agent_id: _Optional[str] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., start_to_close_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., request_id: _Optional[str] = ..., balancing_strategy: _Optional[_Union[BalancingStrategy, str]] = ..., routing_key: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[TaskAttempt, _Mapping]]] = ..., transitions: _Optional[_Iterable[_Union[TaskTransition, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dead_lettered: _Optional[bool] = ..., submitted_by: _Optional[str] = ...) -> None: ...
 
 class SubmitTaskRequest(_message.Message):
     __slots__ = ("task_data", "task_type", "priority", "requirements", "max_attempts", "schedule_to_start_timeout", "start_to_close_timeout", "retry_policy", "request_id", "balancing_strategy", "routing_key")
