@@ -88,6 +88,10 @@ class Settings:
     """Off by default: nodes sharing a host (tests, the README's two-node example) would
     otherwise fight over one metrics port, and an upgrade opens no new unauthenticated port."""
     metrics_port: int = DEFAULT_METRICS_PORT
+    health_port: int | None = None
+    """A second, plaintext port that serves only grpc.health.v1 (None: no such port).
+    Kubernetes' gRPC probes cannot speak TLS; this lets them probe a node whose API port
+    requires TLS and credentials, without opening anything else."""
     log_format: str = "text"
     batch_tasks_per_node: int = 2000
     """Tasks a node takes in batch submits (SubmitTasks calls, StreamSubmitTasks messages)
@@ -178,6 +182,7 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         task_retention_s=reader.get("COORDINATOR_TASK_RETENTION_S", 7 * 86_400.0, _positive),
         metrics_enabled=reader.get("COORDINATOR_METRICS_ENABLED", False, _boolean),
         metrics_port=reader.get("COORDINATOR_METRICS_PORT", DEFAULT_METRICS_PORT, _port),
+        health_port=reader.get("COORDINATOR_HEALTH_PORT", None, _port),
         log_format=reader.get("COORDINATOR_LOG_FORMAT", "text", _log_format),
         batch_tasks_per_node=reader.get("COORDINATOR_BATCH_TASKS_PER_NODE", 2000, _batch_tasks),
         batch_tasks_per_peer=reader.get("COORDINATOR_BATCH_TASKS_PER_PEER", 1000, _batch_tasks),
@@ -204,6 +209,17 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
             "COORDINATOR_QUOTA_SUBMIT_BURST: needs COORDINATOR_QUOTA_SUBMIT_RATE above 0 "
             "(without a rate there is no token bucket)"
         )
+    if settings.health_port is not None and settings.health_port != 0:
+        if settings.health_port == settings.port:
+            raise ConfigError(
+                "COORDINATOR_HEALTH_PORT: must differ from COORDINATOR_PORT "
+                f"(both are {settings.port})"
+            )
+        if settings.metrics_enabled and settings.health_port == settings.metrics_port:
+            raise ConfigError(
+                "COORDINATOR_HEALTH_PORT: must differ from COORDINATOR_METRICS_PORT "
+                f"(both are {settings.metrics_port})"
+            )
     if settings.metrics_enabled and settings.metrics_port == settings.port != 0:
         raise ConfigError(
             "COORDINATOR_METRICS_PORT: must differ from COORDINATOR_PORT "

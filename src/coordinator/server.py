@@ -30,6 +30,7 @@ from coordinator.config import Settings
 from coordinator.dispatcher import Dispatcher
 from coordinator.events import EventHub
 from coordinator.health import RedisHealthMonitor
+from coordinator.health_listener import HealthListener
 from coordinator.liveness import LivenessSweeper
 from coordinator.metrics import NodeMetrics, RpcMetricsInterceptor
 from coordinator.reaper import TaskReaper
@@ -185,6 +186,13 @@ class Coordinator:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         reflection.enable(self.server, SERVICE_NAMES, [health.SERVICE_NAME])
+        self.health_listener = (
+            HealthListener(self.health.servicer, settings)
+            if settings.health_port is not None
+            else None
+        )
+        self.health_port: int | None = None
+        """The bound health-only port while it is served (COORDINATOR_HEALTH_PORT)."""
         self.port = 0
         self.metrics_port: int | None = None
         """The bound metrics port while metrics are served (COORDINATOR_METRICS_ENABLED)."""
@@ -203,6 +211,8 @@ class Coordinator:
                 f"cannot bind {self.settings.address}: is another process using the port? ({exc})"
             ) from None
         await self.server.start()
+        if self.health_listener is not None:
+            self.health_port = await self.health_listener.start()
         self.streams.start()
         await self.health.start()
         await self.events.start()
@@ -246,6 +256,9 @@ class Coordinator:
             await self.streams.stop()
             await self.metrics.stop_http()
             self.metrics_port = None
+            if self.health_listener is not None:  # last: probes saw NOT_SERVING while draining
+                await self.health_listener.stop()
+                self.health_port = None
             await self.health.withdraw()
             await self.multiplexed.aclose()
             await self.redis.aclose()
