@@ -212,6 +212,12 @@ class NodeMetrics:
         )
         return port
 
+    def http_address(self) -> tuple[str, int]:
+        """The address the metrics endpoint is bound to (while it is served)."""
+        assert self._http is not None, "metrics are not served"
+        host, port = self._http[0].server_address[:2]
+        return str(host), int(port)
+
     async def stop_http(self) -> None:
         """Stop serving and close the collector's Redis client (idempotent)."""
         http, self._http = self._http, None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import jwt
 import pytest
 from auth_support import call_rpc
 from google.protobuf import message_factory
@@ -79,8 +80,6 @@ class Caller:
             case "wrong-audience":
                 return bearer(mint("elsewhere", ["operator"], audience="another-service"))
             case "alg-none":
-                import jwt
-
                 unsigned = jwt.encode(
                     {
                         "sub": "nobody",
