@@ -3,6 +3,9 @@ reflection for authenticated callers only, metrics on loopback or behind a beare
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -141,3 +144,35 @@ async def test_metrics_bind_the_metrics_host(start_node: Any) -> None:
     node = await start_node(metrics_enabled=True, metrics_port=0)
     assert node.coordinator.metrics.http_address()[0] == "127.0.0.1"
     assert _scrape(node.coordinator.metrics_port)[0] == 200
+
+
+def test_serve_refuses_to_start_and_says_why(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("COORDINATOR_", "REDIS_URL", "NODE_ID"))
+    }
+    env.update({"COORDINATOR_HOST": "0.0.0.0", "REDIS_URL": "redis://127.0.0.1:1/1"})
+    refused = subprocess.run(
+        [sys.executable, "-m", "coordinator", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "configuration error: COORDINATOR_HOST: 0.0.0.0 is not a loopback address" in (
+        refused.stderr
+    )
+    env.update(
+        {"COORDINATOR_HOST": "127.0.0.1", "COORDINATOR_AUTH_TOKEN_FILE": str(tmp_path / "none")}
+    )
+    missing = subprocess.run(
+        [sys.executable, "-m", "coordinator", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2
+    assert "configuration error: COORDINATOR_AUTH_TOKEN_FILE:" in missing.stderr
