@@ -187,3 +187,28 @@ def test_a_certificate_without_a_grant_is_refused(ca: trustme.CA) -> None:
     with pytest.raises(Unauthenticated, match="has no grant"):
         CertificatePrincipals(None).principal(_auth_context(cert))
     assert CertificatePrincipals(None).principal({}) is None
+
+
+async def test_a_stream_is_authenticated_once_not_per_message(
+    auth_node: Any, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    authenticator = auth_node.coordinator.authenticator
+    calls: list[int] = []
+    real = authenticator.authenticate
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(authenticator, "authenticate", counting)
+    messages = [
+        task_pb2.StreamSubmitTasksRequest(tasks=[task_pb2.SubmitTaskRequest(task_type="t")])
+        for _ in range(5)
+    ]
+    call = auth_node.tasks.StreamSubmitTasks(
+        iter(messages), metadata=bearer(keys.mint("c", ["client"]))
+    )
+    replies = [reply async for reply in call]
+    assert len(replies) == 5
+    assert all(not r.results[0].HasField("error") for r in replies)
+    assert len(calls) == 1

@@ -110,12 +110,14 @@ class Auditor:
 
 
 @dataclass(frozen=True)
-class _Scope:
+class Scope:
+    """The RPC a call is, and the auditor of its node."""
+
     rpc: str
     auditor: Auditor
 
 
-_scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+_scope: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
     "coordinator_audit_scope", default=None
 )
 
@@ -127,13 +129,24 @@ def rpc_name(method: str) -> str:
 
 
 @contextlib.contextmanager
-def scope(method: str, auditor: Auditor) -> Iterator[None]:
-    """Audit what the enclosed handler does as ``method`` on ``auditor``."""
-    token = _scope.set(_Scope(rpc_name(method), auditor))
+def scope_of(found: Scope) -> Iterator[None]:
+    """Audit what the enclosed handler does in ``found``."""
+    token = _scope.set(found)
     try:
         yield
     finally:
         _scope.reset(token)
+
+
+def enter(found: Scope) -> contextvars.Token[Scope | None]:
+    """Open ``found`` for the current call until ``leave(token)`` (``scope`` without a
+    generator, for the interceptor's per-call path)."""
+    return _scope.set(found)
+
+
+def leave(token: contextvars.Token[Scope | None]) -> None:
+    """Close the scope ``enter`` opened."""
+    _scope.reset(token)
 
 
 def _name(principal: Principal | None) -> str:

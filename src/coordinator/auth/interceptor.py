@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -26,10 +27,11 @@ from grpc_status import rpc_status
 from coordinator.api.error_mapping import OWN_SERVICES_PREFIX, to_status
 from coordinator.api.method_wrapping import WrappingInterceptor
 from coordinator.auth import audit
+from coordinator.auth import principal as principal_context
 from coordinator.auth.audit import Auditor
 from coordinator.auth.authenticator import Authenticator
 from coordinator.auth.permissions import RPC_PERMISSIONS, Permission, allows, roles_holding
-from coordinator.auth.principal import Principal, calling_as
+from coordinator.auth.principal import Principal
 from coordinator.errors import PermissionDenied, Unauthenticated, echo
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -73,8 +75,10 @@ class AuthInterceptor(WrappingInterceptor):
         if method.startswith(REFLECTION_PREFIX) and self._reflection_open:
             return handler
         own = method.startswith(OWN_SERVICES_PREFIX)
-        needed: Permission | _AnyPrincipal | None = (
-            RPC_PERMISSIONS.get(method) if own else ANY_PRINCIPAL
+        rule = _Rule(
+            audit.Scope(audit.rpc_name(method), self._auditor),
+            RPC_PERMISSIONS.get(method) if own else ANY_PRINCIPAL,
+            own,
         )
         kwargs = {
             "request_deserializer": handler.request_deserializer,
@@ -82,85 +86,97 @@ class AuthInterceptor(WrappingInterceptor):
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, needed, own), **kwargs
+                self._unary(handler.unary_unary, rule), **kwargs
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, needed, own), **kwargs
+                self._unary(handler.stream_unary, rule), **kwargs
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method, needed, own), **kwargs
+                self._stream(handler.unary_stream, rule), **kwargs
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._stream(handler.stream_stream, method, needed, own), **kwargs
+                self._stream(handler.stream_stream, rule), **kwargs
             )
         return handler
 
-    async def _admit(
-        self,
-        request: Any,
-        context: Context,
-        method: str,
-        needed: Permission | _AnyPrincipal | None,
-        own: bool,
-    ) -> Principal:
-        """The caller's principal, allowed ``needed``; refused (audited) otherwise."""
-        target = _target(request)
-        rpc = audit.rpc_name(method)
-        principal: Principal | None = None
-        try:
-            principal = self._authenticator.authenticate(
-                context.invocation_metadata(), context.auth_context
+    def _principal(self, context: Context, rule: _Rule) -> Principal:
+        """The caller's principal, allowed the rule's permission; Unauthenticated or
+        PermissionDenied otherwise (``_refuse`` audits and answers them)."""
+        principal = self._authenticator.authenticate(
+            context.invocation_metadata(), context.auth_context
+        )
+        needed = rule.needed
+        if needed is None:
+            raise _Denied(
+                principal, f"{rule.scope.rpc} has no declared permission; refused to everyone"
             )
-            if needed is None:
-                raise PermissionDenied(f"{rpc} has no declared permission; refused to everyone")
-            if isinstance(needed, Permission) and not allows(principal, needed):
-                roles = ", ".join(role.value for role in roles_holding(needed))
-                raise PermissionDenied(
-                    f"principal {echo(principal.name)} lacks permission {needed.value} for {rpc} "
-                    f"(roles holding it: {roles})"
-                )
-        except (Unauthenticated, PermissionDenied) as exc:
-            code = "UNAUTHENTICATED" if isinstance(exc, Unauthenticated) else "PERMISSION_DENIED"
-            name = principal.name if principal is not None else "-"
-            self._auditor.refused(code, name, rpc, target, str(exc))
-            audit.mark_recorded(exc)
-            if not own:  # no error mapping outside for services not ours: answer here
-                await context.abort_with_status(rpc_status.to_status(to_status(exc)))
-            raise
+        if isinstance(needed, Permission) and not allows(principal, needed):
+            roles = ", ".join(role.value for role in roles_holding(needed))
+            raise _Denied(
+                principal,
+                f"principal {echo(principal.name)} lacks permission {needed.value} for "
+                f"{rule.scope.rpc} (roles holding it: {roles})",
+            )
         return principal
 
-    def _unary(
-        self, behavior: Any, method: str, needed: Permission | _AnyPrincipal | None, own: bool
-    ) -> Any:
+    async def _refuse(
+        self, exc: Unauthenticated | PermissionDenied, request: Any, context: Context, rule: _Rule
+    ) -> None:
+        """Audit a refused call; answer it here for services the error mapping skips."""
+        if isinstance(exc, _Denied):
+            code, name = "PERMISSION_DENIED", exc.principal.name
+        else:
+            code, name = "UNAUTHENTICATED", "-"
+        self._auditor.refused(code, name, rule.scope.rpc, _target(request), str(exc))
+        audit.mark_recorded(exc)
+        if not rule.own:
+            await context.abort_with_status(rpc_status.to_status(to_status(exc)))
+
+    def _unary(self, behavior: Any, rule: _Rule) -> Any:
         async def wrapped(request: Any, context: Context) -> Any:
-            principal = await self._admit(request, context, method, needed, own)
-            with calling_as(principal), audit.scope(method, self._auditor):
-                try:
-                    return await behavior(request, context)
-                except PermissionDenied as exc:
-                    audit.denied(exc, _target(request))
-                    raise
+            try:
+                principal = self._principal(context, rule)
+            except (Unauthenticated, PermissionDenied) as exc:
+                await self._refuse(exc, request, context, rule)
+                raise
+            as_principal = principal_context.enter(principal)
+            in_scope = audit.enter(rule.scope)
+            try:
+                return await behavior(request, context)
+            except PermissionDenied as exc:
+                audit.denied(exc, _target(request))
+                raise
+            finally:
+                audit.leave(in_scope)
+                principal_context.leave(as_principal)
 
         return wrapped
 
-    def _stream(
-        self, behavior: Any, method: str, needed: Permission | _AnyPrincipal | None, own: bool
-    ) -> Any:
+    def _stream(self, behavior: Any, rule: _Rule) -> Any:
         if not inspect.isasyncgenfunction(behavior):  # a handler that writes with context.write
 
             async def written(request: Any, context: Context) -> None:
-                principal = await self._admit(request, context, method, needed, own)
-                with calling_as(principal), audit.scope(method, self._auditor):
+                try:
+                    principal = self._principal(context, rule)
+                except (Unauthenticated, PermissionDenied) as exc:
+                    await self._refuse(exc, request, context, rule)
+                    raise
+                with principal_context.calling_as(principal), audit.scope_of(rule.scope):
                     await behavior(request, context)
 
             return written
 
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-            principal = await self._admit(request, context, method, needed, own)
-            with calling_as(principal), audit.scope(method, self._auditor):
+            # Once per call: the messages of a stream are not authenticated again.
+            try:
+                principal = self._principal(context, rule)
+            except (Unauthenticated, PermissionDenied) as exc:
+                await self._refuse(exc, request, context, rule)
+                raise
+            with principal_context.calling_as(principal), audit.scope_of(rule.scope):
                 try:
                     async for response in behavior(request, context):
                         yield response
@@ -169,3 +185,20 @@ class AuthInterceptor(WrappingInterceptor):
                     raise
 
         return wrapped
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What one method needs: computed once per method, read on every call."""
+
+    scope: audit.Scope
+    needed: Permission | _AnyPrincipal | None
+    own: bool
+
+
+class _Denied(PermissionDenied):
+    """The RPC's permission refused to an authenticated principal (named in the audit)."""
+
+    def __init__(self, principal: Principal, message: str) -> None:
+        super().__init__(message)
+        self.principal = principal

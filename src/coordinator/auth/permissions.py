@@ -140,6 +140,15 @@ def roles_holding(permission: Permission) -> list[Role]:
     return [role for role, held in ROLE_PERMISSIONS.items() if permission in held]
 
 
+_HELD_BY_ROLES: dict[frozenset[Role], frozenset[Permission]] = {}
+"""The permissions of each set of roles met so far (at most 15 sets): one lookup per call."""
+
+
 def allows(principal: Principal, permission: Permission) -> bool:
     """True when one of the principal's roles holds ``permission``."""
-    return any(permission in ROLE_PERMISSIONS[role] for role in principal.roles)
+    held = _HELD_BY_ROLES.get(principal.roles)
+    if held is None:
+        held = _HELD_BY_ROLES[principal.roles] = frozenset(
+            p for role in principal.roles for p in ROLE_PERMISSIONS[role]
+        )
+    return permission in held
