@@ -153,3 +153,37 @@ async def test_without_auth_nothing_is_audited(node: Any, caplog: pytest.LogCapt
     caplog.set_level(logging.INFO, logger="coordinator.audit")
     await node.tasks.PurgeQueue(task_pb2.PurgeQueueRequest(priority=task_pb2.TASK_PRIORITY_NORMAL))
     assert audit_records(caplog) == []
+
+
+async def test_an_operator_cancelling_a_clients_task_is_audited(
+    auth_node: Any, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="coordinator.audit")
+    client = bearer(keys.mint("client-a", ["client"]))
+    first = (await auth_node.tasks.SubmitTask(submit_request(), metadata=client)).task
+    second = (await auth_node.tasks.SubmitTask(submit_request(), metadata=client)).task
+    await auth_node.tasks.CancelTask(
+        task_pb2.CancelTaskRequest(task_id=first.task_id), metadata=client
+    )
+    operator = bearer(keys.mint("ops-carol", ["operator"]))
+    await auth_node.tasks.CancelTask(
+        task_pb2.CancelTaskRequest(task_id=second.task_id), metadata=operator
+    )
+    lines = [(r.action, r.principal, r.target) for r in audit_records(caplog)]  # type: ignore[attr-defined]
+    assert lines == [("cancel_task", "ops-carol", repr(second.task_id))]
+
+
+async def test_unauthenticated_calls_are_all_counted_but_logged_at_a_bounded_rate(
+    auth_node: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="coordinator.audit")
+    for _ in range(25):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await auth_node.tasks.GetStats(task_pb2.GetStatsRequest())
+    logged = [r for r in audit_records(caplog) if getattr(r, "action", "") == "unauthenticated"]
+    assert 1 <= len(logged) <= 20  # 10 a second; the calls may straddle a second
+    assert (
+        counter(auth_node, "auth_failures", rpc="TaskService/GetStats", code="UNAUTHENTICATED")
+        == 25
+    )
+    assert counter(auth_node, "audit_events", action="unauthenticated") == 25

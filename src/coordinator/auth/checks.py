@@ -68,7 +68,8 @@ def audited(action: str, target: str) -> Iterator[None]:
 
 
 def audit_cancel(task_id: str, submitted_by: str) -> None:
-    """Audit a cancellation of a task the caller did not submit (an operator's)."""
+    """Audit an operator's cancellation of a task it did not submit (a client may cancel
+    only its own tasks: nothing to audit)."""
     caller = principal.current()
-    if caller is not None and caller.name != submitted_by:
+    if caller is not None and caller.is_operator and caller.name != submitted_by:
         audit.operator_action("cancel_task", task_id)
