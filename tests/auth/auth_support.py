@@ -1,15 +1,87 @@
-"""Calling any RPC by its full name, whatever its kind (unary or streaming)."""
+"""Helpers of the trust-boundary tests: credentials (keys, JWTs, static tokens), channels
+that send a bearer token, and calling any RPC by its full name, whatever its kind."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt
 
 from coordinator.auth.permissions import SERVICES
 
-FIRST_MESSAGE_TIMEOUT_S = 1.0
+AUDIENCE = "aitbc-coordinator"
+HS256_SECRET = "test-secret-" + "x" * 40
+
+STATIC_TOKENS = {
+    "static-operator": ("tok-operator-0123456789", "operator", ""),
+    "static-reader": ("tok-reader-0123456789", "reader", ""),
+    "static-client": ("tok-client-0123456789", "client", ""),
+    "static-agent": ("tok-agent-0123456789", "agent", "agent-own-*"),
+}
+"""principal -> (token, roles, agent patterns) of the static token file."""
+
+
+@dataclass
+class Keys:
+    """The keys a test node trusts, and those it does not."""
+
+    directory: Path
+    rsa_private: Any
+    ec_private: Any
+    stranger_rsa_private: Any
+
+    @property
+    def secret_file(self) -> str:
+        return str(self.directory / "hs256.secret")
+
+    @property
+    def public_keys_file(self) -> str:
+        return str(self.directory / "public.pem")
+
+    @property
+    def token_file(self) -> Path:
+        return self.directory / "tokens.csv"
+
+    def mint(
+        self,
+        subject: str,
+        roles: list[str],
+        agents: list[str] | None = None,
+        *,
+        ttl_s: float = 3600,
+        algorithm: str = "HS256",
+        key: Any = None,
+        audience: str | None = AUDIENCE,
+        **claims: Any,
+    ) -> str:
+        """A JWT signed with the trusted key of ``algorithm`` (or ``key``)."""
+        now = int(time.time())
+        payload: dict[str, Any] = {"sub": subject, "roles": roles, "iat": now, "exp": now + ttl_s}
+        if agents is not None:
+            payload["agents"] = agents
+        if audience is not None:
+            payload["aud"] = audience
+        payload.update(claims)
+        if key is None:
+            key = {
+                "HS256": HS256_SECRET,
+                "RS256": self.rsa_private,
+                "ES256": self.ec_private,
+            }[algorithm]
+        return jwt.encode(payload, key, algorithm=algorithm)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying ``token``."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+FIRST_MESSAGE_TIMEOUT_S = 5.0
 """A stream that was let through may stay open (StreamAssignments): its first message, or
 this long without an error, means it was allowed."""
 
@@ -33,16 +105,16 @@ async def call_rpc(
     try:
         if not client_streaming and not server_streaming:
             await channel.unary_unary(method, request_serializer=serialize)(
-                request, metadata=metadata, timeout=5
+                request, metadata=metadata, timeout=10
             )
             return grpc.StatusCode.OK, ""
         if server_streaming and not client_streaming:
             call = channel.unary_stream(method, request_serializer=serialize)(
-                request, metadata=metadata, timeout=5
+                request, metadata=metadata, timeout=10
             )
         else:
             call = channel.stream_stream(method, request_serializer=serialize)(
-                iter([request]), metadata=metadata, timeout=5
+                iter([request]), metadata=metadata, timeout=10
             )
         try:
             await asyncio.wait_for(call.read(), FIRST_MESSAGE_TIMEOUT_S)

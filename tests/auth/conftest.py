@@ -3,79 +3,16 @@ token file, and nodes that require them."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
+from auth_support import HS256_SECRET, STATIC_TOKENS, Keys
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from coordinator.auth.static_tokens import file_line
-
-AUDIENCE = "aitbc-coordinator"
-HS256_SECRET = "test-secret-" + "x" * 40
-
-STATIC_TOKENS = {
-    "static-operator": ("tok-operator-0123456789", "operator", ""),
-    "static-reader": ("tok-reader-0123456789", "reader", ""),
-    "static-client": ("tok-client-0123456789", "client", ""),
-    "static-agent": ("tok-agent-0123456789", "agent", "agent-own-*"),
-}
-"""principal -> (token, roles, agent patterns) of the static token file."""
-
-
-@dataclass
-class Keys:
-    """The keys a test node trusts, and those it does not."""
-
-    directory: Path
-    rsa_private: Any
-    ec_private: Any
-    stranger_rsa_private: Any
-
-    @property
-    def secret_file(self) -> str:
-        return str(self.directory / "hs256.secret")
-
-    @property
-    def public_keys_file(self) -> str:
-        return str(self.directory / "public.pem")
-
-    @property
-    def token_file(self) -> Path:
-        return self.directory / "tokens.csv"
-
-    def mint(
-        self,
-        subject: str,
-        roles: list[str],
-        agents: list[str] | None = None,
-        *,
-        ttl_s: float = 3600,
-        algorithm: str = "HS256",
-        key: Any = None,
-        audience: str | None = AUDIENCE,
-        **claims: Any,
-    ) -> str:
-        """A JWT signed with the trusted key of ``algorithm`` (or ``key``)."""
-        now = int(time.time())
-        payload: dict[str, Any] = {"sub": subject, "roles": roles, "iat": now, "exp": now + ttl_s}
-        if agents is not None:
-            payload["agents"] = agents
-        if audience is not None:
-            payload["aud"] = audience
-        payload.update(claims)
-        if key is None:
-            key = {
-                "HS256": HS256_SECRET,
-                "RS256": self.rsa_private,
-                "ES256": self.ec_private,
-            }[algorithm]
-        return jwt.encode(payload, key, algorithm=algorithm)
 
 
 def _pem(private_key: Any) -> bytes:
@@ -105,11 +42,6 @@ def keys(tmp_path: Path, _key_material: tuple[Any, Any, Any]) -> Keys:
     ]
     found.token_file.write_text("\n".join(lines) + "\n")
     return found
-
-
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying ``token``."""
-    return (("authorization", f"Bearer {token}"),)
 
 
 @pytest.fixture

@@ -14,12 +14,11 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from auth_support import bearer_channel
+from auth_support import Keys, bearer_channel
 from google.rpc import code_pb2
 
 from agent_harness import ScriptedAgent, submit_request
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
-from conftest import Keys
 from coordinator import keys as redis_keys
 
 VICTIM = "victim-1"

@@ -13,9 +13,9 @@ import grpc
 import jwt
 import pytest
 import trustme
+from auth_support import STATIC_TOKENS, Keys, bearer
 
 from aitbc.coordinator.v1 import task_pb2
-from conftest import STATIC_TOKENS, Keys, bearer
 from coordinator.auth import files, jwt_tokens
 from coordinator.auth.certificates import CertificatePrincipals
 from coordinator.auth.principal import Role

@@ -13,10 +13,10 @@ from typing import Any
 
 import grpc
 import pytest
+from auth_support import Keys, bearer
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import Keys, bearer
 from coordinator.config import ConfigError, Settings, load_settings
 from coordinator.server import Coordinator
 

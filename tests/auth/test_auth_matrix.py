@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-from auth_support import call_rpc
+from auth_support import STATIC_TOKENS, Keys, bearer, call_rpc
 from google.protobuf import message_factory
 
-from conftest import STATIC_TOKENS, Keys, bearer
+from aitbc.coordinator.v1 import task_pb2
 from coordinator.auth.permissions import (
     ROLE_PERMISSIONS,
     RPC_PERMISSIONS,
@@ -127,8 +127,12 @@ def expected(caller: Caller, permission: Permission) -> str:
     return "PERMISSION_DENIED"
 
 
-def minimal_request(method: str) -> Any:
-    """An almost empty request of the method's type, naming an agent the agent row owns."""
+UNKNOWN_TASK = "00000000000000000000000000000000"
+
+
+def minimal_request(method: str, task_id: str = UNKNOWN_TASK) -> Any:
+    """An almost empty request of the method's type, naming an agent the agent row owns
+    and ``task_id``."""
     service_name, _, name = method.lstrip("/").partition("/")
     service = next(s for s in SERVICES if s.full_name == service_name)
     descriptor = service.methods_by_name[name].input_type
@@ -136,7 +140,7 @@ def minimal_request(method: str) -> Any:
     if "agent_id" in descriptor.fields_by_name:
         request.agent_id = "agent-own-1"
     if "task_id" in descriptor.fields_by_name:
-        request.task_id = "00000000000000000000000000000000"
+        request.task_id = task_id
     return request
 
 
@@ -144,10 +148,19 @@ def minimal_request(method: str) -> Any:
 async def test_role_rpc_matrix(caller: Caller, auth_node: Any, keys: Keys) -> None:
     metadata = caller.metadata(keys)
     token = metadata[0][1].split(" ", 1)[-1] if metadata else ""
+    # A client gets, watches and cancels its own tasks only (another's, or an unknown one,
+    # is PERMISSION_DENIED alike): the task rows name one it submitted.
+    task_id = UNKNOWN_TASK
+    if caller.roles == ("client",):
+        submitted = await auth_node.tasks.SubmitTask(
+            task_pb2.SubmitTaskRequest(task_type="t"), metadata=metadata
+        )
+        task_id = submitted.task.task_id
     wrong: list[str] = []
     for method, permission in sorted(RPC_PERMISSIONS.items()):
         want = expected(caller, permission)
-        code, message = await call_rpc(auth_node.channel, method, minimal_request(method), metadata)
+        request = minimal_request(method, task_id)
+        code, message = await call_rpc(auth_node.channel, method, request, metadata)
         got = code.name if code in REFUSED else "allowed"
         if got != want:
             wrong.append(f"{method}: expected {want}, got {code.name} {message!r}")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from coordinator.auth.principal import Principal, current
-from coordinator.errors import PermissionDenied, echo
+from coordinator.errors import PermissionDenied
 
 log = logging.getLogger("coordinator.audit")
 
@@ -149,6 +149,16 @@ def leave(token: contextvars.Token[Scope | None]) -> None:
     _scope.reset(token)
 
 
+MAX_TARGET_CHARS = 128
+
+
+def field(text: str) -> str:
+    """A value from a request, safe in one log line: ASCII with escapes (no newline can
+    forge a second line), at most ``MAX_TARGET_CHARS`` characters."""
+    escaped = ascii(text)[1:-1]
+    return escaped if len(escaped) <= MAX_TARGET_CHARS else escaped[: MAX_TARGET_CHARS - 3] + "..."
+
+
 def _name(principal: Principal | None) -> str:
     return principal.name if principal is not None else "-"
 
@@ -157,7 +167,7 @@ def operator_action(action: str, target: str, outcome: str = "ok") -> None:
     """Record an operator action of the current call (no-op without authentication)."""
     found = _scope.get()
     if found is not None:
-        found.auditor.event(action, _name(current()), found.rpc, echo(target), outcome)
+        found.auditor.event(action, _name(current()), found.rpc, field(target), outcome)
 
 
 def denied(exc: PermissionDenied, target: str) -> PermissionDenied:
@@ -166,7 +176,7 @@ def denied(exc: PermissionDenied, target: str) -> PermissionDenied:
     found = _scope.get()
     if found is not None and not recorded(exc):
         found.auditor.refused(
-            "PERMISSION_DENIED", _name(current()), found.rpc, echo(target), str(exc)
+            "PERMISSION_DENIED", _name(current()), found.rpc, field(target), str(exc)
         )
     mark_recorded(exc)
     return exc

@@ -130,7 +130,7 @@ class AuthInterceptor(WrappingInterceptor):
             code, name = "PERMISSION_DENIED", exc.principal.name
         else:
             code, name = "UNAUTHENTICATED", "-"
-        self._auditor.refused(code, name, rule.scope.rpc, _target(request), str(exc))
+        self._auditor.refused(code, name, rule.scope.rpc, audit.field(_target(request)), str(exc))
         audit.mark_recorded(exc)
         if not rule.own:
             await context.abort_with_status(rpc_status.to_status(to_status(exc)))
