@@ -11,7 +11,10 @@ Health (``grpc.health.v1``) is always open: probes carry no credential. Reflecti
 valid credential of any role unless COORDINATOR_REFLECTION=open. Any other service needs a
 valid credential.
 
-Registered only when authentication is on: without it the node answers as it always did.
+A stream is authenticated when it opens: a token that expires, or a static token revoked,
+while its stream is open ends nothing; the next call (or the agent's reconnection) is
+refused. Registered only when authentication is on: without it the node answers as it
+always did.
 """
 
 from __future__ import annotations
