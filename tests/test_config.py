@@ -10,7 +10,7 @@ def test_defaults_match_the_old_service():
     assert settings.redis_url == "redis://localhost:6379/1"
     assert not settings.redis_url_explicit
     assert settings.port == 9001
-    assert settings.host == "0.0.0.0"
+    assert settings.host == "127.0.0.1"  # loopback: no authentication is configured
     assert settings.agent_types == DEFAULT_AGENT_TYPES
     assert "worker" in settings.agent_types and "inference" in settings.agent_types
     assert settings.node_id  # host name plus a random suffix
@@ -167,4 +167,6 @@ def test_missing_env_file_is_an_error(tmp_path):
     ],
 )
 def test_bind_address_brackets_bare_ipv6(host, address):
-    assert load_settings({"COORDINATOR_HOST": host}).address == address
+    # INSECURE: these addresses are not loopback and no authentication is configured.
+    env = {"COORDINATOR_HOST": host, "COORDINATOR_INSECURE": "true"}
+    assert load_settings(env).address == address

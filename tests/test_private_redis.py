@@ -134,7 +134,8 @@ def test_make_run_starts_a_private_redis_when_nothing_answers(tmp_path):
         if not k.startswith(("COORDINATOR_", "REDIS_URL", "NODE_ID"))
     }
     env.update({"PYTHONUNBUFFERED": "1", "COORDINATOR_SHUTDOWN_GRACE_S": str(GRACE_S)})
-    # Exactly `make run`: default host and port (0.0.0.0:9001, free in the new namespace).
+    # Exactly `make run`: default host and port. Without authentication the default host is
+    # loopback (protected mode), so the node serves on 127.0.0.1:9001 in the new namespace.
     address = "127.0.0.1:9001"
     log_fd, log_name = tempfile.mkstemp(prefix="coordinator-netns-", suffix=".log")
     log_path = Path(log_name)
@@ -187,6 +188,7 @@ def test_make_run_starts_a_private_redis_when_nothing_answers(tmp_path):
             serving, timeout_s=30, interval_s=0.2, what=f"SERVING on {address} in the namespace"
         )
         assert "started a private redis-server" in logs()
+        assert "coordinator serving on 127.0.0.1:9001" in logs()  # not 0.0.0.0: no auth
         redis_pids = [pid for pid in _children(coordinator.pid) if _comm(pid) == "redis-server"]
         assert len(redis_pids) == 1, (_children(coordinator.pid), logs())
         assert (state / "redis" / "redis.log").is_file()

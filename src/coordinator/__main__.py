@@ -109,6 +109,9 @@ def _serve(args: argparse.Namespace) -> int:
             settings = dataclasses.replace(settings, redis_url=url)
     try:
         return asyncio.run(serve(settings))
+    except ConfigError as exc:  # a credential file named by the settings is missing or bad
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         log.error("cannot serve on %s: %s", settings.address, exc)
         return 1

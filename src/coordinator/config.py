@@ -7,6 +7,8 @@ variable, and the server does not start.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import re
 import secrets
 import socket
@@ -41,6 +43,10 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
+DEFAULT_JWT_AUDIENCE = "aitbc-coordinator"
+REFLECTION_MODES = ("authenticated", "open")
+LOOPBACK_HOST = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
 DEFAULT_METRICS_PORT = 9464
 """The Prometheus exporters' customary port (OpenTelemetry's too), away from gRPC's 9001."""
 
@@ -58,7 +64,8 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     redis_url_explicit: bool = False
     """True when REDIS_URL was set: the coordinator then never substitutes a private Redis."""
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
+    """Loopback unless authentication is on (then 0.0.0.0) or COORDINATOR_HOST says."""
     port: int = 9001
     node_id: str = ""
     heartbeat_interval_s: float = 10.0
@@ -113,6 +120,46 @@ class Settings:
     least 1 (``quota_submit_burst_effective``)."""
     quota_max_unfinished: int = 0
     """Most tasks of each principal not yet in a final state, cluster-wide; 0: no limit."""
+    auth_jwt_hs256_secret_file: str = ""
+    """File holding the HS256 secret JWTs are verified with ("" = none)."""
+    auth_jwt_public_keys_file: str = ""
+    """PEM file of RS256/ES256 public keys JWTs are verified with ("" = none)."""
+    auth_jwt_audience: str = DEFAULT_JWT_AUDIENCE
+    auth_jwt_issuer: str = ""
+    """When set, a JWT's ``iss`` must equal it."""
+    auth_token_file: str = ""
+    """The static token file (see auth/static_tokens.py; "" = none)."""
+    auth_cert_grants_file: str = ""
+    """Grants of client-certificate principals (see auth/certificates.py; "" = none)."""
+    insecure: bool = False
+    """Allows a non-loopback COORDINATOR_HOST (or metrics host) without authentication."""
+    reflection: str = "authenticated"
+    """With authentication on: "authenticated" (reflection needs a credential) or "open"."""
+    metrics_host: str = "127.0.0.1"
+    metrics_token_file: str = ""
+    """When set, /metrics requires ``Authorization: Bearer <the file's token>``."""
+
+    @property
+    def client_certs_required(self) -> bool:
+        """True when the TLS layer requires and verifies client certificates (mutual TLS).
+
+        Hook for the TLS settings (COORDINATOR_TLS_CLIENT_CA_FILE,
+        COORDINATOR_TLS_REQUIRE_CLIENT_CERT), which another change adds: until their fields
+        exist this is False. Required client certificates turn authentication on.
+        """
+        return bool(getattr(self, "tls_client_ca_file", "")) and bool(
+            getattr(self, "tls_require_client_cert", True)
+        )
+
+    @property
+    def auth_enabled(self) -> bool:
+        """True when calls must carry a credential: a JWT key, a token file, or mutual TLS."""
+        return bool(
+            self.auth_jwt_hs256_secret_file
+            or self.auth_jwt_public_keys_file
+            or self.auth_token_file
+            or self.client_certs_required
+        )
 
     @property
     def any_agent_type(self) -> bool:
@@ -153,7 +200,7 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
     settings = Settings(
         redis_url=reader.get("REDIS_URL", DEFAULT_REDIS_URL, _redis_url),
         redis_url_explicit=bool(values.get("REDIS_URL", "").strip()),
-        host=reader.get("COORDINATOR_HOST", "0.0.0.0", _host),
+        host=reader.get("COORDINATOR_HOST", "", _host),
         port=reader.get("COORDINATOR_PORT", 9001, _port),
         node_id=reader.get("NODE_ID", "", _node_id) or default_node_id(),
         heartbeat_interval_s=reader.get("COORDINATOR_HEARTBEAT_INTERVAL_S", 10.0, _positive),
@@ -197,6 +244,20 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         quota_submit_rate=reader.get("COORDINATOR_QUOTA_SUBMIT_RATE", 0.0, _quota_rate),
         quota_submit_burst=reader.get("COORDINATOR_QUOTA_SUBMIT_BURST", 0.0, _quota_burst),
         quota_max_unfinished=reader.get("COORDINATOR_QUOTA_MAX_UNFINISHED", 0, _quota_tasks),
+        auth_jwt_hs256_secret_file=reader.get(
+            "COORDINATOR_AUTH_JWT_HS256_SECRET_FILE", "", _file_path
+        ),
+        auth_jwt_public_keys_file=reader.get(
+            "COORDINATOR_AUTH_JWT_PUBLIC_KEYS_FILE", "", _file_path
+        ),
+        auth_jwt_audience=reader.get("COORDINATOR_AUTH_JWT_AUDIENCE", DEFAULT_JWT_AUDIENCE, _name),
+        auth_jwt_issuer=reader.get("COORDINATOR_AUTH_JWT_ISSUER", "", _name),
+        auth_token_file=reader.get("COORDINATOR_AUTH_TOKEN_FILE", "", _file_path),
+        auth_cert_grants_file=reader.get("COORDINATOR_AUTH_CERT_GRANTS_FILE", "", _file_path),
+        insecure=reader.get("COORDINATOR_INSECURE", False, _boolean),
+        reflection=reader.get("COORDINATOR_REFLECTION", "authenticated", _reflection),
+        metrics_host=reader.get("COORDINATOR_METRICS_HOST", LOOPBACK_HOST, _host),
+        metrics_token_file=reader.get("COORDINATOR_METRICS_TOKEN_FILE", "", _file_path),
     )
     if settings.stream_queue_max_bytes < settings.max_message_bytes:
         raise ConfigError(
@@ -209,6 +270,12 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
             "COORDINATOR_QUOTA_SUBMIT_BURST: needs COORDINATOR_QUOTA_SUBMIT_RATE above 0 "
             "(without a rate there is no token bucket)"
         )
+    if not settings.host:
+        # Listening beyond this machine is the default only when callers must authenticate.
+        settings = dataclasses.replace(
+            settings, host=ALL_INTERFACES if settings.auth_enabled else LOOPBACK_HOST
+        )
+    check_exposure(settings)
     if settings.health_port is not None and settings.health_port != 0:
         if settings.health_port == settings.port:
             raise ConfigError(
@@ -244,6 +311,43 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
     return settings
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine reaches: localhost, 127.0.0.0/8, ::1."""
+    bare = host.strip("[]")
+    if bare.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_exposure(settings: Settings) -> None:
+    """Like Redis' protected mode: without authentication the node listens on loopback only,
+    unless COORDINATOR_INSECURE=true says the network is trusted. ConfigError otherwise;
+    the same for the metrics endpoint without a bearer token."""
+    if settings.insecure:
+        return
+    if not settings.auth_enabled and not is_loopback(settings.host):
+        raise ConfigError(
+            f"COORDINATOR_HOST: {settings.host} is not a loopback address and no authentication "
+            "is configured, so anyone who reaches the port would own the cluster. Configure "
+            "COORDINATOR_AUTH_TOKEN_FILE, COORDINATOR_AUTH_JWT_HS256_SECRET_FILE, "
+            "COORDINATOR_AUTH_JWT_PUBLIC_KEYS_FILE or client certificates, bind 127.0.0.1, or "
+            "set COORDINATOR_INSECURE=true on a network you trust"
+        )
+    if (
+        settings.metrics_enabled
+        and not settings.metrics_token_file
+        and not is_loopback(settings.metrics_host)
+    ):
+        raise ConfigError(
+            f"COORDINATOR_METRICS_HOST: {settings.metrics_host} is not a loopback address and "
+            "COORDINATOR_METRICS_TOKEN_FILE is not set; set a token file, bind 127.0.0.1, or set "
+            "COORDINATOR_INSECURE=true"
+        )
+
+
 class _Reader:
     def __init__(self, values: Mapping[str, str]) -> None:
         self._values = values
@@ -262,6 +366,27 @@ def _host(raw: str) -> str:
     if not _HOST.match(raw):
         raise ValueError("must be a host name, an IPv4 address or an IPv6 address (:: or [::])")
     return raw
+
+
+def _file_path(raw: str) -> str:
+    # Read (and checked) when the node starts, by the module that uses it: a missing or
+    # invalid file is then a ConfigError naming this variable, and the node does not start.
+    if len(raw) > 4096 or not raw.isprintable():
+        raise ValueError("must be a file path")
+    return raw
+
+
+def _name(raw: str) -> str:
+    if len(raw) > 256 or not raw.isprintable():
+        raise ValueError("must be at most 256 printable characters")
+    return raw
+
+
+def _reflection(raw: str) -> str:
+    value = raw.lower()
+    if value not in REFLECTION_MODES:
+        raise ValueError(f"must be one of {', '.join(REFLECTION_MODES)} (any case)")
+    return value
 
 
 def _connections(raw: str) -> int:

@@ -1,4 +1,6 @@
-"""The node's Prometheus metrics, served over plain HTTP on a port of their own.
+"""The node's Prometheus metrics, served over plain HTTP on a port of their own (on loopback
+unless COORDINATOR_METRICS_HOST says otherwise, behind a bearer token when
+COORDINATOR_METRICS_TOKEN_FILE is set).
 
 Each node has its own ``CollectorRegistry`` (not prometheus_client's global one), so several
 nodes in one process (the tests) each count only their own calls. What the node counts
@@ -16,13 +18,14 @@ ZCARDs, answers are never staler than the scrape, and nothing runs when nobody s
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIServer, make_server
 
 import grpc
 import redis
@@ -35,8 +38,13 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
-from prometheus_client import start_http_server as start_prometheus_http_server
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import (  # the parts start_http_server is made of
+    ThreadingWSGIServer,
+    _get_best_family,
+    _SilentHandler,
+    make_wsgi_app,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -46,6 +54,8 @@ from redis.retry import Retry
 
 from coordinator import keys
 from coordinator.api.method_wrapping import WrappingInterceptor
+from coordinator.auth import audit
+from coordinator.auth.files import WatchedFile
 from coordinator.config import Settings
 from coordinator.task_models import PRIORITIES_MOST_URGENT_FIRST, TaskState
 
@@ -106,6 +116,21 @@ class NodeMetrics:
             "way",
             ASSIGNMENT_WAYS,
         )
+        self.audit_events = self._counter_by(
+            "audit_events",
+            "Audited events, by action: operator actions (purge_queue, set_strategy,"
+            " deregister_agent, update_agent_status, cancel_task) and refusals"
+            " (permission_denied, unauthenticated).",
+            "action",
+            audit.ACTIONS,
+        )
+        self.auth_failures = Counter(
+            "auth_failures",
+            "Calls and batch entries refused UNAUTHENTICATED or PERMISSION_DENIED, by RPC.",
+            ["rpc", "code"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.redis_errors = self._counter_by(
             "redis_errors",
             "Calls answered UNAVAILABLE because of Redis, by kind.",
@@ -140,6 +165,14 @@ class NodeMetrics:
         """One call failed because of Redis; ``kind`` is one of REDIS_ERROR_KINDS."""
         self.redis_errors.labels(kind).inc()
 
+    def count_audit_event(self, action: str) -> None:
+        """One audited event; ``action`` is one of ``audit.ACTIONS``."""
+        self.audit_events.labels(action).inc()
+
+    def count_auth_failure(self, rpc: str, code: str) -> None:
+        """A call or batch entry of ``rpc`` (Service/Method) was refused with ``code``."""
+        self.auth_failures.labels(rpc, code).inc()
+
     def count_assignment(self, way: str) -> None:
         """This node assigned a task; ``way`` is one of ASSIGNMENT_WAYS."""
         self.assignments.labels(way).inc()
@@ -149,14 +182,18 @@ class NodeMetrics:
         self.submit_to_assignment.observe(max(0, latency_ms) / 1000)
 
     def start_http(self) -> int:
-        """Serve ``/metrics`` on COORDINATOR_HOST:COORDINATOR_METRICS_PORT; returns the port."""
-        host = self._settings.host.strip("[]")  # getaddrinfo takes an IPv6 address bare
+        """Serve ``/metrics`` on COORDINATOR_METRICS_HOST:COORDINATOR_METRICS_PORT, behind a
+        bearer token when COORDINATOR_METRICS_TOKEN_FILE is set; returns the port."""
+        host = self._settings.metrics_host.strip("[]")  # getaddrinfo takes an IPv6 address bare
+        app = make_wsgi_app(self.registry)
+        if self._settings.metrics_token_file:
+            app = bearer_protected(
+                app, WatchedFile(self._settings.metrics_token_file, METRICS_TOKEN_VARIABLE, _token)
+            )
         collector = TaskIndexCollector(self._settings)
         self.registry.register(collector)
         try:
-            server, thread = start_prometheus_http_server(
-                self._settings.metrics_port, host, self.registry
-            )
+            server, thread = _serve_wsgi(app, host, self._settings.metrics_port)
         except OSError as exc:
             self.registry.unregister(collector)
             collector.close()
@@ -167,8 +204,19 @@ class NodeMetrics:
         self._http = (server, thread)
         self._tasks_collector = collector
         port = int(server.server_address[1])
-        log.info("metrics served on http://%s:%d/metrics", self._settings.host, port)
+        log.info(
+            "metrics served on http://%s:%d/metrics%s",
+            self._settings.metrics_host,
+            port,
+            " (bearer token required)" if self._settings.metrics_token_file else "",
+        )
         return port
+
+    def http_address(self) -> tuple[str, int]:
+        """The address the metrics endpoint is bound to (while it is served)."""
+        assert self._http is not None, "metrics are not served"
+        host, port = self._http[0].server_address[:2]
+        return str(host), int(port)
 
     async def stop_http(self) -> None:
         """Stop serving and close the collector's Redis client (idempotent)."""
@@ -183,6 +231,50 @@ class NodeMetrics:
         if collector is not None:
             self.registry.unregister(collector)
             collector.close()
+
+
+METRICS_TOKEN_VARIABLE = "COORDINATOR_METRICS_TOKEN_FILE"
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
+
+
+def _token(text: str) -> str:
+    token = text.strip()
+    if not token:
+        raise ValueError("the file is empty")
+    return token
+
+
+def bearer_protected(app: WsgiApp, token: WatchedFile[str]) -> WsgiApp:
+    """``app`` behind ``Authorization: Bearer <token>`` (401 otherwise); the token file is
+    read again when it changes."""
+
+    def protected(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        expected = f"Bearer {token.current()}".encode("latin-1", "replace")
+        if not hmac.compare_digest(given, expected):
+            start_response(
+                "401 Unauthorized",
+                [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="metrics"')],
+            )
+            return [b"send Authorization: Bearer <the token of COORDINATOR_METRICS_TOKEN_FILE>\n"]
+        return app(environ, start_response)
+
+    return protected
+
+
+def _serve_wsgi(app: WsgiApp, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """prometheus_client's start_http_server, serving ``app`` (the registry, maybe behind a
+    token) instead of always the bare registry."""
+
+    class Server(ThreadingWSGIServer):
+        """A copy, so that the address family is set for this server only."""
+
+    Server.address_family, address = _get_best_family(host, port)
+    httpd = make_server(address, port, app, Server, handler_class=_SilentHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    return httpd, thread
 
 
 class TaskIndexCollector(Collector):

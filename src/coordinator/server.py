@@ -26,7 +26,10 @@ from coordinator.api.agent_service import AgentService
 from coordinator.api.error_mapping import ErrorMappingInterceptor
 from coordinator.api.serialized_replies import SerializedRepliesInterceptor
 from coordinator.api.task_service import TaskService
-from coordinator.config import Settings
+from coordinator.auth.audit import Auditor
+from coordinator.auth.authenticator import Authenticator
+from coordinator.auth.interceptor import AuthInterceptor
+from coordinator.config import Settings, check_exposure
 from coordinator.dispatcher import Dispatcher
 from coordinator.events import EventHub
 from coordinator.health import RedisHealthMonitor
@@ -109,6 +112,9 @@ class Coordinator:
     """One running node: the gRPC server, its Redis client and its background tasks."""
 
     def __init__(self, settings: Settings) -> None:
+        check_exposure(settings)  # settings built in code get the protected-mode rule too
+        # Reads the credential files first: a bad one stops the node before it opens anything.
+        self.authenticator = Authenticator.from_settings(settings)
         self.settings = settings
         self.redis = connect_redis(settings)
         # Task scripts, the hot path, share one auto-pipelined connection (redis_multiplex).
@@ -153,18 +159,27 @@ class Coordinator:
             per_peer=settings.batch_tasks_per_peer,
             retry_after_s=settings.batch_retry_after_s,
         )
-        self.server = grpc.aio.server(
-            # The metrics interceptor first: it sees the status codes the error mapping chose.
-            interceptors=[
-                RpcMetricsInterceptor(self.metrics),
-                ErrorMappingInterceptor(on_redis_error=self.metrics.count_redis_error),
-                # Inside the error mapping, which answers its refusals with RetryInfo.
-                AdmissionInterceptor(self.admission),
-                # Last, so that the others keep the serializer it gives DiscoverAgents.
-                SerializedRepliesInterceptor(),
-            ],
-            options=server_options(settings),
-        )
+        self.auditor = Auditor(self.metrics.count_audit_event, self.metrics.count_auth_failure)
+        # The metrics interceptor first: it sees the status codes the error mapping chose.
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            RpcMetricsInterceptor(self.metrics),
+            ErrorMappingInterceptor(on_redis_error=self.metrics.count_redis_error),
+        ]
+        if self.authenticator is not None:
+            # Inside the error mapping, which answers its refusals; before admission, so an
+            # unauthenticated caller takes no share of the batch budget.
+            interceptors.append(
+                AuthInterceptor(
+                    self.authenticator, self.auditor, reflection_open=settings.reflection == "open"
+                )
+            )
+        interceptors += [
+            # Inside the error mapping, which answers its refusals with RetryInfo.
+            AdmissionInterceptor(self.admission),
+            # Last, so that the others keep the serializer it gives DiscoverAgents.
+            SerializedRepliesInterceptor(),
+        ]
+        self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
         # Health checks use their own connection: a busy pool must not look like an outage.
         self.health_redis = connect_redis(settings, max_connections=1)
         self.health = RedisHealthMonitor(
@@ -221,11 +236,12 @@ class Coordinator:
         self.sweeper.start()
         self.page_token_key.start()
         log.info(
-            "coordinator serving on %s:%d (Redis %s, health %s)",
+            "coordinator serving on %s:%d (Redis %s, health %s, authentication %s)",
             self.settings.host,
             self.port,
             _redacted(self.settings.redis_url),
             "SERVING" if self.health.serving else "NOT_SERVING",
+            "on" if self.settings.auth_enabled else "off",
         )
         return self.port
 

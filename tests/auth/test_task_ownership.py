@@ -19,6 +19,7 @@ import pytest
 
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.api.task_service import TaskService
+from coordinator.auth import audit
 from coordinator.auth.principal import Principal, Role, calling_as
 from coordinator.errors import NotFound, PermissionDenied
 from coordinator.sdk import wire as sdk_wire
@@ -139,7 +140,13 @@ async def test_a_client_cannot_cancel_another_principals_task_and_nothing_change
 async def test_an_operator_cancels_any_task_and_is_audited(service, node, caplog):
     task = await submit(service, "alice")
     own = await submit(service, "ops")
-    with caplog.at_level(logging.INFO, logger="coordinator.audit"), calling("ops", OPERATOR):
+    # The audit scope the authentication interceptor opens around each call.
+    scope = audit.scope_of(audit.Scope("TaskService/CancelTask", audit.Auditor()))
+    with (
+        caplog.at_level(logging.INFO, logger="coordinator.audit"),
+        calling("ops", OPERATOR),
+        scope,
+    ):
         assert (await cancel(service, task.task_id)).state == task_pb2.TASK_STATE_CANCELLED
         await cancel(service, own.task_id)  # its own: not an operator action
     (line,) = [r for r in caplog.records if r.name == "coordinator.audit"]

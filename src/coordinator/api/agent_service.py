@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
 from coordinator import validation
 from coordinator.api import error_mapping, page_bytes, wire
+from coordinator.auth import checks
 from coordinator.config import Settings
 from coordinator.dispatcher import Dispatcher
 from coordinator.errors import FailedPrecondition, Unavailable
@@ -52,6 +53,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def RegisterAgent(
         self, request: agent_pb2.RegisterAgentRequest, context: Context
     ) -> agent_pb2.RegisterAgentResponse:
+        checks.require_agent(request.agent_id)  # no one registers over an agent it is not
         registration = validation.registration(
             agent_id=request.agent_id,
             agent_type=request.agent_type,
@@ -76,6 +78,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def Heartbeat(
         self, request: agent_pb2.HeartbeatRequest, context: Context
     ) -> agent_pb2.HeartbeatResponse:
+        checks.require_agent(request.agent_id)
         load_metrics, status = validation.heartbeat(
             request.agent_id,
             request.load_metrics,
@@ -97,25 +100,33 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def UpdateAgentStatus(
         self, request: agent_pb2.UpdateAgentStatusRequest, context: Context
     ) -> agent_pb2.UpdateAgentStatusResponse:
+        checks.require_agent(request.agent_id)
         status, load_metrics, reason = validation.status_update(
             request.agent_id,
             wire.enum_from_proto(request.status, "status", wire.AGENT_STATUS),
             request.load_metrics,
             request.reason,
         )
-        agent = await self._registry.update_status(request.agent_id, status, load_metrics, reason)
+        with checks.audited_if_another_agent("update_agent_status", request.agent_id):
+            agent = await self._registry.update_status(
+                request.agent_id, status, load_metrics, reason
+            )
         self._dispatcher.request()  # an agent back to ACTIVE may take queued work at once
         return agent_pb2.UpdateAgentStatusResponse(agent=wire.agent_to_proto(agent))
 
     async def DeregisterAgent(
         self, request: agent_pb2.DeregisterAgentRequest, context: Context
     ) -> agent_pb2.DeregisterAgentResponse:
+        checks.require_agent(request.agent_id)
         agent_id = validation.agent_id(request.agent_id)
-        return agent_pb2.DeregisterAgentResponse(existed=await self._registry.deregister(agent_id))
+        with checks.audited_if_another_agent("deregister_agent", agent_id):
+            existed = await self._registry.deregister(agent_id)
+        return agent_pb2.DeregisterAgentResponse(existed=existed)
 
     async def GetAgent(
         self, request: agent_pb2.GetAgentRequest, context: Context
     ) -> agent_pb2.GetAgentResponse:
+        checks.require_agent_reader(request.agent_id)
         agent = await self._registry.get(validation.agent_id(request.agent_id))
         return agent_pb2.GetAgentResponse(agent=wire.agent_to_proto(agent))
 
@@ -145,6 +156,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def StreamAssignments(
         self, request: agent_pb2.StreamAssignmentsRequest, context: Context
     ) -> AsyncIterator[agent_pb2.StreamAssignmentsResponse]:
+        # Before the stream opens: a refused caller neither ends the agent's stream nor
+        # receives its assignments and fencing tokens.
+        checks.require_agent(request.agent_id)
         agent_id = validation.agent_id(request.agent_id)
         session = await self._streams.open(agent_id)
         handler = asyncio.current_task()

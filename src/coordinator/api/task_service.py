@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
@@ -19,8 +18,7 @@ from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 from coordinator import task_validation as tv
 from coordinator.api import page_bytes, wire
 from coordinator.api.batch_errors import answer_entries
-from coordinator.auth import ownership
-from coordinator.auth.principal import current
+from coordinator.auth import checks, ownership
 from coordinator.cancellation import raise_if_cancelled
 from coordinator.config import Settings
 from coordinator.errors import InvalidArgument, NotFound
@@ -30,8 +28,6 @@ from coordinator.tasks import Report, ReportOutcome, Submitted, TaskStore
 from coordinator.validation import Violations
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-audit_log = logging.getLogger("coordinator.audit")
 
 WATCH_SAFETY_RECHECK_S = 60.0
 """A watch re-reads its task only when the hub says it changed, or may have (a reconnect);
@@ -180,27 +176,13 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             if owner is not None:
                 raise ownership.not_its_task("tasks.cancel", "CancelTask", task_id) from None
             raise
-        principal = current()
-        if principal is not None and task.submitted_by != principal.name:
-            # An operator cancelled another principal's task: audited. When
-            # coordinator.auth.audit merges, this is audit.operator_action("cancel_task",
-            # task_id) (the same fields, and the audit events metric).
-            audit_log.info(
-                "audit cancel_task by %s on TaskService/CancelTask: ok",
-                principal.name,
-                extra={
-                    "action": "cancel_task",
-                    "principal": principal.name,
-                    "rpc": "TaskService/CancelTask",
-                    "target": task_id,
-                    "outcome": "ok",
-                },
-            )
+        checks.audit_cancel(task_id, task.submitted_by)
         return task_pb2.CancelTaskResponse(task=wire.task_to_proto(task))
 
     async def AcknowledgeTask(
         self, request: task_pb2.AcknowledgeTaskRequest, context: Context
     ) -> task_pb2.AcknowledgeTaskResponse:
+        checks.require_agent(request.agent_id)  # a stolen fencing token is not enough
         tv.report(request.task_id, request.agent_id, request.fencing_token)
         lease_ms = await self._store.acknowledge(
             request.task_id, request.agent_id, request.fencing_token
@@ -210,6 +192,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def ExtendTaskLease(
         self, request: task_pb2.ExtendTaskLeaseRequest, context: Context
     ) -> task_pb2.ExtendTaskLeaseResponse:
+        checks.require_agent(request.agent_id)  # a stolen fencing token is not enough
         lease_s = _lease(request)
         lease_ms = await self._store.extend_lease(
             request.task_id, request.agent_id, request.fencing_token, lease_s
@@ -219,6 +202,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def CompleteTask(
         self, request: task_pb2.CompleteTaskRequest, context: Context
     ) -> task_pb2.CompleteTaskResponse:
+        checks.require_agent(request.agent_id)  # a stolen fencing token is not enough
         result = self._result(request)
         task = await self._store.complete(
             request.task_id, request.agent_id, request.fencing_token, result
@@ -228,6 +212,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     async def FailTask(
         self, request: task_pb2.FailTaskRequest, context: Context
     ) -> task_pb2.FailTaskResponse:
+        checks.require_agent(request.agent_id)  # a stolen fencing token is not enough
         error = _error(request, self._settings.max_struct_depth)
         task = await self._store.fail(
             request.task_id, request.agent_id, request.fencing_token, error
@@ -260,6 +245,8 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
     def _report(self, entry: task_pb2.TaskReport) -> Report:
         """One validated report of a ReportTasks call, checked as its unary RPC checks it."""
         kind = entry.WhichOneof("report")
+        if kind is not None:  # an entry for an agent the caller is not: that entry's refusal
+            checks.require_agent(getattr(entry, kind).agent_id)
         if kind == "acknowledge":
             a = entry.acknowledge
             tv.report(a.task_id, a.agent_id, a.fencing_token)
@@ -335,7 +322,8 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         priority = wire.enum_from_proto(request.priority, "priority", wire.TASK_PRIORITY)
         if priority is None:
             raise InvalidArgument.of("priority", "must name a queue: LOW to URGENT")
-        cancelled = await self._store.purge(priority, tv.reason(request.reason))
+        with checks.audited("purge_queue", priority.name):
+            cancelled = await self._store.purge(priority, tv.reason(request.reason))
         return task_pb2.PurgeQueueResponse(cancelled_count=cancelled)
 
     async def GetBalancingStrategy(
@@ -352,7 +340,8 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             raise InvalidArgument.of(
                 "strategy", "must name a strategy, for example BALANCING_STRATEGY_ROUND_ROBIN"
             )
-        previous = await self._store.set_strategy(strategy)
+        with checks.audited("set_strategy", strategy.name):
+            previous = await self._store.set_strategy(strategy)
         return task_pb2.SetBalancingStrategyResponse(
             strategy=wire.strategy_to_proto(strategy),
             previous_strategy=wire.strategy_to_proto(previous),

@@ -99,6 +99,17 @@ def calling_as(principal: Principal | None) -> Iterator[None]:
         _current.reset(token)
 
 
+def enter(principal: Principal | None) -> contextvars.Token[Principal | None]:
+    """Make ``principal`` the caller until ``leave(token)``: ``calling_as`` without a
+    generator, for the interceptor's per-call path."""
+    return _current.set(principal)
+
+
+def leave(token: contextvars.Token[Principal | None]) -> None:
+    """Undo the ``enter`` that returned ``token``."""
+    _current.reset(token)
+
+
 def require_agent(agent_id: str, field_name: str = "agent_id") -> None:
     """PermissionDenied unless the caller may act as ``agent_id`` (no-op without auth).
 
