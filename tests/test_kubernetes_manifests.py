@@ -216,6 +216,13 @@ def test_a_pod_starts_with_valid_settings() -> None:
     # pods' settings turn it on.
     without_host = {k: v for k, v in pod_environment().items() if k != "COORDINATOR_HOST"}
     assert load_settings(without_host).host == "0.0.0.0"
+    # configmap.yaml's way to mutual TLS, the CA being the mounted ca.crt, is valid too.
+    assert (
+        'COORDINATOR_TLS_CLIENT_CA_FILE: "/etc/aitbc/tls/ca.crt"'
+        in (KUBE / "configmap.yaml").read_text()
+    )
+    ca = str(secret_files(TLS_SECRET)["ca.crt"])
+    load_settings({**pod_environment(), "COORDINATOR_TLS_CLIENT_CA_FILE": ca})
 
 
 def test_deployment_reads_the_configmap_the_secret_and_its_pod_name() -> None:
@@ -350,7 +357,6 @@ TRIAL_REDIS_SECRET = "aitbc-redis-trial"
 FILE_SETTINGS = {
     "COORDINATOR_TLS_CERT_FILE": (TLS_SECRET, "tls.crt"),
     "COORDINATOR_TLS_KEY_FILE": (TLS_SECRET, "tls.key"),
-    "COORDINATOR_TLS_CLIENT_CA_FILE": (TLS_SECRET, "ca.crt"),
     "COORDINATOR_AUTH_JWT_HS256_SECRET_FILE": (AUTH_SECRET, "jwt-hs256.secret"),
     "COORDINATOR_AUTH_TOKEN_FILE": (AUTH_SECRET, "tokens.csv"),
     "COORDINATOR_METRICS_TOKEN_FILE": (AUTH_SECRET, "metrics.token"),
@@ -371,7 +377,10 @@ def test_tls_and_auth_come_from_mounted_secrets() -> None:
         assert name in data, f"configmap.yaml does not set {name}"
         assert mounted_file(data[name]) == (secret, key), (name, data[name])
         assert key in secret_generators()[secret], (secret, key)
-    assert data["COORDINATOR_TLS_REQUIRE_CLIENT_CERT"] in ("true", "false")
+    # mTLS is optional (tokens authenticate); when on, its CA is the mounted ca.crt.
+    if "COORDINATOR_TLS_CLIENT_CA_FILE" in data:
+        assert mounted_file(data["COORDINATOR_TLS_CLIENT_CA_FILE"]) == (TLS_SECRET, "ca.crt")
+    assert "ca.crt" in secret_generators()[TLS_SECRET], "clients verify the node with it"
     tls = next(g for g in kustomization()["secretGenerator"] if g["name"] == TLS_SECRET)
     assert tls["type"] == "kubernetes.io/tls", "the type cert-manager writes"
     # Fixed names: an updated Secret reaches the running pods' files, which the node re-reads.
