@@ -107,9 +107,11 @@ def secret_generators() -> dict[str, dict[str, str]]:
 @cache
 def made_secrets() -> Path:
     """What make-secrets.sh writes (once per test session, in a folder of its own)."""
+    import atexit
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="aitbc-secrets-")) / "secrets"
+    atexit.register(shutil.rmtree, folder.parent, True)
     subprocess.run(
         ["bash", str(KUBE / "make-secrets.sh"), str(folder)],
         check=True,
