@@ -104,10 +104,46 @@ def test_env_example_lists_exactly_the_variables_config_reads() -> None:
     assert set(names) == config_variable_names()
 
 
+PRODUCTION_VALUES = {
+    "COORDINATOR_TLS_CERT_FILE": "/etc/aitbc/tls/tls.crt",
+    "COORDINATOR_TLS_KEY_FILE": "/etc/aitbc/tls/tls.key",
+    "COORDINATOR_AUTH_TOKEN_FILE": "/etc/aitbc/auth/tokens.csv",
+}
+"""The example's only values that are not defaults: a node installed from it serves TLS and
+authenticates every call (files laid out as in deploy/systemd/README.md)."""
+
+
 def test_env_example_values_are_the_defaults() -> None:
-    from_file = load_settings({}, ENV_EXAMPLE)
+    entries = dict(env_example_entries())
+    assert {k: entries[k] for k in PRODUCTION_VALUES} == PRODUCTION_VALUES
+    # The rest are the defaults (an empty value in the environment means the default).
+    from_file = load_settings(dict.fromkeys(PRODUCTION_VALUES, ""), ENV_EXAMPLE)
     assert defaults_without(from_file) == defaults_without(load_settings({}))
     assert defaults_without(from_file) == defaults_without(Settings())
+
+
+def test_env_example_is_safe_by_default(tmp_path: Path) -> None:
+    """With the files it names in place, the example's node has TLS and authentication on,
+    so its default host is every interface; COORDINATOR_INSECURE stays false."""
+    import trustme
+
+    entries = dict(env_example_entries())
+    assert entries["COORDINATOR_INSECURE"] == "false"
+    assert entries["COORDINATOR_HOST"] == "", "the default host follows authentication"
+    ca = trustme.CA()
+    server = ca.issue_cert("node-a.example")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    server.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    tokens = tmp_path / "tokens.csv"
+    tokens.write_text(f"sha256:{'ab' * 32},ops-admin,operator,\n")
+    local = {
+        "COORDINATOR_TLS_CERT_FILE": str(cert),
+        "COORDINATOR_TLS_KEY_FILE": str(key),
+        "COORDINATOR_AUTH_TOKEN_FILE": str(tokens),
+    }
+    assert set(local) == set(PRODUCTION_VALUES)
+    assert load_settings(local, ENV_EXAMPLE).host == "0.0.0.0"
 
 
 def test_env_example_has_no_trailing_comments() -> None:
@@ -126,6 +162,19 @@ def test_unit_reads_the_env_file_and_outlives_the_shutdown_grace() -> None:
     grace_example = dict(env_example_entries())["COORDINATOR_SHUTDOWN_GRACE_S"]
     assert stop_s > grace_default
     assert stop_s > float(grace_example)
+
+
+def test_unit_may_read_the_credential_files_and_nothing_more() -> None:
+    service = unit_settings()["Service"]
+    # A throw-away user in the group that owns /etc/aitbc/tls and /etc/aitbc/auth.
+    assert service["DynamicUser"] == ["yes"]
+    assert service["SupplementaryGroups"] == ["aitbc"]
+    assert service["ProtectSystem"] == ["strict"]
+    assert not any(key.startswith("ReadWrite") for key in service)
+    readme = (ROOT / "deploy" / "systemd" / "README.md").read_text()
+    assert "install -d -o root -g aitbc -m 0750 /etc/aitbc/tls /etc/aitbc/auth" in readme
+    for path in PRODUCTION_VALUES.values():
+        assert "-o root -g aitbc -m 0640" in readme and path in readme, path
 
 
 def test_unit_runs_the_coordinator_serve_command() -> None:

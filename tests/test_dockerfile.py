@@ -153,6 +153,16 @@ def test_the_container_runs_as_a_numeric_non_root_user_it_creates() -> None:
         assert f"groupadd --system --gid {gid}" in created
 
 
+def image_environment() -> dict[str, str]:
+    """The ENV of the final stage (``ENV NAME=value ...`` form)."""
+    values: dict[str, str] = {}
+    for arguments in arguments_of(final_stage(), "ENV"):
+        for word in shlex.split(arguments):
+            name, _, value = word.partition("=")
+            values[name] = value
+    return values
+
+
 def test_it_exposes_the_configured_default_ports() -> None:
     exposed = {
         int(p.split("/")[0]) for a in arguments_of(final_stage(), "EXPOSE") for p in a.split()
@@ -160,6 +170,36 @@ def test_it_exposes_the_configured_default_ports() -> None:
     settings = Settings()
     assert settings.port in exposed
     assert settings.metrics_port in exposed
+    assert int(image_environment()["COORDINATOR_HEALTH_PORT"]) in exposed
+
+
+IMAGE_CREDENTIALS = {
+    "COORDINATOR_TLS_CERT_FILE": "/etc/aitbc/tls/tls.crt",
+    "COORDINATOR_TLS_KEY_FILE": "/etc/aitbc/tls/tls.key",
+    "COORDINATOR_AUTH_TOKEN_FILE": "/etc/aitbc/auth/tokens.csv",
+}
+"""The files the image expects mounted: the same layout as deploy/kubernetes (configmap.yaml)
+and deploy/systemd (aitbc.env.example)."""
+
+
+def test_the_image_serves_tls_and_auth_from_mounted_files() -> None:
+    import yaml
+
+    environment = image_environment()
+    for name, path in IMAGE_CREDENTIALS.items():
+        assert environment.get(name) == path, name
+    assert not any(name == "COORDINATOR_INSECURE" for name in environment)
+    assert "COORDINATOR_HOST" not in environment, "the default follows authentication"
+    configmap = yaml.safe_load((ROOT / "deploy/kubernetes/configmap.yaml").read_text())["data"]
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy/aitbc.env.example").read_text().splitlines()
+        if line[:1].isupper() and "=" in line
+    )
+    for name, path in IMAGE_CREDENTIALS.items():
+        assert configmap[name] == example[name] == path, name
+    header = DOCKERFILE.read_text().split("\nFROM", 1)[0]
+    assert all(path in header for path in IMAGE_CREDENTIALS.values()), "document the mounts"
 
 
 def test_it_runs_the_serve_command() -> None:
@@ -169,12 +209,15 @@ def test_it_runs_the_serve_command() -> None:
     assert arguments_of(final_stage(), "STOPSIGNAL") == ["SIGTERM"]
 
 
-def test_the_health_check_probes_the_default_port() -> None:
+def test_the_health_check_probes_the_plaintext_health_port() -> None:
+    # The gRPC port is TLS: the check asks the health-only plaintext listener instead.
     (healthcheck,) = arguments_of(final_stage(), "HEALTHCHECK")
     command = json.loads(healthcheck[healthcheck.index("CMD ") + 4 :])
     assert command[:2] == ["aitbc-coordinator", "health"]
     address = command[command.index("--address") + 1]
-    assert address.rsplit(":", 1)[1] == str(Settings().port)
+    host, port = address.rsplit(":", 1)
+    assert host == "127.0.0.1"
+    assert port == image_environment()["COORDINATOR_HEALTH_PORT"] != str(Settings().port)
 
 
 def test_only_runtime_dependencies_are_installed() -> None:
