@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 
+from coordinator.auth import tls
 from coordinator.balancing import Strategy
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/1"
@@ -96,6 +97,25 @@ class Settings:
     """The same bound for one client connection."""
     batch_retry_after_s: float = 1.0
     """The retry delay a refused batch submit is told (google.rpc.RetryInfo)."""
+    tls_cert_file: str = ""
+    """PEM certificate chain of the gRPC port; with ``tls_key_file``, the port speaks TLS."""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    """PEM CA bundle client certificates must chain to (mutual TLS)."""
+    tls_require_client_cert: bool = True
+    """Only meaningful with a client CA: gRPC's Python server either requires and verifies
+    client certificates or does not ask for them, so false with a CA is refused."""
+
+    @property
+    def tls_enabled(self) -> bool:
+        """True when the gRPC port speaks TLS."""
+        return bool(self.tls_cert_file)
+
+    @property
+    def client_certs_required(self) -> bool:
+        """True when every connection must present a client certificate from the client CA
+        (mutual TLS); authentication is then on."""
+        return self.tls_enabled and bool(self.tls_client_ca_file) and self.tls_require_client_cert
 
     @property
     def any_agent_type(self) -> bool:
@@ -163,7 +183,12 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         batch_tasks_per_node=reader.get("COORDINATOR_BATCH_TASKS_PER_NODE", 2000, _batch_tasks),
         batch_tasks_per_peer=reader.get("COORDINATOR_BATCH_TASKS_PER_PEER", 1000, _batch_tasks),
         batch_retry_after_s=reader.get("COORDINATOR_BATCH_RETRY_AFTER_S", 1.0, _positive),
+        tls_cert_file=reader.get("COORDINATOR_TLS_CERT_FILE", "", _certificates_file),
+        tls_key_file=reader.get("COORDINATOR_TLS_KEY_FILE", "", _private_key_file),
+        tls_client_ca_file=reader.get("COORDINATOR_TLS_CLIENT_CA_FILE", "", _certificates_file),
+        tls_require_client_cert=reader.get("COORDINATOR_TLS_REQUIRE_CLIENT_CERT", True, _boolean),
     )
+    _check_tls(settings, values)
     if settings.metrics_enabled and settings.metrics_port == settings.port != 0:
         raise ConfigError(
             "COORDINATOR_METRICS_PORT: must differ from COORDINATOR_PORT "
@@ -186,6 +211,44 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
             "under 4 s so that health follows Redis within 5 s"
         )
     return settings
+
+
+def _check_tls(settings: Settings, values: Mapping[str, str]) -> None:
+    """The TLS variables make sense together (each file was checked on its own already)."""
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        missing = (
+            "COORDINATOR_TLS_KEY_FILE" if settings.tls_cert_file else "COORDINATOR_TLS_CERT_FILE"
+        )
+        raise ConfigError(
+            f"{missing}: COORDINATOR_TLS_CERT_FILE and COORDINATOR_TLS_KEY_FILE go together; "
+            "set both or neither"
+        )
+    if settings.tls_enabled:
+        try:
+            tls.check_pair(
+                tls.read_certificates(settings.tls_cert_file),
+                tls.read_private_key(settings.tls_key_file),
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"COORDINATOR_TLS_KEY_FILE: {exc} in COORDINATOR_TLS_CERT_FILE"
+            ) from None
+    if settings.tls_client_ca_file and not settings.tls_enabled:
+        raise ConfigError(
+            "COORDINATOR_TLS_CLIENT_CA_FILE: needs TLS (COORDINATOR_TLS_CERT_FILE and "
+            "COORDINATOR_TLS_KEY_FILE)"
+        )
+    require_given = values.get("COORDINATOR_TLS_REQUIRE_CLIENT_CERT", "").strip() != ""
+    if require_given and not settings.tls_client_ca_file:
+        raise ConfigError(
+            "COORDINATOR_TLS_REQUIRE_CLIENT_CERT: needs COORDINATOR_TLS_CLIENT_CA_FILE (and TLS)"
+        )
+    if settings.tls_client_ca_file and not settings.tls_require_client_cert:
+        raise ConfigError(
+            "COORDINATOR_TLS_REQUIRE_CLIENT_CERT: false is not supported: gRPC's Python server "
+            "either requires and verifies client certificates or does not ask for them; unset "
+            "COORDINATOR_TLS_CLIENT_CA_FILE to accept clients without certificates"
+        )
 
 
 class _Reader:
@@ -294,6 +357,22 @@ def _struct_depth(raw: str) -> int:
     if not 1 <= value <= 32:
         raise ValueError("must be a number of levels from 1 to 32")
     return value
+
+
+def _certificates_file(raw: str) -> str:
+    try:
+        tls.read_certificates(raw)
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
+    return raw
+
+
+def _private_key_file(raw: str) -> str:
+    try:
+        tls.read_private_key(raw)
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
+    return raw
 
 
 def _log_level(raw: str) -> str:
