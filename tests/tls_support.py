@@ -24,16 +24,18 @@ class Pki:
     key_file: Path
 
     @classmethod
-    def create(cls, directory: Path, *, expired: bool = False) -> Pki:
+    def create(
+        cls, directory: Path, *, expired: bool = False, names: tuple[str, ...] = SERVER_NAMES
+    ) -> Pki:
         directory.mkdir(parents=True, exist_ok=True)
         ca = trustme.CA()
         if expired:
             past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2)
             server = ca.issue_cert(
-                *SERVER_NAMES, not_before=past - datetime.timedelta(days=1), not_after=past
+                *names, not_before=past - datetime.timedelta(days=1), not_after=past
             )
         else:
-            server = ca.issue_cert(*SERVER_NAMES)
+            server = ca.issue_cert(*names)
         pki = cls(
             ca=ca,
             directory=directory,

@@ -8,16 +8,16 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from agent_harness import ScriptedAgent, submit_request
 from aitbc.coordinator.v1 import task_pb2_grpc
-from conftest import Node
 from tls_support import Pki, health_over
 
-StartNode = Callable[..., Awaitable[Node]]
+StartNode = Callable[..., Awaitable[Any]]
 
 
 @pytest.fixture
