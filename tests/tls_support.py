@@ -86,8 +86,15 @@ class Pki:
 async def health_over(
     port: int, credentials: grpc.ChannelCredentials | None, timeout_s: float = 5.0
 ) -> str:
-    """ "SERVING" or the status code name a fresh channel (TLS with ``credentials``,
+    """The status ("SERVING") or error code name a fresh channel (TLS with ``credentials``,
     plaintext without) gets from a health check of the node on ``port``."""
+    return (await health_check(port, credentials, timeout_s))[0]
+
+
+async def health_check(
+    port: int, credentials: grpc.ChannelCredentials | None, timeout_s: float = 5.0
+) -> tuple[str, str]:
+    """``health_over``'s answer and the error's details ("" when it answered)."""
     address = f"localhost:{port}"
     if credentials is None:
         channel = grpc.aio.insecure_channel(address)
@@ -99,5 +106,5 @@ async def health_over(
                 health_pb2.HealthCheckRequest(), timeout=timeout_s
             )
         except grpc.aio.AioRpcError as exc:
-            return exc.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return exc.code().name, exc.details() or ""
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status), ""

@@ -15,7 +15,7 @@ import pytest
 
 from agent_harness import ScriptedAgent, submit_request
 from aitbc.coordinator.v1 import task_pb2_grpc
-from tls_support import Pki, health_over
+from tls_support import Pki, health_check, health_over
 
 StartNode = Callable[..., Awaitable[Any]]
 
@@ -40,13 +40,18 @@ async def test_client_that_does_not_trust_the_ca_fails(
 ):
     node = await start_node(**pki.node_settings())
     stranger = Pki.create(tmp_path / "stranger")
-    assert await health_over(node.port, stranger.channel_credentials()) == "UNAVAILABLE"
+    code, details = await health_check(node.port, stranger.channel_credentials())
+    # The client is told why (the server's side only reaches gRPC core's INFO log).
+    assert code == "UNAVAILABLE"
+    assert "CERTIFICATE_VERIFY_FAILED" in details and "local issuer" in details
 
 
 async def test_expired_server_certificate_fails(start_node: StartNode, tmp_path: Path):
     expired = Pki.create(tmp_path / "expired", expired=True)
     node = await start_node(**expired.node_settings())
-    assert await health_over(node.port, expired.channel_credentials()) == "UNAVAILABLE"
+    code, details = await health_check(node.port, expired.channel_credentials())
+    assert code == "UNAVAILABLE"
+    assert "certificate has expired" in details
 
 
 async def test_mtls_refuses_a_client_without_a_certificate(start_node: StartNode, pki: Pki):

@@ -10,12 +10,16 @@ once per set of stamps, and the next handshake after the second file lands picks
 Connections already open keep the certificate they were made with.
 
 What a failed handshake looks like: gRPC's Python server exposes no hook for handshake
-failures, so the server logs them only through gRPC core, at INFO
-(``GRPC_VERBOSITY=INFO``: "Handshake failed with error SSL_ERROR_SSL: ... WRONG_VERSION_NUMBER"
+failures (no callback, no status, nothing in a call context, since no call starts), so this
+module cannot log them once with the reason. gRPC core logs each at INFO, visible with
+``GRPC_VERBOSITY=INFO``: "Handshake failed with error SSL_ERROR_SSL: ... WRONG_VERSION_NUMBER"
 for a plaintext client, "PEER_DID_NOT_RETURN_A_CERTIFICATE" without a client certificate,
-"CERTIFICATE_VERIFY_FAILED" for a client certificate from another CA). The client sees
-UNAVAILABLE with the reason in the details ("Ssl handshake failed ... CERTIFICATE_VERIFY_FAILED"
-for an unknown or expired server certificate, "Socket closed" when the server refused it).
+"CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate" for a client certificate
+of another CA. The client gets UNAVAILABLE with the reason in the details when it is its own
+check that failed ("Tls handshake failed ... CERTIFICATE_VERIFY_FAILED: certificate has
+expired", "... unable to get local issuer certificate" for an unknown CA), and "Socket
+closed" when the server refused it (plaintext client, missing or foreign client
+certificate).
 """
 
 from __future__ import annotations
