@@ -241,19 +241,19 @@ def _health(args: argparse.Namespace) -> int:
 def _agent(args: argparse.Namespace) -> int:
     try:
         tls, token_file = _connection(args)
-    except ValueError as exc:
+        return demo.run_demo_agent(
+            args.address or ["localhost:9001"],
+            args.id,
+            agent_type=args.type,
+            capabilities=args.capability,
+            max_concurrency=args.max_concurrency,
+            deregister_on_stop=not args.keep_registered,
+            tls=tls,
+            token_file=token_file,
+        )
+    except ValueError as exc:  # a bad TLS file or token, or a token in the clear
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return demo.run_demo_agent(
-        args.address or ["localhost:9001"],
-        args.id,
-        agent_type=args.type,
-        capabilities=args.capability,
-        max_concurrency=args.max_concurrency,
-        deregister_on_stop=not args.keep_registered,
-        tls=tls,
-        token_file=token_file,
-    )
 
 
 def _submit(args: argparse.Namespace) -> int:
