@@ -33,6 +33,8 @@ async def echo(task: TaskContext) -> dict[str, Any]:
 
 
 async def test_agent_and_client_round_trip_over_mtls(start_node, pki, sdk_agents, make_client):
+    # Client certificates alone (a node with required client certificates authenticates
+    # those and refuses bearer tokens once authentication is built in).
     node = await start_node(**pki.node_settings(client_ca=True))
     agent_cert, agent_key = pki.client("tls-agent", "agent")
     client_cert, client_key = pki.client("tls-client", "client")
@@ -41,15 +43,25 @@ async def test_agent_and_client_round_trip_over_mtls(start_node, pki, sdk_agents
         echo,
         "tls-agent",
         tls=TlsOptions(str(pki.ca_file), str(agent_cert), str(agent_key)),
-        token="agent-token",
     )
     client = make_client(
-        tls_address(node),
-        tls=TlsOptions(str(pki.ca_file), str(client_cert), str(client_key)),
-        token="client-token",
+        tls_address(node), tls=TlsOptions(str(pki.ca_file), str(client_cert), str(client_key))
     )
     task = await client.submit("echo", {"over": "mtls"})
     assert await client.wait(task.task_id, timeout_s=20) == {"over": "mtls"}
+
+
+async def test_agent_and_client_round_trip_over_tls_with_a_token(
+    start_node, pki, sdk_agents, make_client
+):
+    # A node without authentication configured ignores the token; the TLS part is checked.
+    node = await start_node(**pki.node_settings())
+    await sdk_agents.start(
+        tls_address(node), echo, "tls-agent", tls=TlsOptions(str(pki.ca_file)), token="agent-t"
+    )
+    client = make_client(tls_address(node), tls=TlsOptions(str(pki.ca_file)), token="client-t")
+    task = await client.submit("echo", {"over": "tls"})
+    assert await client.wait(task.task_id, timeout_s=20) == {"over": "tls"}
 
 
 async def test_server_name_overrides_the_address_host(start_node, tmp_path, make_client):
@@ -234,11 +246,8 @@ async def test_cli_commands_over_mtls(start_node, pki, sdk_agents, tmp_path):
         tls=TlsOptions(str(pki.ca_file), str(agent_cert), str(agent_key)),
     )
     client_cert, client_key = pki.client("cli-client", "client")
-    token_file = tmp_path / "client.token"
-    token_file.write_text("cli-token\n")
-
     flags = ["--ca-file", str(pki.ca_file), "--cert-file", str(client_cert)]
-    flags += ["--key-file", str(client_key), "--token-file", str(token_file)]
+    flags += ["--key-file", str(client_key)]
     code, out, _ = await _python_m("health", "--address", tls_address(node), *flags)
     assert (code, out.strip()) == (0, "SERVING")
     # Without a client certificate the handshake fails.
@@ -252,7 +261,6 @@ async def test_cli_commands_over_mtls(start_node, pki, sdk_agents, tmp_path):
         "AITBC_TLS_CA_FILE": str(pki.ca_file),
         "AITBC_TLS_CERT_FILE": str(client_cert),
         "AITBC_TLS_KEY_FILE": str(client_key),
-        "AITBC_TOKEN_FILE": str(token_file),
     }
     code, out, err = await _python_m(
         "submit",
@@ -269,3 +277,21 @@ async def test_cli_commands_over_mtls(start_node, pki, sdk_agents, tmp_path):
     )
     assert code == 0, err
     assert out.strip().endswith('{"cli": 1}')
+
+    # --token-file (AITBC_TOKEN_FILE) over TLS: a node without authentication ignores it.
+    plain_tls = await start_node(**pki.node_settings())
+    token_file = tmp_path / "client.token"
+    token_file.write_text("cli-token\n")
+    code, out, err = await _python_m(
+        "submit",
+        "--address",
+        tls_address(plain_tls),
+        "--type",
+        "noop",
+        "--ca-file",
+        str(pki.ca_file),
+        "--token-file",
+        str(token_file),
+    )
+    assert code == 0, err
+    assert out.startswith("submitted task ")
