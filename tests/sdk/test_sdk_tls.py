@@ -217,6 +217,8 @@ def test_bad_token_arguments_are_refused(tmp_path):
         Client("localhost:1", token="two words")
     with pytest.raises(ValueError, match="cert_file and key_file go together"):
         TlsOptions(cert_file="c.pem")
+    with pytest.raises(ValueError, match="ca_file: cannot read"):
+        Client("localhost:1", tls=TlsOptions(ca_file=str(tmp_path / "missing.pem")))
 
 
 async def _python_m(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

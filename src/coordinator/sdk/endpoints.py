@@ -60,6 +60,8 @@ class Endpoints:
     ) -> None:
         self.addresses = parse_addresses(addresses)
         check_token_transport(self.addresses, tls, token)
+        if tls is not None:
+            tls.channel_credentials()  # a wrong path fails here, not at the first call
         self.tls = tls
         self.token = token
         self._index = 0
