@@ -132,15 +132,20 @@ async def test_old_ca_no_longer_verifies_after_rotation(
 
 
 async def test_half_written_files_keep_the_old_certificate_until_both_are_in_place(
-    start_node: StartNode, pki: Pki, tmp_path: Path
+    start_node: StartNode, pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     node = await start_node(**pki.node_settings())
     old_trust = pki.channel_credentials()
     renewed = Pki.create(tmp_path / "renewed")
+    caplog.set_level("WARNING", logger="coordinator.auth.tls")
 
     # The new certificate is there, its key not yet: the pair does not match.
     shutil.copyfile(renewed.cert_file, pki.cert_file)
     assert await health_over(node.port, old_trust) == "SERVING"
+    assert await health_over(node.port, old_trust) == "SERVING"
+    refusals = [r for r in caplog.records if "cannot be used yet" in r.message]
+    assert len(refusals) == 1, "logged once per change, not once per handshake"
+    assert "does not belong to the certificate" in refusals[0].message
     # A truncated key file: still the old pair.
     pki.key_file.write_bytes(renewed.key_file.read_bytes()[:40])
     assert await health_over(node.port, old_trust) == "SERVING"
