@@ -20,7 +20,7 @@ task). The agents report their completions as messages of one StreamReportTasks 
 each (``--agent-report batch``: ReportTasks calls; ``unary``: CompleteTask) and take
 several assignments per stream message (bench/load_agent.py).
 
-    make bench                       # everything: 8 to 10 minutes on 2 cores
+    make bench                       # everything: 10 to 13 minutes on 2 cores
     make bench ARGS=--quick          # a smoke run: small counts, one run each
     python bench/run_benchmarks.py --scenarios drain,arq --runs 1
 
