@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import transport
 from message_stream import MessageStream
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
@@ -205,8 +206,8 @@ async def raw_agent(
     """Register, stream, and complete each assignment (no ack): batched over a
     StreamReportTasks stream (``--report stream``) or through ReportTasks calls (``batch``),
     or with one CompleteTask each (``unary``)."""
-    agents = agent_pb2_grpc.AgentServiceStub(channel)
-    tasks = task_pb2_grpc.TaskServiceStub(channel)
+    agents = transport.stub(agent_pb2_grpc.AgentServiceStub, channel, args)
+    tasks = transport.stub(task_pb2_grpc.TaskServiceStub, channel, args)
     request = agent_pb2.RegisterAgentRequest(
         agent_id=agent_id,
         agent_type="worker",
@@ -304,6 +305,8 @@ async def sdk_agent(address: str, agent_id: str, args: argparse.Namespace, rec: 
         max_concurrency=args.max_concurrency,
         handle_signals=False,
         deregister_on_stop=False,
+        tls=transport.tls_options(args),
+        token_file=args.token_file,
     )
     # The SDK has no hooks for this: wrap the two private steps that bracket a task, the
     # arrival of an assignment and the CompleteTask report, to record when they happen.
@@ -358,7 +361,7 @@ async def main_async(args: argparse.Namespace) -> None:
     for start in range(0, args.agents, args.agents_per_channel):
         group = ids[start : start + args.agents_per_channel]
         if args.mode == "raw":
-            channel = grpc.aio.insecure_channel(args.address)
+            channel = transport.channel(args, args.address)
             channels.append(channel)
             workers += [asyncio.create_task(raw_agent(channel, a, args, rec)) for a in group]
         else:
@@ -413,6 +416,7 @@ def main() -> int:
     parser.add_argument("--hold", action="store_true", help="keep assignments, report nothing")
     parser.add_argument("--expect", type=int, default=0, help="write OUT.received after N tasks")
     parser.add_argument("--out", required=True)
+    transport.add_arguments(parser)
     asyncio.run(main_async(parser.parse_args()))
     return 0
 

@@ -38,6 +38,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+import transport
 from message_stream import MessageStream
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
@@ -48,8 +49,8 @@ CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    channels = [grpc.aio.insecure_channel(args.address) for _ in range(args.channels)]
-    stubs = [task_pb2_grpc.TaskServiceStub(c) for c in channels]
+    channels = [transport.channel(args, args.address) for _ in range(args.channels)]
+    stubs = [transport.stub(task_pb2_grpc.TaskServiceStub, c, args) for c in channels]
     requirements = task_pb2.TaskRequirements(capabilities=[CAPABILITY])
     records: list[tuple[str, int, int]] = []
     errors: dict[str, int] = {}
@@ -234,6 +235,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--start-at-ns", type=int, default=0)
     parser.add_argument("--out", required=True)
+    transport.add_arguments(parser)
     args = parser.parse_args()
     if args.stream and not (
         (args.rate > 0 and args.coalesce) or (args.rate <= 0 and args.batch > 1)

@@ -200,7 +200,10 @@ class CoordinatorNode:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{self.node_id} exited early:\n{log_tail(self.log)}")
             probe = [sys.executable, "-m", "coordinator", "health", "--address", self.address]
-            return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+            # A TLS node (bench/tls_cost.py) passes the probe its CA as AITBC_TLS_CA_FILE.
+            probe_env = {**os.environ, **self.extra_env}
+            done = subprocess.run(probe, capture_output=True, check=False, env=probe_env)
+            return done.returncode == 0
 
         wait_until(f"{self.node_id} on {self.address}", serving, 30)
 

@@ -20,7 +20,7 @@ task). The agents report their completions as messages of one StreamReportTasks 
 each (``--agent-report batch``: ReportTasks calls; ``unary``: CompleteTask) and take
 several assignments per stream message (bench/load_agent.py).
 
-    make bench                       # everything: 8 to 10 minutes on 2 cores
+    make bench                       # everything: 10 to 13 minutes on 2 cores
     make bench ARGS=--quick          # a smoke run: small counts, one run each
     python bench/run_benchmarks.py --scenarios drain,arq --runs 1
 
@@ -51,6 +51,7 @@ from typing import Any
 import flood
 import redis
 import spread
+import tls_cost
 import watchers
 from processes import (
     REPO,
@@ -80,6 +81,7 @@ SCENARIOS = (
     "arq",
     "flood",
     "watchers",
+    "tls",
 )
 
 LATENCY_IN_FLIGHT = {"stream": 1, "coalesce": 2}
@@ -229,6 +231,10 @@ class Bench:
     nodes: list[CoordinatorNode] = field(default_factory=list)
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     counter: int = 0
+    node_env: dict[str, str] = field(default_factory=dict)
+    """More environment for the nodes (bench/tls_cost.py: TLS files)."""
+    client_argv: list[str] = field(default_factory=list)
+    """More arguments for the agents and submitters (bench/tls_cost.py: CA and token)."""
 
     def coordinator_db(self) -> redis.Redis:
         return self.redis.client(COORDINATOR_DB)
@@ -244,6 +250,7 @@ class Bench:
             "COORDINATOR_HEARTBEAT_INTERVAL_S": "1800",
             "COORDINATOR_LIVENESS_TIMEOUT_S": "3600",
             "COORDINATOR_LOG_LEVEL": self.args.log_level,
+            **self.node_env,
         }
         for i in range(count):
             node = CoordinatorNode(
@@ -317,6 +324,7 @@ class Bench:
         ]
         if self.args.agent_mode == "raw":
             argv += ["--report", self.args.agent_report]
+        argv += self.client_argv
         self.python_child("load_agent.py", [*argv, "--hold"] if hold else argv)
         return out
 
@@ -461,7 +469,10 @@ def task_run(
             submitters.append(
                 bench.python_child(
                     "load_submitter.py",
-                    submitter_argv(address, out, start_at_ns=start_at, **options),
+                    [
+                        *submitter_argv(address, out, start_at_ns=start_at, **options),
+                        *bench.client_argv,
+                    ],
                 )
             )
         bench.wait_exit(submitters, "the submitters", 600)
@@ -879,6 +890,8 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]
             rows.extend(flood.table_rows(title, agg, fmt))
         elif key == "watchers":
             rows.extend(watchers.table_rows(title, agg, fmt))
+        elif key == "tls":
+            rows.extend(tls_cost.table_rows(title, agg, fmt))
     return rows
 
 
@@ -910,6 +923,8 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     checks.append((f"discovery p99 ≤ 5 ms ({agents:,} agents)", "ms", discovery, 5.0, at_most))
     memory = median_of(results, "streams", "memory_per_agent_kib")
     checks.append(("≤ 100 KiB per connected idle agent", "KiB", memory, 100.0, at_most))
+    if "tls" in results:
+        checks.extend(tls_cost.checks(lambda key, figure: median_of(results, key, figure)))
     return [
         {
             "target": name,
@@ -1013,6 +1028,14 @@ def run_scenarios(bench: Bench, chosen: list[str]) -> dict[str, dict[str, Any]]:
     if "watchers" in chosen:
         title = "9. idle WatchTask streams, 1 node"
         jobs.append(("watchers", title, lambda: watchers.scenario_watchers(bench)))
+    if "tls" in chosen:
+        jobs.append(
+            (
+                "tls",
+                tls_cost.title(plan),
+                lambda: tls_cost.scenario_tls(bench, scenario_drain, scenario_latency),
+            )
+        )
     results: dict[str, dict[str, Any]] = {}
     for key, title, job in jobs:
         runs = []

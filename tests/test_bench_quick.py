@@ -100,3 +100,22 @@ def test_quick_benchmark_with_the_other_clients(tmp_path: Path) -> None:
         assert result["agent_report"] == "batch"
         (run,) = result["runs"]
         assert_task_run(key, run)
+
+
+@pytest.mark.timeout(90)
+def test_quick_benchmark_of_tls_and_token_cost(tmp_path: Path) -> None:
+    """Scenario 10: the drain and 200/s in plaintext and with TLS + a bearer token, each
+    with every task completed, and the two targets computed."""
+    stdout = run_quick(tmp_path, "--scenarios", "tls", timeout_s=80)
+    (run,) = json.loads((tmp_path / "tls.quick.json").read_text())["runs"]
+    for mode in ("plaintext", "tls_token"):
+        for what in ("drain", "latency"):
+            assert run[mode][what]["errors"] == {}, (mode, what)
+            assert run[mode][what]["completed_per_s"] > 0, (mode, what)
+            assert run[mode][what]["submit_to_assigned"]["p99_ms"] > 0, (mode, what)
+    assert isinstance(run["drain_throughput_drop_pct"], float)
+    summary = json.loads((tmp_path / "summary.quick.json").read_text())
+    measured = {t["target"]: t["measured"] for t in summary["targets"]}
+    assert measured["TLS + token: drain ≤ 15 % slower"] == run["drain_throughput_drop_pct"]
+    assert measured["TLS + token: 200/s p99 ≤ +0.3 ms"] == run["p99_increase_ms"]
+    assert "TLS + token: drain completion rate" in stdout

@@ -4,8 +4,13 @@
 //
 //   node agent.js --address HOST:PORT[,HOST:PORT...] --agent-id ID
 //   (or AITBC_COORDINATOR_ADDRESS / AITBC_AGENT_ID; see README.md for the other flags)
+// TLS: AITBC_TLS_CA_FILE (CA of the node's certificate), AITBC_TLS_CERT_FILE and
+// AITBC_TLS_KEY_FILE (a client certificate, for mutual TLS); AITBC_TOKEN_FILE: a file holding
+// the bearer token sent with every call.
 "use strict";
 
+const fs = require("node:fs");
+const net = require("node:net");
 const path = require("node:path");
 const Module = require("node:module");
 const { parseArgs } = require("node:util");
@@ -28,6 +33,12 @@ const { values: opts } = parseArgs({ options: {
   "agent-type": { type: "string", default: process.env.AITBC_AGENT_TYPE || "worker" },
   "capabilities": { type: "string", default: process.env.AITBC_CAPABILITIES || "" },
   "max-concurrency": { type: "string", default: process.env.AITBC_MAX_CONCURRENCY || "2" },
+  "ca-file": { type: "string", default: process.env.AITBC_TLS_CA_FILE || "" },
+  "cert-file": { type: "string", default: process.env.AITBC_TLS_CERT_FILE || "" },
+  "key-file": { type: "string", default: process.env.AITBC_TLS_KEY_FILE || "" },
+  "server-name": { type: "string", default: process.env.AITBC_TLS_SERVER_NAME || "" },
+  "tls": { type: "boolean", default: false },
+  "token-file": { type: "string", default: process.env.AITBC_TOKEN_FILE || "" },
 } });
 if (!opts["agent-id"]) {
   console.error("error: --agent-id (or AITBC_AGENT_ID) is required");
@@ -40,6 +51,43 @@ const SHUTDOWN_GRACE_MS = 5000;
 const INITIAL_BACKOFF_MS = 250;
 // The server refuses client pings more often than every 10 s (GOAWAY after 2 strikes).
 const CHANNEL_OPTIONS = { "grpc.keepalive_time_ms": 30000, "grpc.keepalive_timeout_ms": 10000 };
+const TLS = Boolean(opts.tls || opts["ca-file"] || opts["cert-file"] || opts["key-file"]);
+if (Boolean(opts["cert-file"]) !== Boolean(opts["key-file"])) {
+  console.error("error: --cert-file and --key-file (AITBC_TLS_CERT_FILE, AITBC_TLS_KEY_FILE) go together");
+  process.exit(2);
+}
+if (opts["server-name"]) CHANNEL_OPTIONS["grpc.ssl_target_name_override"] = opts["server-name"];
+const isLoopback = (address) => {
+  const host = address.startsWith("[") ? address.slice(1, address.indexOf("]")) : address.replace(/:\d+$/, "");
+  return host === "localhost" || (net.isIP(host) === 4 && host.startsWith("127.")) || host === "::1";
+};
+if (opts["token-file"] && !TLS && !ADDRESSES.every(isLoopback)) {
+  // A bearer token in the clear across a network is as good as published.
+  console.error("error: a token is sent only over TLS (set AITBC_TLS_CA_FILE) or to a loopback address");
+  process.exit(2);
+}
+// Files are read when a channel is made: a renewed client certificate is used on reconnect.
+const readFile = (file) => (file ? fs.readFileSync(file) : null);
+const channelCredentials = () => (TLS
+  ? grpc.credentials.createSsl(readFile(opts["ca-file"]), readFile(opts["key-file"]), readFile(opts["cert-file"]))
+  : grpc.credentials.createInsecure());
+// The token goes as call metadata (grpc-js will not put call credentials on a plaintext
+// channel, and loopback tests run plaintext); the file is re-read at most once a second.
+const token = { value: "", readAt: 0 };
+function callMetadata() {
+  const metadata = new grpc.Metadata();
+  if (!opts["token-file"]) return metadata;
+  if (Date.now() - token.readAt >= 1000) {
+    token.readAt = Date.now();
+    try {
+      token.value = fs.readFileSync(opts["token-file"], "utf8").trim() || token.value;
+    } catch (err) {
+      if (!token.value) throw err; // no token yet: say why (being replaced: keep the old one)
+    }
+  }
+  metadata.set("authorization", `Bearer ${token.value}`);
+  return metadata;
+}
 
 const log = (event, fields = {}) => console.log([`event=${event}`, `agent_id=${AGENT_ID}`,
   ...Object.entries(fields).map(([k, v]) => `${k}=${/^[^\s"=]*$/.test(v) ? v : JSON.stringify(v)}`)].join(" "));
@@ -61,12 +109,12 @@ function makeClient(service, address) {
     };
   }
   const Client = grpc.makeGenericClientConstructor(definition, service.name);
-  const client = new Client(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+  const client = new Client(address, channelCredentials(), CHANNEL_OPTIONS);
   const schemas = Object.fromEntries(service.methods.map((m) => [m.localName, m.input]));
   client.call = (name, init) => new Promise((resolve, reject) => client[name](
-    create(schemas[name], init), { deadline: Date.now() + CALL_TIMEOUT_MS },
+    create(schemas[name], init), callMetadata(), { deadline: Date.now() + CALL_TIMEOUT_MS },
     (err, reply) => (err ? reject(err) : resolve(reply))));
-  client.open = (name, init) => client[name](create(schemas[name], init));
+  client.open = (name, init) => client[name](create(schemas[name], init), callMetadata());
   return client;
 }
 

@@ -17,6 +17,7 @@ from coordinator.sdk import (
     TaskExpired,
     TaskFailed,
     TaskState,
+    TlsOptions,
 )
 
 __version__ = "0.1.0"
@@ -34,5 +35,6 @@ __all__ = [
     "TaskExpired",
     "TaskFailed",
     "TaskState",
+    "TlsOptions",
     "__version__",
 ]

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 
+from coordinator.auth import tls
 from coordinator.balancing import Strategy
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/1"
@@ -139,17 +140,25 @@ class Settings:
     metrics_token_file: str = ""
     """When set, /metrics requires ``Authorization: Bearer <the file's token>``."""
 
+    tls_cert_file: str = ""
+    """PEM certificate chain of the gRPC port; with ``tls_key_file``, the port speaks TLS."""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    """PEM CA bundle client certificates must chain to (mutual TLS)."""
+    tls_require_client_cert: bool = True
+    """Only meaningful with a client CA: gRPC's Python server either requires and verifies
+    client certificates or does not ask for them, so false with a CA is refused."""
+
+    @property
+    def tls_enabled(self) -> bool:
+        """True when the gRPC port speaks TLS."""
+        return bool(self.tls_cert_file)
+
     @property
     def client_certs_required(self) -> bool:
-        """True when the TLS layer requires and verifies client certificates (mutual TLS).
-
-        Hook for the TLS settings (COORDINATOR_TLS_CLIENT_CA_FILE,
-        COORDINATOR_TLS_REQUIRE_CLIENT_CERT), which another change adds: until their fields
-        exist this is False. Required client certificates turn authentication on.
-        """
-        return bool(getattr(self, "tls_client_ca_file", "")) and bool(
-            getattr(self, "tls_require_client_cert", True)
-        )
+        """True when every connection must present a client certificate from the client CA
+        (mutual TLS); authentication is then on."""
+        return self.tls_enabled and bool(self.tls_client_ca_file) and self.tls_require_client_cert
 
     @property
     def auth_enabled(self) -> bool:
@@ -258,6 +267,10 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         reflection=reader.get("COORDINATOR_REFLECTION", "authenticated", _reflection),
         metrics_host=reader.get("COORDINATOR_METRICS_HOST", LOOPBACK_HOST, _host),
         metrics_token_file=reader.get("COORDINATOR_METRICS_TOKEN_FILE", "", _file_path),
+        tls_cert_file=reader.get("COORDINATOR_TLS_CERT_FILE", "", _certificates_file),
+        tls_key_file=reader.get("COORDINATOR_TLS_KEY_FILE", "", _private_key_file),
+        tls_client_ca_file=reader.get("COORDINATOR_TLS_CLIENT_CA_FILE", "", _certificates_file),
+        tls_require_client_cert=reader.get("COORDINATOR_TLS_REQUIRE_CLIENT_CERT", True, _boolean),
     )
     if settings.stream_queue_max_bytes < settings.max_message_bytes:
         raise ConfigError(
@@ -270,6 +283,7 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
             "COORDINATOR_QUOTA_SUBMIT_BURST: needs COORDINATOR_QUOTA_SUBMIT_RATE above 0 "
             "(without a rate there is no token bucket)"
         )
+    _check_tls(settings, values)
     if not settings.host:
         # Listening beyond this machine is the default only when callers must authenticate.
         settings = dataclasses.replace(
@@ -345,6 +359,44 @@ def check_exposure(settings: Settings) -> None:
             f"COORDINATOR_METRICS_HOST: {settings.metrics_host} is not a loopback address and "
             "COORDINATOR_METRICS_TOKEN_FILE is not set; set a token file, bind 127.0.0.1, or set "
             "COORDINATOR_INSECURE=true"
+        )
+
+
+def _check_tls(settings: Settings, values: Mapping[str, str]) -> None:
+    """The TLS variables make sense together (each file was checked on its own already)."""
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        missing = (
+            "COORDINATOR_TLS_KEY_FILE" if settings.tls_cert_file else "COORDINATOR_TLS_CERT_FILE"
+        )
+        raise ConfigError(
+            f"{missing}: COORDINATOR_TLS_CERT_FILE and COORDINATOR_TLS_KEY_FILE go together; "
+            "set both or neither"
+        )
+    if settings.tls_enabled:
+        try:
+            tls.check_pair(
+                tls.read_certificates(settings.tls_cert_file),
+                tls.read_private_key(settings.tls_key_file),
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"COORDINATOR_TLS_KEY_FILE: {exc} in COORDINATOR_TLS_CERT_FILE"
+            ) from None
+    if settings.tls_client_ca_file and not settings.tls_enabled:
+        raise ConfigError(
+            "COORDINATOR_TLS_CLIENT_CA_FILE: needs TLS (COORDINATOR_TLS_CERT_FILE and "
+            "COORDINATOR_TLS_KEY_FILE)"
+        )
+    require_given = values.get("COORDINATOR_TLS_REQUIRE_CLIENT_CERT", "").strip() != ""
+    if require_given and not settings.tls_client_ca_file:
+        raise ConfigError(
+            "COORDINATOR_TLS_REQUIRE_CLIENT_CERT: needs COORDINATOR_TLS_CLIENT_CA_FILE (and TLS)"
+        )
+    if settings.tls_client_ca_file and not settings.tls_require_client_cert:
+        raise ConfigError(
+            "COORDINATOR_TLS_REQUIRE_CLIENT_CERT: false is not supported: gRPC's Python server "
+            "either requires and verifies client certificates or does not ask for them; unset "
+            "COORDINATOR_TLS_CLIENT_CA_FILE to accept clients without certificates"
         )
 
 
@@ -510,6 +562,22 @@ def _struct_depth(raw: str) -> int:
     if not 1 <= value <= 32:
         raise ValueError("must be a number of levels from 1 to 32")
     return value
+
+
+def _certificates_file(raw: str) -> str:
+    try:
+        tls.read_certificates(raw)
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
+    return raw
+
+
+def _private_key_file(raw: str) -> str:
+    try:
+        tls.read_private_key(raw)
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
+    return raw
 
 
 def _log_level(raw: str) -> str:

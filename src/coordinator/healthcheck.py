@@ -33,7 +33,18 @@ def check(channel: grpc.Channel, service: str = "", timeout_s: float = 3.0) -> H
     )
 
 
-def probe(address: str, service: str = "", timeout_s: float = 3.0) -> HealthResult:
-    """``check`` over a fresh plaintext channel to ``address``."""
-    with grpc.insecure_channel(address) as channel:
+def probe(
+    address: str,
+    service: str = "",
+    timeout_s: float = 3.0,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: tuple[tuple[str, str], ...] = (),
+) -> HealthResult:
+    """``check`` over a fresh channel to ``address``: TLS with ``credentials``, else
+    plaintext."""
+    if credentials is None:
+        channel = grpc.insecure_channel(address)
+    else:
+        channel = grpc.secure_channel(address, credentials, options=options)
+    with channel:
         return check(channel, service, timeout_s)

@@ -26,6 +26,7 @@ from coordinator.api.agent_service import AgentService
 from coordinator.api.error_mapping import ErrorMappingInterceptor
 from coordinator.api.serialized_replies import SerializedRepliesInterceptor
 from coordinator.api.task_service import TaskService
+from coordinator.auth import tls
 from coordinator.auth.audit import Auditor
 from coordinator.auth.authenticator import Authenticator
 from coordinator.auth.interceptor import AuthInterceptor
@@ -219,7 +220,7 @@ class Coordinator:
         if self.settings.metrics_enabled:
             self.metrics_port = self.metrics.start_http()
         try:
-            self.port = self.server.add_insecure_port(self.settings.address)
+            self.port = self._bind()
         except RuntimeError as exc:  # grpc's way of saying the bind failed
             await self.metrics.stop_http()
             raise OSError(
@@ -236,14 +237,27 @@ class Coordinator:
         self.sweeper.start()
         self.page_token_key.start()
         log.info(
-            "coordinator serving on %s:%d (Redis %s, health %s, authentication %s)",
+            "coordinator serving on %s:%d (%s, Redis %s, health %s, authentication %s)",
             self.settings.host,
             self.port,
+            _transport(self.settings),
             _redacted(self.settings.redis_url),
             "SERVING" if self.health.serving else "NOT_SERVING",
             "on" if self.settings.auth_enabled else "off",
         )
         return self.port
+
+    def _bind(self) -> int:
+        """TLS on the gRPC port when a certificate is configured (auth/tls.py), else
+        plaintext."""
+        settings = self.settings
+        if not settings.tls_enabled:
+            return self.server.add_insecure_port(settings.address)
+        files = tls.TlsFiles(
+            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+        )
+        credentials = tls.server_credentials(files, settings.client_certs_required)
+        return self.server.add_secure_port(settings.address, credentials)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Health NOT_SERVING first, refuse new calls, let running calls finish within the
@@ -323,6 +337,12 @@ async def serve(settings: Settings) -> int:
     log.info("signal received: shutting down")
     await coordinator.stop()
     return 0
+
+
+def _transport(settings: Settings) -> str:
+    if settings.client_certs_required:
+        return "TLS, client certificates required"
+    return "TLS" if settings.tls_enabled else "plaintext"
 
 
 def _redacted(url: str) -> str:

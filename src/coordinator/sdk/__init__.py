@@ -1,13 +1,15 @@
 """The Python SDK: ``Agent`` runs task handlers, ``Client`` submits and follows tasks.
 
 Nothing here exposes protobuf types: tasks are ``coordinator.task_models.Task`` objects and
-task data and results are plain dicts.
+task data and results are plain dicts. Both take ``tls=TlsOptions(...)`` and ``token=`` or
+``token_file=`` (a bearer token sent with every call).
 """
 
 from coordinator.sdk.agent import Agent
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.client import Client, NewTask, SubmitResult
 from coordinator.sdk.context import TaskContext
+from coordinator.sdk.credentials import TlsOptions
 from coordinator.sdk.errors import (
     PermanentError,
     RpcError,
@@ -40,5 +42,6 @@ __all__ = [
     "TaskFailed",
     "TaskNotCompleted",
     "TaskState",
+    "TlsOptions",
     "UndecodableReply",
 ]

@@ -25,6 +25,7 @@ from aitbc.coordinator.v1 import agent_pb2
 from coordinator.api.wire import duration_s
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.context import TaskContext
+from coordinator.sdk.credentials import TlsOptions, bearer_token
 from coordinator.sdk.endpoints import Endpoints
 from coordinator.sdk.errors import RpcError
 from coordinator.sdk.reports import Reporter
@@ -82,6 +83,9 @@ class Agent:
         deregister_on_stop: bool = True,
         handle_signals: bool = True,
         reconnect_backoff: Backoff | None = None,
+        tls: TlsOptions | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency: must be at least 1")
@@ -102,7 +106,7 @@ class Agent:
             max_concurrency=max_concurrency,
             weight=weight,
         )
-        self._endpoints = Endpoints(addresses)
+        self._endpoints = Endpoints(addresses, tls, bearer_token(token, token_file))
         self._reporter = Reporter(self._endpoints, agent_id)
         self._backoff = reconnect_backoff or Backoff()
         self._slots = asyncio.Semaphore(max_concurrency)

@@ -35,6 +35,7 @@ from coordinator.api.wire import (
 )
 from coordinator.balancing import Strategy
 from coordinator.sdk.backoff import Backoff
+from coordinator.sdk.credentials import TlsOptions, bearer_token
 from coordinator.sdk.endpoints import RETRIED_CODES, Endpoints
 from coordinator.sdk.errors import (
     RpcError,
@@ -150,8 +151,11 @@ class Client:
         *,
         call_timeout_s: float = 10.0,
         retry_timeout_s: float = 30.0,
+        tls: TlsOptions | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
     ) -> None:
-        self._endpoints = Endpoints(addresses)
+        self._endpoints = Endpoints(addresses, tls, bearer_token(token, token_file))
         self.call_timeout_s = call_timeout_s
         self.retry_timeout_s = retry_timeout_s
 

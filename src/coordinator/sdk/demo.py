@@ -13,6 +13,7 @@ from typing import Any
 from coordinator.sdk.agent import Agent
 from coordinator.sdk.client import Client
 from coordinator.sdk.context import TaskContext
+from coordinator.sdk.credentials import TlsOptions
 from coordinator.sdk.errors import PermanentError, RpcError, TaskNotCompleted
 
 DEFAULT_SLEEP_S = 1.0
@@ -72,6 +73,8 @@ def run_demo_agent(
     capabilities: Sequence[str],
     max_concurrency: int,
     deregister_on_stop: bool,
+    tls: TlsOptions | None = None,
+    token_file: str | None = None,
 ) -> int:
     """Run the demo agent until SIGTERM or Ctrl-C; exit code 0, or 1 if it was refused."""
     _show_connection_and_lease_logs()
@@ -83,6 +86,8 @@ def run_demo_agent(
         capabilities=capabilities,
         max_concurrency=max_concurrency,
         deregister_on_stop=deregister_on_stop,
+        tls=tls,
+        token_file=token_file,
     )
     print(
         f"[{agent_id}] demo agent connecting to {', '.join(addresses)}; task types: echo, sleep, fail, any other",
@@ -104,8 +109,10 @@ async def _submit(
     wait: bool,
     timeout_s: float,
     lease_s: float | None,
+    tls: TlsOptions | None,
+    token_file: str | None,
 ) -> int:
-    async with Client(addresses) as client:
+    async with Client(addresses, tls=tls, token_file=token_file) as client:
         task = await client.submit(task_type, data, priority=priority, start_to_close_s=lease_s)
         print(f"submitted task {task.task_id} ({task.task_type}, {task.priority.name})", flush=True)
         if not wait:
@@ -128,6 +135,8 @@ def submit_command(
     wait: bool,
     timeout_s: float,
     lease_s: float | None = None,
+    tls: TlsOptions | None = None,
+    token_file: str | None = None,
 ) -> int:
     """Submit one task, print its id and, with ``wait``, its result (exit 1 if it failed)."""
     try:
@@ -139,7 +148,9 @@ def submit_command(
         print("--data: must be a JSON object, e.g. '{\"x\": 1}'", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_submit(addresses, task_type, data, priority, wait, timeout_s, lease_s))
+        return asyncio.run(
+            _submit(addresses, task_type, data, priority, wait, timeout_s, lease_s, tls, token_file)
+        )
     except (RpcError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
