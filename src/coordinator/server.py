@@ -274,11 +274,13 @@ class Coordinator:
             # the grace period), while the node tells its agents to leave.
             self.streams.begin_drain()
             serving = asyncio.create_task(self.server.stop(grace), name="server-stop")
+            # Said when it becomes true: the grace period runs from here, whatever the
+            # background tasks below take to stop (each may wait on Redis).
+            log.info("draining: health NOT_SERVING, new calls refused, grace %.1f s", grace)
             await self.sweeper.stop()
             await self.page_token_key.stop()
             await self.reaper.stop()
             await self.dispatcher.stop()
-            log.info("draining: health NOT_SERVING, new calls refused, grace %.1f s", grace)
             # Agents are told to reconnect elsewhere; their tasks wait for them.
             await self.streams.drain()
             await serving
