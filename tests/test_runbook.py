@@ -31,8 +31,10 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
+import hashlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -46,8 +48,10 @@ from google.protobuf.struct_pb2 import Struct
 
 from agent_harness import ScriptedAgent
 from aitbc.coordinator.v1 import task_pb2
+from auth.auth_support import bearer_interceptors
 from coordinator.server import SERVICE_NAMES
 from support import RedisServer
+from tls_support import Pki, health_over
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = ROOT / "docs" / "operations.md"
@@ -231,7 +235,9 @@ class RunbookAgent:
         await self.agent.stop()
 
 
-def command_environment(address: str, redis_url: str) -> dict[str, str]:
+def command_environment(
+    address: str, redis_url: str, ca_file: str = "", operator_token: str = ""
+) -> dict[str, str]:
     """What an operator's shell would have after the runbook's set-up section."""
     env = {
         k: v
@@ -243,6 +249,8 @@ def command_environment(address: str, redis_url: str) -> dict[str, str]:
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
             "ADDR": address,
             "REDIS_URL": redis_url,
+            "CA": ca_file,
+            "AUTH": f"authorization: Bearer {operator_token}",
             "LC_ALL": "C",
         }
     )
@@ -281,23 +289,50 @@ def private_redis() -> Iterator[RedisServer]:
 
 
 async def test_every_runbook_command_runs_and_prints_what_is_documented(
-    spawn_node, private_redis
+    spawn_node, private_redis, tmp_path
 ) -> None:
+    """Against two nodes with TLS and token authentication, as deployed: the commands use an
+    operator's token, the agent a token that may act as gpu-worker-01 only."""
     assert GRPCURL, f"grpcurl is not installed next to {sys.executable} (pip install -e '.[dev]')"
     steps = parse_runbook(RUNBOOK.read_text())
     redis_url = private_redis.url(1)
-    node_a = spawn_node({"NODE_ID": "node-a", "REDIS_URL": redis_url})
-    node_b = spawn_node({"NODE_ID": "node-b", "REDIS_URL": redis_url})
-    node_a.wait_serving()
-    node_b.wait_serving()
+    pki = Pki.create(tmp_path / "tls", names=("localhost",))
+    operator_token, agent_token = secrets.token_hex(32), secrets.token_hex(32)
+    tokens = tmp_path / "tokens.csv"
+    tokens.write_text(
+        f"sha256:{hashlib.sha256(operator_token.encode()).hexdigest()},ops-runbook,operator,\n"
+        f"sha256:{hashlib.sha256(agent_token.encode()).hexdigest()},gpu-fleet,agent,"
+        "gpu-worker-01\n"
+    )
+    secured = {
+        "REDIS_URL": redis_url,
+        "COORDINATOR_TLS_CERT_FILE": str(pki.cert_file),
+        "COORDINATOR_TLS_KEY_FILE": str(pki.key_file),
+        "COORDINATOR_AUTH_TOKEN_FILE": str(tokens),
+    }
+    node_a = spawn_node({"NODE_ID": "node-a", **secured})
+    node_b = spawn_node({"NODE_ID": "node-b", **secured})
+    for node in (node_a, node_b):
+        for _ in range(200):
+            if await health_over(node.port, pki.channel_credentials(), 1.0) == "SERVING":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"node on {node.port} never SERVING:\n{node.logs()}")
 
-    channel = grpc.aio.insecure_channel(node_b.address)
+    channel = grpc.aio.secure_channel(
+        f"localhost:{node_b.port}",
+        pki.channel_credentials(),
+        interceptors=bearer_interceptors(agent_token),
+    )
     agent = RunbookAgent(channel)
     await agent.start()
     recording = os.environ.get("RUNBOOK_RECORD")
     outputs: list[str] = []
     try:
-        env = command_environment(node_a.address, redis_url)
+        env = command_environment(
+            f"localhost:{node_a.port}", redis_url, str(pki.ca_file), operator_token
+        )
         for step in steps:
             code, output, env = await run_step(step, env)
             outputs.append(output)
@@ -324,14 +359,16 @@ def test_the_runbook_covers_every_operation_operators_need() -> None:
     commands = "\n".join(step.command for step in parse_runbook(RUNBOOK.read_text()))
     health = "grpc.health.v1.Health/Check"
     wanted = {
-        "list": r"grpcurl -plaintext \$ADDR list",
-        "describe": r"grpcurl -plaintext \$ADDR describe ",
-        "health of the whole server": rf"grpcurl -plaintext \$ADDR {re.escape(health)}",
+        "list": r'grpcurl -cacert \$CA -H "\$AUTH" \$ADDR list',
+        "describe": r'grpcurl -cacert \$CA -H "\$AUTH" \$ADDR describe ',
+        "health of the whole server": (
+            rf'grpcurl -cacert \$CA -H "\$AUTH" \$ADDR {re.escape(health)}'
+        ),
         **{
             f"health of {name}": rf"\{{\"service\": \"{re.escape(name)}\"\}}.*{re.escape(health)}"
             for name in SERVICE_NAMES
         },
-        "the health command": r"aitbc-coordinator health --address \$ADDR",
+        "the health command": r"aitbc-coordinator health --address \$ADDR --ca-file \$CA",
         "register": r"\$A/RegisterAgent",
         "discover": r"\$A/DiscoverAgents",
         "submit": r"\$T/SubmitTask",

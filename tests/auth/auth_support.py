@@ -164,9 +164,12 @@ class _StreamStream(_Bearer, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self._details(details), requests)
 
 
+def bearer_interceptors(token: str) -> list[Any]:
+    """Client interceptors adding ``authorization: Bearer <token>`` to every call."""
+    kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+    return [kind(token) for kind in kinds]
+
+
 def bearer_channel(port: int, token: str) -> grpc.aio.Channel:
     """A plaintext channel to a local node whose every call carries ``token``."""
-    kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
-    return grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}", interceptors=[kind(token) for kind in kinds]
-    )
+    return grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=bearer_interceptors(token))
