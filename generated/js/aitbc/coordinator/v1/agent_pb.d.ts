@@ -527,7 +527,10 @@ export declare type DiscoverAgentsRequest = Message<"aitbc.coordinator.v1.Discov
   minHealthScore: number;
 
   /**
-   * Most agents to return in one page (1 to 1000; 0 means 100).
+   * Most agents to return in one page (1 to 1000; 0 means 100). A page may hold fewer,
+   * with a next_page_token: it also ends before the reply would exceed the node's message
+   * limit (COORDINATOR_MAX_MESSAGE_BYTES less 4 KiB), though it always holds one agent while
+   * any remain. Page until next_page_token is empty.
    *
    * @generated from field: int32 page_size = 7;
    */
@@ -561,7 +564,7 @@ export declare type DiscoverAgentsResponse = Message<"aitbc.coordinator.v1.Disco
   agents: Agent[];
 
   /**
-   * Token for the next page; empty on the last page.
+   * Token for the next page; empty on the last page only (a page may end early by size).
    *
    * @generated from field: string next_page_token = 2;
    */
@@ -917,6 +920,7 @@ export declare const AgentService: GenService<{
    * Re-registration replaces capabilities, services, labels and the other descriptive
    * fields; it keeps registered_at and an operator-set MAINTENANCE or ERROR status.
    * The response says which heartbeat interval to use and when the agent is declared dead.
+   * Permission: agents.register (roles: agent for its own agent ids, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.AgentService.RegisterAgent
    */
@@ -929,6 +933,7 @@ export declare const AgentService: GenService<{
    * Refreshes the agent's liveness and optionally its load metrics and status.
    * NOT_FOUND means the coordinator no longer knows the agent: register again.
    * FAILED_PRECONDITION means the agent has no open StreamAssignments anywhere: reopen it.
+   * Permission: agents.heartbeat (roles: agent for its own agent ids, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.AgentService.Heartbeat
    */
@@ -940,6 +945,7 @@ export declare const AgentService: GenService<{
   /**
    * Sets an agent's status (for example MAINTENANCE to drain it) and replaces its load
    * metrics. Used by operators and by agents themselves.
+   * Permission: agents.update_status (roles: agent for its own agent ids, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.AgentService.UpdateAgentStatus
    */
@@ -950,6 +956,7 @@ export declare const AgentService: GenService<{
   },
   /**
    * Removes every trace of an agent. Deregistering an unknown agent succeeds (idempotent).
+   * Permission: agents.deregister (roles: agent for its own agent ids, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.AgentService.DeregisterAgent
    */
@@ -960,6 +967,7 @@ export declare const AgentService: GenService<{
   },
   /**
    * Returns one agent's record, with its status and health score computed now.
+   * Permission: agents.read (roles: agent for its own agent ids, reader, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.AgentService.GetAgent
    */
@@ -971,6 +979,7 @@ export declare const AgentService: GenService<{
   /**
    * Finds agents by status, type, capabilities, services, labels and health, best health
    * first. Filters use indexes: only candidate records are read.
+   * Permission: agents.discover (roles: reader, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.AgentService.DiscoverAgents
    */
@@ -984,6 +993,7 @@ export declare const AgentService: GenService<{
    * work. The server sends a StreamReady event first, then assignments and cancel notices
    * as they happen. Assignments made to the agent and not yet acknowledged are delivered
    * again when a stream opens. A second stream for the same agent replaces the first.
+   * Permission: agents.stream (roles: agent for its own agent ids, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.AgentService.StreamAssignments
    */

@@ -832,7 +832,10 @@ export declare type ListTasksRequest = Message<"aitbc.coordinator.v1.ListTasksRe
   deadLetter: boolean;
 
   /**
-   * Most tasks in one page (1 to 1000; 0 means 100).
+   * Most tasks in one page (1 to 1000; 0 means 100). A page may hold fewer, with a
+   * next_page_token: it also ends before the reply would exceed the node's message limit
+   * (COORDINATOR_MAX_MESSAGE_BYTES less 4 KiB), though it always holds one task while any
+   * remain. Page until next_page_token is empty.
    *
    * @generated from field: int32 page_size = 5;
    */
@@ -866,7 +869,7 @@ export declare type ListTasksResponse = Message<"aitbc.coordinator.v1.ListTasksR
   tasks: Task[];
 
   /**
-   * Token for the next page; empty on the last page.
+   * Token for the next page; empty on the last page only (a page may end early by size).
    *
    * @generated from field: string next_page_token = 2;
    */
@@ -1932,6 +1935,7 @@ export declare const TaskService: GenService<{
   /**
    * Queues a task. A retried call with the same request_id returns the same task and
    * creates nothing.
+   * Permission: tasks.submit (roles: client, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.SubmitTask
    */
@@ -1948,6 +1952,7 @@ export declare const TaskService: GenService<{
    * Results come in request order. No entries, or more than 1000, is INVALID_ARGUMENT.
    * If Redis fails during the call, the whole call is UNAVAILABLE and some entries may
    * have been queued: retrying with the same request_ids is safe.
+   * Permission: tasks.submit (roles: client, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.SubmitTasks
    */
@@ -1965,6 +1970,7 @@ export declare const TaskService: GenService<{
    * whole (no entries, more than 1000) ends the stream with INVALID_ARGUMENT, a Redis
    * outage with UNAVAILABLE; the messages answered before it stand, later ones were not
    * handled. Messages are handled one at a time, in the order sent.
+   * Permission: tasks.submit (roles: client, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.StreamSubmitTasks
    */
@@ -1975,6 +1981,7 @@ export declare const TaskService: GenService<{
   },
   /**
    * Returns one task with its attempts and transitions.
+   * Permission: tasks.read (roles: client for the tasks it submitted, reader, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.GetTask
    */
@@ -1985,6 +1992,7 @@ export declare const TaskService: GenService<{
   },
   /**
    * Lists tasks by state, agent and priority, newest first, or the dead-letter list.
+   * Permission: tasks.list (roles: reader, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.ListTasks
    */
@@ -1997,6 +2005,7 @@ export declare const TaskService: GenService<{
    * Cancels a task. A PENDING task is cancelled at once; an ASSIGNED or RUNNING task is
    * cancelled and its agent receives a cancel notice. Cancelling a finished task is
    * FAILED_PRECONDITION.
+   * Permission: tasks.cancel (roles: client for the tasks it submitted, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.CancelTask
    */
@@ -2007,6 +2016,7 @@ export declare const TaskService: GenService<{
   },
   /**
    * The agent confirms it received an assignment and started it (ASSIGNED to RUNNING).
+   * Permission: tasks.report (roles: agent for its own agent ids, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.AcknowledgeTask
    */
@@ -2017,6 +2027,7 @@ export declare const TaskService: GenService<{
   },
   /**
    * The agent asks for more time on a running attempt.
+   * Permission: tasks.report (roles: agent for its own agent ids, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.ExtendTaskLease
    */
@@ -2028,6 +2039,7 @@ export declare const TaskService: GenService<{
   /**
    * The agent reports success with a result. Repeating a report that succeeded is OK and
    * changes nothing; a report for an attempt that is not current is FAILED_PRECONDITION.
+   * Permission: tasks.report (roles: agent for its own agent ids, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.CompleteTask
    */
@@ -2039,6 +2051,7 @@ export declare const TaskService: GenService<{
   /**
    * The agent reports failure. A retryable failure sends the task back to its queue after
    * a backoff until max_attempts; otherwise the task is FAILED and dead-lettered.
+   * Permission: tasks.report (roles: agent for its own agent ids, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.FailTask
    */
@@ -2055,6 +2068,7 @@ export declare const TaskService: GenService<{
    * No entries, or more than 1000, is INVALID_ARGUMENT. If Redis fails during the call, the
    * whole call is UNAVAILABLE and some entries may have been applied: retrying is safe,
    * since repeating a report that succeeded is OK and changes nothing.
+   * Permission: tasks.report (roles: agent for its own agent ids, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.ReportTasks
    */
@@ -2070,6 +2084,7 @@ export declare const TaskService: GenService<{
    * would refuse as a whole ends the stream with INVALID_ARGUMENT, a Redis outage with
    * UNAVAILABLE; the messages answered before it stand, later ones were not handled, and
    * sending them again is safe. Messages are handled one at a time, in the order sent.
+   * Permission: tasks.report (roles: agent for its own agent ids, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.StreamReportTasks
    */
@@ -2082,6 +2097,7 @@ export declare const TaskService: GenService<{
    * Streams a task: as it is now first, then once per transition, until the task ends.
    * Transitions made on any node are seen. A watcher that falls behind receives each missed
    * transition in its own message, with the task's state, attempt and history as of then.
+   * Permission: tasks.watch (roles: client for the tasks it submitted, reader, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.WatchTask
    */
@@ -2092,6 +2108,7 @@ export declare const TaskService: GenService<{
   },
   /**
    * Cluster-wide counters and latencies, read from Redis: the same on every node.
+   * Permission: cluster.read (roles: reader, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.GetStats
    */
@@ -2102,6 +2119,7 @@ export declare const TaskService: GenService<{
   },
   /**
    * Pending tasks per priority queue.
+   * Permission: cluster.read (roles: reader, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.ListQueues
    */
@@ -2112,6 +2130,7 @@ export declare const TaskService: GenService<{
   },
   /**
    * Cancels every pending task of one priority. Purged tasks become CANCELLED.
+   * Permission: queues.purge (roles: operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.PurgeQueue
    */
@@ -2122,6 +2141,7 @@ export declare const TaskService: GenService<{
   },
   /**
    * Returns the cluster's load-balancing strategy.
+   * Permission: cluster.read (roles: reader, operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.GetBalancingStrategy
    */
@@ -2132,6 +2152,7 @@ export declare const TaskService: GenService<{
   },
   /**
    * Sets the cluster's load-balancing strategy for every node.
+   * Permission: strategy.set (roles: operator).
    *
    * @generated from rpc aitbc.coordinator.v1.TaskService.SetBalancingStrategy
    */

@@ -85,6 +85,7 @@ class AgentServiceServicer:
         Re-registration replaces capabilities, services, labels and the other descriptive
         fields; it keeps registered_at and an operator-set MAINTENANCE or ERROR status.
         The response says which heartbeat interval to use and when the agent is declared dead.
+        Permission: agents.register (roles: agent for its own agent ids, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +95,7 @@ class AgentServiceServicer:
         """Refreshes the agent's liveness and optionally its load metrics and status.
         NOT_FOUND means the coordinator no longer knows the agent: register again.
         FAILED_PRECONDITION means the agent has no open StreamAssignments anywhere: reopen it.
+        Permission: agents.heartbeat (roles: agent for its own agent ids, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +104,7 @@ class AgentServiceServicer:
     def UpdateAgentStatus(self, request, context):
         """Sets an agent's status (for example MAINTENANCE to drain it) and replaces its load
         metrics. Used by operators and by agents themselves.
+        Permission: agents.update_status (roles: agent for its own agent ids, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +112,7 @@ class AgentServiceServicer:
 
     def DeregisterAgent(self, request, context):
         """Removes every trace of an agent. Deregistering an unknown agent succeeds (idempotent).
+        Permission: agents.deregister (roles: agent for its own agent ids, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,6 +120,7 @@ class AgentServiceServicer:
 
     def GetAgent(self, request, context):
         """Returns one agent's record, with its status and health score computed now.
+        Permission: agents.read (roles: agent for its own agent ids, reader, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +129,7 @@ class AgentServiceServicer:
     def DiscoverAgents(self, request, context):
         """Finds agents by status, type, capabilities, services, labels and health, best health
         first. Filters use indexes: only candidate records are read.
+        Permission: agents.discover (roles: reader, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,6 +140,7 @@ class AgentServiceServicer:
         work. The server sends a StreamReady event first, then assignments and cancel notices
         as they happen. Assignments made to the agent and not yet acknowledged are delivered
         again when a stream opens. A second stream for the same agent replaces the first.
+        Permission: agents.stream (roles: agent for its own agent ids, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -136,6 +136,7 @@ class TaskServiceServicer:
     def SubmitTask(self, request, context):
         """Queues a task. A retried call with the same request_id returns the same task and
         creates nothing.
+        Permission: tasks.submit (roles: client, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +150,7 @@ class TaskServiceServicer:
         Results come in request order. No entries, or more than 1000, is INVALID_ARGUMENT.
         If Redis fails during the call, the whole call is UNAVAILABLE and some entries may
         have been queued: retrying with the same request_ids is safe.
+        Permission: tasks.submit (roles: client, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,6 +165,7 @@ class TaskServiceServicer:
         whole (no entries, more than 1000) ends the stream with INVALID_ARGUMENT, a Redis
         outage with UNAVAILABLE; the messages answered before it stand, later ones were not
         handled. Messages are handled one at a time, in the order sent.
+        Permission: tasks.submit (roles: client, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,6 +173,7 @@ class TaskServiceServicer:
 
     def GetTask(self, request, context):
         """Returns one task with its attempts and transitions.
+        Permission: tasks.read (roles: client for the tasks it submitted, reader, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,6 +181,7 @@ class TaskServiceServicer:
 
     def ListTasks(self, request, context):
         """Lists tasks by state, agent and priority, newest first, or the dead-letter list.
+        Permission: tasks.list (roles: reader, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,6 +191,7 @@ class TaskServiceServicer:
         """Cancels a task. A PENDING task is cancelled at once; an ASSIGNED or RUNNING task is
         cancelled and its agent receives a cancel notice. Cancelling a finished task is
         FAILED_PRECONDITION.
+        Permission: tasks.cancel (roles: client for the tasks it submitted, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +199,7 @@ class TaskServiceServicer:
 
     def AcknowledgeTask(self, request, context):
         """The agent confirms it received an assignment and started it (ASSIGNED to RUNNING).
+        Permission: tasks.report (roles: agent for its own agent ids, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,6 +207,7 @@ class TaskServiceServicer:
 
     def ExtendTaskLease(self, request, context):
         """The agent asks for more time on a running attempt.
+        Permission: tasks.report (roles: agent for its own agent ids, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,6 +216,7 @@ class TaskServiceServicer:
     def CompleteTask(self, request, context):
         """The agent reports success with a result. Repeating a report that succeeded is OK and
         changes nothing; a report for an attempt that is not current is FAILED_PRECONDITION.
+        Permission: tasks.report (roles: agent for its own agent ids, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,6 +225,7 @@ class TaskServiceServicer:
     def FailTask(self, request, context):
         """The agent reports failure. A retryable failure sends the task back to its queue after
         a backoff until max_attempts; otherwise the task is FAILED and dead-lettered.
+        Permission: tasks.report (roles: agent for its own agent ids, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -229,6 +239,7 @@ class TaskServiceServicer:
         No entries, or more than 1000, is INVALID_ARGUMENT. If Redis fails during the call, the
         whole call is UNAVAILABLE and some entries may have been applied: retrying is safe,
         since repeating a report that succeeded is OK and changes nothing.
+        Permission: tasks.report (roles: agent for its own agent ids, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,6 +252,7 @@ class TaskServiceServicer:
         would refuse as a whole ends the stream with INVALID_ARGUMENT, a Redis outage with
         UNAVAILABLE; the messages answered before it stand, later ones were not handled, and
         sending them again is safe. Messages are handled one at a time, in the order sent.
+        Permission: tasks.report (roles: agent for its own agent ids, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -250,6 +262,7 @@ class TaskServiceServicer:
         """Streams a task: as it is now first, then once per transition, until the task ends.
         Transitions made on any node are seen. A watcher that falls behind receives each missed
         transition in its own message, with the task's state, attempt and history as of then.
+        Permission: tasks.watch (roles: client for the tasks it submitted, reader, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +270,7 @@ class TaskServiceServicer:
 
     def GetStats(self, request, context):
         """Cluster-wide counters and latencies, read from Redis: the same on every node.
+        Permission: cluster.read (roles: reader, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -264,6 +278,7 @@ class TaskServiceServicer:
 
     def ListQueues(self, request, context):
         """Pending tasks per priority queue.
+        Permission: cluster.read (roles: reader, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,6 +286,7 @@ class TaskServiceServicer:
 
     def PurgeQueue(self, request, context):
         """Cancels every pending task of one priority. Purged tasks become CANCELLED.
+        Permission: queues.purge (roles: operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -278,6 +294,7 @@ class TaskServiceServicer:
 
     def GetBalancingStrategy(self, request, context):
         """Returns the cluster's load-balancing strategy.
+        Permission: cluster.read (roles: reader, operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -285,6 +302,7 @@ class TaskServiceServicer:
 
     def SetBalancingStrategy(self, request, context):
         """Sets the cluster's load-balancing strategy for every node.
+        Permission: strategy.set (roles: operator).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
