@@ -235,6 +235,8 @@ class Bench:
     """More environment for the nodes (bench/tls_cost.py: TLS files)."""
     client_argv: list[str] = field(default_factory=list)
     """More arguments for the agents and submitters (bench/tls_cost.py: CA and token)."""
+    keep_logs: bool = False
+    """A node exited badly: keep the workdir (its logs) when the benchmark ends."""
 
     def coordinator_db(self) -> redis.Redis:
         return self.redis.client(COORDINATOR_DB)
@@ -371,7 +373,11 @@ class Bench:
         for node in self.nodes:
             code = node.stop()
             if code not in (0, None):
-                print(f"warning: {node.node_id} exited with {code}", file=sys.stderr)
+                print(
+                    f"warning: {node.node_id} exited with {code} (its log: {node.log})",
+                    file=sys.stderr,
+                )
+                self.keep_logs = True
         self.nodes.clear()
 
 
@@ -1141,7 +1147,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         bench.stop_run()
         bench.redis.stop()
-        if workdir != Path():
+        if bench.keep_logs and workdir != Path():
+            print(f"(logs kept in {workdir})", file=sys.stderr)
+        elif workdir != Path():
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
     rows = table_rows(results)

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from agent_harness import eventually, submit_request
 from aitbc.coordinator.v1 import task_pb2
 from coordinator import keys
+from coordinator.events import EventHub
 
 PENDING = task_pb2.TASK_STATE_PENDING
 CANCELLED = task_pb2.TASK_STATE_CANCELLED
@@ -103,3 +104,29 @@ async def test_watchers_of_one_task_share_its_subscription(node, redis_client, p
         await node.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task_id))
         states = await asyncio.gather(*(asyncio.wait_for(c.read(), 5) for c in calls))
         assert {s.task.state for s in states} == {CANCELLED}
+
+
+async def hold_watch(hub: EventHub, task_id: str, release: asyncio.Event) -> None:
+    async with hub.watch_task(task_id):
+        await release.wait()
+
+
+async def test_the_hub_stops_at_once_while_a_burst_of_watchers_unsubscribes(redis_client):
+    # 300 watchers leave together and the node stops while their UNSUBSCRIBE is being
+    # sent: a cancellation delivered inside redis-py's send can be lost there, which left
+    # the flusher waiting for ever and the node's shutdown hanging (the watchers bench
+    # scenario's node was SIGKILLed one run in three).
+    for round_ in range(3):
+        hub = EventHub(redis_client, "hub-node", lambda _: None, lambda: None)
+        await hub.start()
+        release = asyncio.Event()
+        holders = [
+            asyncio.create_task(hold_watch(hub, f"burst-{round_}-{i}", release)) for i in range(300)
+        ]
+        await asyncio.sleep(0.3)  # each holder is watching; their SUBSCRIBE went out
+        assert hub.watched_channels == 300
+        release.set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the UNSUBSCRIBE burst is under way
+        await asyncio.wait_for(hub.stop(), timeout=3)
+        await asyncio.gather(*holders)

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 RECONNECT_DELAY_S = 0.5
 
+FLUSHER_STOP_TIMEOUT_S = 1.0
+"""How long a closing connection waits for its subscription flusher to end."""
+
 
 SUBSCRIBE_WAIT_S = 2.0
 """How long a new watch waits for Redis to confirm its channel before it reads its task
@@ -154,7 +157,10 @@ class EventHub:
         # Anything published while we were not subscribed was missed: resynchronise. (The
         # watchers are woken when Redis confirms their channels, see _confirmed.)
         self._on_reconnect()
-        flusher = asyncio.create_task(self._flush_subscriptions(pubsub), name="event-hub-flush")
+        closing = asyncio.Event()
+        flusher = asyncio.create_task(
+            self._flush_subscriptions(pubsub, closing), name="event-hub-flush"
+        )
         try:
             while not self._stopping.is_set():
                 if flusher.done():
@@ -163,8 +169,13 @@ class EventHub:
                 if message is not None:
                     self._handle(message)
         finally:
+            # A cancellation delivered while redis-py sends a command can be lost inside it;
+            # the flusher would then wait for the next change for ever (and hold up stop()).
+            # So it is also told, and woken, and not waited for past a bound.
+            closing.set()
+            self._flush_wanted.set()
             flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
+            await asyncio.wait({flusher}, timeout=FLUSHER_STOP_TIMEOUT_S)
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -182,12 +193,14 @@ class EventHub:
         else:
             self._wake_watchers(channel, message["data"])
 
-    async def _flush_subscriptions(self, pubsub: PubSub) -> None:
+    async def _flush_subscriptions(self, pubsub: PubSub, closing: asyncio.Event) -> None:
         """Send the SUBSCRIBE and UNSUBSCRIBE that the watchers' comings and goings need,
-        those that came together in one command each."""
-        while True:
+        those that came together in one command each, until ``closing`` is set."""
+        while not closing.is_set():
             await self._flush_wanted.wait()
             await asyncio.sleep(0)  # the other watchers opening in this burst join in
+            if closing.is_set():
+                return
             self._flush_wanted.clear()
             changed, self._changed = self._changed, set()
             subscribe = [c for c in changed if c in self._watched and c not in self._sent]
