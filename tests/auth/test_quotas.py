@@ -15,12 +15,13 @@ from contextlib import contextmanager
 
 import grpc
 import pytest
+from auth_support import bearer
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from agent_harness import eventually
-from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
+from aitbc.coordinator.v1 import task_pb2
 from coordinator import keys
-from coordinator.api.error_mapping import ErrorMappingInterceptor, to_status
+from coordinator.api.error_mapping import to_status
 from coordinator.api.task_service import TaskService
 from coordinator.auth import quotas
 from coordinator.auth.principal import Principal, Role, calling_as
@@ -266,66 +267,31 @@ def test_quota_settings_default_to_none_and_bad_values_name_their_variable():
 
 # --- over gRPC, on two nodes -----------------------------------------------------------------
 
-PRINCIPAL_HEADER = "x-test-principal"
 
-
-class PrincipalFromHeader(grpc.aio.ServerInterceptor):
-    """TEST-ONLY STAND-IN for the authentication interceptor (built in parallel): the client
-    named in the ``x-test-principal`` header calls the unary methods. Never in a server."""
-
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
-        handler = await continuation(handler_call_details)
-        name = dict(handler_call_details.invocation_metadata or ()).get(PRINCIPAL_HEADER)
-        if handler is None or handler.unary_unary is None or not name:
-            return handler
-        inner = handler.unary_unary
-
-        async def as_principal(request, context):  # type: ignore[no-untyped-def]
-            with as_client(name):
-                return await inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            as_principal,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+async def test_over_grpc_a_client_over_its_rate_gets_retry_info_on_every_node(
+    start_auth_node, keys
+):
+    nodes = [
+        await start_auth_node(
+            node_id=f"quota-node-{i}", quota_submit_rate=1.0, quota_submit_burst=2.0
         )
-
-
-async def test_over_grpc_a_client_over_its_rate_gets_retry_info_on_every_node(start_node):
-    nodes, _ = await stores(start_node, 2, quota_submit_rate=1.0, quota_submit_burst=2.0)
-    servers, channels, stubs = [], [], []
-    for node in nodes:  # each node's TaskService behind the stand-in and the real error map
-        server = grpc.aio.server(interceptors=[PrincipalFromHeader(), ErrorMappingInterceptor()])
-        c = node.coordinator
-        task_pb2_grpc.add_TaskServiceServicer_to_server(
-            TaskService(c.tasks, c.events, c.settings), server
-        )
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        servers.append(server)
-        channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
-        stubs.append(task_pb2_grpc.TaskServiceStub(channels[-1]))
+        for i in range(2)
+    ]
+    alice = bearer(keys.mint("alice", ["client"]))
+    bob = bearer(keys.mint("bob", ["client"]))
     request = task_pb2.SubmitTaskRequest(task_type="quota-test")
-
-    def submit(stub, name):  # type: ignore[no-untyped-def]
-        return stub.SubmitTask(request, metadata=[(PRINCIPAL_HEADER, name)])
-
-    try:
-        for stub in stubs:  # the burst of 2, one on each node
-            assert (await submit(stub, "alice")).task.submitted_by == "alice"
-        for stub in stubs:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await submit(stub, "alice")
-            error = caught.value
-            assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "COORDINATOR_QUOTA_SUBMIT_RATE" in (error.details() or "")
-            assert 0.5 < retry_delay_from_trailers(error) <= 1.0
-        for stub in stubs:  # another client is unaffected
-            assert (await submit(stub, "bob")).created
-    finally:
-        for channel, server in zip(channels, servers, strict=True):
-            await channel.close()
-            await server.stop(0)
+    for node in nodes:  # the burst of 2, one on each node
+        reply = await node.tasks.SubmitTask(request, metadata=alice)
+        assert reply.task.submitted_by == "alice"
+    for node in nodes:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await node.tasks.SubmitTask(request, metadata=alice)
+        error = caught.value
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "COORDINATOR_QUOTA_SUBMIT_RATE" in (error.details() or "")
+        assert 0.5 < retry_delay_from_trailers(error) <= 1.0
+    for node in nodes:  # another client is unaffected
+        assert (await node.tasks.SubmitTask(request, metadata=bob)).created
 
 
 def retry_delay_from_trailers(error: grpc.aio.AioRpcError) -> float:
