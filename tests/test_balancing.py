@@ -115,9 +115,9 @@ def test_least_connections_tie_on_slot_use_goes_to_fewer_active_tasks_then_the_t
         agent("b", active_tasks=1, max_concurrency=4),
     ]
     assert pick(Strategy.LEAST_CONNECTIONS, candidates, tie_key="task-1") == "b"
-    # Twins: the rendezvous rank of (task, agent) decides, the same on every node (pinned:
-    # a hash that changed between releases would split a mixed-version cluster's choices),
-    # and another task may rank them the other way round.
+    # Twins: the task's pick decides (a hash of the task id indexes them in agent_id order),
+    # the same on every node (pinned: a hash that changed between releases would split a
+    # mixed-version cluster's choices), and another task may pick the other one.
     twins = [agent("y", active_tasks=1), agent("x", active_tasks=1)]
     assert [pick(Strategy.LEAST_CONNECTIONS, twins, tie_key=f"task-{i}") for i in range(6)] == [
         "x",

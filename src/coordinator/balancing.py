@@ -7,17 +7,18 @@ picks the eligible agents (every one has a free slot), loads and saves the clust
 Every choice is deterministic: the same candidates, state and arguments choose the same agent
 on every coordinator node, whatever order the candidates come in. Ties go to the *least
 connections order*: slot use (``active_tasks / max_concurrency``) ascending, then
-``active_tasks`` ascending, then the *rendezvous rank* of ``(tie_key, agent_id)``, where
-``tie_key`` is the task's id: agents equal in everything else are ranked by a hash of the
-task and the agent (rendezvous, or highest-random-weight, hashing). Each task then ranks the
-equal agents in its own order, so they share the work evenly (ties broken by ``agent_id``
-sent nearly every task to the lowest ids whenever agents were idle), and every node still
-makes the same choice for the same task. ``agent_id`` decides only a hash collision.
+``active_tasks`` ascending, then the *task's pick*: the agents equal in everything else,
+in ``agent_id`` order, are indexed by a hash of ``tie_key`` (the task's id) modulo their
+number. Each task then picks among the equal agents as a fair die would, so they share the
+work evenly (ties broken by ``agent_id`` sent nearly every task to the lowest ids whenever
+agents were idle), every node still makes the same choice for the same task, and a choice
+among k tied agents costs one hash and a sort of k ids (a hash per agent, as rendezvous
+hashing would take, cost seconds per thousand tasks among thousands of idle agents).
 
 LEAST_CONNECTIONS
     Lowest slot use, in the least connections order. Slot use is relative: an agent using 1 of 4
     slots is less loaded than one using 1 of 2, so it wins even with the same absolute count.
-    Among idle agents (or any equally loaded ones) the rendezvous rank spreads the tasks.
+    Among idle agents (or any equally loaded ones) the task's pick spreads the tasks.
 ROUND_ROBIN
     Candidates in ``agent_id`` order; choose the first ``agent_id`` strictly greater than
     ``state.round_robin_last``, wrapping to the smallest, and remember it. Remembering an id
@@ -124,38 +125,22 @@ def load_order(candidate: Candidate) -> tuple[float, int]:
     return (candidate.slot_use, candidate.active_tasks)
 
 
-def rendezvous_rank(tie_key: str, agent_id: str) -> int:
-    """Where ``agent_id`` ranks for the task ``tie_key`` among agents equal in load: a hash of
-    both, so that each task orders the agents differently but every node alike."""
-    return stable_hash(f"{tie_key}\x00{agent_id}")
-
-
-def least_connections_order(candidate: Candidate, tie_key: str = "") -> tuple[Any, ...]:
-    """Sort key of the least connections order, the tie-break of every ranking strategy."""
-    return (
-        *load_order(candidate),
-        rendezvous_rank(tie_key, candidate.agent_id),
-        candidate.agent_id,
-    )
-
-
 def _best(
     candidates: Sequence[Candidate], rank: Callable[[Candidate], tuple[Any, ...]], tie_key: str
 ) -> Candidate:
-    """The candidate first by ``rank``, then by the rendezvous rank for ``tie_key``. Only the
-    candidates tied first are hashed: a choice among many idle agents hashes each once, a
-    choice with one clear winner hashes none."""
-    best: list[Candidate] = []
-    best_rank: tuple[Any, ...] | None = None
-    for candidate in candidates:
-        candidate_rank = rank(candidate)
-        if best_rank is None or candidate_rank < best_rank:
-            best, best_rank = [candidate], candidate_rank
-        elif candidate_rank == best_rank:
-            best.append(candidate)
+    """The candidate first by ``rank``; among those tied first, the task's pick (see the
+    module docstring): one hash of ``tie_key`` whatever their number."""
+    ranks = [rank(candidate) for candidate in candidates]
+    best_rank = min(ranks)
+    best = [c for c, r in zip(candidates, ranks, strict=True) if r == best_rank]
     if len(best) == 1:
         return best[0]
-    return min(best, key=lambda c: (rendezvous_rank(tie_key, c.agent_id), c.agent_id))
+    best.sort(key=_agent_id)
+    return best[stable_hash(tie_key) % len(best)]
+
+
+def _agent_id(candidate: Candidate) -> str:
+    return candidate.agent_id
 
 
 def resource_load(candidate: Candidate) -> float:
