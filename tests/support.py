@@ -43,10 +43,12 @@ def wait_until(
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, with no persistence. Restartable on the
-    same port, to test outages."""
+    """A real redis-server on a free loopback port. Restartable on the same port (and data
+    folder), to test outages. No persistence, unless ``aof``: an append-only file fsynced on
+    every write, so a restart loses nothing that was acknowledged."""
 
-    def __init__(self) -> None:
+    def __init__(self, aof: bool = False) -> None:
+        self.aof = aof
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (make test installs it)")
@@ -68,8 +70,8 @@ class RedisServer:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *(("--appendonly", "yes", "--appendfsync", "always") if self.aof else ()),
+                *(() if self.aof else ("--appendonly", "no")),
                 "--dir",
                 str(self.dir),
                 "--logfile",
@@ -79,7 +81,12 @@ class RedisServer:
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         try:
-            wait_until(lambda: self._pings(client), what=f"redis-server on port {self.port}")
+            # Loading an AOF back takes longer than starting empty.
+            wait_until(
+                lambda: self._pings(client),
+                20 if self.aof else 10,
+                what=f"redis-server on port {self.port}",
+            )
         finally:
             client.close()
 
@@ -91,9 +98,10 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
+        """SIGTERM: Redis flushes its AOF, if any, and exits."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=20)
         self.process = None
 
     def close(self) -> None:

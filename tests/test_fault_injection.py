@@ -17,7 +17,6 @@ import asyncio
 import collections
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import redis
 
 from coordinator import keys
 from coordinator.sdk import Client, NewTask, Task, TaskState
-from support import REPO, CoordinatorProcess, free_port, wait_until
+from support import REPO, CoordinatorProcess, RedisServer, free_port
 
 pytestmark = pytest.mark.faults
 
@@ -63,67 +62,6 @@ NODE_ENV = {
     "COORDINATOR_REDIS_TIMEOUT_S": "1",
     "COORDINATOR_SHUTDOWN_GRACE_S": "1",
 }
-
-
-class AofRedis:
-    """redis-server with an append-only file fsynced on every write, restartable on the same
-    port and data folder."""
-
-    def __init__(self) -> None:
-        self.binary = shutil.which("redis-server") or pytest.fail("redis-server is not installed")
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="coordinator-faults-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.dir),
-                "--logfile",
-                "redis.log",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        try:
-            wait_until(lambda: _pings(client), 20, what=f"redis-server on port {self.port}")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        """SIGTERM: Redis flushes the AOF and exits."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-        self.process = None
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 class AgentProcess:
@@ -229,7 +167,7 @@ async def wait_in_flight(
 @pytest.mark.timeout(240)
 async def test_no_task_lost_or_completed_twice_through_node_agent_and_redis_faults(capsys):
     started = time.monotonic()
-    store = AofRedis()
+    store = RedisServer(aof=True)
     nodes: list[CoordinatorProcess] = []
     agents: list[AgentProcess] = []
     try:
