@@ -13,8 +13,8 @@ import random
 from agent_harness import ScriptedAgent, eventually, submit_request
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.scripts import TaskScripts, run_batch
+from coordinator.task_calls import NewTask
 from coordinator.task_models import TaskSubmission
-from coordinator.tasks import NewTask
 from test_dispatch_turns import LONG_TIMER, no_dispatch_turn_held
 
 COMPLETED = task_pb2.TASK_STATE_COMPLETED

@@ -9,8 +9,8 @@ from agent_harness import eventually, submit_request
 from aitbc.coordinator.v1 import task_pb2
 from coordinator import keys, scripts
 from coordinator.scripts import run_batch
+from coordinator.task_calls import NewTask
 from coordinator.task_models import TaskSubmission
-from coordinator.tasks import NewTask
 
 ROUND_ROBIN = task_pb2.BalancingStrategy.Value("BALANCING_STRATEGY_ROUND_ROBIN")
 

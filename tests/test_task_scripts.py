@@ -20,8 +20,8 @@ from coordinator.config import Settings
 from coordinator.models import AgentRegistration, AgentStatus
 from coordinator.registry import AgentRegistry
 from coordinator.scripts import TASK_SCRIPT_NAMES, TaskScripts
+from coordinator.task_calls import NO_ASSIGNMENT
 from coordinator.task_models import Priority, RetryPolicy
-from coordinator.tasks import NO_ASSIGNMENT
 
 NODE = "node-1"
 LIVENESS_MS = 30_000

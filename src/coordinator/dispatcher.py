@@ -62,8 +62,9 @@ from coordinator.models import Agent, AgentStatus
 from coordinator.redis_multiplex import MultiplexedConnection
 from coordinator.registry import RECORD_FIELDS, AgentRegistry
 from coordinator.scripts import ScriptCall, TaskScripts, run_batch
+from coordinator.task_calls import NewTask, SubmitRide
 from coordinator.task_models import PRIORITIES_MOST_URGENT_FIRST, Requirements
-from coordinator.tasks import NewTask, SubmitRide, TaskStore
+from coordinator.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,8 @@ from coordinator.redis_multiplex import MultiplexedConnection
 from coordinator.redis_packing import PACKED_CLASSES
 from coordinator.registry import AgentRegistry
 from coordinator.streams import AssignmentStreams, QueueLimits
-from coordinator.tasks import NewTask, SubmitRide, TaskStore
+from coordinator.task_calls import NewTask, SubmitRide
+from coordinator.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 

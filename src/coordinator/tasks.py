@@ -17,8 +17,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -32,25 +31,31 @@ from coordinator.config import Settings
 from coordinator.errors import CoordinatorError, FailedPrecondition, NotFound
 from coordinator.redis_multiplex import MultiplexedConnection
 from coordinator.registry import epoch_ms
-from coordinator.scripts import Rider, TaskScripts, run_batch
+from coordinator.scripts import TaskScripts, run_batch
+from coordinator.task_calls import (
+    NO_ASSIGNMENT,
+    SETTLING_ACTIONS,
+    NewTask,
+    Report,
+    ReportOutcome,
+    SubmitRide,
+    Submitted,
+)
 from coordinator.task_models import (
     PRIORITIES_MOST_URGENT_FIRST,
-    Attempt,
     ListTasksQuery,
     LoadBalancerStats,
     Priority,
     QueueReport,
     QueueStats,
-    Requirements,
-    RetryPolicy,
     Task,
     TaskError,
     TaskPage,
     TaskState,
     TaskStats,
     TaskSubmission,
-    Transition,
 )
+from coordinator.task_records import as_submitted, decode_task
 
 log = logging.getLogger(__name__)
 
@@ -63,105 +68,6 @@ on the node's shared Redis connection as 3 MB, which every other call then queue
 
 REPORTS_PER_ROUND_TRIP = 200
 """The same for the reports of a batch (smaller than submits, as a rule)."""
-
-SETTLING_ACTIONS = ("complete", "fail")
-"""Reports that end an attempt, freeing its slot (and a failure may queue a retry)."""
-
-
-@dataclass(frozen=True)
-class NewTask:
-    """A task that a submit is about to queue: its new id and what it was submitted with
-    (the dispatcher may assign it in the same round trip)."""
-
-    task_id: str
-    submission: TaskSubmission
-
-
-NO_ASSIGNMENT = ("", "", "", "", "")
-"""``lua/submit_task.lua``'s ARGV[7..11] for a task to queue, not to assign at once."""
-
-
-@dataclass(frozen=True)
-class SubmitRide:
-    """What the dispatcher adds to the round trip that queues new tasks
-    (``Dispatcher.ride_submit``)."""
-
-    assignments: Mapping[str, Sequence[Any]]
-    """Per task_id, ``lua/submit_task.lua``'s ARGV[7..11]: the agent chosen for it, whom
-    the script assigns it to instead of queueing it if no task waits ahead and the agent
-    can take it, and that assignment's arguments. The other tasks get ``NO_ASSIGNMENT``."""
-    rider: Rider
-    """Calls after the submits (a dispatch turn and its snapshot), and the function that
-    takes their replies with the submits' (which hold the assignments' outcomes)."""
-
-
-@dataclass(frozen=True)
-class Submitted:
-    """One task of ``submit_many``: the new task, or the one its request_id named."""
-
-    task_id: str
-    created: bool
-    created_at_ms: int
-
-
-@dataclass(frozen=True)
-class Report:
-    """An agent's report about the attempt it holds (``action``: ack, extend, complete or
-    fail), as ``lua/report_task.lua`` takes it. Build it with the class methods."""
-
-    task_id: str
-    agent_id: str
-    fencing_token: str
-    action: str
-    payload: str = ""
-
-    @classmethod
-    def acknowledge(cls, task_id: str, agent_id: str, fencing_token: str) -> Report:
-        """ASSIGNED to RUNNING."""
-        return cls(task_id, agent_id, fencing_token, "ack")
-
-    @classmethod
-    def extend(
-        cls, task_id: str, agent_id: str, fencing_token: str, lease_s: float | None
-    ) -> Report:
-        """A new lease from now (None: the task's start_to_close_timeout)."""
-        payload = "" if lease_s is None else str(round(lease_s * 1000))
-        return cls(task_id, agent_id, fencing_token, "extend", payload)
-
-    @classmethod
-    def complete(
-        cls, task_id: str, agent_id: str, fencing_token: str, result: dict[str, Any]
-    ) -> Report:
-        """COMPLETED with a result."""
-        payload = json.dumps(result, separators=(",", ":"))
-        return cls(task_id, agent_id, fencing_token, "complete", payload)
-
-    @classmethod
-    def fail(cls, task_id: str, agent_id: str, fencing_token: str, error: TaskError) -> Report:
-        """Back in line after a backoff if retryable and attempts remain, else FAILED."""
-        return cls(task_id, agent_id, fencing_token, "fail", error.to_json())
-
-    def script_args(self, *, with_record: bool) -> list[str]:
-        """ARGV of ``lua/report_task.lua``; ``with_record`` asks for the task's record back
-        (complete and fail)."""
-        return [
-            self.task_id,
-            self.agent_id,
-            self.fencing_token,
-            self.action,
-            self.payload,
-            "1" if with_record else "0",
-        ]
-
-
-@dataclass(frozen=True)
-class ReportOutcome:
-    """What a report taken by ``report_many`` did."""
-
-    state: TaskState
-    """The task's state after the report."""
-    lease_expires_at_ms: int | None
-    """The end of the lease, for ack and extend."""
 
 
 class TaskStore:
@@ -213,7 +119,7 @@ class TaskStore:
             return await self.get(task_id), False
         _log_submitted(s, task_id)
         return (
-            _as_submitted(
+            as_submitted(
                 s,
                 task_id,
                 created_at_ms=int(reply[2]),
@@ -653,103 +559,6 @@ def _ended_an_attempt(report: Report, reply: Any) -> bool:
         and isinstance(reply, list)
         and len(reply) > 4
         and reply[0] == "ok"
-    )
-
-
-def decode_task(record: dict[str, str]) -> Task:
-    """A Task from its stored hash."""
-    lease = record.get("lease_expires_at_ms", "")
-    return Task(
-        task_id=record["task_id"],
-        task_type=record.get("task_type", ""),
-        state=TaskState[record["state"]],
-        priority=Priority[record["priority"]],
-        task_data=json.loads(record.get("task_data") or "{}"),
-        requirements=Requirements.from_json(record["requirements"]),
-        max_attempts=int(record["max_attempts"]),
-        attempt=int(record["attempt"]),
-        agent_id=record.get("agent_id", ""),
-        schedule_to_start_s=int(record["schedule_to_start_ms"]) / 1000,
-        start_to_close_s=int(record["start_to_close_ms"]) / 1000,
-        retry_policy=RetryPolicy.from_json(record["retry"]),
-        request_id=record.get("request_id", ""),
-        strategy=Strategy.parse(record["strategy"]) if record.get("strategy") else None,
-        routing_key=record.get("routing_key", ""),
-        result=json.loads(record["result"]) if record.get("result") else None,
-        error=TaskError.from_dict(json.loads(record["error"])) if record.get("error") else None,
-        attempts=tuple(_attempt(a) for a in json.loads(record.get("attempts") or "[]")),
-        transitions=tuple(_transition(t) for t in json.loads(record.get("transitions") or "[]")),
-        created_at_ms=int(record["created_at_ms"]),
-        updated_at_ms=int(record["updated_at_ms"]),
-        lease_expires_at_ms=int(float(lease)) if lease else None,
-        dead_lettered=record.get("dead_lettered") == "1",
-        fencing_token=record.get("fencing_token", ""),
-        seq=int(record.get("seq") or 0),
-        submitted_by=record.get("submitted_by", ""),
-    )
-
-
-def _as_submitted(
-    s: TaskSubmission, task_id: str, created_at_ms: int, seq: int, submitted_by: str
-) -> Task:
-    """The task exactly as ``lua/submit_task.lua`` stored it, without reading it back.
-
-    Requirements, durations and the retry policy go through their stored form (sorted
-    lists, whole milliseconds), so this equals what GetTask returns (tests/test_tasks_lifecycle.py compares them).
-    """
-    return Task(
-        task_id=task_id,
-        task_type=s.task_type,
-        state=TaskState.PENDING,
-        priority=s.priority,
-        task_data=s.task_data,
-        requirements=Requirements.from_json(s.requirements.to_json()),
-        max_attempts=s.max_attempts,
-        attempt=0,
-        agent_id="",
-        schedule_to_start_s=round(s.schedule_to_start_s * 1000) / 1000,
-        start_to_close_s=round(s.start_to_close_s * 1000) / 1000,
-        retry_policy=RetryPolicy.from_json(s.retry_policy.to_json()),
-        request_id=s.request_id,
-        strategy=s.strategy,
-        routing_key=s.routing_key,
-        result=None,
-        error=None,
-        attempts=(),
-        transitions=(Transition(TaskState.PENDING, created_at_ms, 0, "", "submitted"),),
-        created_at_ms=created_at_ms,
-        updated_at_ms=created_at_ms,
-        lease_expires_at_ms=None,
-        dead_lettered=False,
-        fencing_token="",
-        seq=seq,
-        submitted_by=submitted_by,
-    )
-
-
-def _attempt(data: dict[str, Any]) -> Attempt:
-    def ms(name: str) -> int | None:
-        return int(data[name]) if name in data else None
-
-    return Attempt(
-        attempt=int(data["attempt"]),
-        agent_id=data["agent_id"],
-        node_id=data.get("node_id", ""),
-        assigned_at_ms=int(data["assigned_at_ms"]),
-        started_at_ms=ms("started_at_ms"),
-        ended_at_ms=ms("ended_at_ms"),
-        outcome=TaskState[data["outcome"]] if "outcome" in data else None,
-        error=TaskError.from_dict(data["error"]) if "error" in data else None,
-    )
-
-
-def _transition(data: dict[str, Any]) -> Transition:
-    return Transition(
-        state=TaskState[data["state"]],
-        at_ms=int(data["at_ms"]),
-        attempt=int(data["attempt"]),
-        agent_id=data.get("agent_id", ""),
-        reason=data.get("reason", ""),
     )
 
 

@@ -28,8 +28,9 @@ from coordinator.auth.principal import Principal, Role, calling_as
 from coordinator.auth.quotas import SubmitQuota
 from coordinator.config import ConfigError, load_settings
 from coordinator.errors import ResourceExhausted
+from coordinator.task_calls import Submitted
 from coordinator.task_models import Priority, TaskState, TaskSubmission
-from coordinator.tasks import Submitted, TaskStore
+from coordinator.tasks import TaskStore
 
 
 @contextmanager

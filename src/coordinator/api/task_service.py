@@ -23,8 +23,9 @@ from coordinator.cancellation import raise_if_cancelled
 from coordinator.config import Settings
 from coordinator.errors import InvalidArgument, NotFound
 from coordinator.events import EventHub
+from coordinator.task_calls import Report, ReportOutcome, Submitted
 from coordinator.task_models import Task, TaskError, TaskState, TaskSubmission
-from coordinator.tasks import Report, ReportOutcome, Submitted, TaskStore
+from coordinator.tasks import TaskStore
 from coordinator.validation import Violations
 
 Context = grpc.aio.ServicerContext[Any, Any]
