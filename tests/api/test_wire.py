@@ -8,7 +8,7 @@ import pytest
 from google.protobuf.struct_pb2 import Struct
 
 from aitbc.coordinator.v1 import agent_pb2
-from coordinator.api import wire
+from coordinator.api import joined_replies, wire
 from coordinator.errors import InvalidArgument
 from coordinator.models import Agent, AgentStatus
 from coordinator.validation import Violations
@@ -52,7 +52,9 @@ def make_agent(agent_id: str, **changes) -> Agent:
 
 
 def parsed_reply(agents, token="", total=0) -> agent_pb2.DiscoverAgentsResponse:
-    return agent_pb2.DiscoverAgentsResponse.FromString(wire.discover_reply(agents, token, total))
+    return agent_pb2.DiscoverAgentsResponse.FromString(
+        joined_replies.discover_reply(agents, token, total)
+    )
 
 
 def test_discover_reply_is_the_serialized_response_also_when_asked_again():
@@ -78,7 +80,7 @@ def test_bytes_are_kept_only_for_the_agent_object_they_were_built_from():
 
 def test_kept_bytes_do_not_keep_agents_alive():
     agent = make_agent("a")
-    wire.discover_reply([agent], "", 1)
+    joined_replies.discover_reply([agent], "", 1)
     alive = weakref.ref(agent)
     del agent
     gc.collect()

@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
 from coordinator import validation
-from coordinator.api import error_mapping, page_bytes, wire
+from coordinator.api import error_mapping, joined_replies, page_bytes, wire
 from coordinator.auth import checks
 from coordinator.config import Settings
 from coordinator.dispatcher import Dispatcher
@@ -133,7 +133,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def DiscoverAgents(
         self, request: agent_pb2.DiscoverAgentsRequest, context: Context
     ) -> bytes:
-        """A DiscoverAgentsResponse, already serialized (``wire.discover_reply``)."""
+        """A DiscoverAgentsResponse, already serialized (``joined_replies.discover_reply``)."""
         enums = Violations()  # reported with the other fields' problems
         query = validation.discover_query(
             violations=enums,
@@ -148,10 +148,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         )
         page = await self._registry.discover(
             query,
-            item_bytes=wire.discover_entry_bytes,
+            item_bytes=joined_replies.discover_entry_bytes,
             max_page_bytes=page_bytes.page_budget_bytes(self._settings),
         )
-        return wire.discover_reply(page.agents, page.next_page_token, page.total_size)
+        return joined_replies.discover_reply(page.agents, page.next_page_token, page.total_size)
 
     async def StreamAssignments(
         self, request: agent_pb2.StreamAssignmentsRequest, context: Context

@@ -3,9 +3,9 @@
 The handler of a method in ``SERIALIZED_REPLY_METHODS`` may return the bytes of its reply
 message instead of the message; this interceptor lets those bytes through the method's
 serializer unchanged. DiscoverAgents does so: it joins the kept bytes of each agent it
-found (``wire.discover_reply``) instead of building and serializing a reply of 50 agents
+found (``joined_replies.discover_reply``) instead of building and serializing a reply of 50 agents
 on every call. ListTasks does so to serialize each task once: it measures its page with
-those bytes (``wire.list_tasks_reply``).
+those bytes (``joined_replies.list_tasks_reply``).
 """
 
 from __future__ import annotations

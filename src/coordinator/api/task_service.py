@@ -16,7 +16,7 @@ import grpc
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
 from coordinator import task_validation as tv
-from coordinator.api import page_bytes, wire
+from coordinator.api import joined_replies, page_bytes, wire
 from coordinator.api.batch_errors import answer_entries
 from coordinator.auth import checks, ownership
 from coordinator.cancellation import raise_if_cancelled
@@ -136,7 +136,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         return task
 
     async def ListTasks(self, request: task_pb2.ListTasksRequest, context: Context) -> bytes:
-        """A ListTasksResponse, already serialized (``wire.list_tasks_reply``)."""
+        """A ListTasksResponse, already serialized (``joined_replies.list_tasks_reply``)."""
         enums = Violations()  # reported with the other fields' problems
         query = tv.list_query(
             violations=enums,
@@ -153,7 +153,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
         entries: dict[str, bytes] = {}
 
         def item_bytes(task: Task) -> int:
-            entry = entries[task.task_id] = wire.list_tasks_entry(task)
+            entry = entries[task.task_id] = joined_replies.list_tasks_entry(task)
             return len(entry)
 
         page = await self._store.list_tasks(
@@ -161,7 +161,9 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
             item_bytes=item_bytes,
             max_page_bytes=page_bytes.page_budget_bytes(self._settings),
         )
-        return wire.list_tasks_reply([entries[t.task_id] for t in page.tasks], page.next_page_token)
+        return joined_replies.list_tasks_reply(
+            [entries[t.task_id] for t in page.tasks], page.next_page_token
+        )
 
     async def CancelTask(
         self, request: task_pb2.CancelTaskRequest, context: Context
