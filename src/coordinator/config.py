@@ -12,16 +12,15 @@ import ipaddress
 import re
 import secrets
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 
+from coordinator import config_values as parse
 from coordinator.auth import tls
-from coordinator.balancing import Strategy
+from coordinator.config_values import ANY_AGENT_TYPE, ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/1"
 DEFAULT_AGENT_TYPES = (
@@ -35,27 +34,12 @@ DEFAULT_AGENT_TYPES = (
     "training",
     "processing",
 )
-ANY_AGENT_TYPE = "*"
 
-_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_AGENT_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9._-]+)$")
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LOG_FORMATS = ("text", "json")
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
 DEFAULT_JWT_AUDIENCE = "aitbc-coordinator"
-REFLECTION_MODES = ("authenticated", "open")
 LOOPBACK_HOST = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"
 DEFAULT_METRICS_PORT = 9464
 """The Prometheus exporters' customary port (OpenTelemetry's too), away from gRPC's 9001."""
-
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration variable has a bad value; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -204,73 +188,95 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
             raise ConfigError(f"--env-file: {path} does not exist or is not a file")
         values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     values.update(environ)
-    reader = _Reader(values)
+    reader = parse.Reader(values)
 
     settings = Settings(
-        redis_url=reader.get("REDIS_URL", DEFAULT_REDIS_URL, _redis_url),
+        redis_url=reader.get("REDIS_URL", DEFAULT_REDIS_URL, parse.redis_url),
         redis_url_explicit=bool(values.get("REDIS_URL", "").strip()),
-        host=reader.get("COORDINATOR_HOST", "", _host),
-        port=reader.get("COORDINATOR_PORT", 9001, _port),
-        node_id=reader.get("NODE_ID", "", _node_id) or default_node_id(),
-        heartbeat_interval_s=reader.get("COORDINATOR_HEARTBEAT_INTERVAL_S", 10.0, _positive),
-        liveness_timeout_s=reader.get("COORDINATOR_LIVENESS_TIMEOUT_S", 30.0, _positive),
-        inactive_retention_s=reader.get("COORDINATOR_INACTIVE_RETENTION_S", 86_400.0, _positive),
-        sweep_interval_s=reader.get("COORDINATOR_SWEEP_INTERVAL_S", 2.0, _positive),
-        agent_types=reader.get("COORDINATOR_AGENT_TYPES", DEFAULT_AGENT_TYPES, _agent_types),
-        max_message_bytes=reader.get("COORDINATOR_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, _msg_size),
-        shutdown_grace_s=reader.get("COORDINATOR_SHUTDOWN_GRACE_S", 10.0, _non_negative),
-        health_check_interval_s=reader.get("COORDINATOR_HEALTH_CHECK_INTERVAL_S", 1.0, _positive),
-        redis_timeout_s=reader.get("COORDINATOR_REDIS_TIMEOUT_S", 2.0, _positive),
-        redis_max_connections=reader.get("COORDINATOR_REDIS_MAX_CONNECTIONS", 256, _connections),
-        keepalive_time_s=reader.get("COORDINATOR_KEEPALIVE_TIME_S", 30.0, _positive),
-        keepalive_timeout_s=reader.get("COORDINATOR_KEEPALIVE_TIMEOUT_S", 10.0, _positive),
-        log_level=reader.get("COORDINATOR_LOG_LEVEL", "INFO", _log_level),
+        host=reader.get("COORDINATOR_HOST", "", parse.host),
+        port=reader.get("COORDINATOR_PORT", 9001, parse.port),
+        node_id=reader.get("NODE_ID", "", parse.node_id) or default_node_id(),
+        heartbeat_interval_s=reader.get("COORDINATOR_HEARTBEAT_INTERVAL_S", 10.0, parse.positive),
+        liveness_timeout_s=reader.get("COORDINATOR_LIVENESS_TIMEOUT_S", 30.0, parse.positive),
+        inactive_retention_s=reader.get(
+            "COORDINATOR_INACTIVE_RETENTION_S", 86_400.0, parse.positive
+        ),
+        sweep_interval_s=reader.get("COORDINATOR_SWEEP_INTERVAL_S", 2.0, parse.positive),
+        agent_types=reader.get("COORDINATOR_AGENT_TYPES", DEFAULT_AGENT_TYPES, parse.agent_types),
+        max_message_bytes=reader.get(
+            "COORDINATOR_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, parse.msg_size
+        ),
+        shutdown_grace_s=reader.get("COORDINATOR_SHUTDOWN_GRACE_S", 10.0, parse.non_negative),
+        health_check_interval_s=reader.get(
+            "COORDINATOR_HEALTH_CHECK_INTERVAL_S", 1.0, parse.positive
+        ),
+        redis_timeout_s=reader.get("COORDINATOR_REDIS_TIMEOUT_S", 2.0, parse.positive),
+        redis_max_connections=reader.get(
+            "COORDINATOR_REDIS_MAX_CONNECTIONS", 256, parse.connections
+        ),
+        keepalive_time_s=reader.get("COORDINATOR_KEEPALIVE_TIME_S", 30.0, parse.positive),
+        keepalive_timeout_s=reader.get("COORDINATOR_KEEPALIVE_TIMEOUT_S", 10.0, parse.positive),
+        log_level=reader.get("COORDINATOR_LOG_LEVEL", "INFO", parse.log_level),
         balancing_strategy=reader.get(
-            "COORDINATOR_BALANCING_STRATEGY", "least_connections", _strategy
+            "COORDINATOR_BALANCING_STRATEGY", "least_connections", parse.strategy
         ),
         max_task_data_bytes=reader.get(
-            "COORDINATOR_MAX_TASK_DATA_BYTES", 1024 * 1024, _task_data_size
+            "COORDINATOR_MAX_TASK_DATA_BYTES", 1024 * 1024, parse.task_data_size
         ),
-        max_struct_depth=reader.get("COORDINATOR_MAX_STRUCT_DEPTH", 32, _struct_depth),
-        idempotency_window_s=reader.get("COORDINATOR_IDEMPOTENCY_WINDOW_S", 86_400.0, _positive),
-        stream_grace_s=reader.get("COORDINATOR_STREAM_GRACE_S", 15.0, _non_negative),
-        task_timer_interval_s=reader.get("COORDINATOR_TASK_TIMER_INTERVAL_S", 0.5, _positive),
-        task_retention_s=reader.get("COORDINATOR_TASK_RETENTION_S", 7 * 86_400.0, _positive),
-        metrics_enabled=reader.get("COORDINATOR_METRICS_ENABLED", False, _boolean),
-        metrics_port=reader.get("COORDINATOR_METRICS_PORT", DEFAULT_METRICS_PORT, _port),
-        health_port=reader.get("COORDINATOR_HEALTH_PORT", None, _port),
-        log_format=reader.get("COORDINATOR_LOG_FORMAT", "text", _log_format),
-        batch_tasks_per_node=reader.get("COORDINATOR_BATCH_TASKS_PER_NODE", 2000, _batch_tasks),
-        batch_tasks_per_peer=reader.get("COORDINATOR_BATCH_TASKS_PER_PEER", 1000, _batch_tasks),
-        batch_retry_after_s=reader.get("COORDINATOR_BATCH_RETRY_AFTER_S", 1.0, _positive),
-        stream_stall_timeout_s=reader.get("COORDINATOR_STREAM_STALL_TIMEOUT_S", 10.0, _positive),
+        max_struct_depth=reader.get("COORDINATOR_MAX_STRUCT_DEPTH", 32, parse.struct_depth),
+        idempotency_window_s=reader.get(
+            "COORDINATOR_IDEMPOTENCY_WINDOW_S", 86_400.0, parse.positive
+        ),
+        stream_grace_s=reader.get("COORDINATOR_STREAM_GRACE_S", 15.0, parse.non_negative),
+        task_timer_interval_s=reader.get("COORDINATOR_TASK_TIMER_INTERVAL_S", 0.5, parse.positive),
+        task_retention_s=reader.get("COORDINATOR_TASK_RETENTION_S", 7 * 86_400.0, parse.positive),
+        metrics_enabled=reader.get("COORDINATOR_METRICS_ENABLED", False, parse.boolean),
+        metrics_port=reader.get("COORDINATOR_METRICS_PORT", DEFAULT_METRICS_PORT, parse.port),
+        health_port=reader.get("COORDINATOR_HEALTH_PORT", None, parse.port),
+        log_format=reader.get("COORDINATOR_LOG_FORMAT", "text", parse.log_format),
+        batch_tasks_per_node=reader.get(
+            "COORDINATOR_BATCH_TASKS_PER_NODE", 2000, parse.batch_tasks
+        ),
+        batch_tasks_per_peer=reader.get(
+            "COORDINATOR_BATCH_TASKS_PER_PEER", 1000, parse.batch_tasks
+        ),
+        batch_retry_after_s=reader.get("COORDINATOR_BATCH_RETRY_AFTER_S", 1.0, parse.positive),
+        stream_stall_timeout_s=reader.get(
+            "COORDINATOR_STREAM_STALL_TIMEOUT_S", 10.0, parse.positive
+        ),
         stream_queue_max_events=reader.get(
-            "COORDINATOR_STREAM_QUEUE_MAX_EVENTS", 1000, _queue_events
+            "COORDINATOR_STREAM_QUEUE_MAX_EVENTS", 1000, parse.queue_events
         ),
         stream_queue_max_bytes=reader.get(
-            "COORDINATOR_STREAM_QUEUE_MAX_BYTES", 16 * 1024 * 1024, _queue_bytes
+            "COORDINATOR_STREAM_QUEUE_MAX_BYTES", 16 * 1024 * 1024, parse.queue_bytes
         ),
-        quota_submit_rate=reader.get("COORDINATOR_QUOTA_SUBMIT_RATE", 0.0, _quota_rate),
-        quota_submit_burst=reader.get("COORDINATOR_QUOTA_SUBMIT_BURST", 0.0, _quota_burst),
-        quota_max_unfinished=reader.get("COORDINATOR_QUOTA_MAX_UNFINISHED", 0, _quota_tasks),
+        quota_submit_rate=reader.get("COORDINATOR_QUOTA_SUBMIT_RATE", 0.0, parse.quota_rate),
+        quota_submit_burst=reader.get("COORDINATOR_QUOTA_SUBMIT_BURST", 0.0, parse.quota_burst),
+        quota_max_unfinished=reader.get("COORDINATOR_QUOTA_MAX_UNFINISHED", 0, parse.quota_tasks),
         auth_jwt_hs256_secret_file=reader.get(
-            "COORDINATOR_AUTH_JWT_HS256_SECRET_FILE", "", _file_path
+            "COORDINATOR_AUTH_JWT_HS256_SECRET_FILE", "", parse.file_path
         ),
         auth_jwt_public_keys_file=reader.get(
-            "COORDINATOR_AUTH_JWT_PUBLIC_KEYS_FILE", "", _file_path
+            "COORDINATOR_AUTH_JWT_PUBLIC_KEYS_FILE", "", parse.file_path
         ),
-        auth_jwt_audience=reader.get("COORDINATOR_AUTH_JWT_AUDIENCE", DEFAULT_JWT_AUDIENCE, _name),
-        auth_jwt_issuer=reader.get("COORDINATOR_AUTH_JWT_ISSUER", "", _name),
-        auth_token_file=reader.get("COORDINATOR_AUTH_TOKEN_FILE", "", _file_path),
-        auth_cert_grants_file=reader.get("COORDINATOR_AUTH_CERT_GRANTS_FILE", "", _file_path),
-        insecure=reader.get("COORDINATOR_INSECURE", False, _boolean),
-        reflection=reader.get("COORDINATOR_REFLECTION", "authenticated", _reflection),
-        metrics_host=reader.get("COORDINATOR_METRICS_HOST", LOOPBACK_HOST, _host),
-        metrics_token_file=reader.get("COORDINATOR_METRICS_TOKEN_FILE", "", _file_path),
-        tls_cert_file=reader.get("COORDINATOR_TLS_CERT_FILE", "", _certificates_file),
-        tls_key_file=reader.get("COORDINATOR_TLS_KEY_FILE", "", _private_key_file),
-        tls_client_ca_file=reader.get("COORDINATOR_TLS_CLIENT_CA_FILE", "", _certificates_file),
-        tls_require_client_cert=reader.get("COORDINATOR_TLS_REQUIRE_CLIENT_CERT", True, _boolean),
+        auth_jwt_audience=reader.get(
+            "COORDINATOR_AUTH_JWT_AUDIENCE", DEFAULT_JWT_AUDIENCE, parse.name
+        ),
+        auth_jwt_issuer=reader.get("COORDINATOR_AUTH_JWT_ISSUER", "", parse.name),
+        auth_token_file=reader.get("COORDINATOR_AUTH_TOKEN_FILE", "", parse.file_path),
+        auth_cert_grants_file=reader.get("COORDINATOR_AUTH_CERT_GRANTS_FILE", "", parse.file_path),
+        insecure=reader.get("COORDINATOR_INSECURE", False, parse.boolean),
+        reflection=reader.get("COORDINATOR_REFLECTION", "authenticated", parse.reflection),
+        metrics_host=reader.get("COORDINATOR_METRICS_HOST", LOOPBACK_HOST, parse.host),
+        metrics_token_file=reader.get("COORDINATOR_METRICS_TOKEN_FILE", "", parse.file_path),
+        tls_cert_file=reader.get("COORDINATOR_TLS_CERT_FILE", "", parse.certificates_file),
+        tls_key_file=reader.get("COORDINATOR_TLS_KEY_FILE", "", parse.private_key_file),
+        tls_client_ca_file=reader.get(
+            "COORDINATOR_TLS_CLIENT_CA_FILE", "", parse.certificates_file
+        ),
+        tls_require_client_cert=reader.get(
+            "COORDINATOR_TLS_REQUIRE_CLIENT_CERT", True, parse.boolean
+        ),
     )
     if settings.stream_queue_max_bytes < settings.max_message_bytes:
         raise ConfigError(
@@ -398,206 +404,3 @@ def _check_tls(settings: Settings, values: Mapping[str, str]) -> None:
             "either requires and verifies client certificates or does not ask for them; unset "
             "COORDINATOR_TLS_CLIENT_CA_FILE to accept clients without certificates"
         )
-
-
-class _Reader:
-    def __init__(self, values: Mapping[str, str]) -> None:
-        self._values = values
-
-    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
-        raw = self._values.get(name)
-        if raw is None or raw.strip() == "":
-            return default
-        try:
-            return parse(raw.strip())
-        except ValueError as exc:
-            raise ConfigError(f"{name}: {exc} (got {raw!r})") from None
-
-
-def _host(raw: str) -> str:
-    if not _HOST.match(raw):
-        raise ValueError("must be a host name, an IPv4 address or an IPv6 address (:: or [::])")
-    return raw
-
-
-def _file_path(raw: str) -> str:
-    # Read (and checked) when the node starts, by the module that uses it: a missing or
-    # invalid file is then a ConfigError naming this variable, and the node does not start.
-    if len(raw) > 4096 or not raw.isprintable():
-        raise ValueError("must be a file path")
-    return raw
-
-
-def _name(raw: str) -> str:
-    if len(raw) > 256 or not raw.isprintable():
-        raise ValueError("must be at most 256 printable characters")
-    return raw
-
-
-def _reflection(raw: str) -> str:
-    value = raw.lower()
-    if value not in REFLECTION_MODES:
-        raise ValueError(f"must be one of {', '.join(REFLECTION_MODES)} (any case)")
-    return value
-
-
-def _connections(raw: str) -> int:
-    value = int(raw)
-    if not 4 <= value <= 10_000:
-        raise ValueError("must be a connection count from 4 to 10000")
-    return value
-
-
-def _batch_tasks(raw: str) -> int:
-    value = int(raw)
-    if not 1000 <= value <= 1_000_000:
-        raise ValueError("must be a number of tasks from 1000 (one full batch) to 1000000")
-    return value
-
-
-def _quota_rate(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value <= 1_000_000:
-        raise ValueError("must be a number of tasks per second from 0 (no limit) to 1000000")
-    return value
-
-
-def _quota_burst(raw: str) -> float:
-    value = float(raw)
-    if not 1 <= value <= 1_000_000:
-        raise ValueError("must be a number of tasks from 1 to 1000000 (empty: twice the rate)")
-    return value
-
-
-def _quota_tasks(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 1_000_000_000:
-        raise ValueError("must be a number of tasks from 0 (no limit) to 1000000000")
-    return value
-
-
-def _redis_url(raw: str) -> str:
-    parsed = urlparse(raw)
-    if parsed.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
-    if parsed.scheme != "unix" and not parsed.hostname:
-        raise ValueError("must name a host, as in redis://host:6379/1")
-    return raw
-
-
-def _port(raw: str) -> int:
-    port = int(raw)
-    if not 0 <= port <= 65535:
-        raise ValueError("must be a port number from 0 to 65535")
-    return port
-
-
-def _positive(raw: str) -> float:
-    value = float(raw)
-    if not value > 0 or value == float("inf"):
-        raise ValueError("must be a number of seconds greater than 0")
-    return value
-
-
-def _non_negative(raw: str) -> float:
-    value = float(raw)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("must be a number of seconds, 0 or more")
-    return value
-
-
-def _msg_size(raw: str) -> int:
-    value = int(raw)
-    if not 64 * 1024 <= value <= 256 * 1024 * 1024:
-        raise ValueError("must be a byte count from 65536 to 268435456")
-    return value
-
-
-def _queue_events(raw: str) -> int:
-    value = int(raw)
-    if not 1 <= value <= 1_000_000:
-        raise ValueError("must be an event count from 1 to 1000000")
-    return value
-
-
-def _queue_bytes(raw: str) -> int:
-    value = int(raw)
-    if not 64 * 1024 <= value <= 1024 * 1024 * 1024:
-        raise ValueError("must be a byte count from 65536 to 1073741824")
-    return value
-
-
-def _node_id(raw: str) -> str:
-    if not _NODE_ID.match(raw):
-        raise ValueError(
-            "must be 1 to 128 letters, digits or . _ : - starting with a letter or digit"
-        )
-    return raw
-
-
-def _agent_types(raw: str) -> tuple[str, ...]:
-    types = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
-    if not types:
-        raise ValueError("must list at least one agent type, or *")
-    for agent_type in types:
-        if agent_type != ANY_AGENT_TYPE and not _AGENT_TYPE.match(agent_type):
-            raise ValueError(f"{agent_type!r} is not a valid agent type ([a-z][a-z0-9_-]*)")
-    return types
-
-
-def _strategy(raw: str) -> str:
-    return Strategy.parse(raw).name.lower()
-
-
-def _task_data_size(raw: str) -> int:
-    value = int(raw)
-    if not 1024 <= value <= 256 * 1024 * 1024:
-        raise ValueError("must be a byte count from 1024 to 268435456")
-    return value
-
-
-def _struct_depth(raw: str) -> int:
-    # 32 is the most every protobuf reader can parse back (api.wire.MAX_STRUCT_DEPTH).
-    value = int(raw)
-    if not 1 <= value <= 32:
-        raise ValueError("must be a number of levels from 1 to 32")
-    return value
-
-
-def _certificates_file(raw: str) -> str:
-    try:
-        tls.read_certificates(raw)
-    except OSError as exc:
-        raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
-    return raw
-
-
-def _private_key_file(raw: str) -> str:
-    try:
-        tls.read_private_key(raw)
-    except OSError as exc:
-        raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
-    return raw
-
-
-def _log_level(raw: str) -> str:
-    level = raw.upper()
-    if level not in _LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
-    return level
-
-
-def _boolean(raw: str) -> bool:
-    value = raw.lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"must be one of {', '.join(_TRUE + _FALSE)} (any case)")
-
-
-def _log_format(raw: str) -> str:
-    value = raw.lower()
-    if value not in LOG_FORMATS:
-        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)} (any case)")
-    return value
