@@ -244,21 +244,14 @@ class ErrorMappingInterceptor(WrappingInterceptor):
 
     def _unary_deserializer(self, deserializer: Any, method: str) -> Any:
         """The request, or ``_UNDECODABLE`` (the wrapped handler raises for it)."""
-        if deserializer is None:
-            return None
-
-        def deserialize(data: bytes) -> Any:
-            try:
-                return deserializer(data)
-            except Exception:
-                self._undecodable.note(method)
-                return _UNDECODABLE
-
-        return deserialize
+        return self._deserializer(deserializer, method, in_stream=False)
 
     def _stream_deserializer(self, deserializer: Any, method: str) -> Any:
         """Each request of a stream; UndecodableRequest, raised where the handler reads the
         request iterator, so the wrapped handler maps it as any error of its own."""
+        return self._deserializer(deserializer, method, in_stream=True)
+
+    def _deserializer(self, deserializer: Any, method: str, *, in_stream: bool) -> Any:
         if deserializer is None:
             return None
 
@@ -267,7 +260,9 @@ class ErrorMappingInterceptor(WrappingInterceptor):
                 return deserializer(data)
             except Exception:
                 self._undecodable.note(method)
-                raise errors.UndecodableRequest() from None
+                if in_stream:
+                    raise errors.UndecodableRequest() from None
+                return _UNDECODABLE
 
         return deserialize
 

@@ -125,6 +125,15 @@ class AuthInterceptor(WrappingInterceptor):
             )
         return principal
 
+    async def _admit(self, request: Any, context: Context, rule: _Rule) -> Principal:
+        """The caller's principal, allowed the rule's permission; a refusal is audited (and
+        answered, see ``_refuse``) before it propagates."""
+        try:
+            return self._principal(context, rule)
+        except (Unauthenticated, PermissionDenied) as exc:
+            await self._refuse(exc, request, context, rule)
+            raise
+
     async def _refuse(
         self, exc: Unauthenticated | PermissionDenied, request: Any, context: Context, rule: _Rule
     ) -> None:
@@ -140,11 +149,7 @@ class AuthInterceptor(WrappingInterceptor):
 
     def _unary(self, behavior: Any, rule: _Rule) -> Any:
         async def wrapped(request: Any, context: Context) -> Any:
-            try:
-                principal = self._principal(context, rule)
-            except (Unauthenticated, PermissionDenied) as exc:
-                await self._refuse(exc, request, context, rule)
-                raise
+            principal = await self._admit(request, context, rule)
             as_principal = principal_context.enter(principal)
             in_scope = audit.enter(rule.scope)
             try:
@@ -162,11 +167,7 @@ class AuthInterceptor(WrappingInterceptor):
         if not inspect.isasyncgenfunction(behavior):  # a handler that writes with context.write
 
             async def written(request: Any, context: Context) -> None:
-                try:
-                    principal = self._principal(context, rule)
-                except (Unauthenticated, PermissionDenied) as exc:
-                    await self._refuse(exc, request, context, rule)
-                    raise
+                principal = await self._admit(request, context, rule)
                 with principal_context.calling_as(principal), audit.scope_of(rule.scope):
                     await behavior(request, context)
 
@@ -174,11 +175,7 @@ class AuthInterceptor(WrappingInterceptor):
 
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             # Once per call: the messages of a stream are not authenticated again.
-            try:
-                principal = self._principal(context, rule)
-            except (Unauthenticated, PermissionDenied) as exc:
-                await self._refuse(exc, request, context, rule)
-                raise
+            principal = await self._admit(request, context, rule)
             with principal_context.calling_as(principal), audit.scope_of(rule.scope):
                 try:
                     async for response in behavior(request, context):
