@@ -18,14 +18,13 @@ ZCARDs, answers are never staler than the scrape, and nothing runs when nobody s
 from __future__ import annotations
 
 import asyncio
-import hmac
 import inspect
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
-from wsgiref.simple_server import WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import redis
@@ -39,12 +38,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import (  # the parts start_http_server is made of
-    ThreadingWSGIServer,
-    _get_best_family,
-    _SilentHandler,
-    make_wsgi_app,
-)
+from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -57,6 +51,12 @@ from coordinator.api.method_wrapping import WrappingInterceptor
 from coordinator.auth import audit
 from coordinator.auth.files import WatchedFile
 from coordinator.config import Settings
+from coordinator.metrics_http import (
+    METRICS_TOKEN_VARIABLE,
+    bearer_protected,
+    read_token,
+    serve_wsgi,
+)
 from coordinator.task_models import PRIORITIES_MOST_URGENT_FIRST, TaskState
 
 log = logging.getLogger(__name__)
@@ -188,12 +188,13 @@ class NodeMetrics:
         app = make_wsgi_app(self.registry)
         if self._settings.metrics_token_file:
             app = bearer_protected(
-                app, WatchedFile(self._settings.metrics_token_file, METRICS_TOKEN_VARIABLE, _token)
+                app,
+                WatchedFile(self._settings.metrics_token_file, METRICS_TOKEN_VARIABLE, read_token),
             )
         collector = TaskIndexCollector(self._settings)
         self.registry.register(collector)
         try:
-            server, thread = _serve_wsgi(app, host, self._settings.metrics_port)
+            server, thread = serve_wsgi(app, host, self._settings.metrics_port)
         except OSError as exc:
             self.registry.unregister(collector)
             collector.close()
@@ -231,50 +232,6 @@ class NodeMetrics:
         if collector is not None:
             self.registry.unregister(collector)
             collector.close()
-
-
-METRICS_TOKEN_VARIABLE = "COORDINATOR_METRICS_TOKEN_FILE"
-
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
-
-
-def _token(text: str) -> str:
-    token = text.strip()
-    if not token:
-        raise ValueError("the file is empty")
-    return token
-
-
-def bearer_protected(app: WsgiApp, token: WatchedFile[str]) -> WsgiApp:
-    """``app`` behind ``Authorization: Bearer <token>`` (401 otherwise); the token file is
-    read again when it changes."""
-
-    def protected(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
-        expected = f"Bearer {token.current()}".encode("latin-1", "replace")
-        if not hmac.compare_digest(given, expected):
-            start_response(
-                "401 Unauthorized",
-                [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="metrics"')],
-            )
-            return [b"send Authorization: Bearer <the token of COORDINATOR_METRICS_TOKEN_FILE>\n"]
-        return app(environ, start_response)
-
-    return protected
-
-
-def _serve_wsgi(app: WsgiApp, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """prometheus_client's start_http_server, serving ``app`` (the registry, maybe behind a
-    token) instead of always the bare registry."""
-
-    class Server(ThreadingWSGIServer):
-        """A copy, so that the address family is set for this server only."""
-
-    Server.address_family, address = _get_best_family(host, port)
-    httpd = make_server(address, port, app, Server, handler_class=_SilentHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    return httpd, thread
 
 
 class TaskIndexCollector(Collector):
