@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from coordinator.private_redis import die_with_parent, free_port
+from coordinator.storage.private_redis import die_with_parent, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

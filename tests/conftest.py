@@ -20,8 +20,8 @@ from grpc_health.v1 import health_pb2_grpc
 from agent_harness import AgentPool, ScriptedAgent
 from aitbc.coordinator.v1 import agent_pb2_grpc, task_pb2_grpc
 from coordinator.config import Settings
-from coordinator.redis_multiplex import MultiplexedConnection
 from coordinator.server import Coordinator, create_server
+from coordinator.storage.multiplex import MultiplexedConnection
 from support import CoordinatorProcess, RedisServer
 
 TEST_DB = 1

@@ -48,7 +48,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
-from coordinator import keys
+from coordinator.storage import keys
 from support import CoordinatorProcess, RedisServer
 
 FieldDescriptor = pb_descriptor.FieldDescriptor

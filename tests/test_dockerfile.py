@@ -235,7 +235,7 @@ def test_copied_paths_exist_and_reach_the_builder() -> None:
     needed = [
         "src/coordinator/__main__.py",
         "generated/python/aitbc/coordinator/v1/descriptor_set.binpb",
-        *(str(p.relative_to(ROOT)) for p in (ROOT / "src/coordinator/lua").glob("*.lua")),
+        *(str(p.relative_to(ROOT)) for p in (ROOT / "src/coordinator/storage/lua").glob("*.lua")),
     ]
     for path in needed:
         assert sent_to_builder(path), f".dockerignore drops {path}"
@@ -254,7 +254,7 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
 
 def test_dockerignore_matcher() -> None:
     assert sent_to_builder("pyproject.toml")
-    assert sent_to_builder("src/coordinator/lua/submit_task.lua")
+    assert sent_to_builder("src/coordinator/storage/lua/submit_task.lua")
     assert not sent_to_builder("README.md")
     assert not sent_to_builder("generated/js/index.js")
 
@@ -292,7 +292,10 @@ def test_the_copied_files_alone_build_a_package_that_runs(tmp_path: Path) -> Non
     )
     (wheel,) = wheels.glob("aitbc_agent_coordinator-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    lua = {f"coordinator/lua/{p.name}" for p in (ROOT / "src/coordinator/lua").glob("*.lua")}
+    lua = {
+        f"coordinator/storage/lua/{p.name}"
+        for p in (ROOT / "src/coordinator/storage/lua").glob("*.lua")
+    }
     assert lua <= names, sorted(lua - names)
     assert "aitbc/coordinator/v1/descriptor_set.binpb" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

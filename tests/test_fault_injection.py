@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from coordinator import keys
 from coordinator.sdk import Client, NewTask, Task, TaskState
+from coordinator.storage import keys
 from support import REPO, CoordinatorProcess, RedisServer, free_port
 
 pytestmark = pytest.mark.faults

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
-from coordinator import keys
+from coordinator.storage import keys
 from support import wait_until
 
 ACTIVE = agent_pb2.AGENT_STATUS_ACTIVE

@@ -19,7 +19,7 @@ from google.protobuf.json_format import MessageToDict
 
 from agent_harness import eventually, submit_request, wait_for_state
 from aitbc.coordinator.v1 import agent_pb2, task_pb2, task_pb2_grpc
-from coordinator import keys
+from coordinator.storage import keys
 from support import REPO
 from tls_support import Pki
 

@@ -13,13 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from coordinator import healthcheck, logs
+from coordinator import logs
 from coordinator.config import ConfigError, load_settings
-from coordinator.private_redis import PrivateRedis, redis_answers
 from coordinator.sdk import demo
 from coordinator.sdk.credentials import TlsOptions
 from coordinator.server import serve
-from coordinator.tools import dev_ca, tokens
+from coordinator.storage.private_redis import PrivateRedis, redis_answers
+from coordinator.tools import dev_ca, healthcheck, tokens
 
 log = logging.getLogger("coordinator")
 

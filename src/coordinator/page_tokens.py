@@ -33,9 +33,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from coordinator import keys
 from coordinator.errors import InvalidArgument
 from coordinator.periodic import Periodic
+from coordinator.storage import keys
 
 log = logging.getLogger(__name__)
 

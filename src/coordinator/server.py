@@ -20,30 +20,32 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
-from coordinator import page_tokens, reflection
+from coordinator import page_tokens
+from coordinator.agents.liveness import LivenessSweeper
+from coordinator.agents.registry import AgentRegistry
 from coordinator.api.admission import AdmissionInterceptor, AdmissionLimiter
 from coordinator.api.agent_service import AgentService
+from coordinator.api.auth_interceptor import AuthInterceptor
 from coordinator.api.error_mapping import ErrorMappingInterceptor
+from coordinator.api.metrics_interceptor import RpcMetricsInterceptor
 from coordinator.api.serialized_replies import SerializedRepliesInterceptor
 from coordinator.api.task_service import TaskService
 from coordinator.auth import tls
 from coordinator.auth.audit import Auditor
 from coordinator.auth.authenticator import Authenticator
-from coordinator.auth.interceptor import AuthInterceptor
 from coordinator.config import Settings, check_exposure
-from coordinator.dispatcher import Dispatcher
-from coordinator.events import EventHub
-from coordinator.health import RedisHealthMonitor
-from coordinator.health_listener import HealthListener
-from coordinator.liveness import LivenessSweeper
-from coordinator.metrics import NodeMetrics, RpcMetricsInterceptor
-from coordinator.reaper import TaskReaper
-from coordinator.redis_multiplex import MultiplexedConnection
-from coordinator.redis_packing import PACKED_CLASSES
-from coordinator.registry import AgentRegistry
-from coordinator.streams import AssignmentStreams, QueueLimits
-from coordinator.task_calls import NewTask, SubmitRide
-from coordinator.tasks import TaskStore
+from coordinator.delivery.events import EventHub
+from coordinator.delivery.streams import AssignmentStreams, QueueLimits
+from coordinator.dispatch.dispatcher import Dispatcher
+from coordinator.node import reflection
+from coordinator.node.health import RedisHealthMonitor
+from coordinator.node.health_port import HealthListener
+from coordinator.node.metrics import NodeMetrics
+from coordinator.storage.multiplex import MultiplexedConnection
+from coordinator.storage.packing import PACKED_CLASSES
+from coordinator.tasks.calls import NewTask, SubmitRide
+from coordinator.tasks.reaper import TaskReaper
+from coordinator.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 

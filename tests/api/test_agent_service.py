@@ -11,7 +11,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from agent_harness import ScriptedAgent
 from aitbc.coordinator.v1 import agent_pb2
-from coordinator import keys
+from coordinator.storage import keys
 
 ACTIVE = agent_pb2.AGENT_STATUS_ACTIVE
 BUSY = agent_pb2.AGENT_STATUS_BUSY

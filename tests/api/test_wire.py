@@ -8,10 +8,10 @@ import pytest
 from google.protobuf.struct_pb2 import Struct
 
 from aitbc.coordinator.v1 import agent_pb2
+from coordinator.agents.records import AgentRecord, AgentStatus
+from coordinator.agents.validation import Violations
 from coordinator.api import joined_replies, wire
 from coordinator.errors import InvalidArgument
-from coordinator.models import Agent, AgentStatus
-from coordinator.validation import Violations
 
 
 def test_every_domain_status_round_trips_through_the_wire_enum():
@@ -27,7 +27,7 @@ def test_every_wire_status_but_unspecified_has_a_domain_status():
     assert wire.status_from_proto(99) is None
 
 
-def make_agent(agent_id: str, **changes) -> Agent:
+def make_agent(agent_id: str, **changes) -> AgentRecord:
     fields = {
         "agent_id": agent_id,
         "agent_type": "worker",
@@ -48,7 +48,7 @@ def make_agent(agent_id: str, **changes) -> Agent:
         "node_id": "",
         "status_reason": "",
     }
-    return Agent(**{**fields, **changes})
+    return AgentRecord(**{**fields, **changes})
 
 
 def parsed_reply(agents, token="", total=0) -> agent_pb2.DiscoverAgentsResponse:

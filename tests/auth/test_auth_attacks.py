@@ -19,7 +19,7 @@ from google.rpc import code_pb2
 
 from agent_harness import ScriptedAgent, submit_request
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
-from coordinator import keys as redis_keys
+from coordinator.storage import keys as redis_keys
 
 VICTIM = "victim-1"
 

@@ -20,7 +20,6 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from agent_harness import eventually
 from aitbc.coordinator.v1 import task_pb2
-from coordinator import keys
 from coordinator.api.error_mapping import to_status
 from coordinator.api.task_service import TaskService
 from coordinator.auth import quotas
@@ -28,9 +27,10 @@ from coordinator.auth.principal import Principal, Role, calling_as
 from coordinator.auth.quotas import SubmitQuota
 from coordinator.config import ConfigError, load_settings
 from coordinator.errors import ResourceExhausted
-from coordinator.task_calls import Submitted
-from coordinator.task_models import Priority, TaskState, TaskSubmission
-from coordinator.tasks import TaskStore
+from coordinator.storage import keys
+from coordinator.tasks.calls import Submitted
+from coordinator.tasks.models import Priority, TaskState, TaskSubmission
+from coordinator.tasks.store import TaskStore
 
 
 @contextmanager

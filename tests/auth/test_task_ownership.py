@@ -23,8 +23,8 @@ from coordinator.auth import audit
 from coordinator.auth.principal import Principal, Role, calling_as
 from coordinator.errors import NotFound, PermissionDenied
 from coordinator.sdk import wire as sdk_wire
-from coordinator.task_models import TaskState, TaskSubmission
-from test_task_scripts import dump
+from coordinator.tasks.models import TaskState, TaskSubmission
+from script_support import dump
 
 CLIENT = frozenset({Role.CLIENT})
 READER = frozenset({Role.READER})

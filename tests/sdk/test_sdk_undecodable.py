@@ -18,9 +18,9 @@ from google.protobuf.struct_pb2 import Struct
 
 from agent_harness import eventually
 from aitbc.coordinator.v1 import agent_pb2
-from coordinator import keys
 from coordinator.sdk import TaskContext, UndecodableReply
 from coordinator.sdk.wire import UNDECODABLE_TYPE, stream_event
+from coordinator.storage import keys
 
 # 47 levels of lists under {"a": {"s": ...}}: the node builds and sends the assignment, but
 # python protobuf cannot parse it (the Struct sits three levels down in the stream message).

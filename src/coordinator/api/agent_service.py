@@ -1,5 +1,5 @@
 """AgentService: thin async handlers that validate, call the registry and convert, and the
-assignment stream, which forwards a node-local session's events (``coordinator.streams``)."""
+assignment stream, which forwards a node-local session's events (``coordinator.delivery.streams``)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ import grpc
 from grpc_status import rpc_status
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
-from coordinator import validation
+from coordinator.agents import validation
+from coordinator.agents.registry import AgentRegistry
+from coordinator.agents.validation import Violations
 from coordinator.api import error_mapping, joined_replies, page_bytes, wire
 from coordinator.auth import checks
 from coordinator.config import Settings
-from coordinator.dispatcher import Dispatcher
-from coordinator.errors import FailedPrecondition, Unavailable
-from coordinator.registry import AgentRegistry
-from coordinator.streams import (
+from coordinator.delivery.streams import (
     AssignmentEvent,
     AssignmentStreams,
     CancelEvent,
@@ -28,7 +27,8 @@ from coordinator.streams import (
     StreamEvent,
     ended_error,
 )
-from coordinator.validation import Violations
+from coordinator.dispatch.dispatcher import Dispatcher
+from coordinator.errors import FailedPrecondition, Unavailable
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

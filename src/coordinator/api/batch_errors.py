@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 from google.rpc import code_pb2, error_details_pb2
 
 from aitbc.coordinator.v1 import task_pb2
-from coordinator.api.error_mapping import redis_unavailable, to_status
+from coordinator.api.error_mapping import to_status
 from coordinator.errors import CoordinatorError
-from coordinator.task_validation import batch_entries
+from coordinator.storage.redis_errors import redis_unavailable
+from coordinator.tasks.validation import batch_entries
 
 log = logging.getLogger(__name__)
 

@@ -24,18 +24,19 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc.aio import AbortError  # raised by context.abort(): it must propagate
 from grpc_status import rpc_status
-from redis.exceptions import (
-    BusyLoadingError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import (
+    RedisError,
+)
 
 from coordinator import errors
 from coordinator.api.method_wrapping import WrappingInterceptor
+from coordinator.storage.redis_errors import (
+    POOL_EXHAUSTED,
+    REDIS_OUTAGES,
+    redis_error_kind,
+    redis_unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,34 +53,6 @@ _CODES: dict[type[errors.CoordinatorError], grpc.StatusCode] = {
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
-
-REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
-"""Redis cannot be reached, timed out, or is still loading its data."""
-
-POOL_EXHAUSTED = "No connection available."
-"""redis-py's message when no pooled connection came free in time: Redis is fine, the node
-is overloaded."""
-
-REDIS_WRITE_REFUSALS = (ReadOnlyError, OutOfMemoryError)
-"""Redis answers but refuses writes: a replica after a failover, or maxmemory reached."""
-
-
-def redis_unavailable(exc: BaseException) -> bool:
-    """True when a Redis error means "try again later" rather than a bug of ours."""
-    if isinstance(exc, REDIS_OUTAGES + REDIS_WRITE_REFUSALS):
-        return True
-    # MISCONF: Redis stops writes because it cannot persist (a full or failing disk).
-    return isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
-
-
-def redis_error_kind(exc: BaseException) -> str | None:
-    """The kind of Redis outage an error is, for the ``redis_errors`` metric: "unavailable"
-    (unreachable, timed out, loading), "refused_writes", or None for any other error."""
-    if isinstance(exc, REDIS_OUTAGES):
-        return "unavailable"
-    if redis_unavailable(exc):
-        return "refused_writes"
-    return None
 
 
 def to_status(exc: BaseException) -> status_pb2.Status:

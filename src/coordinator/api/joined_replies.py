@@ -11,16 +11,16 @@ import weakref
 from collections.abc import Sequence
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
+from coordinator.agents.records import AgentRecord
 from coordinator.api import wire
-from coordinator.models import Agent
-from coordinator.task_models import Task
+from coordinator.tasks.models import Task
 
 
-def discover_reply(agents: Sequence[Agent], next_page_token: str, total_size: int) -> bytes:
+def discover_reply(agents: Sequence[AgentRecord], next_page_token: str, total_size: int) -> bytes:
     """A DiscoverAgentsResponse, serialized: the handler returns it as it is
     (``api/serialized_replies.py``).
 
-    An Agent is immutable, and the registry hands out the same Agent object for a record that
+    An AgentRecord is immutable, and the registry hands out the same AgentRecord object for a record that
     has not changed (``AgentRegistry._decode_row``). So each agent's entry of the reply's
     ``agents`` field is serialized once and kept while that object lives, and a discovery
     that finds the same agents again joins their bytes: protobuf parses concatenated
@@ -31,17 +31,17 @@ def discover_reply(agents: Sequence[Agent], next_page_token: str, total_size: in
     return b"".join([*(_agent_entry(agent) for agent in agents), rest.SerializeToString()])
 
 
-def discover_entry_bytes(agent: Agent) -> int:
+def discover_entry_bytes(agent: AgentRecord) -> int:
     """What ``agent`` adds to a DiscoverAgentsResponse, in bytes (its kept entry's size)."""
     return len(_agent_entry(agent))
 
 
-_agent_entries: dict[int, tuple[weakref.ref[Agent], bytes]] = {}
+_agent_entries: dict[int, tuple[weakref.ref[AgentRecord], bytes]] = {}
 """id(agent) -> (a weak reference to the agent, the serialized DiscoverAgentsResponse that
 holds only that agent), for as long as the agent lives."""
 
 
-def _agent_entry(agent: Agent) -> bytes:
+def _agent_entry(agent: AgentRecord) -> bytes:
     key = id(agent)
     entry = _agent_entries.get(key)
     if entry is not None and entry[0]() is agent:

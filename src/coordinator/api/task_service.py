@@ -15,18 +15,18 @@ from typing import Any, cast
 import grpc
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
-from coordinator import task_validation as tv
+from coordinator.agents.validation import Violations
 from coordinator.api import joined_replies, page_bytes, wire
 from coordinator.api.batch_errors import answer_entries
 from coordinator.auth import checks, ownership
 from coordinator.cancellation import raise_if_cancelled
 from coordinator.config import Settings
+from coordinator.delivery.events import EventHub
 from coordinator.errors import InvalidArgument, NotFound
-from coordinator.events import EventHub
-from coordinator.task_calls import Report, ReportOutcome, Submitted
-from coordinator.task_models import Task, TaskError, TaskState, TaskSubmission
-from coordinator.tasks import TaskStore
-from coordinator.validation import Violations
+from coordinator.tasks import validation as tv
+from coordinator.tasks.calls import Report, ReportOutcome, Submitted
+from coordinator.tasks.models import Task, TaskError, TaskState, TaskSubmission
+from coordinator.tasks.store import TaskStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -15,10 +15,11 @@ from google.protobuf.struct_pb2 import ListValue, Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
-from coordinator.balancing import Strategy
+from coordinator.agents.records import AgentRecord, AgentStatus
+from coordinator.agents.validation import Violations
+from coordinator.dispatch.balancing import Strategy
 from coordinator.errors import FieldViolation, InvalidArgument
-from coordinator.models import Agent, AgentStatus
-from coordinator.task_models import (
+from coordinator.tasks.models import (
     Assignment,
     Priority,
     QueueStats,
@@ -29,7 +30,6 @@ from coordinator.task_models import (
     TaskState,
     TaskStats,
 )
-from coordinator.validation import Violations
 
 STATUS_PREFIX = "AGENT_STATUS_"
 PRIORITY_PREFIX = "TASK_PRIORITY_"
@@ -125,12 +125,12 @@ def duration_from_s(seconds: float) -> Duration:
     return duration
 
 
-def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
+def agent_to_proto(agent: AgentRecord) -> agent_pb2.Agent:
     """The wire form of an agent: a new message of the caller's own."""
     return _build_agent(agent)
 
 
-def _build_agent(agent: Agent) -> agent_pb2.Agent:
+def _build_agent(agent: AgentRecord) -> agent_pb2.Agent:
     return agent_pb2.Agent(
         agent_id=agent.agent_id,
         agent_type=agent.agent_type,

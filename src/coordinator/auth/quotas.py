@@ -22,9 +22,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from coordinator import keys
 from coordinator.config import Settings
 from coordinator.errors import ResourceExhausted, echo
+from coordinator.storage import keys
 
 OVER_QUOTA = "over_quota"
 """First item of ``lua/submit_task.lua``'s reply when the submitter is over a quota."""

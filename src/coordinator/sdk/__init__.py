@@ -1,6 +1,6 @@
 """The Python SDK: ``Agent`` runs task handlers, ``Client`` submits and follows tasks.
 
-Nothing here exposes protobuf types: tasks are ``coordinator.task_models.Task`` objects and
+Nothing here exposes protobuf types: tasks are ``coordinator.tasks.models.Task`` objects and
 task data and results are plain dicts. Both take ``tls=TlsOptions(...)`` and ``token=`` or
 ``token_file=`` (a bearer token sent with every call).
 """
@@ -20,7 +20,7 @@ from coordinator.sdk.errors import (
     UndecodableReply,
 )
 from coordinator.sdk.runner import Handler
-from coordinator.task_models import Priority, Requirements, RetryPolicy, Task, TaskError, TaskState
+from coordinator.tasks.models import Priority, Requirements, RetryPolicy, Task, TaskError, TaskState
 
 __all__ = [
     "Agent",

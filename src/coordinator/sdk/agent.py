@@ -31,7 +31,7 @@ from coordinator.sdk.errors import RpcError
 from coordinator.sdk.reports import Reporter
 from coordinator.sdk.runner import AttemptRunner, Handler
 from coordinator.sdk.wire import AssignmentInfo, UndecodableAssignment, stream_event
-from coordinator.task_models import TaskError
+from coordinator.tasks.models import TaskError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.task_models import Priority
+from coordinator.tasks.models import Priority
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from coordinator.errors import CoordinatorError
-from coordinator.task_models import Task, TaskError
+from coordinator.tasks.models import Task, TaskError
 
 
 class PermanentError(CoordinatorError):

@@ -30,7 +30,7 @@ from coordinator.api.wire import duration_from_s, error_to_proto
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.endpoints import RETRIED_CODES, Endpoints
 from coordinator.sdk.wire import AssignmentInfo, status_code
-from coordinator.task_models import TaskError
+from coordinator.tasks.models import TaskError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from coordinator.sdk.context import TaskContext
 from coordinator.sdk.errors import PermanentError
 from coordinator.sdk.reports import Reporter
 from coordinator.sdk.wire import AssignmentInfo
-from coordinator.task_models import TaskError
+from coordinator.tasks.models import TaskError
 
 log = logging.getLogger(__name__)
 # A logger of its own, so that a program can show lease renewals without every task's lines.

@@ -16,7 +16,7 @@ from coordinator.api.wire import duration_s
 from coordinator.api.wire import struct_to_dict as _struct_to_dict
 from coordinator.sdk import shallow
 from coordinator.sdk.errors import RpcError
-from coordinator.task_models import (
+from coordinator.tasks.models import (
     Attempt,
     LoadBalancerStats,
     Priority,

@@ -1,0 +1,183 @@
+"""What a dispatch pass and a node's view choose from: the agents and their slots as a
+snapshot saw them (and as the node changed them since), the heads of the class queues, and
+the small decoders of ``lua/dispatch_snapshot.lua``'s reply. No Redis here: the dispatcher
+(``coordinator.dispatch.dispatcher``) reads and writes, these keep count."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.agents.records import AgentRecord
+from coordinator.dispatch.balancing import BalancerState, Candidate, Strategy
+from coordinator.tasks.models import Requirements
+
+log = logging.getLogger(__name__)
+
+AGENT_REFUSALS = ("agent_gone", "agent_unavailable", "agent_full")
+"""Refusals of ``lua/assign_task.lua`` about the agent, not the task: it is not chosen again
+in the pass."""
+
+
+@dataclass
+class AgentSlots:
+    """What a node knows of the agents' slots since a snapshot: who has a free slot and how
+    many slots each uses, counting the assignments made since (by its passes and at
+    submit) and the slots its reports freed. Only the scripts know for sure: they check
+    again."""
+
+    agents: dict[str, AgentRecord]
+    """Every ACTIVE, live agent of the snapshot with an open stream, free or not."""
+    blocked: set[str] = field(default_factory=set)
+    """Requirements classes that no free agent fits any more in the pass under way."""
+    refused: set[str] = field(default_factory=set)
+    """Agents whose script refused them (gone, unavailable or full): not chosen again."""
+
+    def __post_init__(self) -> None:
+        self.used = {agent_id: agent.active_tasks for agent_id, agent in self.agents.items()}
+        self.free = {
+            agent_id: agent
+            for agent_id, agent in self.agents.items()
+            if agent.active_tasks < agent.max_concurrency
+        }
+        self._candidates: dict[str, Candidate] = {}
+
+    def candidates(self, eligible: list[AgentRecord]) -> list[Candidate]:
+        """The strategy's view of the eligible agents that still have a free slot (each
+        built once per change of its slots, not once per task: passes over many agents)."""
+        out = []
+        for agent in eligible:
+            agent_id = agent.agent_id
+            if agent_id not in self.free:
+                continue
+            candidate = self._candidates.get(agent_id)
+            if candidate is None:
+                candidate = self._candidates[agent_id] = candidate_of(agent, self.used[agent_id])
+            out.append(candidate)
+        return out
+
+    def free_slots(self) -> int:
+        return sum(agent.max_concurrency - self.used[a] for a, agent in self.free.items())
+
+    def take_slot(self, agent_id: str) -> None:
+        if agent_id not in self.used:
+            return  # not an agent of the snapshot (a view read after it left)
+        self.used[agent_id] += 1
+        self._candidates.pop(agent_id, None)
+        if self.used[agent_id] >= self.agents[agent_id].max_concurrency:
+            self.free.pop(agent_id, None)
+
+    def give_back_slot(self, agent_id: str) -> None:
+        """A slot is free again (unless the agent was refused): an assignment did not
+        happen, or an attempt ended."""
+        if self.used.get(agent_id, 0) <= 0:
+            return  # not an agent of the snapshot, or its report was in it already
+        self.used[agent_id] -= 1
+        self._candidates.pop(agent_id, None)
+        agent = self.agents[agent_id]
+        if agent_id not in self.refused and self.used[agent_id] < agent.max_concurrency:
+            self.free[agent_id] = agent
+
+    def refuse(self, agent_id: str) -> None:
+        self.refused.add(agent_id)
+        self.free.pop(agent_id, None)
+
+    def not_assigned(self, agent_id: str, verdict: str, detail: Any) -> bool:
+        """``lua/assign_task.lua`` refused an assignment to ``agent_id``: its slot is free
+        again, unless the refusal was about the agent, which is then not chosen again.
+        True for such an agent refusal (the task may go to its next choice)."""
+        self.give_back_slot(agent_id)
+        if verdict not in AGENT_REFUSALS:
+            return False  # about the task: another node took it, or it was cancelled
+        log.debug("agent refused: %s (%s)", verdict, detail, extra={"agent_id": agent_id})
+        self.refuse(agent_id)
+        return True
+
+
+@dataclass
+class Snapshot:
+    """What a pass starts from (``lua/dispatch_snapshot.lua``). A copy of the latest one a
+    node read, with slots of its own, is its view, which tasks are assigned at submit from
+    (``Dispatcher.ride_submit``): a pass's snapshot changes only with the pass's own
+    assignments."""
+
+    class_sets: list[list[str]]
+    """The requirements classes with tasks waiting, per priority, most urgent first."""
+    heads: list[dict[str, list[Head]]]
+    """The first tasks of each of those classes, per priority."""
+    heads_limit: int
+    """The most tasks read per class: a class with fewer has no more."""
+    line: AgentSlots
+    """The ACTIVE, live agents with an open stream on a live node, and their slots."""
+    default_strategy: Strategy
+    state: BalancerState
+    read_at: float
+    """The event loop's time when it was read."""
+    eligible: dict[str, list[AgentRecord]] = field(default_factory=dict)
+    """Per requirements class, the agents of the snapshot that fit it (assigning at submit:
+    the line says which of them still have a slot)."""
+
+
+Head = tuple[str, float, str, str, str, str]
+"""A task at the head of a class queue: task_id, seq, requirements, strategy, routing_key,
+avoid_agent_id (requirements is '' for a task deleted meanwhile; avoid_agent_id is the agent
+whose attempt last ended unsuccessfully, or '')."""
+
+
+def read_heads(entries: Sequence[Sequence[Any]]) -> list[Head]:
+    """The heads of one class as ``lua/task_lib.lua``'s class_heads returns them."""
+    return [(str(e[0]), float(e[1]), str(e[2]), str(e[3]), str(e[4]), str(e[5])) for e in entries]
+
+
+def elsewhere(candidates: list[Candidate], avoid_agent_id: str) -> list[Candidate]:
+    """The candidates but ``avoid_agent_id`` (a retry's last agent), unless it is the only
+    one: a retry goes back to it only when no other eligible agent has a free slot now.
+    (Waiting for another would hold the task for an agent that may never come.)"""
+    return [c for c in candidates if c.agent_id != avoid_agent_id] or candidates
+
+
+def balancer_state(raw: str | None) -> BalancerState:
+    """The strategies' shared state as stored in Redis (round-robin and weighted turns)."""
+    if not raw:
+        return BalancerState()
+    data = json.loads(raw)
+    return BalancerState(
+        round_robin_last=data.get("round_robin_last", ""),
+        weighted_current={k: float(v) for k, v in data.get("weighted_current", {}).items()},
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def requirements_of(raw: str) -> Requirements:
+    """Requirements of a task, decoded once per distinct text (tasks of a class share it)."""
+    return Requirements.from_json(raw)
+
+
+def fits(agent: AgentRecord, requirements: Requirements) -> bool:
+    """Whether an agent meets every requirement of a task."""
+    r = requirements
+    return (not r.agent_id or agent.agent_id == r.agent_id) and agent.matches(
+        agent_type=r.agent_type,
+        capabilities=r.capabilities,
+        services=r.services,
+        labels=r.labels,
+        min_health_score=r.min_health_score,
+    )
+
+
+def candidate_of(agent: AgentRecord, active_tasks: int) -> Candidate:
+    return Candidate(
+        agent_id=agent.agent_id,
+        active_tasks=active_tasks,
+        max_concurrency=agent.max_concurrency,
+        weight=agent.weight,
+        load_metrics=agent.load_metrics,
+        capabilities=frozenset(agent.capabilities),
+        avg_duration_ms=agent.avg_duration_ms,
+        recent_success=agent.recent_success,
+        health_score=agent.health_score,
+    )

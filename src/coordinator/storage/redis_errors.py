@@ -1,0 +1,42 @@
+"""What a Redis error means for the caller: an outage to wait out (UNAVAILABLE at the edge, a
+retry on the next timer below it), or something else. The gRPC layer, the dispatcher and the
+node's timers classify errors here, so they agree on what "Redis is gone" is."""
+
+from __future__ import annotations
+
+from redis.exceptions import (
+    BusyLoadingError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
+"""Redis cannot be reached, timed out, or is still loading its data."""
+
+POOL_EXHAUSTED = "No connection available."
+"""redis-py's message when no pooled connection came free in time: Redis is fine, the node
+is overloaded."""
+
+REDIS_WRITE_REFUSALS = (ReadOnlyError, OutOfMemoryError)
+"""Redis answers but refuses writes: a replica after a failover, or maxmemory reached."""
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """True when a Redis error means "try again later" rather than a bug of ours."""
+    if isinstance(exc, REDIS_OUTAGES + REDIS_WRITE_REFUSALS):
+        return True
+    # MISCONF: Redis stops writes because it cannot persist (a full or failing disk).
+    return isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
+
+
+def redis_error_kind(exc: BaseException) -> str | None:
+    """The kind of Redis outage an error is, for the ``redis_errors`` metric: "unavailable"
+    (unreachable, timed out, loading), "refused_writes", or None for any other error."""
+    if isinstance(exc, REDIS_OUTAGES):
+        return "unavailable"
+    if redis_unavailable(exc):
+        return "refused_writes"
+    return None

@@ -1,0 +1,168 @@
+"""The named Lua scripts of ``coordinator/storage/lua``, loaded once and bound to a Redis client.
+
+Each script documents its KEYS and ARGV at the top of its file. redis-py sends EVALSHA and
+falls back to EVAL (loading the script) after a Redis restart.
+
+Task scripts share helpers: each is sent as the Lua table ``K`` (the key names of
+``keys.TASK_SCRIPT_KEYS``), then ``lua/quota_lib.lua`` (the principals' quotas), then
+``lua/task_lib.lua``, then its own file. Their keys are
+built from ``K`` inside the script, because which agent or queue a task touches is only
+known there; like the registry's, they need a single Redis, not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from coordinator.storage.keys import TASK_SCRIPT_KEYS
+from coordinator.storage.multiplex import MultiplexedConnection
+
+SCRIPT_NAMES = (
+    "register_agent",
+    "heartbeat",
+    "update_agent_status",
+    "deregister_agent",
+    "sweep_stale_agents",
+    "discover_agents",
+)
+
+TASK_SCRIPT_NAMES = (
+    "submit_task",
+    "dispatch_turn",
+    "dispatch_snapshot",
+    "queue_heads",
+    "assign_task",
+    "report_task",
+    "release_task",
+    "cancel_task",
+    "promote_due_tasks",
+    "expire_tasks",
+    "connect_stream",
+    "disconnect_stream",
+    "forget_finished_tasks",
+)
+
+
+@cache
+def source(name: str) -> str:
+    """The Lua source of one named script."""
+    if name in SCRIPT_NAMES:
+        return _read(name)
+    if name in TASK_SCRIPT_NAMES:
+        return "\n".join((_key_table(), _read("quota_lib"), _read("task_lib"), _read(name)))
+    raise KeyError(f"no Lua script named {name!r}")
+
+
+def _read(name: str) -> str:
+    return resources.files("coordinator.storage").joinpath("lua", f"{name}.lua").read_text()
+
+
+def _key_table() -> str:
+    entries = ", ".join(
+        f"{name} = {_lua_string(value)}" for name, value in TASK_SCRIPT_KEYS.items()
+    )
+    return f"local K = {{{entries}}}"
+
+
+def _lua_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class Scripts:
+    """Every named script, registered on one Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.register_agent = self._bind(redis, "register_agent")
+        self.heartbeat = self._bind(redis, "heartbeat")
+        self.update_agent_status = self._bind(redis, "update_agent_status")
+        self.deregister_agent = self._bind(redis, "deregister_agent")
+        self.sweep_stale_agents = self._bind(redis, "sweep_stale_agents")
+        self.discover_agents = self._bind(redis, "discover_agents")
+
+    @staticmethod
+    def _bind(redis: Redis, name: str) -> AsyncScript:
+        return redis.register_script(source(name))
+
+
+class TaskScripts:
+    """Every task script, registered on one Redis client. Call with ``args=[...]`` only."""
+
+    def __init__(self, redis: Redis) -> None:
+        for name in TASK_SCRIPT_NAMES:
+            setattr(self, name, redis.register_script(source(name)))
+
+    submit_task: AsyncScript
+    dispatch_turn: AsyncScript
+    dispatch_snapshot: AsyncScript
+    queue_heads: AsyncScript
+    assign_task: AsyncScript
+    report_task: AsyncScript
+    release_task: AsyncScript
+    cancel_task: AsyncScript
+    promote_due_tasks: AsyncScript
+    expire_tasks: AsyncScript
+    connect_stream: AsyncScript
+    disconnect_stream: AsyncScript
+    forget_finished_tasks: AsyncScript
+
+
+ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
+"""One call of a script in a batch: the script, its KEYS and its ARGV."""
+
+Rider = tuple[list[ScriptCall], Callable[[list[Any], list[Any], bool], None]]
+"""Script calls that ride at the end of another batch, to share its round trip, and the
+function that takes the batch's own replies, then theirs (errors included, as exception
+objects), and whether they ran after every call of the batch: False when one of those had
+to be sent again after the rider's (its script was loaded after a NOSCRIPT)."""
+
+
+async def run_batch(
+    connection: MultiplexedConnection,
+    calls: Sequence[ScriptCall],
+    *,
+    raise_on_error: bool = True,
+    rider: Rider | None = None,
+) -> list[Any]:
+    """Run many script calls in one write on the node's shared connection: one round trip.
+
+    Sends EVALSHA only; a call refused with NOSCRIPT (Redis restarted, or SCRIPT FLUSH) did
+    not run, so it is sent again with EVAL, which also loads the script. Returns the
+    replies in order. A script's error is raised (the first), like a single call's, or with
+    ``raise_on_error=False`` left in its place so that the other replies are not lost; an
+    outage (no connection, a timeout) always raises. A ``rider``'s calls run after
+    ``calls``; its function gets every reply (before any error is raised), and only the
+    batch's own are returned.
+    """
+    own = len(calls)
+    if rider is not None:
+        calls = [*calls, *rider[0]]
+    if not calls:
+        return []
+    replies = await connection.execute(
+        [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+    )
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        again = await connection.execute(
+            [
+                ("EVAL", calls[i][0].script, len(calls[i][1]), *calls[i][1], *calls[i][2])
+                for i in missing
+            ]
+        )
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    if rider is not None:
+        replies, ridden = replies[:own], replies[own:]
+        rider[1](replies, ridden, not (missing and missing[0] < own))
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+    return replies
