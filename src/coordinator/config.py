@@ -63,6 +63,10 @@ class Settings:
     health_check_interval_s: float = 1.0
     redis_timeout_s: float = 2.0
     redis_max_connections: int = 256
+    redis_allow_eviction: bool = False
+    """Serve on a Redis whose maxmemory-policy may evict keys (refused by default)."""
+    redis_memory_warn_ratio: float = 0.9
+    """Log a warning when Redis' used memory passes this share of its maxmemory."""
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
     log_level: str = "INFO"
@@ -214,6 +218,8 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         redis_max_connections=reader.get(
             "COORDINATOR_REDIS_MAX_CONNECTIONS", 256, parse.connections
         ),
+        redis_allow_eviction=reader.get("COORDINATOR_REDIS_ALLOW_EVICTION", False, parse.boolean),
+        redis_memory_warn_ratio=reader.get("COORDINATOR_REDIS_MEMORY_WARN_RATIO", 0.9, parse.ratio),
         keepalive_time_s=reader.get("COORDINATOR_KEEPALIVE_TIME_S", 30.0, parse.positive),
         keepalive_timeout_s=reader.get("COORDINATOR_KEEPALIVE_TIMEOUT_S", 10.0, parse.positive),
         log_level=reader.get("COORDINATOR_LOG_LEVEL", "INFO", parse.log_level),

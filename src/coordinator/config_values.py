@@ -132,6 +132,14 @@ def positive(raw: str) -> float:
     return value
 
 
+def ratio(raw: str) -> float:
+    """A share: a number above 0 and at most 1."""
+    value = float(raw)
+    if not 0 < value <= 1:
+        raise ValueError("must be a share above 0 and at most 1, such as 0.9")
+    return value
+
+
 def non_negative(raw: str) -> float:
     value = float(raw)
     if not value >= 0 or value == float("inf"):

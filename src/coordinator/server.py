@@ -41,6 +41,7 @@ from coordinator.node import reflection
 from coordinator.node.health import RedisHealthMonitor
 from coordinator.node.health_port import HealthListener
 from coordinator.node.metrics import NodeMetrics
+from coordinator.node.redis_memory import MemoryWatch
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.storage.packing import PACKED_CLASSES
 from coordinator.tasks.calls import NewTask, SubmitRide
@@ -193,6 +194,10 @@ class Coordinator:
             settings.node_id,
             interval_s=settings.health_check_interval_s,
             timeout_s=settings.redis_timeout_s,
+            memory=MemoryWatch(
+                warn_ratio=settings.redis_memory_warn_ratio,
+                allow_eviction=settings.redis_allow_eviction,
+            ),
         )
         self.sweeper = LivenessSweeper(
             self.registry, self.redis, settings.node_id, settings.sweep_interval_s
@@ -220,6 +225,7 @@ class Coordinator:
 
     async def start(self) -> int:
         """Bind, start serving and start the background tasks; returns the bound port."""
+        await self.health.refuse_evicting_redis()
         if self.settings.metrics_enabled:
             self.metrics_port = self.metrics.start_http()
         try:

@@ -8,6 +8,10 @@ NOT_SERVING; Watch streams see each change. A write, not a PING, because a Redis
 answers but refuses writes (a replica after a failover, maxmemory, a failing disk) cannot
 serve the registry either. Settings keep the interval plus the deadline under 4 s, so a
 change shows within 5 s.
+
+The same round trip reads ``INFO memory`` (``coordinator.node.redis_memory``): a Redis that
+may evict keys is refused (NOT_SERVING, and no start at all), and a Redis filling up is
+logged before it refuses writes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from grpc_health.v1 import health, health_pb2
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from coordinator.config import ConfigError
+from coordinator.node.redis_memory import MemoryWatch, RedisMemory, eviction_refusal
 from coordinator.periodic import Periodic
 from coordinator.storage import keys
 
@@ -40,6 +46,7 @@ class RedisHealthMonitor:
         node_id: str,
         interval_s: float,
         timeout_s: float,
+        memory: MemoryWatch | None = None,
     ) -> None:
         self.servicer = servicer
         self._redis = redis
@@ -48,6 +55,8 @@ class RedisHealthMonitor:
         self._names = ["", *service_names]
         self._timeout_s = timeout_s
         self._serving: bool | None = None
+        self.memory = memory or MemoryWatch(warn_ratio=0.9, allow_eviction=False)
+        """What the last check read of Redis' memory, and whether it may serve on it."""
         self._loop = Periodic("redis-health-monitor", interval_s, self.check)
 
     @property
@@ -71,22 +80,34 @@ class RedisHealthMonitor:
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("could not delete the presence key (%r); it will expire", exc)
 
-    async def check(self) -> bool:
-        """Write the presence key once and publish the result; returns whether it worked."""
+    async def refuse_evicting_redis(self) -> None:
+        """At start-up: raise ConfigError when Redis may evict keys and that is not allowed.
+        A Redis that does not answer yet is left to the health checks."""
         try:
-            await asyncio.wait_for(
-                self._redis.set(self._presence_key, "1", px=self._presence_ttl_ms),
-                self._timeout_s,
-            )
-            reachable = True
+            info = await asyncio.wait_for(self._redis.info("memory"), self._timeout_s)
+        except (RedisError, OSError, TimeoutError):
+            return
+        memory = RedisMemory.from_info(info)
+        if not self.memory.acceptable(memory):
+            raise ConfigError(eviction_refusal(memory))
+
+    async def check(self) -> bool:
+        """Write the presence key and read Redis' memory in one round trip, and publish the
+        result; returns whether the node may serve."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(self._presence_key, "1", px=self._presence_ttl_ms)
+                pipe.info("memory")
+                _, info = await asyncio.wait_for(pipe.execute(), self._timeout_s)
+            usable = self.memory.acceptable(RedisMemory.from_info(info))
         except (RedisError, OSError, TimeoutError) as exc:
-            reachable = False
+            usable = False
             if self._serving is not False:
                 log.error("Redis is unreachable or refuses writes: health is NOT_SERVING (%r)", exc)
-        if reachable != self._serving:
-            if reachable and self._serving is False:
+        if usable != self._serving:
+            if usable and self._serving is False:
                 log.warning("Redis accepts writes again: health is SERVING")
-            self._serving = reachable
+            self._serving = usable
             for name in self._names:
-                await self.servicer.set(name, SERVING if reachable else NOT_SERVING)
-        return reachable
+                await self.servicer.set(name, SERVING if usable else NOT_SERVING)
+        return usable
