@@ -22,7 +22,7 @@ from typing import Literal
 import grpc
 
 from aitbc.coordinator.v1 import agent_pb2
-from coordinator.api.wire import duration_s
+from coordinator.sdk.assignments import AssignmentInfo, UndecodableAssignment, stream_event
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.context import TaskContext
 from coordinator.sdk.credentials import TlsOptions, bearer_token
@@ -30,8 +30,8 @@ from coordinator.sdk.endpoints import Endpoints
 from coordinator.sdk.errors import RpcError
 from coordinator.sdk.reports import Reporter
 from coordinator.sdk.runner import AttemptRunner, Handler
-from coordinator.sdk.wire import AssignmentInfo, UndecodableAssignment, stream_event
 from coordinator.tasks.models import TaskError
+from coordinator.wire_values import duration_s
 
 log = logging.getLogger(__name__)
 
