@@ -19,9 +19,6 @@ from coordinator.agents.records import AgentRecord
 from coordinator.agents.validation import Violations
 from coordinator.errors import FieldViolation, InvalidArgument
 from coordinator.tasks.models import Assignment, QueueStats, Task, TaskError, TaskStats
-
-# The servicers reach these shared conversions as ``wire.<name>``, as when they lived here:
-# re-exported (``X as X``) so that those call sites need not change.
 from coordinator.wire_values import (
     AGENT_STATUS,
     BALANCING_STRATEGY,
@@ -42,9 +39,10 @@ from coordinator.wire_values import (
     timestamp_from_ms,
 )
 
-# The upper-case names, duration_from_s, duration_s, status_to_proto, strategy_to_proto,
-# struct_to_dict and timestamp_from_ms come from coordinator.wire_values: the servicers reach
-# them as ``wire.<name>``, as when they lived here, so they are re-exported.
+# Besides this module's own functions, the shared conversions from coordinator.wire_values
+# that the servicers call as ``wire.<name>`` (as when they lived here) are re-exported:
+# AGENT_STATUS ... TASK_STATE, duration_from_s, duration_s, status_to_proto,
+# strategy_to_proto, struct_to_dict and timestamp_from_ms.
 __all__ = [
     "AGENT_STATUS",
     "BALANCING_STRATEGY",
