@@ -1,30 +1,16 @@
-"""The wire and domain enums correspond name for name; agents' wire forms; a client's
-Structs and enum numbers checked as they are converted."""
+"""The node's conversions (``api/wire.py``): agents' wire forms, joined replies, and a
+client's enum numbers checked as they are converted."""
 
 import gc
 import weakref
 
 import pytest
-from google.protobuf.struct_pb2 import Struct
 
 from aitbc.coordinator.v1 import agent_pb2
 from coordinator.agents.records import AgentRecord, AgentStatus
 from coordinator.agents.validation import Violations
 from coordinator.api import joined_replies, wire
 from coordinator.errors import InvalidArgument
-
-
-def test_every_domain_status_round_trips_through_the_wire_enum():
-    for status in AgentStatus:
-        proto = agent_pb2.Agent(status=wire.status_to_proto(status)).status
-        assert wire.status_from_proto(proto) is status
-
-
-def test_every_wire_status_but_unspecified_has_a_domain_status():
-    for value in agent_pb2.AgentStatus.values():
-        expected_none = value == agent_pb2.AGENT_STATUS_UNSPECIFIED
-        assert (wire.status_from_proto(value) is None) == expected_none
-    assert wire.status_from_proto(99) is None
 
 
 def make_agent(agent_id: str, **changes) -> AgentRecord:
@@ -85,22 +71,6 @@ def test_kept_bytes_do_not_keep_agents_alive():
     del agent
     gc.collect()
     assert alive() is None
-
-
-def _struct(data):
-    message = Struct()
-    message.update(data)
-    return message
-
-
-def test_struct_levels_count_objects_and_lists_alike():
-
-    three_levels = {"a": {"b": [1]}, "c": None, "d": "x", "e": True}
-    assert wire.struct_to_dict(_struct(three_levels), "task_data", 3) == three_levels
-    with pytest.raises(InvalidArgument) as caught:
-        wire.struct_to_dict(_struct(three_levels), "task_data", 2)
-    assert [v.field for v in caught.value.violations] == ["task_data"]
-    assert wire.struct_to_dict(_struct({}), "task_data", 1) == {}
 
 
 def test_an_enum_number_is_its_value_none_for_unspecified_or_a_violation_naming_it():

@@ -22,7 +22,7 @@ from coordinator.api.task_service import TaskService
 from coordinator.auth import audit
 from coordinator.auth.principal import Principal, Role, calling_as
 from coordinator.errors import NotFound, PermissionDenied
-from coordinator.sdk import wire as sdk_wire
+from coordinator.sdk import decoding as sdk_wire
 from coordinator.tasks.models import TaskState, TaskSubmission
 from script_support import dump
 

@@ -16,9 +16,9 @@ from google.protobuf.struct_pb2 import Struct
 from agent_harness import eventually, get_task, submit_request
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.sdk import NewTask, TaskContext, TaskError, TaskState
+from coordinator.sdk.assignments import assignment_from_proto
 from coordinator.sdk.endpoints import Endpoints
 from coordinator.sdk.reports import Reporter
-from coordinator.sdk.wire import assignment_from_proto
 from support import free_port
 
 TASKS = "aitbc.coordinator.v1.TaskService"

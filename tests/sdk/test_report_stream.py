@@ -19,9 +19,9 @@ from agent_harness import eventually, get_task
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.sdk import NewTask, TaskContext, TaskError, TaskState
 from coordinator.sdk import reports as reports_module
+from coordinator.sdk.assignments import assignment_from_proto
 from coordinator.sdk.endpoints import Endpoints
 from coordinator.sdk.reports import Reporter
-from coordinator.sdk.wire import assignment_from_proto
 
 TASKS = "aitbc.coordinator.v1.TaskService"
 

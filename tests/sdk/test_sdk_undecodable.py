@@ -19,7 +19,7 @@ from google.protobuf.struct_pb2 import Struct
 from agent_harness import eventually
 from aitbc.coordinator.v1 import agent_pb2
 from coordinator.sdk import TaskContext, UndecodableReply
-from coordinator.sdk.wire import UNDECODABLE_TYPE, stream_event
+from coordinator.sdk.assignments import UNDECODABLE_TYPE, stream_event
 from coordinator.storage import keys
 
 # 47 levels of lists under {"a": {"s": ...}}: the node builds and sends the assignment, but

@@ -15,32 +15,27 @@ import functools
 import logging
 import signal
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from typing import Literal
 
 import grpc
 
 from aitbc.coordinator.v1 import agent_pb2
-from coordinator.api.wire import duration_s
+from coordinator.sdk.assignments import AssignmentInfo, StreamEvent, stream_event
+from coordinator.sdk.attempts import Attempts
 from coordinator.sdk.backoff import Backoff
-from coordinator.sdk.context import TaskContext
 from coordinator.sdk.credentials import TlsOptions, bearer_token
 from coordinator.sdk.endpoints import Endpoints
 from coordinator.sdk.errors import RpcError
 from coordinator.sdk.reports import Reporter
-from coordinator.sdk.runner import AttemptRunner, Handler
-from coordinator.sdk.wire import AssignmentInfo, UndecodableAssignment, stream_event
-from coordinator.tasks.models import TaskError
+from coordinator.sdk.runner import Handler
+from coordinator.wire_values import duration_s
 
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 10.0
-SEEN_DELIVERIES_KEPT = 10_000
 ASSIGNMENTS_PER_MESSAGE = 64
 """Assignments made together may come in one stream message, up to this many."""
-"""Deliveries remembered to drop repeats (at-least-once delivery re-sends unacknowledged
-assignments when a stream reopens)."""
 
 # Mistakes in what the agent says about itself: retrying cannot help, so run() raises them.
 _FATAL_CODES = frozenset(
@@ -109,11 +104,7 @@ class Agent:
         self._endpoints = Endpoints(addresses, tls, bearer_token(token, token_file))
         self._reporter = Reporter(self._endpoints, agent_id)
         self._backoff = reconnect_backoff or Backoff()
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._runners: dict[tuple[str, int], tuple[AttemptRunner, asyncio.Task[None]]] = {}
-        self._handing_back: set[asyncio.Task[None]] = set()
-        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
-        self._accepting = True
+        self._attempts = Attempts(agent_id, self._reporter, max_concurrency)
         self._stop_requested = asyncio.Event()
         self._finished = asyncio.Event()
         self._running = False
@@ -134,7 +125,7 @@ class Agent:
     @property
     def running_tasks(self) -> int:
         """Attempts received and not yet reported."""
-        return len(self._runners)
+        return self._attempts.running
 
     def request_stop(self) -> None:
         """Ask ``run()`` to stop gracefully; returns at once (safe in a signal handler)."""
@@ -172,17 +163,10 @@ class Agent:
                 await self._deregister()
             log.info("agent stopped", extra=self._log)
         finally:
-            for task in (connection, stop_requested, *self._handing_back):
+            leftovers = self._attempts.tasks()
+            for task in (connection, stop_requested, *leftovers):
                 task.cancel()
-            for _, task in self._runners.values():
-                task.cancel()
-            await asyncio.gather(
-                connection,
-                stop_requested,
-                *self._handing_back,
-                *(task for _, task in self._runners.values()),
-                return_exceptions=True,
-            )
+            await asyncio.gather(connection, stop_requested, *leftovers, return_exceptions=True)
             for remove in removers:
                 remove()
             await self._reporter.close()
@@ -265,44 +249,10 @@ class Agent:
             )
         )
         heartbeat_verdict: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        heartbeats: asyncio.Task[None] | None = None
+        heartbeats: list[asyncio.Task[None]] = []
         reader: asyncio.Task[Outcome] | None = None
-
-        async def read() -> Outcome:
-            nonlocal heartbeats
-            async for raw in call:
-                event = stream_event(raw)
-                kind = event.kind
-                if kind == "ready":
-                    ready = event.message.ready
-                    self.node_id = ready.node_id
-                    self._backoff.reset()
-                    self.connected.set()
-                    interval_s = duration_s(ready.heartbeat_interval) or 10.0
-                    heartbeats = asyncio.create_task(self._heartbeat(interval_s, heartbeat_verdict))
-                    log.info("stream open on node %s", self.node_id, extra=self._log)
-                elif kind in ("assignment", "assignments"):
-                    for assignment in event.assignments:
-                        self._accept(assignment)
-                    for undecodable in event.undecodable:
-                        self._refuse(undecodable)
-                elif kind == "cancel":
-                    cancel = event.message.cancel
-                    self._cancel(cancel.task_id, cancel.attempt, cancel.reason)
-                elif kind == "draining":
-                    return "draining"
-                elif kind is None and event.error:
-                    # Not even the ids could be read: nothing to report; its tasks come back
-                    # when their leases end.
-                    log.error(
-                        "a stream message could not be decoded and was skipped: %s",
-                        event.error,
-                        extra=self._log,
-                    )
-            return "reopen"
-
         try:
-            reader = asyncio.create_task(read())
+            reader = asyncio.create_task(self._read_stream(call, heartbeat_verdict, heartbeats))
             await asyncio.wait({reader, heartbeat_verdict}, return_when=asyncio.FIRST_COMPLETED)
             if reader.done():
                 return reader.result()
@@ -310,11 +260,62 @@ class Agent:
         finally:
             self.connected.clear()
             call.cancel()
-            for task in (reader, heartbeats):
+            for task in (reader, *heartbeats):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                         await task
+
+    async def _read_stream(
+        self,
+        call: AsyncIterable[bytes],
+        heartbeat_verdict: asyncio.Future[Outcome],
+        heartbeats: list[asyncio.Task[None]],
+    ) -> Outcome:
+        """Act on each message of the stream until it ends or the node drains. The heartbeat
+        task that StreamReady starts goes into ``heartbeats``, for the session to stop."""
+        async for raw in call:
+            event = stream_event(raw)
+            if event.kind == "ready":
+                heartbeats.append(self._on_ready(event, heartbeat_verdict))
+            elif event.kind == "draining":
+                return "draining"
+            else:
+                self._on_event(event)
+        return "reopen"
+
+    def _on_ready(
+        self, event: StreamEvent, heartbeat_verdict: asyncio.Future[Outcome]
+    ) -> asyncio.Task[None]:
+        """The stream is open: note its node and start heartbeats at the interval it asks."""
+        ready = event.message.ready
+        self.node_id = ready.node_id
+        self._backoff.reset()
+        self.connected.set()
+        interval_s = duration_s(ready.heartbeat_interval) or 10.0
+        heartbeats = asyncio.create_task(self._heartbeat(interval_s, heartbeat_verdict))
+        log.info("stream open on node %s", self.node_id, extra=self._log)
+        return heartbeats
+
+    def _on_event(self, event: StreamEvent) -> None:
+        """Assignments, a cancel notice, or a message that could not be read at all."""
+        kind = event.kind
+        if kind in ("assignment", "assignments"):
+            for assignment in event.assignments:
+                self._accept(assignment)
+            for undecodable in event.undecodable:
+                self._attempts.refuse(undecodable)
+        elif kind == "cancel":
+            cancel = event.message.cancel
+            self._attempts.cancel(cancel.task_id, cancel.attempt, cancel.reason)
+        elif kind is None and event.error:
+            # Not even the ids could be read: nothing to report; its tasks come back when
+            # their leases end.
+            log.error(
+                "a stream message could not be decoded and was skipped: %s",
+                event.error,
+                extra=self._log,
+            )
 
     async def _heartbeat(self, interval_s: float, verdict: asyncio.Future[Outcome]) -> None:
         """Heartbeat every ``interval_s`` (at once when woken); BUSY while stopping."""
@@ -322,7 +323,7 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_heartbeat.wait(), interval_s)
             self._wake_heartbeat.clear()
-            status = "AGENT_STATUS_UNSPECIFIED" if self._accepting else "AGENT_STATUS_BUSY"
+            status = "AGENT_STATUS_UNSPECIFIED" if self._attempts.accepting else "AGENT_STATUS_BUSY"
             try:
                 await self._endpoints.agents().Heartbeat(
                     agent_pb2.HeartbeatRequest(agent_id=self.agent_id, status=status),
@@ -353,86 +354,16 @@ class Agent:
 
     # --- work ------------------------------------------------------------------------------
 
-    def _first_delivery(self, assignment: AssignmentInfo) -> bool:
-        """True the first time an attempt arrives (it is remembered), False for a repeat."""
-        key = assignment.key
-        if key in self._seen:
-            log.debug("repeated delivery ignored", extra={**self._log, "task_id": key[0]})
-            return False
-        self._seen[key] = None
-        while len(self._seen) > SEEN_DELIVERIES_KEPT:
-            self._seen.popitem(last=False)
-        return True
-
     def _accept(self, assignment: AssignmentInfo) -> None:
-        if not self._first_delivery(assignment):
-            return
-        key = assignment.key
-        if not self._accepting:
-            self._hand_back(assignment)
-            return
-        context = TaskContext(
-            task_id=assignment.task_id,
-            attempt=assignment.attempt,
-            task_type=assignment.task_type,
-            data=assignment.data,
-            priority=assignment.priority,
-            agent_id=self.agent_id,
-            start_to_close_s=assignment.start_to_close_s,
-        )
-        runner = AttemptRunner(assignment, context, self.handler, self._reporter, self._slots)
-        task = asyncio.create_task(runner.run())
-        self._runners[key] = (runner, task)
-        task.add_done_callback(lambda _: self._runners.pop(key, None))
-
-    def _hand_back(self, assignment: AssignmentInfo) -> None:
-        """An assignment that raced with stopping: give it back to be retried elsewhere."""
-        error = TaskError("the agent is stopping", "AgentStopped", retryable=True)
-        self._report_unrun(assignment, error)
-
-    def _refuse(self, undecodable: UndecodableAssignment) -> None:
-        """An assignment whose task could not be decoded: no agent of this SDK could run it,
-        so it fails for good instead of killing or stalling agent after agent."""
-        assignment = undecodable.assignment
-        if not self._first_delivery(assignment):
-            return
-        log.error(
-            "assignment could not be decoded; reporting the task failed: %s",
-            undecodable.reason,
-            extra={**self._log, "task_id": assignment.task_id, "attempt": assignment.attempt},
-        )
-        self._report_unrun(assignment, undecodable.error())
-
-    def _report_unrun(self, assignment: AssignmentInfo, error: TaskError) -> None:
-        """Fail an attempt that never ran; stopping waits for the report (``_drain``)."""
-        task = asyncio.create_task(self._report_hand_back(assignment, error))
-        self._handing_back.add(task)
-        task.add_done_callback(self._handing_back.discard)
-
-    async def _report_hand_back(self, assignment: AssignmentInfo, error: TaskError) -> None:
-        await self._reporter.fail(assignment, error)
-
-    def _cancel(self, task_id: str, attempt: int, reason: str) -> None:
-        entry = self._runners.get((task_id, attempt))
-        log.info("cancel notice: %s", reason, extra={**self._log, "task_id": task_id})
-        if entry is not None:
-            entry[0].cancel(reason)
+        # One method per delivered attempt: bench/load_agent.py wraps it to time arrivals.
+        self._attempts.accept(assignment, self.handler)
 
     async def _drain(self) -> None:
         """Take no new work, let running attempts finish within the grace period, then hand
         the rest back."""
-        self._accepting = False
+        self._attempts.accepting = False
         self._wake_heartbeat.set()  # report BUSY now, not at the next interval
-        running = [task for _, task in self._runners.values()]
-        if running:
-            log.info("stopping: waiting for %d task(s)", len(running), extra=self._log)
-            await asyncio.wait(running, timeout=self.shutdown_grace_s)
-        late = list(self._runners.values())
-        for runner, _ in late:
-            runner.abandon()
-        leftovers = [task for _, task in late] + list(self._handing_back)
-        if leftovers:
-            await asyncio.wait(leftovers, timeout=CALL_TIMEOUT_S)
+        await self._attempts.drain(self.shutdown_grace_s, CALL_TIMEOUT_S)
 
     def _install_signal_handlers(self) -> list[Callable[[], object]]:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():

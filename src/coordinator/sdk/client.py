@@ -25,17 +25,10 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
-from coordinator.api.wire import (
-    PRIORITY_PREFIX,
-    duration_from_s,
-    requirements_to_proto,
-    retry_policy_to_proto,
-    strategy_to_proto,
-    struct_from_dict,
-)
 from coordinator.dispatch.balancing import Strategy
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.credentials import TlsOptions, bearer_token
+from coordinator.sdk.decoding import entry_error, stats_from_proto, task_from_proto
 from coordinator.sdk.endpoints import RETRIED_CODES, Endpoints
 from coordinator.sdk.errors import (
     RpcError,
@@ -44,8 +37,15 @@ from coordinator.sdk.errors import (
     TaskFailed,
     UndecodableReply,
 )
-from coordinator.sdk.wire import entry_error, stats_from_proto, task_from_proto
 from coordinator.tasks.models import Priority, Requirements, RetryPolicy, Task, TaskState, TaskStats
+from coordinator.wire_values import (
+    PRIORITY_PREFIX,
+    duration_from_s,
+    requirements_to_proto,
+    retry_policy_to_proto,
+    strategy_to_proto,
+    struct_from_dict,
+)
 
 T = TypeVar("T")
 Call = Callable[[task_pb2_grpc.TaskServiceStub], Awaitable[T]]

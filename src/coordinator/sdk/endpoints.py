@@ -93,8 +93,8 @@ class Endpoints:
 
     def raw_assignment_stream(self) -> grpc.aio.UnaryStreamMultiCallable:
         """StreamAssignments on the current address, its messages left as bytes: the agent
-        decodes them itself (``sdk.wire.stream_event``), so that a message it cannot parse
-        in full does not break the stream."""
+        decodes them itself (``sdk.assignments.stream_event``), so that a message it cannot
+        parse in full does not break the stream."""
         method: grpc.aio.UnaryStreamMultiCallable = self.channel().unary_stream(
             _STREAM_ASSIGNMENTS,
             request_serializer=agent_pb2.StreamAssignmentsRequest.SerializeToString,

@@ -26,11 +26,12 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
-from coordinator.api.wire import duration_from_s, error_to_proto
+from coordinator.sdk.assignments import AssignmentInfo
 from coordinator.sdk.backoff import Backoff
+from coordinator.sdk.decoding import status_code
 from coordinator.sdk.endpoints import RETRIED_CODES, Endpoints
-from coordinator.sdk.wire import AssignmentInfo, status_code
 from coordinator.tasks.models import TaskError
+from coordinator.wire_values import duration_from_s, error_to_proto
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from typing import Any, cast
 import grpc
 from google.protobuf.struct_pb2 import Struct
 
+from coordinator.sdk.assignments import AssignmentInfo
 from coordinator.sdk.context import TaskContext
 from coordinator.sdk.errors import PermanentError
 from coordinator.sdk.reports import Reporter
-from coordinator.sdk.wire import AssignmentInfo
 from coordinator.tasks.models import TaskError
 
 log = logging.getLogger(__name__)
