@@ -38,9 +38,9 @@ class RpcMetricsInterceptor(WrappingInterceptor):
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
             wrapped = (
-                self._counted_generator(behavior, service, method, "server_stream")
+                self._counted_generator(behavior, self._counter(service, method, "server_stream"))
                 if inspect.isasyncgenfunction(behavior)
-                else self._counted_writer(behavior, service, method)
+                else self._counted_writer(behavior, self._counter(service, method, "server_stream"))
             )
             return grpc.unary_stream_rpc_method_handler(
                 wrapped,
@@ -49,26 +49,26 @@ class RpcMetricsInterceptor(WrappingInterceptor):
             )
         if handler.stream_stream is not None and inspect.isasyncgenfunction(handler.stream_stream):
             return grpc.stream_stream_rpc_method_handler(
-                self._counted_generator(handler.stream_stream, service, method, "bidi_stream"),
+                self._counted_generator(
+                    handler.stream_stream, self._counter(service, method, "bidi_stream")
+                ),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # client streams (none are served): not counted
 
-    def _count(
-        self,
-        service: str,
-        method: str,
-        rpc_type: str,
-        context: grpc.aio.ServicerContext[Any, Any],
-        error: BaseException | None,
-    ) -> None:
-        code = _final_code(context, error)
-        self._metrics.rpc_handled.labels(service, method, rpc_type, code.name).inc()
+    def _counter(self, service: str, method: str, rpc_type: str) -> _CallCounter:
+        """Counts the calls of one method by final code."""
+        return _CallCounter(self._metrics, service, method, rpc_type)
 
     def _timed_unary(self, behavior: Any, service: str, method: str) -> Any:
+        # The labelled children are looked up once per method, not on every call.
+        duration = self._metrics.rpc_duration.labels(service, method)
+        counter = self._counter(service, method, "unary")
+        perf_counter = time.perf_counter
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
+            started = perf_counter()
             error: BaseException | None = None
             try:
                 return await behavior(request, context)
@@ -76,14 +76,12 @@ class RpcMetricsInterceptor(WrappingInterceptor):
                 error = exc
                 raise
             finally:
-                self._metrics.rpc_duration.labels(service, method).observe(
-                    time.perf_counter() - started
-                )
-                self._count(service, method, "unary", context, error)
+                duration.observe(perf_counter() - started)
+                counter.count(context, error)
 
         return wrapped
 
-    def _counted_generator(self, behavior: Any, service: str, method: str, rpc_type: str) -> Any:
+    def _counted_generator(self, behavior: Any, counter: _CallCounter) -> Any:
         """For handlers that yield their responses: a server or bidirectional stream."""
 
         async def wrapped(
@@ -97,11 +95,11 @@ class RpcMetricsInterceptor(WrappingInterceptor):
                 error = exc
                 raise
             finally:
-                self._count(service, method, rpc_type, context, error)
+                counter.count(context, error)
 
         return wrapped
 
-    def _counted_writer(self, behavior: Any, service: str, method: str) -> Any:
+    def _counted_writer(self, behavior: Any, counter: _CallCounter) -> Any:
         """For stream handlers that write with ``context.write`` (grpc's health Watch)."""
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -112,9 +110,28 @@ class RpcMetricsInterceptor(WrappingInterceptor):
                 error = exc
                 raise
             finally:
-                self._count(service, method, "server_stream", context, error)
+                counter.count(context, error)
 
         return wrapped
+
+
+class _CallCounter:
+    """The ``rpc_handled`` children of one method, by final code, each looked up once."""
+
+    def __init__(self, metrics: NodeMetrics, service: str, method: str, rpc_type: str) -> None:
+        self._labels = metrics.rpc_handled.labels
+        self._key = (service, method, rpc_type)
+        self._by_code: dict[grpc.StatusCode, Any] = {}
+
+    def count(
+        self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+    ) -> None:
+        """Count one call that ended with ``error`` (None: it returned)."""
+        code = _final_code(context, error)
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._labels(*self._key, code.name)
+        child.inc()
 
 
 def _final_code(

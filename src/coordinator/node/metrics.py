@@ -110,6 +110,8 @@ class NodeMetrics:
             "way",
             ASSIGNMENT_WAYS,
         )
+        # Counted on every assignment: the labelled children are looked up once, not per count.
+        self._assignments_by_way = {way: self.assignments.labels(way) for way in ASSIGNMENT_WAYS}
         self.audit_events = self._counter_by(
             "audit_events",
             "Audited events, by action: operator actions (purge_queue, set_strategy,"
@@ -169,7 +171,7 @@ class NodeMetrics:
 
     def count_assignment(self, way: str) -> None:
         """This node assigned a task; ``way`` is one of ASSIGNMENT_WAYS."""
-        self.assignments.labels(way).inc()
+        self._assignments_by_way[way].inc()
 
     def observe_submit_to_assignment_ms(self, latency_ms: int) -> None:
         """A task was assigned for the first time, ``latency_ms`` after it was submitted."""
