@@ -9,9 +9,9 @@ from google.protobuf.struct_pb2 import Struct
 
 from aitbc.coordinator.v1 import agent_pb2
 from coordinator.agents.records import AgentRecord, AgentStatus
-from coordinator.agents.validation import Violations
 from coordinator.api import joined_replies, wire
 from coordinator.errors import InvalidArgument
+from coordinator.violations import Violations
 
 
 def test_every_domain_status_round_trips_through_the_wire_enum():

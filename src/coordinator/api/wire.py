@@ -16,7 +16,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.agents.records import AgentRecord, AgentStatus
-from coordinator.agents.validation import Violations
 from coordinator.dispatch.balancing import Strategy
 from coordinator.errors import FieldViolation, InvalidArgument
 from coordinator.tasks.models import (
@@ -30,6 +29,7 @@ from coordinator.tasks.models import (
     TaskState,
     TaskStats,
 )
+from coordinator.violations import Violations
 
 STATUS_PREFIX = "AGENT_STATUS_"
 PRIORITY_PREFIX = "TASK_PRIORITY_"
