@@ -16,10 +16,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.agents.records import AgentRecord, AgentStatus
+from coordinator.delivery.messages import Assignment
 from coordinator.dispatch.balancing import Strategy
 from coordinator.errors import FieldViolation, InvalidArgument
 from coordinator.tasks.models import (
-    Assignment,
     Priority,
     QueueStats,
     Requirements,

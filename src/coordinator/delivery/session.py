@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from coordinator.cancellation import raise_if_cancelled
+from coordinator.delivery.messages import Assignment
 from coordinator.storage import keys
-from coordinator.tasks.models import Assignment, Priority, TaskState
+from coordinator.tasks.models import Priority, TaskState
 from coordinator.tasks.store import TaskStore
 
 ASSIGNMENT_OVERHEAD_BYTES = 512
