@@ -38,6 +38,7 @@ from coordinator.delivery.messages import (
     StreamReplaced,
     node_message_from_fields,
 )
+from coordinator.delivery.script_calls import ConnectStream, DisconnectStream
 from coordinator.delivery.session import (
     AssignmentEvent,
     CancelEvent,
@@ -133,9 +134,8 @@ class AssignmentStreams:
                 self._opening[agent_id] = session
                 session.recorded = True  # from now on Redis may name it: its close is recorded
                 try:
-                    connected = await self._scripts.connect_stream(
-                        args=[agent_id, self._node_id, session.session_id]
-                    )
+                    call = ConnectStream(agent_id, self._node_id, session.session_id)
+                    connected = call.parse(await self._scripts.connect_stream(args=call.args()))
                 finally:
                     del self._opening[agent_id]
                 if not connected:
@@ -201,9 +201,8 @@ class AssignmentStreams:
 
     async def _disconnect(self, session: Session) -> None:
         try:
-            await self._scripts.disconnect_stream(
-                args=[session.agent_id, self._node_id, session.session_id]
-            )
+            call = DisconnectStream(session.agent_id, self._node_id, session.session_id)
+            await self._scripts.disconnect_stream(args=call.args())
             if session.opened:
                 log.info("assignment stream closed", extra={"agent_id": session.agent_id})
         except Exception as exc:  # the agent stays "connected" to this node until it is gone
