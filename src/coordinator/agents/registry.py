@@ -56,12 +56,11 @@ class AgentRegistry:
 
     async def register(self, registration: AgentRegistration) -> RegistrationResult:
         """Create or update an agent's record; see ``lua/register_agent.lua``."""
-        r = registration
-        registered = await run(self._scripts.register_agent, RegisterAgent(r))
+        registered = await run(self._scripts.register_agent, RegisterAgent(registration))
         agent = self._decoded(registered.read)
         log.info(
             "agent registered" if registered.created else "agent re-registered",
-            extra={"agent_id": r.agent_id, "agent_type": r.agent_type},
+            extra={"agent_id": registration.agent_id, "agent_type": registration.agent_type},
         )
         return RegistrationResult(agent=agent, created=registered.created)
 
