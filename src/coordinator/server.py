@@ -150,7 +150,7 @@ class Coordinator:
             self.tasks,
             settings,
             self.metrics,
-            deliver=self.streams.on_node_message,
+            deliver=self.streams.deliver_local,
         )
         self.events = EventHub(
             self.redis,

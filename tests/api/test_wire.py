@@ -8,9 +8,9 @@ import pytest
 
 from aitbc.coordinator.v1 import agent_pb2
 from coordinator.agents.records import AgentRecord, AgentStatus
-from coordinator.agents.validation import Violations
 from coordinator.api import joined_replies, wire
 from coordinator.errors import InvalidArgument
+from coordinator.violations import Violations
 
 
 def make_agent(agent_id: str, **changes) -> AgentRecord:

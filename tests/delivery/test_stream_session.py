@@ -11,6 +11,7 @@ import pytest
 
 from agent_harness import eventually, submit_request
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
+from coordinator.delivery.messages import Assignment
 from coordinator.delivery.session import (
     AssignmentEvent,
     CancelEvent,
@@ -20,7 +21,7 @@ from coordinator.delivery.session import (
     assignment_event,
 )
 from coordinator.storage import keys
-from coordinator.tasks.models import Assignment, Priority
+from coordinator.tasks.models import Priority
 from coordinator.tasks.store import TaskStore
 
 

@@ -9,7 +9,8 @@ import json
 import pytest
 from redis.exceptions import ResponseError
 
-from coordinator.agents.registry import RECORD_FIELDS, AgentRegistry
+from coordinator.agents.record_codec import RECORD_FIELDS
+from coordinator.agents.registry import AgentRegistry
 from coordinator.config import Settings
 from coordinator.dispatch.dispatcher import snapshot_args
 from coordinator.storage import keys

@@ -11,7 +11,8 @@ import re
 from collections.abc import Iterable, Mapping
 
 from coordinator.agents.records import AgentRegistration, AgentStatus, DiscoverQuery
-from coordinator.errors import FieldViolation, InvalidArgument, echo
+from coordinator.errors import echo
+from coordinator.violations import Violations
 
 AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 AGENT_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -42,20 +43,6 @@ SETTABLE_STATUSES = (
     AgentStatus.MAINTENANCE,
     AgentStatus.ERROR,
 )
-
-
-class Violations:
-    """Collects every problem of a request, then raises them all at once."""
-
-    def __init__(self) -> None:
-        self.items: list[FieldViolation] = []
-
-    def add(self, field: str, description: str) -> None:
-        self.items.append(FieldViolation(field, description))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise InvalidArgument(self.items)
 
 
 def agent_id(value: str, field: str = "agent_id") -> str:

@@ -15,7 +15,6 @@ from grpc_status import rpc_status
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
 from coordinator.agents import validation
 from coordinator.agents.registry import AgentRegistry
-from coordinator.agents.validation import Violations
 from coordinator.api import error_mapping, joined_replies, page_bytes, wire
 from coordinator.auth import checks
 from coordinator.config import Settings
@@ -29,6 +28,7 @@ from coordinator.delivery.streams import (
 )
 from coordinator.dispatch.dispatcher import Dispatcher
 from coordinator.errors import FailedPrecondition, Unavailable
+from coordinator.violations import Violations
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

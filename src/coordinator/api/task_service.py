@@ -15,7 +15,6 @@ from typing import Any, cast
 import grpc
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
-from coordinator.agents.validation import Violations
 from coordinator.api import joined_replies, page_bytes, wire
 from coordinator.api.batch_errors import answer_entries
 from coordinator.auth import checks, ownership
@@ -27,6 +26,7 @@ from coordinator.tasks import validation as tv
 from coordinator.tasks.calls import Report, ReportOutcome, Submitted
 from coordinator.tasks.models import Task, TaskError, TaskState, TaskSubmission
 from coordinator.tasks.store import TaskStore
+from coordinator.violations import Violations
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -16,9 +16,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.agents.records import AgentRecord
-from coordinator.agents.validation import Violations
+from coordinator.delivery.messages import Assignment
 from coordinator.errors import FieldViolation, InvalidArgument
-from coordinator.tasks.models import Assignment, QueueStats, Task, TaskError, TaskStats
+from coordinator.tasks.models import QueueStats, Task, TaskError, TaskStats
+from coordinator.violations import Violations
 from coordinator.wire_values import (
     AGENT_STATUS,
     BALANCING_STRATEGY,

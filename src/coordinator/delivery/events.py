@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +28,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from coordinator.delivery.messages import NodeMessage, parse_node_message
 from coordinator.storage import keys
 from coordinator.storage.redis_errors import redis_unavailable
 
@@ -63,7 +63,7 @@ class EventHub:
         self,
         redis: Redis,
         node_id: str,
-        on_node_message: Callable[[dict[str, Any]], None],
+        on_node_message: Callable[[NodeMessage], None],
         on_reconnect: Callable[[], None],
     ) -> None:
         self._redis = redis
@@ -187,7 +187,9 @@ class EventHub:
         elif channel == self._node_channel:
             data = message["data"]
             try:
-                self._on_node_message(json.loads(data))
+                node_message = parse_node_message(data)
+                if node_message is not None:
+                    self._on_node_message(node_message)
             except Exception:
                 log.exception("bad node message %r", data)
         else:

@@ -18,12 +18,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
 from coordinator.cancellation import raise_if_cancelled
+from coordinator.delivery.messages import Assignment
 from coordinator.storage import keys
-from coordinator.tasks.models import Assignment, Priority, TaskState
+from coordinator.tasks.models import Priority, TaskState
 from coordinator.tasks.store import TaskStore
 
 ASSIGNMENT_OVERHEAD_BYTES = 512
@@ -78,6 +80,12 @@ class QueueLimits:
 
 _Key = tuple[str, str, int]
 """A queued event's key: ("a" or "c", task_id, attempt)."""
+
+_Attempt = tuple[str, int]
+"""(task_id, attempt)."""
+
+_HeldRow = list[Any]
+"""A held task's state, attempt, agent_id, priority, seq, and task_data's length."""
 
 
 class Session:
@@ -289,8 +297,21 @@ class Session:
         for the assignments to send.
         """
         queued_before = [k for k in self._pending if k[0] == "a"]
+        current, due_now = await self._read_held()
+        # Forget attempts that ended; keep what is queued (it may be newer than the read).
+        self._sent &= current | {(k[1], k[2]) for k in self._pending if k[0] == "a"}
+        for key in queued_before:
+            if (key[1], key[2]) not in due_now:
+                self._unqueue(key)  # its attempt ended before it was sent
+        chosen = self._fitting(due_now)
+        return await self._read_assignments(chosen)
+
+    async def _read_held(self) -> tuple[set[_Attempt], dict[_Attempt, _HeldRow]]:
+        """The attempts of the tasks the agent holds, and of those the ones assigned to it
+        and not yet acknowledged, with their row: state, attempt, agent_id, priority, seq,
+        and the length of task_data."""
         held = sorted(str(t) for t in await self._redis.smembers(keys.agent_tasks(self.agent_id)))
-        rows: list[list[str | None]] = []
+        rows: list[_HeldRow] = []
         if held:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for task_id in held:
@@ -306,36 +327,38 @@ class Session:
             for t, row in zip(held, rows, strict=True)
             if row[0] == TaskState.ASSIGNED.name and row[2] == self.agent_id
         }
-        # Forget attempts that ended; keep what is queued (it may be newer than the read).
-        self._sent &= current | {(k[1], k[2]) for k in self._pending if k[0] == "a"}
-        for key in queued_before:
-            if (key[1], key[2]) not in due_now:
-                self._unqueue(key)  # its attempt ended before it was sent
+        return current, due_now
+
+    def _fitting(self, due_now: dict[_Attempt, _HeldRow]) -> dict[str, int]:
+        """The unsent tasks of ``due_now`` to send, with their task_data lengths: in the
+        order the dispatcher assigned them (most urgent first, then place in line), as many
+        as fit beside what is queued and taken."""
         due = sorted(
             (-Priority[str(row[3])].value, int(row[4] or 0), task_id, int(row[5] or 0))
             for (task_id, attempt), row in due_now.items()
             if (task_id, attempt) not in self._sent
         )
-        # In the order the dispatcher assigned them: most urgent first, then place in line;
-        # as many as fit beside what is queued and taken.
         events, used = self.queued
-        chosen: list[str] = []
-        sizes: dict[str, int] = {}
+        chosen: dict[str, int] = {}
         for *_, task_id, data_bytes in due:
             size = ASSIGNMENT_OVERHEAD_BYTES + data_bytes
             if events + 1 > self._limits.max_events or used + size > self._limits.max_bytes:
                 self._resync_due = True  # the rest once these are written
                 break
             events, used = events + 1, used + size
-            chosen.append(task_id)
-            sizes[task_id] = data_bytes
+            chosen[task_id] = data_bytes
+        return chosen
+
+    async def _read_assignments(self, chosen: dict[str, int]) -> list[StreamEvent]:
+        """The events of the ``chosen`` tasks (task_id: task_data length), read whole, that
+        are still assigned to the agent and were not announced meanwhile."""
         # Room is kept for them while they are read: announcements arriving meanwhile must
         # not take it too.
-        reserved = (len(chosen), sum(ASSIGNMENT_OVERHEAD_BYTES + sizes[t] for t in chosen))
+        reserved = (len(chosen), sum(ASSIGNMENT_OVERHEAD_BYTES + b for b in chosen.values()))
         self._taken_events += reserved[0]
         self._taken_bytes += reserved[1]
         try:
-            tasks = await self._store.get_many(chosen)
+            tasks = await self._store.get_many(list(chosen))
         finally:
             self._taken_events -= reserved[0]
             self._taken_bytes -= reserved[1]
@@ -346,7 +369,7 @@ class Session:
                 if attempt_key in self._sent:
                     continue  # announced while this read went on
                 self._sent.add(attempt_key)
-                event = assignment_event(Assignment.of(task), sizes.get(task.task_id, 0))
+                event = assignment_event(Assignment.of(task), chosen.get(task.task_id, 0))
                 self._taken_events += 1
                 self._taken_bytes += event.size_bytes
                 fresh.append(event)

@@ -31,6 +31,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from coordinator.delivery.messages import (
+    AgentDeregistered,
+    AssignNotice,
+    NodeMessage,
+    StreamReplaced,
+    node_message_from_fields,
+)
+from coordinator.delivery.script_calls import ConnectStream, DisconnectStream
 from coordinator.delivery.session import (
     AssignmentEvent,
     CancelEvent,
@@ -43,7 +51,6 @@ from coordinator.delivery.session import (
 from coordinator.errors import Aborted, NotFound, Unavailable
 from coordinator.periodic import Periodic
 from coordinator.storage.scripts import TaskScripts
-from coordinator.tasks.models import Assignment
 from coordinator.tasks.store import TaskStore
 
 __all__ = [
@@ -127,9 +134,8 @@ class AssignmentStreams:
                 self._opening[agent_id] = session
                 session.recorded = True  # from now on Redis may name it: its close is recorded
                 try:
-                    connected = await self._scripts.connect_stream(
-                        args=[agent_id, self._node_id, session.session_id]
-                    )
+                    call = ConnectStream(agent_id, self._node_id, session.session_id)
+                    connected = call.parse(await self._scripts.connect_stream(args=call.args()))
                 finally:
                     del self._opening[agent_id]
                 if not connected:
@@ -195,9 +201,8 @@ class AssignmentStreams:
 
     async def _disconnect(self, session: Session) -> None:
         try:
-            await self._scripts.disconnect_stream(
-                args=[session.agent_id, self._node_id, session.session_id]
-            )
+            call = DisconnectStream(session.agent_id, self._node_id, session.session_id)
+            await self._scripts.disconnect_stream(args=call.args())
             if session.opened:
                 log.info("assignment stream closed", extra={"agent_id": session.agent_id})
         except Exception as exc:  # the agent stays "connected" to this node until it is gone
@@ -209,35 +214,36 @@ class AssignmentStreams:
         if self._sessions.get(session.agent_id) is session:
             del self._sessions[session.agent_id]
 
-    def on_node_message(self, message: dict[str, Any]) -> None:
-        """A message from the node channel (see the task scripts' notify_agent)."""
-        kind = message.get("kind")
-        if kind == "replaced":  # by session: it may be this node's current one or opening
-            replaced = self._live.get(message.get("session_id", ""))
+    def on_node_message(self, message: NodeMessage) -> None:
+        """A message from the node channel (see ``coordinator.delivery.messages``)."""
+        if isinstance(message, StreamReplaced):
+            # By session: it may be this node's current one or one still opening.
+            replaced = self._live.get(message.session_id)
             if replaced is not None:
                 self._forget(replaced)
                 replaced.push(EndEvent("replaced"))
             return
-        agent_id = message.get("agent_id", "")
-        if kind == "deregistered":
+        if isinstance(message, AgentDeregistered):
+            agent_id = message.agent_id
             for session in (self._sessions.get(agent_id), self._opening.get(agent_id)):
                 if session is not None:
                     self._forget(session)
                     session.push(EndEvent("deregistered"))
             return
-        session = self._sessions.get(agent_id)
-        if session is None:
+        current = self._sessions.get(message.agent_id)
+        if current is None:
             return
-        if kind == "assign":
-            session.push(
-                assignment_event(
-                    Assignment.from_message(message), len(message.get("task_data", ""))
-                )
-            )
-        elif kind == "cancel":
-            session.push(
-                CancelEvent(message["task_id"], int(message["attempt"]), message.get("reason", ""))
-            )
+        if isinstance(message, AssignNotice):
+            current.push(assignment_event(message.assignment, message.task_data_chars))
+        else:
+            current.push(CancelEvent(message.task_id, message.attempt, message.reason))
+
+    def deliver_local(self, fields: dict[str, Any]) -> None:
+        """An assignment message that came back in this node's own script reply (the
+        dispatcher's local delivery: the agent's stream is here), as its JSON object."""
+        message = node_message_from_fields(fields)
+        if message is not None:
+            self.on_node_message(message)
 
     def resync_all(self) -> None:
         """After a pub/sub reconnect: every session looks in Redis at once."""

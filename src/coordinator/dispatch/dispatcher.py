@@ -43,8 +43,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from coordinator.agents.record_codec import RECORD_FIELDS
 from coordinator.agents.records import AgentRecord, AgentStatus
-from coordinator.agents.registry import RECORD_FIELDS, AgentRegistry
+from coordinator.agents.registry import AgentRegistry
 from coordinator.config import Settings
 from coordinator.dispatch.balancing import BalancerState, Strategy, choose
 from coordinator.dispatch.slots import (

@@ -294,51 +294,6 @@ class Task:
 
 
 @dataclass(frozen=True)
-class Assignment:
-    """One attempt of a task, as pushed to its agent."""
-
-    task_id: str
-    attempt: int
-    fencing_token: str
-    task_type: str
-    task_data: dict[str, Any]
-    priority: Priority
-    assigned_at_ms: int
-    lease_expires_at_ms: int | None
-    start_to_close_s: float
-
-    @classmethod
-    def of(cls, task: Task) -> Assignment:
-        """The assignment of a task's current attempt."""
-        return cls(
-            task_id=task.task_id,
-            attempt=task.attempt,
-            fencing_token=task.fencing_token,
-            task_type=task.task_type,
-            task_data=task.task_data,
-            priority=task.priority,
-            assigned_at_ms=task.attempts[-1].assigned_at_ms,
-            lease_expires_at_ms=task.lease_expires_at_ms,
-            start_to_close_s=task.start_to_close_s,
-        )
-
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> Assignment:
-        """From the node-channel message of ``lua/assign_task.lua``."""
-        return cls(
-            task_id=message["task_id"],
-            attempt=int(message["attempt"]),
-            fencing_token=message["fencing_token"],
-            task_type=message["task_type"],
-            task_data=json.loads(message["task_data"]),
-            priority=Priority[message["priority"]],
-            assigned_at_ms=int(message["assigned_at_ms"]),
-            lease_expires_at_ms=int(message["lease_expires_at_ms"]),
-            start_to_close_s=int(message["start_to_close_ms"]) / 1000,
-        )
-
-
-@dataclass(frozen=True)
 class ListTasksQuery:
     """Filters of ListTasks (validated). All given filters must match."""
 

@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from coordinator.agents.registry import epoch_ms
 from coordinator.config import Settings
 from coordinator.periodic import Periodic
 from coordinator.storage import keys
 from coordinator.storage.redis_errors import redis_unavailable
+from coordinator.storage.redis_time import epoch_ms
 from coordinator.storage.scripts import TaskScripts
 
 log = logging.getLogger(__name__)

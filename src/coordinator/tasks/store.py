@@ -24,7 +24,6 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from coordinator import page_tokens
-from coordinator.agents.registry import epoch_ms
 from coordinator.auth import principal
 from coordinator.auth.quotas import SubmitQuota, is_refusal
 from coordinator.config import Settings
@@ -32,6 +31,7 @@ from coordinator.dispatch.balancing import Strategy
 from coordinator.errors import CoordinatorError, FailedPrecondition, NotFound
 from coordinator.storage import keys
 from coordinator.storage.multiplex import MultiplexedConnection
+from coordinator.storage.redis_time import epoch_ms
 from coordinator.storage.scripts import TaskScripts, run_batch
 from coordinator.tasks.calls import (
     NO_ASSIGNMENT,

@@ -18,7 +18,6 @@ from coordinator.agents.validation import (
     MAX_LABELS,
     MAX_PAGE_SIZE,
     MAX_REASON_CHARS,
-    Violations,
     tags,
 )
 from coordinator.dispatch.balancing import Strategy
@@ -36,6 +35,7 @@ from coordinator.tasks.models import (
     TaskState,
     TaskSubmission,
 )
+from coordinator.violations import Violations
 
 TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 TASK_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")

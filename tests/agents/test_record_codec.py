@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.agents import registry as registry_module
+from coordinator.agents import record_codec
+from coordinator.agents.record_codec import RECORD_FIELDS
 from coordinator.agents.records import AgentRegistration, AgentStatus
-from coordinator.agents.registry import RECORD_FIELDS, AgentRegistry
+from coordinator.agents.registry import AgentRegistry
 
 
 async def stored_row(registry, redis_client, agent_id: str) -> list[str | None]:
@@ -42,7 +43,7 @@ async def test_a_kept_agent_reads_as_a_fresh_decoding_would_at_every_later_momen
 async def test_kept_agents_are_bounded_least_recently_read_first(
     redis_client, make_settings, monkeypatch
 ):
-    monkeypatch.setattr(registry_module, "DECODED_AGENTS_CACHED", 2)
+    monkeypatch.setattr(record_codec, "DECODED_AGENTS_CACHED", 2)
     registry = AgentRegistry(redis_client, make_settings())
     rows = [await stored_row(registry, redis_client, agent_id) for agent_id in "abc"]
     now_ms = int(rows[0][RECORD_FIELDS.index("last_heartbeat_at_ms")])
