@@ -23,6 +23,14 @@ from harness import Plan
 from processes import REPO
 from targets import UNARY_RATE
 
+UNARY_PREFIXES = ("drain_unary", "latency_unary", "floor_unary")
+UNARY_PATH = {
+    "agent_mode": "raw",
+    "agent_report": "unary",
+    "latency_client": "unary",
+    "submit_batch": 1,
+}
+"""What the unary scenarios' JSON says of their clients (run_benchmarks.unary_path)."""
 Row = tuple[str, str, str]
 """(scenario title, figure, value) as printed."""
 
@@ -254,7 +262,10 @@ def write_results(
     }
     for key, result in results.items():
         path = args.output_dir / f"{key}{suffix}"
-        path.write_text(json.dumps({"scenario": key, **common, **result}, indent=2) + "\n")
+        # The unary scenarios took the unary path whatever the flags said: say so.
+        path_taken = UNARY_PATH if key.startswith(UNARY_PREFIXES) else {}
+        data = {"scenario": key, **common, **path_taken, **result}
+        path.write_text(json.dumps(data, indent=2) + "\n")
     (args.output_dir / f"summary{suffix}").write_text(
         json.dumps({**common, **summary}, indent=2) + "\n"
     )

@@ -24,6 +24,7 @@ def test_quick_unary_path_beside_the_batched_one(tmp_path: Path) -> None:
     for key in ("drain_unary", "latency_unary_200"):
         (run,) = json.loads((tmp_path / f"{key}.quick.json").read_text())["runs"]
         assert_task_run(key, run)
+        assert json.loads((tmp_path / f"{key}.quick.json").read_text())["agent_report"] == "unary"
         # One task per SubmitTask and per CompleteTask: the unary path was taken.
         assert run["tasks_per_call"]["submit"] == 1.0, (key, run["tasks_per_call"])
         assert run["tasks_per_call"]["report"] == 1.0, (key, run["tasks_per_call"])
