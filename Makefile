@@ -78,7 +78,7 @@ if ! $(PY) -I -c 'import importlib.util as u, os, sys; sys.exit(any(os.path.exis
 fi
 endef
 
-.PHONY: help install run test test-properties protos check-protos lint bench bench-discovery clean check-redis
+.PHONY: help install run test test-properties protos check-protos lint bench bench-unary bench-discovery clean check-redis
 
 help: ## List targets
 	@echo "Usage: make <target> [VENV=.venv] [ARGS=...] [PYTEST_ARGS=...]"
@@ -187,8 +187,22 @@ $(BENCH_ARQ_STAMP): bench/arq-requirements.txt
 	$(BENCH_ARQ_VENV)/bin/python -m pip install --quiet --quiet --progress-bar off -r bench/arq-requirements.txt
 	@touch $@
 
-bench: install check-redis $(BENCH_ARQ_STAMP) ## Run the task benchmarks, bench/run_benchmarks.py (ARGS=--quick: smoke run)
-	$(PY) bench/run_benchmarks.py --arq-python $(BENCH_ARQ_VENV)/bin/python $(ARGS)
+# Celery (the other baseline) in its own venv too, exact pins, like arq's.
+BENCH_CELERY_VENV := $(VENV)/bench-celery
+BENCH_CELERY_STAMP := $(BENCH_CELERY_VENV)/.install.stamp
+
+$(BENCH_CELERY_STAMP): bench/celery-requirements.txt
+	@[ -x $(BENCH_CELERY_VENV)/bin/python ] || $(PYTHON3) -m venv $(BENCH_CELERY_VENV)
+	$(BENCH_CELERY_VENV)/bin/python -m pip install --quiet --quiet --progress-bar off -r bench/celery-requirements.txt
+	@touch $@
+
+BENCH_BASELINES := --arq-python $(BENCH_ARQ_VENV)/bin/python --celery-python $(BENCH_CELERY_VENV)/bin/python
+
+bench: install check-redis $(BENCH_ARQ_STAMP) $(BENCH_CELERY_STAMP) ## Run the task benchmarks, bench/run_benchmarks.py (ARGS=--quick: smoke run)
+	$(PY) bench/run_benchmarks.py $(BENCH_BASELINES) $(ARGS)
+
+bench-unary: install check-redis $(BENCH_ARQ_STAMP) $(BENCH_CELERY_STAMP) ## Issue 17's unary-path targets beside the batched figures (ARGS=--quick ...)
+	$(PY) bench/run_benchmarks.py $(BENCH_BASELINES) --scenarios unary $(ARGS)
 
 bench-discovery: install check-redis ## Run bench/discovery_scale.py (extra flags: ARGS=...)
 	$(PY) bench/discovery_scale.py $(ARGS)
