@@ -13,6 +13,8 @@ A page's syntax, which the parser relies on:
   shown only, never run: use them for what talks to nothing, a file to copy, a long-running
   foreground process's log, or a command the test environment cannot run (the page then
   says why).
+- A command must succeed (exit code 0), unless the page shows it failing: its documented
+  output starts with ``ERROR:``, as grpcurl prints an error status.
 - Commands run top to bottom in bash (``set -eo pipefail``), each in its own ``bash -c``;
   variables one command assigns are seen by the next, as in an operator's shell. Processes
   a command leaves in the background are killed when the page is done.
@@ -55,6 +57,7 @@ COMMAND_TIMEOUT_S = 30.0
 FENCE = re.compile(r"^```(\S*)\s*$")
 FILE_LINE = re.compile(r"^# file: (\S+)$")
 ELLIPSIS = "..."
+ERROR_LINE = "ERROR:"  # how grpcurl starts printing a call's error status
 AGENT_SERVICE = "aitbc.coordinator.v1.AgentService"
 TASK_SERVICE = "aitbc.coordinator.v1.TaskService"
 
@@ -305,7 +308,8 @@ async def run_page(
             output = rewrite(output, back)
             outputs.append(output)
             where = f"{page.relative_to(ROOT)} line {step.line}: {step.command}"
-            assert code == 0, f"{where}\nexit code {code}, output:\n{output}"
+            shows_error = bool(step.expected) and step.expected[0].startswith(ERROR_LINE)
+            assert code == 0 or shows_error, f"{where}\nexit code {code}, output:\n{output}"
             if record_to:
                 continue
             expected = normalise(step.expected, volatile or ())
