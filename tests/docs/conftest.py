@@ -52,13 +52,13 @@ def demo_agent(tmp_path: Path) -> Iterator[Callable[..., Path]]:
                 cwd=ROOT,
             )
         processes.append(process)
-        wait_until(
-            lambda: process.poll() is None and "stream open" in log.read_text()
-            or (process.poll() is not None and pytest.fail(log.read_text())),
-            20.0,
-            interval_s=0.05,
-            what="the demo agent's stream",
-        )
+
+        def connected() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"the demo agent exited:\n{log.read_text()}")
+            return "stream open" in log.read_text()
+
+        wait_until(connected, 20.0, interval_s=0.05, what="the demo agent's stream")
         return log
 
     yield start
