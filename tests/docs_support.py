@@ -14,7 +14,7 @@ A page's syntax, which the parser relies on:
   foreground process's log, or a command the test environment cannot run (the page then
   says why).
 - A command must succeed (exit code 0), unless the page shows it failing: its documented
-  output starts with ``ERROR:``, as grpcurl prints an error status.
+  output has a line starting with ``ERROR:``, as grpcurl prints an error status.
 - Commands run top to bottom in bash (``set -eo pipefail``), each in its own ``bash -c``;
   variables one command assigns are seen by the next, as in an operator's shell. Processes
   a command leaves in the background are killed when the page is done.
@@ -308,7 +308,7 @@ async def run_page(
             output = rewrite(output, back)
             outputs.append(output)
             where = f"{page.relative_to(ROOT)} line {step.line}: {step.command}"
-            shows_error = bool(step.expected) and step.expected[0].startswith(ERROR_LINE)
+            shows_error = any(line.startswith(ERROR_LINE) for line in step.expected)
             assert code == 0 or shows_error, f"{where}\nexit code {code}, output:\n{output}"
             if record_to:
                 continue

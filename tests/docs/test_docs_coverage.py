@@ -10,13 +10,13 @@ RUN_BY = {
     "docs/grpcurl.md": "tests/docs/test_grpcurl_page.py",
     "docs/python-sdk.md": "tests/docs/test_python_sdk_page.py",
     "docs/errors.md": "tests/docs/test_errors_page.py",
+    "docs/tasks.md": "tests/docs/test_tasks_page.py",
     "docs/operations.md": "tests/test_runbook.py",
     "docs/security.md": "tests/test_security_doc.py",
 }
 # Pages moved out of the README whose console commands no test runs yet (issue 16). Each
 # needs a cluster shaped as the page says; until its test exists the page may drift.
 NOT_RUN_YET = {
-    "docs/tasks.md": "a multi-terminal round trip (a stream, a watcher) to turn into files",
     "docs/several-nodes.md": "its own redis-server on port 6380 and nodes on 9001/9002",
     "docs/metrics-and-logs.md": "a node on fixed ports 9111/9465",
     "docs/deployment.md": "kubectl, and a cluster's Redis",
