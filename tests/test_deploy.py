@@ -1,8 +1,8 @@
-"""The deployment files and the README agree with what config.py really reads.
+"""The deployment files and the docs agree with what config.py really reads.
 
 Names are taken from config.py's source with ``ast`` (every ``<reader>.get("NAME", ...)``
 call), so a variable added to or removed from config.py fails here until the example env
-file, the README and the systemd unit follow.
+file, docs/configuration.md and the systemd unit follow.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from coordinator.config import Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 ENV_EXAMPLE = ROOT / "deploy" / "aitbc.env.example"
 UNIT = ROOT / "deploy" / "systemd" / "aitbc-agent-coordinator.service"
-DOCS = [ROOT / "README.md", ROOT / "deploy" / "systemd" / "README.md", ROOT / "bench" / "README.md"]
+CONFIGURATION_PAGE = ROOT / "docs" / "configuration.md"
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "deploy" / "systemd" / "README.md",
+    ROOT / "bench" / "README.md",
+]
 
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 ENV_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)=(.*)$")
@@ -193,9 +199,9 @@ def test_docs_mention_only_variables_config_reads(doc: Path) -> None:
     assert not unknown, f"{doc.name} mentions variables config.py does not read: {unknown}"
 
 
-def test_readme_documents_every_variable() -> None:
-    missing = config_variable_names() - set(MENTIONED.findall((ROOT / "README.md").read_text()))
-    assert not missing, f"README.md does not document: {sorted(missing)}"
+def test_configuration_page_documents_every_variable() -> None:
+    missing = config_variable_names() - set(MENTIONED.findall(CONFIGURATION_PAGE.read_text()))
+    assert not missing, f"docs/configuration.md does not document: {sorted(missing)}"
 
 
 def test_timespan_parser() -> None:

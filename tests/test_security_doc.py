@@ -1,13 +1,13 @@
 """docs/security.md cannot rot: every command of its console blocks is run, in order, with
 the real grpcurl and aitbc-coordinator, against real nodes with TLS and authentication on,
 and its output is compared with the documented one (the parser and the comparison of
-tests/test_runbook.py).
+tests/docs_support.py).
 
 The nodes are the page's ```dotenv blocks: each starts with ``# node: VAR`` and is written
 to a file and served with ``serve --env-file`` (``${DIR}`` taken from the environment, as
 the page says), just before the first command that uses ``$VAR``, which then holds the
 node's address (``localhost:PORT``: the development certificate names localhost). ``DIR`` is
-the test's scratch folder. Besides what test_runbook replaces, a node's address reads as
+the test's scratch folder. Besides what docs_support replaces, a node's address reads as
 ``$VAR`` and a token hash as ``<sha256>`` in the compared output.
 """
 
@@ -22,15 +22,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from support import RedisServer, wait_until
-from test_runbook import (
+from docs_support import (
     GRPCURL,
     command_environment,
     normalise,
     output_matches,
-    parse_runbook,
+    parse_console,
     run_step,
 )
+from support import RedisServer, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "security.md"
@@ -91,7 +91,7 @@ async def test_every_security_command_runs_and_prints_what_is_documented(
 ) -> None:
     assert GRPCURL, f"grpcurl is not installed next to {sys.executable} (pip install -e '.[dev]')"
     text = PAGE.read_text()
-    steps = parse_runbook(text)
+    steps = parse_console(text)
     nodes = node_blocks(text)
     assert set(nodes) == {"ADDR", "MTLS_ADDR"}, nodes
     redis_url = private_redis.url(1)
@@ -127,7 +127,7 @@ async def test_every_security_command_runs_and_prints_what_is_documented(
 
 
 def test_the_page_shows_every_credential_form_and_no_plaintext_call() -> None:
-    commands = [step.command for step in parse_runbook(PAGE.read_text())]
+    commands = [step.command for step in parse_console(PAGE.read_text())]
     grpcurl = [c for c in commands if c.startswith("grpcurl") or "$(grpcurl" in c]
     plaintext = [c for c in grpcurl if "-plaintext" in c]
     assert plaintext and all("|| echo" in c for c in plaintext), "plaintext only as a refusal"
