@@ -17,7 +17,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.agents.records import AgentRecord, AgentStatus
 from coordinator.agents.validation import Violations
-from coordinator.dispatch.balancing import Strategy
 from coordinator.errors import FieldViolation, InvalidArgument
 from coordinator.tasks.models import (
     Assignment,
@@ -25,6 +24,7 @@ from coordinator.tasks.models import (
     QueueStats,
     Requirements,
     RetryPolicy,
+    Strategy,
     Task,
     TaskError,
     TaskState,

@@ -46,7 +46,7 @@ from redis.asyncio import Redis
 from coordinator.agents.records import AgentRecord, AgentStatus
 from coordinator.agents.registry import RECORD_FIELDS, AgentRegistry
 from coordinator.config import Settings
-from coordinator.dispatch.balancing import BalancerState, Strategy, choose
+from coordinator.dispatch.balancing import BalancerState, choose
 from coordinator.dispatch.slots import (
     AgentSlots,
     Head,
@@ -63,7 +63,7 @@ from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.storage.redis_errors import redis_unavailable
 from coordinator.storage.scripts import ScriptCall, TaskScripts, run_batch
 from coordinator.tasks.calls import NewTask, SubmitRide
-from coordinator.tasks.models import PRIORITIES_MOST_URGENT_FIRST, Requirements
+from coordinator.tasks.models import PRIORITIES_MOST_URGENT_FIRST, Requirements, Strategy
 from coordinator.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)

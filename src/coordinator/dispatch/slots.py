@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.agents.records import AgentRecord
-from coordinator.dispatch.balancing import BalancerState, Candidate, Strategy
-from coordinator.tasks.models import Requirements
+from coordinator.dispatch.balancing import BalancerState, Candidate
+from coordinator.tasks.models import Requirements, Strategy
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from coordinator.api.wire import (
     strategy_to_proto,
     struct_from_dict,
 )
-from coordinator.dispatch.balancing import Strategy
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.credentials import TlsOptions, bearer_token
 from coordinator.sdk.endpoints import RETRIED_CODES, Endpoints
@@ -45,7 +44,15 @@ from coordinator.sdk.errors import (
     UndecodableReply,
 )
 from coordinator.sdk.wire import entry_error, stats_from_proto, task_from_proto
-from coordinator.tasks.models import Priority, Requirements, RetryPolicy, Task, TaskState, TaskStats
+from coordinator.tasks.models import (
+    Priority,
+    Requirements,
+    RetryPolicy,
+    Strategy,
+    Task,
+    TaskState,
+    TaskStats,
+)
 
 T = TypeVar("T")
 Call = Callable[[task_pb2_grpc.TaskServiceStub], Awaitable[T]]

@@ -28,7 +28,6 @@ from coordinator.agents.registry import epoch_ms
 from coordinator.auth import principal
 from coordinator.auth.quotas import SubmitQuota, is_refusal
 from coordinator.config import Settings
-from coordinator.dispatch.balancing import Strategy
 from coordinator.errors import CoordinatorError, FailedPrecondition, NotFound
 from coordinator.storage import keys
 from coordinator.storage.multiplex import MultiplexedConnection
@@ -49,6 +48,7 @@ from coordinator.tasks.models import (
     Priority,
     QueueReport,
     QueueStats,
+    Strategy,
     Task,
     TaskError,
     TaskPage,

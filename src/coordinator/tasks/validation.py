@@ -21,7 +21,6 @@ from coordinator.agents.validation import (
     Violations,
     tags,
 )
-from coordinator.dispatch.balancing import Strategy
 from coordinator.errors import InvalidArgument, echo
 from coordinator.tasks.models import (
     DEFAULT_MAX_ATTEMPTS,
@@ -32,6 +31,7 @@ from coordinator.tasks.models import (
     Priority,
     Requirements,
     RetryPolicy,
+    Strategy,
     TaskError,
     TaskState,
     TaskSubmission,
