@@ -241,7 +241,7 @@ async def test_assignment_for_another_nodes_stream_is_published(scripts, registr
 
 async def submit_assigning(scripts, agent_id="a", **options):
     """A submit that assigns its task to ``agent_id`` at once if it can, as a node's
-    dispatcher asks (Dispatcher.ride_submit): the task_id and the assignment's reply."""
+    dispatcher asks (Dispatcher.plan_submit): the task_id and the assignment's reply."""
     reply = await submit_reply(
         scripts, assignment=[agent_id, "n1", LIVENESS_MS, NODE, "1"], **options
     )

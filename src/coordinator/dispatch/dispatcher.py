@@ -15,7 +15,7 @@ A submit needs no pass when nothing waits ahead of its task: the node chooses th
 from its view (a copy of its latest snapshot, with the assignments it made and the slots
 its reports freed since; a pass's own snapshot never changes under it), and the script
 that creates the task assigns it to that agent instead of queueing it
-(``Dispatcher.ride_submit``); if a task waits ahead after all, or the slot went meanwhile,
+(``Dispatcher.plan_submit``); if a task waits ahead after all, or the slot went meanwhile,
 the script queues the task, and a pass follows.
 Otherwise a submit to a node that is not passing asks for the turn and reads the pass's
 snapshot in that round trip, so the pass needs one round trip more, not two.
@@ -61,8 +61,8 @@ from coordinator.node.metrics import NodeMetrics
 from coordinator.storage import keys
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.storage.redis_errors import redis_unavailable
-from coordinator.storage.scripts import ScriptCall, TaskScripts, run_batch
-from coordinator.tasks.calls import NewTask, SubmitRide
+from coordinator.storage.scripts import PiggybackCalls, ScriptCall, TaskScripts, run_batch
+from coordinator.tasks.calls import SubmitPlan, TaskToQueue
 from coordinator.tasks.models import PRIORITIES_MOST_URGENT_FIRST, Requirements, Strategy
 from coordinator.tasks.store import TaskStore
 
@@ -185,8 +185,8 @@ class Dispatcher:
         self._requests += 1
         self._wake.set()
 
-    def ride_submit(self, new_tasks: Sequence[NewTask]) -> SubmitRide | None:
-        """What rides in the round trip that queues ``new_tasks``; None when nothing does
+    def plan_submit(self, tasks_to_queue: Sequence[TaskToQueue]) -> SubmitPlan | None:
+        """What rides in the round trip that queues ``tasks_to_queue``; None when nothing does
         (then ``request``).
 
         - An agent for each task whose agent this node can choose from its view (a strategy
@@ -199,28 +199,30 @@ class Dispatcher:
         """
         if self._task is None or self._stopping.is_set():
             return None
-        line, chosen = self._choose_at_submit(new_tasks)
+        slots, chosen = self._choose_at_submit(tasks_to_queue)
         calls = []
         turn: tuple[str, int] | None = None
-        if len(chosen) < len(new_tasks) and not self._passing and self._handed is None:
+        if len(chosen) < len(tasks_to_queue) and not self._passing and self._handed is None:
             turn = (uuid.uuid4().hex, self._requests)
             calls.append(self._snapshot_call("begin", turn[0]))
         if not chosen and not calls:
             return None
-        position = {new_task.task_id: i for i, new_task in enumerate(new_tasks)}
+        position = {to_queue.task_id: i for i, to_queue in enumerate(tasks_to_queue)}
 
-        def take(submits: list[Any], ridden: list[Any], after_the_submits: bool) -> None:
+        def take_replies(
+            submits: list[Any], piggybacked: list[Any], after_the_submits: bool
+        ) -> None:
             refused = self._take_assignments_at_submit(
-                line, chosen, [submits[position[task_id]] for task_id, _ in chosen]
+                slots, chosen, [submits[position[task_id]] for task_id, _ in chosen]
             )
             if turn is not None:
-                (reply,) = ridden
+                (reply,) = piggybacked
                 self._take_turn(*turn, reply, after_the_submits)
-            elif refused or len(chosen) < len(new_tasks):
+            elif refused or len(chosen) < len(tasks_to_queue):
                 self.request()
 
         assignments = {task_id: self._assignment_args(agent_id) for task_id, agent_id in chosen}
-        return SubmitRide(assignments, (calls, take))
+        return SubmitPlan(assignments, PiggybackCalls(calls, take_replies))
 
     def slots_freed(self, agent_ids: Sequence[str]) -> None:
         """This node took reports that ended attempts of these agents: their slots are free
@@ -228,14 +230,14 @@ class Dispatcher:
         counted twice: the assignment script then refuses the slot, and a pass follows.)"""
         if self._view is not None:
             for agent_id in agent_ids:
-                self._view.line.give_back_slot(agent_id)
+                self._view.slots.give_back_slot(agent_id)
 
     def _choose_at_submit(
-        self, new_tasks: Sequence[NewTask]
+        self, tasks_to_queue: Sequence[TaskToQueue]
     ) -> tuple[AgentSlots | None, list[tuple[str, str]]]:
         """An agent for each task that can have one from the view, as a pass would choose
-        (most urgent first, then in line), each taking its slot in the view's line: that
-        line, and the (task_id, agent_id) chosen."""
+        (most urgent first, then in line), each taking its slot in the view's slot table:
+        that table, and the (task_id, agent_id) chosen."""
         view = self._view
         if view is None:
             return None, []
@@ -245,8 +247,8 @@ class Dispatcher:
         if age > VIEW_MAX_AGE_S:
             return None, []
         chosen = []
-        for new_task in sorted(new_tasks, key=lambda t: _PRIORITY_RANK[t.submission.priority]):
-            s = new_task.submission
+        for to_queue in sorted(tasks_to_queue, key=lambda t: _PRIORITY_RANK[t.submission.priority]):
+            s = to_queue.submission
             strategy = s.strategy or view.default_strategy
             if strategy not in AT_SUBMIT_STRATEGIES or s.requirements.min_health_score:
                 continue  # their choice needs what only a fresh snapshot says
@@ -254,9 +256,9 @@ class Dispatcher:
             eligible = view.eligible.get(cls)
             if eligible is None:
                 eligible = view.eligible[cls] = [
-                    a for a in view.line.agents.values() if fits(a, s.requirements)
+                    a for a in view.slots.agents.values() if fits(a, s.requirements)
                 ]
-            candidates = view.line.candidates(eligible)
+            candidates = view.slots.candidates(eligible)
             if not candidates:
                 continue
             agent_id = choose(
@@ -265,16 +267,16 @@ class Dispatcher:
                 view.state,
                 preferred_capabilities=s.requirements.preferred_capabilities,
                 routing_key=s.routing_key,
-                tie_key=new_task.task_id,
+                tie_key=to_queue.task_id,
             ).agent_id
-            view.line.take_slot(agent_id)
-            chosen.append((new_task.task_id, agent_id))
-        return view.line, chosen
+            view.slots.take_slot(agent_id)
+            chosen.append((to_queue.task_id, agent_id))
+        return view.slots, chosen
 
     def _take_assignments_at_submit(
-        self, line: AgentSlots | None, chosen: list[tuple[str, str]], submits: list[Any]
+        self, slots: AgentSlots | None, chosen: list[tuple[str, str]], submits: list[Any]
     ) -> bool:
-        """Record the assignments made at submit from ``line``, from the replies of the
+        """Record the assignments made at submit from ``slots``, from the replies of the
         submits of their tasks; True when one was refused (its task waits in line: a pass
         must follow)."""
         refused = False
@@ -291,8 +293,8 @@ class Dispatcher:
             else:
                 verdict, detail = reply[4][:2]
                 refused = True
-            if line is not None:  # that line still counts the slot as taken
-                line.not_assigned(agent_id, verdict, detail)
+            if slots is not None:  # that table still counts the slot as taken
+                slots.not_assigned(agent_id, verdict, detail)
         return refused
 
     def _take_turn(self, token: str, requests: int, reply: Any, after_the_submits: bool) -> None:
@@ -466,7 +468,7 @@ class Dispatcher:
                 for classes, entries in zip(class_sets, heads, strict=True)
             ],
             heads_limit=int(heads_limit),
-            line=AgentSlots(agents),
+            slots=AgentSlots(agents),
             default_strategy=self._store.strategy_or_default(stored_strategy),
             state=balancer_state(raw_state),
             read_at=asyncio.get_running_loop().time(),
@@ -476,14 +478,14 @@ class Dispatcher:
             # all the time, and must not change a snapshot under a pass (one taken with no
             # free slot read no task; a slot freed in it later made its pass look for them).
             self._view = dataclasses.replace(
-                snapshot, line=AgentSlots(agents), state=balancer_state(raw_state), eligible={}
+                snapshot, slots=AgentSlots(agents), state=balancer_state(raw_state), eligible={}
             )
         return snapshot
 
     async def _pass(self, snapshot: Snapshot) -> int:
         """One pass from ``snapshot``: returns the number of assignments."""
-        line = snapshot.line
-        if snapshot.heads_limit <= 0 or not line.free:
+        slots = snapshot.slots
+        if snapshot.heads_limit <= 0 or not slots.free:
             # No task was read: nothing waited, or no slot was free when the snapshot was
             # read. A slot freed since then asks for a pass of its own (its report wakes the
             # dispatcher when tasks wait), which reads the tasks.
@@ -494,13 +496,13 @@ class Dispatcher:
         for priority, classes, heads in zip(
             PRIORITIES_MOST_URGENT_FIRST, snapshot.class_sets, snapshot.heads, strict=True
         ):
-            if not line.free:
+            if not slots.free:
                 break
             assigned += await self._dispatch_priority(
                 priority.name,
                 classes,
                 (heads, snapshot.heads_limit),
-                line,
+                slots,
                 snapshot.default_strategy,
                 state,
             )
@@ -513,7 +515,7 @@ class Dispatcher:
         priority: str,
         classes: Sequence[str],
         first_heads: tuple[dict[str, list[Head]], int],
-        line: AgentSlots,
+        slots: AgentSlots,
         default_strategy: Strategy,
         state: BalancerState,
     ) -> int:
@@ -526,7 +528,7 @@ class Dispatcher:
         open_classes = list(classes)
         snapshot_heads, limit = first_heads
         heads = [snapshot_heads.get(cls, []) for cls in open_classes]
-        while open_classes and line.free:
+        while open_classes and slots.free:
             # A class that filled its batch may have more tasks beyond it: merge the classes
             # only up to the earliest such batch end, so FIFO holds across classes too.
             batch_ends = [e[-1][1] for e in heads if e and len(e) == limit]
@@ -553,7 +555,7 @@ class Dispatcher:
                 strategy = Strategy.parse(raw_strategy) if raw_strategy else None
                 if cls not in eligible_by_class:
                     eligible_by_class[cls] = [
-                        a for a in line.free.values() if fits(a, requirements)
+                        a for a in slots.free.values() if fits(a, requirements)
                     ]
                 waiting.append(
                     _Waiting(
@@ -566,9 +568,11 @@ class Dispatcher:
                         avoid,
                     )
                 )
-            assigned += await self._assign_in_order(waiting, line, state)
-            open_classes = [c for c in open_classes if c not in line.blocked and c not in exhausted]
-            limit = min(HEADS_PER_CLASS, line.free_slots())
+            assigned += await self._assign_in_order(waiting, slots, state)
+            open_classes = [
+                c for c in open_classes if c not in slots.blocked and c not in exhausted
+            ]
+            limit = min(HEADS_PER_CLASS, slots.free_slots())
             if not open_classes or limit <= 0:
                 break  # the heads in hand are all handled: assigned, gone or blocked
             replies = await self._scripts.queue_heads(
@@ -582,7 +586,7 @@ class Dispatcher:
         return assigned
 
     async def _assign_in_order(
-        self, waiting: list[_Waiting], line: AgentSlots, state: BalancerState
+        self, waiting: list[_Waiting], slots: AgentSlots, state: BalancerState
     ) -> int:
         """Choose an agent for each waiting task in turn, then send every assignment in one
         round trip. A task whose agent refused (its slot went meanwhile) gets the next
@@ -591,11 +595,11 @@ class Dispatcher:
         while waiting:
             chosen: list[tuple[_Waiting, str]] = []
             for w in waiting:
-                if w.cls in line.blocked:
+                if w.cls in slots.blocked:
                     continue
-                candidates = line.candidates(w.eligible)
+                candidates = slots.candidates(w.eligible)
                 if not candidates:
-                    line.blocked.add(w.cls)
+                    slots.blocked.add(w.cls)
                     continue
                 if w.avoid_agent_id and len(candidates) > 1:
                     candidates = elsewhere(candidates, w.avoid_agent_id)
@@ -607,7 +611,7 @@ class Dispatcher:
                     routing_key=w.routing_key,
                     tie_key=w.task_id,
                 ).agent_id
-                line.take_slot(agent_id)
+                slots.take_slot(agent_id)
                 chosen.append((w, agent_id))
             if not chosen:
                 break
@@ -621,20 +625,20 @@ class Dispatcher:
                 if verdict == "ok":
                     assigned += 1
                     self._assigned(w.task_id, agent_id, reply, way="pass")
-                    self._taken_in_view(line, agent_id)
+                    self._taken_in_view(slots, agent_id)
                     continue
-                if line.not_assigned(agent_id, verdict, reply[1]):
+                if slots.not_assigned(agent_id, verdict, reply[1]):
                     waiting.append(w)  # try its next choice
         return assigned
 
-    def _taken_in_view(self, line: AgentSlots, agent_id: str) -> None:
+    def _taken_in_view(self, slots: AgentSlots, agent_id: str) -> None:
         """A pass assigned a task to ``agent_id``: its slot is taken in the view too (the
         view is the pass's snapshot's copy, or a later one; a later one that already
         counts the assignment counts it twice until it is read again: a submit then
         chooses another agent, or its task waits for a pass)."""
         view = self._view
-        if view is not None and view.line is not line:
-            view.line.take_slot(agent_id)
+        if view is not None and view.slots is not slots:
+            view.slots.take_slot(agent_id)
 
     def _assign_call(self, task_id: str, agent_id: str) -> ScriptCall:
         """``lua/assign_task.lua`` for one task and agent."""

@@ -102,7 +102,7 @@ class AgentSlots:
 class Snapshot:
     """What a pass starts from (``lua/dispatch_snapshot.lua``). A copy of the latest one a
     node read, with slots of its own, is its view, which tasks are assigned at submit from
-    (``Dispatcher.ride_submit``): a pass's snapshot changes only with the pass's own
+    (``Dispatcher.plan_submit``): a pass's snapshot changes only with the pass's own
     assignments."""
 
     class_sets: list[list[str]]
@@ -111,7 +111,7 @@ class Snapshot:
     """The first tasks of each of those classes, per priority."""
     heads_limit: int
     """The most tasks read per class: a class with fewer has no more."""
-    line: AgentSlots
+    slots: AgentSlots
     """The ACTIVE, live agents with an open stream on a live node, and their slots."""
     default_strategy: Strategy
     state: BalancerState
@@ -119,7 +119,7 @@ class Snapshot:
     """The event loop's time when it was read."""
     eligible: dict[str, list[AgentRecord]] = field(default_factory=dict)
     """Per requirements class, the agents of the snapshot that fit it (assigning at submit:
-    the line says which of them still have a slot)."""
+    ``slots`` says which of them still have a slot)."""
 
 
 Head = tuple[str, float, str, str, str, str]

@@ -1,5 +1,5 @@
-"""What callers hand the task store and get back from it: new tasks and the dispatcher's
-ride on their round trip (submits), agents' reports and their outcomes (reports)."""
+"""What callers hand the task store and get back from it: tasks to queue and the dispatcher's
+plan for their round trip (submits), agents' reports and their outcomes (reports)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.storage.scripts import Rider
+from coordinator.storage.scripts import PiggybackCalls
 from coordinator.tasks.models import TaskError, TaskState, TaskSubmission
 
 SETTLING_ACTIONS = ("complete", "fail")
@@ -16,7 +16,7 @@ SETTLING_ACTIONS = ("complete", "fail")
 
 
 @dataclass(frozen=True)
-class NewTask:
+class TaskToQueue:
     """A task that a submit is about to queue: its new id and what it was submitted with
     (the dispatcher may assign it in the same round trip)."""
 
@@ -29,15 +29,15 @@ NO_ASSIGNMENT = ("", "", "", "", "")
 
 
 @dataclass(frozen=True)
-class SubmitRide:
+class SubmitPlan:
     """What the dispatcher adds to the round trip that queues new tasks
-    (``Dispatcher.ride_submit``)."""
+    (``Dispatcher.plan_submit``)."""
 
     assignments: Mapping[str, Sequence[Any]]
     """Per task_id, ``lua/submit_task.lua``'s ARGV[7..11]: the agent chosen for it, whom
     the script assigns it to instead of queueing it if no task waits ahead and the agent
     can take it, and that assignment's arguments. The other tasks get ``NO_ASSIGNMENT``."""
-    rider: Rider
+    piggyback: PiggybackCalls
     """Calls after the submits (a dispatch turn and its snapshot), and the function that
     takes their replies with the submits' (which hold the assignments' outcomes)."""
 

@@ -35,12 +35,12 @@ from coordinator.storage.scripts import TaskScripts, run_batch
 from coordinator.tasks.calls import (
     NO_ASSIGNMENT,
     SETTLING_ACTIONS,
-    NewTask,
     Report,
     ReportOutcome,
-    SubmitRide,
     Submitted,
+    TaskToQueue,
 )
+from coordinator.tasks.dispatch_hooks import DispatchHooks, NoDispatch
 from coordinator.tasks.models import (
     PRIORITIES_MOST_URGENT_FIRST,
     ListTasksQuery,
@@ -79,9 +79,7 @@ class TaskStore:
         redis: Redis,
         multiplexed: MultiplexedConnection,
         settings: Settings,
-        wake_dispatcher: Callable[[], None] | None = None,
-        ride_submit: Callable[[Sequence[NewTask]], SubmitRide | None] | None = None,
-        slots_freed: Callable[[Sequence[str]], None] | None = None,
+        dispatch: DispatchHooks | None = None,
     ) -> None:
         self._redis = redis
         self._multiplexed = multiplexed
@@ -90,15 +88,15 @@ class TaskStore:
         self._scripts = TaskScripts(redis)
         self._quota = SubmitQuota.of(settings)
         self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
-        # Called when a task joined a queue or a slot came free: the node asks its own
-        # dispatcher for a pass (the dispatch turn reaches whichever node is passing).
-        self._wake_dispatcher = wake_dispatcher or (lambda: None)
-        # Asked when tasks are about to be queued: the agents to assign them to at once, or
-        # the calls that start a pass, in the same round trip (Dispatcher.ride_submit), or
-        # None to wake the dispatcher as above.
-        self._ride_submit = ride_submit or (lambda _: None)
-        # Told which agents' slots the reports taken here freed (Dispatcher.slots_freed).
-        self._slots_freed = slots_freed or (lambda _: None)
+        self._dispatch: DispatchHooks = dispatch or NoDispatch()
+        """Told when a task joined a queue or a slot came free, and asked to plan the round
+        trips that queue tasks: the node's own dispatcher (the dispatch turn reaches
+        whichever node is passing)."""
+
+    def use_dispatch(self, dispatch: DispatchHooks) -> None:
+        """Tell ``dispatch`` from now on (the composition root builds the dispatcher after
+        the store it reads)."""
+        self._dispatch = dispatch
 
     # --- clients --------------------------------------------------------------------------
 
@@ -164,10 +162,10 @@ class TaskStore:
         trip (the replies, a refused call as its exception object), then have them
         dispatched: the script
         assigns a task at once to the agent this node's dispatcher chose for it, and the
-        dispatch turn and snapshot ride in that round trip, when the dispatcher has them."""
-        new_tasks = [NewTask(uuid.uuid4().hex, s) for s in submissions]
-        ride = self._ride_submit(new_tasks)
-        assignments = ride.assignments if ride is not None else {}
+        dispatch turn and snapshot ride in that round trip, when the dispatcher plans them."""
+        to_queue = [TaskToQueue(uuid.uuid4().hex, s) for s in submissions]
+        plan = self._dispatch.plan_submit(to_queue)
+        assignments = plan.assignments if plan is not None else {}
         replies = await run_batch(
             self._multiplexed,
             [
@@ -176,21 +174,21 @@ class TaskStore:
                     [],
                     self._submit_args(t, assignments.get(t.task_id, NO_ASSIGNMENT), submitted_by),
                 )
-                for t in new_tasks
+                for t in to_queue
             ],
             raise_on_error=False,
-            rider=ride.rider if ride is not None else None,
+            piggyback=plan.piggyback if plan is not None else None,
         )
-        if ride is None:
-            self._wake_dispatcher()
+        if plan is None:
+            self._dispatch.request()
         return replies
 
     def _submit_args(
-        self, new_task: NewTask, assignment: Sequence[Any], submitted_by: str
+        self, to_queue: TaskToQueue, assignment: Sequence[Any], submitted_by: str
     ) -> list[Any]:
-        """ARGV of ``lua/submit_task.lua`` for one new task, with its ``assignment``
+        """ARGV of ``lua/submit_task.lua`` for one task to queue, with its ``assignment``
         (ARGV[7..11]), its submitter and that one's quotas (ARGV[12..15])."""
-        s = new_task.submission
+        s = to_queue.submission
         fields = {
             "task_type": s.task_type,
             "task_data": json.dumps(s.task_data, separators=(",", ":")),
@@ -202,7 +200,7 @@ class TaskStore:
             "routing_key": s.routing_key,
         }
         return [
-            new_task.task_id,
+            to_queue.task_id,
             s.request_id,
             round(self._settings.idempotency_window_s * 1000),
             s.priority.name,
@@ -299,7 +297,7 @@ class TaskStore:
             raise NotFound(f"task_id: no task {task_id!r}")
         if outcome[0] == "final":
             raise FailedPrecondition(f"task_id: task {task_id!r} is already {outcome[1]}")
-        self._wake_dispatcher()  # a slot may have come free
+        self._dispatch.request()  # a slot may have come free
         log.info("task cancelled", extra={"task_id": task_id, "reason": reason})
         return await self.get(task_id)
 
@@ -377,9 +375,9 @@ class TaskStore:
             if _ended_an_attempt(report, reply)
         ]
         if ended:
-            self._slots_freed([report.agent_id for report, _ in ended])
+            self._dispatch.slots_freed([report.agent_id for report, _ in ended])
             if any(int(reply[4]) == 1 for _, reply in ended):
-                self._wake_dispatcher()
+                self._dispatch.request()
 
     async def _run_each(self, script: AsyncScript, calls: Sequence[Sequence[Any]]) -> list[Any]:
         """Run ``script`` once per argument list, in order, in one round trip; a call that
