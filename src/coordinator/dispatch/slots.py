@@ -1,19 +1,19 @@
 """What a dispatch pass and a node's view choose from: the agents and their slots as a
 snapshot saw them (and as the node changed them since), the heads of the class queues, and
-the small decoders of ``lua/dispatch_snapshot.lua``'s reply. No Redis here: the dispatcher
-(``coordinator.dispatch.dispatcher``) reads and writes, these keep count."""
+the small decoders of what ``lua/dispatch_snapshot.lua`` read. No Redis here: the
+dispatcher reads and writes, these keep count."""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.agents.records import AgentRecord
 from coordinator.dispatch.balancing import BalancerState, Candidate
+from coordinator.dispatch.script_calls import Head
 from coordinator.tasks.models import Requirements, Strategy
 
 log = logging.getLogger(__name__)
@@ -120,17 +120,6 @@ class Snapshot:
     eligible: dict[str, list[AgentRecord]] = field(default_factory=dict)
     """Per requirements class, the agents of the snapshot that fit it (assigning at submit:
     ``slots`` says which of them still have a slot)."""
-
-
-Head = tuple[str, float, str, str, str, str]
-"""A task at the head of a class queue: task_id, seq, requirements, strategy, routing_key,
-avoid_agent_id (requirements is '' for a task deleted meanwhile; avoid_agent_id is the agent
-whose attempt last ended unsuccessfully, or '')."""
-
-
-def read_heads(entries: Sequence[Sequence[Any]]) -> list[Head]:
-    """The heads of one class as ``lua/task_lib.lua``'s class_heads returns them."""
-    return [(str(e[0]), float(e[1]), str(e[2]), str(e[3]), str(e[4]), str(e[5])) for e in entries]
 
 
 def elsewhere(candidates: list[Candidate], avoid_agent_id: str) -> list[Candidate]:

@@ -13,7 +13,6 @@ REPORTS_PER_ROUND_TRIP (reports) entries: a few round trips however many entries
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import uuid
@@ -33,7 +32,6 @@ from coordinator.storage import keys
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.storage.scripts import TaskScripts, run_batch
 from coordinator.tasks.calls import (
-    NO_ASSIGNMENT,
     SETTLING_ACTIONS,
     Report,
     ReportOutcome,
@@ -57,6 +55,12 @@ from coordinator.tasks.models import (
     TaskSubmission,
 )
 from coordinator.tasks.records import as_submitted, decode_task
+from coordinator.tasks.script_calls import (
+    CancelTaskCall,
+    ReportReply,
+    SubmitReply,
+    SubmitTaskCall,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +117,16 @@ class TaskStore:
             raise reply
         if is_refusal(reply):
             raise self._quota.refusal(reply, submitted_by)
-        task_id = reply[1]
-        if not reply[0]:
-            return await self.get(task_id), False
-        _log_submitted(s, task_id)
+        submitted = SubmitReply.parse(reply)
+        if not submitted.created:
+            return await self.get(submitted.task_id), False
+        _log_submitted(s, submitted.task_id)
         return (
             as_submitted(
                 s,
-                task_id,
-                created_at_ms=int(reply[2]),
-                seq=int(reply[3]),
+                submitted.task_id,
+                created_at_ms=submitted.created_at_ms,
+                seq=submitted.seq,
                 submitted_by=submitted_by,
             ),
             True,
@@ -151,10 +155,12 @@ class TaskStore:
             if is_refusal(reply):
                 outcomes.append(self._quota.refusal(reply, submitted_by))
                 continue
-            created = bool(reply[0])
-            if created:
-                _log_submitted(s, reply[1])
-            outcomes.append(Submitted(reply[1], created, int(reply[2])))
+            submitted = SubmitReply.parse(reply)
+            if submitted.created:
+                _log_submitted(s, submitted.task_id)
+            outcomes.append(
+                Submitted(submitted.task_id, submitted.created, submitted.created_at_ms)
+            )
         return outcomes
 
     async def _queue(self, submissions: Sequence[TaskSubmission], submitted_by: str) -> list[Any]:
@@ -166,13 +172,16 @@ class TaskStore:
         to_queue = [TaskToQueue(uuid.uuid4().hex, s) for s in submissions]
         plan = self._dispatch.plan_submit(to_queue)
         assignments = plan.assignments if plan is not None else {}
+        window_ms = round(self._settings.idempotency_window_s * 1000)
+        quota_args = self._quota.script_args(submitted_by)
+        script = self._scripts.submit_task
         replies = await run_batch(
             self._multiplexed,
             [
                 (
-                    self._scripts.submit_task,
-                    [],
-                    self._submit_args(t, assignments.get(t.task_id, NO_ASSIGNMENT), submitted_by),
+                    script,
+                    (),
+                    SubmitTaskCall(t, window_ms, assignments.get(t.task_id), quota_args).args(),
                 )
                 for t in to_queue
             ],
@@ -182,34 +191,6 @@ class TaskStore:
         if plan is None:
             self._dispatch.request()
         return replies
-
-    def _submit_args(
-        self, to_queue: TaskToQueue, assignment: Sequence[Any], submitted_by: str
-    ) -> list[Any]:
-        """ARGV of ``lua/submit_task.lua`` for one task to queue, with its ``assignment``
-        (ARGV[7..11]), its submitter and that one's quotas (ARGV[12..15])."""
-        s = to_queue.submission
-        fields = {
-            "task_type": s.task_type,
-            "task_data": json.dumps(s.task_data, separators=(",", ":")),
-            "requirements": s.requirements.to_json(),
-            "max_attempts": str(s.max_attempts),
-            "start_to_close_ms": str(round(s.start_to_close_s * 1000)),
-            "retry": s.retry_policy.to_json(),
-            "strategy": s.strategy.name.lower() if s.strategy else "",
-            "routing_key": s.routing_key,
-        }
-        return [
-            to_queue.task_id,
-            s.request_id,
-            round(self._settings.idempotency_window_s * 1000),
-            s.priority.name,
-            s.requirements.eligibility_class(),
-            round(s.schedule_to_start_s * 1000),
-            *assignment,
-            *self._quota.script_args(submitted_by),
-            *(item for pair in fields.items() for item in pair),
-        ]
 
     async def get(self, task_id: str) -> Task:
         """One task with its history; NotFound if unknown (or past its retention)."""
@@ -290,13 +271,14 @@ class TaskStore:
         With ``submitted_by``, only a task that principal submitted: another one is
         NotFound, exactly as an unknown one (the caller answers both alike, and nothing is
         changed: the check and the cancel are one script)."""
-        outcome = await self._scripts.cancel_task(
-            args=[task_id, reason or "cancelled by client", "", submitted_by or ""]
+        call = CancelTaskCall(
+            task_id, reason or "cancelled by client", submitted_by=submitted_by or ""
         )
-        if outcome[0] in ("not_found", "not_owner"):
+        verdict, state = call.parse(await self._scripts.cancel_task(args=call.args()))
+        if verdict in ("not_found", "not_owner"):
             raise NotFound(f"task_id: no task {task_id!r}")
-        if outcome[0] == "final":
-            raise FailedPrecondition(f"task_id: task {task_id!r} is already {outcome[1]}")
+        if verdict == "final":
+            raise FailedPrecondition(f"task_id: task {task_id!r} is already {state}")
         self._dispatch.request()  # a slot may have come free
         log.info("task cancelled", extra={"task_id": task_id, "reason": reason})
         return await self.get(task_id)
@@ -306,34 +288,38 @@ class TaskStore:
     async def acknowledge(self, task_id: str, agent_id: str, fencing_token: str) -> int:
         """ASSIGNED to RUNNING; returns the end of the lease in epoch milliseconds."""
         reply = await self._report(Report.acknowledge(task_id, agent_id, fencing_token))
-        return int(reply[2])
+        assert reply.lease_expires_at_ms is not None  # the script answers a taken ack with it
+        return reply.lease_expires_at_ms
 
     async def extend_lease(
         self, task_id: str, agent_id: str, fencing_token: str, lease_s: float | None
     ) -> int:
         """A new lease from now; returns its end in epoch milliseconds."""
         reply = await self._report(Report.extend(task_id, agent_id, fencing_token, lease_s))
-        return int(reply[2])
+        assert reply.lease_expires_at_ms is not None  # the script answers a taken extend with it
+        return reply.lease_expires_at_ms
 
     async def complete(
         self, task_id: str, agent_id: str, fencing_token: str, result: dict[str, Any]
     ) -> Task:
         """COMPLETED with a result."""
         reply = await self._report(Report.complete(task_id, agent_id, fencing_token, result))
-        return decode_task(_pairs(reply[3]))
+        return decode_task(_pairs(reply.record or ()))
 
     async def fail(self, task_id: str, agent_id: str, fencing_token: str, error: TaskError) -> Task:
         """Back in line after a backoff if retryable and attempts remain, else FAILED."""
         reply = await self._report(Report.fail(task_id, agent_id, fencing_token, error))
-        return decode_task(_pairs(reply[3]))
+        return decode_task(_pairs(reply.record or ()))
 
-    async def _report(self, report: Report) -> list[Any]:
-        reply = await self._scripts.report_task(args=report.script_args(with_record=True))
+    async def _report(self, report: Report) -> ReportReply:
+        reply = ReportReply.parse(
+            await self._scripts.report_task(args=report.args(with_record=True))
+        )
         refusal = _refusal(report, reply)
         if refusal is not None:
             raise refusal
         self._after_reports([report], [reply])
-        return list(reply)
+        return reply
 
     async def report_many(self, reports: Sequence[Report]) -> list[ReportOutcome | Exception]:
         """Apply many reports, each exactly as alone (fenced, a repeat of a successful one
@@ -341,15 +327,16 @@ class TaskStore:
         outcome, or why it was refused (NotFound, FailedPrecondition, or the Redis error its
         script met). An outage raises instead: some reports may have been applied, and a
         retry is safe."""
-        replies: list[Any] = []
+        replies: list[ReportReply | Exception] = []
         for start in range(0, len(reports), REPORTS_PER_ROUND_TRIP):
-            replies += await self._run_each(
+            raw = await self._run_each(
                 self._scripts.report_task,
                 [
-                    r.script_args(with_record=False)
+                    r.args(with_record=False)
                     for r in reports[start : start + REPORTS_PER_ROUND_TRIP]
                 ],
             )
+            replies += [r if isinstance(r, Exception) else ReportReply.parse(r) for r in raw]
         outcomes: list[ReportOutcome | Exception] = []
         for report, reply in zip(reports, replies, strict=True):
             if isinstance(reply, Exception):
@@ -359,24 +346,24 @@ class TaskStore:
             if refusal is not None:
                 outcomes.append(refusal)
                 continue
-            lease = reply[2] if report.action in ("ack", "extend") else ""
-            outcomes.append(
-                ReportOutcome(TaskState[reply[1]], int(float(lease)) if lease else None)
-            )
+            lease = reply.lease_expires_at_ms if report.action in ("ack", "extend") else None
+            outcomes.append(ReportOutcome(TaskState[reply.state], lease))
         self._after_reports(reports, replies)
         return outcomes
 
-    def _after_reports(self, reports: Sequence[Report], replies: Sequence[Any]) -> None:
+    def _after_reports(
+        self, reports: Sequence[Report], replies: Sequence[ReportReply | Exception]
+    ) -> None:
         """Tell the dispatcher which slots the reports freed, and wake it when tasks wait
         for them (``lua/report_task.lua`` says so)."""
         ended = [
             (report, reply)
             for report, reply in zip(reports, replies, strict=True)
-            if _ended_an_attempt(report, reply)
+            if not isinstance(reply, Exception) and _ended_an_attempt(report, reply)
         ]
         if ended:
             self._dispatch.slots_freed([report.agent_id for report, _ in ended])
-            if any(int(reply[4]) == 1 for _, reply in ended):
+            if any(reply.tasks_waiting for _, reply in ended):
                 self._dispatch.request()
 
     async def _run_each(self, script: AsyncScript, calls: Sequence[Sequence[Any]]) -> list[Any]:
@@ -444,8 +431,9 @@ class TaskStore:
     async def _cancel_pending(self, task_ids: Sequence[str], reason: str) -> int:
         cancelled = 0
         for task_id in task_ids:
-            outcome = await self._scripts.cancel_task(args=[task_id, reason, "pending_only"])
-            cancelled += outcome[0] == "ok"
+            call = CancelTaskCall(task_id, reason, pending_only=True)
+            verdict, _ = call.parse(await self._scripts.cancel_task(args=call.args()))
+            cancelled += verdict == "ok"
         return cancelled
 
     async def strategy(self) -> Strategy:
@@ -524,21 +512,21 @@ def _log_submitted(s: TaskSubmission, task_id: str) -> None:
         )
 
 
-def _refusal(report: Report, reply: Sequence[Any]) -> CoordinatorError | None:
+def _refusal(report: Report, reply: ReportReply) -> CoordinatorError | None:
     """Why ``lua/report_task.lua`` refused a report, or None if it took it."""
-    verdict = reply[0]
+    verdict = reply.verdict
     task_id = report.task_id
     if verdict == "not_found":
         return NotFound(f"task_id: no task {task_id!r}")
     if verdict == "stale":
         return FailedPrecondition(
             f"fencing_token: not the current attempt of task {task_id!r} for agent "
-            f"{report.agent_id!r} (the task is {reply[1]} at attempt {reply[2]}); "
+            f"{report.agent_id!r} (the task is {reply.state} at attempt {reply.attempt}); "
             "drop this attempt's work"
         )
     if verdict == "not_held":
         return FailedPrecondition(
-            f"task_id: task {task_id!r} is {reply[1]}; the attempt can no longer be reported"
+            f"task_id: task {task_id!r} is {reply.state}; the attempt can no longer be reported"
         )
     if verdict == "ok" and log.isEnabledFor(logging.DEBUG):
         # DEBUG, not INFO: at thousands of tasks/s formatting this line costs real CPU.
@@ -550,14 +538,13 @@ def _refusal(report: Report, reply: Sequence[Any]) -> CoordinatorError | None:
     return None
 
 
-def _ended_an_attempt(report: Report, reply: Any) -> bool:
-    """Whether a report ended an attempt (freeing its slot); its reply then says, fifth,
-    whether tasks wait in line for that slot."""
+def _ended_an_attempt(report: Report, reply: ReportReply) -> bool:
+    """Whether a report ended an attempt (freeing its slot); its reply then says whether
+    tasks wait in line for that slot."""
     return (
         report.action in SETTLING_ACTIONS
-        and isinstance(reply, list)
-        and len(reply) > 4
-        and reply[0] == "ok"
+        and reply.verdict == "ok"
+        and reply.tasks_waiting is not None
     )
 
 
