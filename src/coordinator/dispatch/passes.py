@@ -126,28 +126,7 @@ class Passes:
                 for cls, entries in zip(open_classes, heads, strict=True)
                 if len(entries) < limit and (not entries or entries[-1][1] <= horizon)
             }
-            waiting: list[_Waiting] = []
-            for seq, task_id, cls, (raw_requirements, raw_strategy, routing_key, avoid) in in_line:
-                after[cls] = f"({seq:.0f}"
-                if not raw_requirements:
-                    continue  # deleted meanwhile
-                requirements = requirements_of(raw_requirements)
-                strategy = Strategy.parse(raw_strategy) if raw_strategy else None
-                if cls not in eligible_by_class:
-                    eligible_by_class[cls] = [
-                        a for a in slots.free.values() if fits(a, requirements)
-                    ]
-                waiting.append(
-                    _Waiting(
-                        task_id,
-                        requirements,
-                        strategy or default_strategy,
-                        routing_key,
-                        eligible_by_class[cls],
-                        cls,
-                        avoid,
-                    )
-                )
+            waiting = _waiting(in_line, after, eligible_by_class, slots, default_strategy)
             assigned += await self._assign_in_order(waiting, slots, state)
             open_classes = [
                 c for c in open_classes if c not in slots.blocked and c not in exhausted
@@ -208,3 +187,36 @@ class Passes:
                 if slots.not_assigned(agent_id, reply.verdict, reply.detail):
                     waiting.append(w)  # try its next choice
         return assigned
+
+
+def _waiting(
+    in_line: list[tuple[float, str, str, list[str]]],
+    after: dict[str, str],
+    eligible_by_class: dict[str, list[AgentRecord]],
+    slots: AgentSlots,
+    default_strategy: Strategy,
+) -> list[_Waiting]:
+    """The heads ``in_line`` (seq, task_id, class, details), in order, with what choosing
+    their agents needs; moves each class's ``after`` past its heads, and fills in
+    ``eligible_by_class`` for a class met the first time."""
+    waiting: list[_Waiting] = []
+    for seq, task_id, cls, (raw_requirements, raw_strategy, routing_key, avoid) in in_line:
+        after[cls] = f"({seq:.0f}"
+        if not raw_requirements:
+            continue  # deleted meanwhile
+        requirements = requirements_of(raw_requirements)
+        strategy = Strategy.parse(raw_strategy) if raw_strategy else None
+        if cls not in eligible_by_class:
+            eligible_by_class[cls] = [a for a in slots.free.values() if fits(a, requirements)]
+        waiting.append(
+            _Waiting(
+                task_id,
+                requirements,
+                strategy or default_strategy,
+                routing_key,
+                eligible_by_class[cls],
+                cls,
+                avoid,
+            )
+        )
+    return waiting
