@@ -9,8 +9,8 @@ import uuid
 from coordinator.agents.records import AgentRegistration
 from coordinator.auth.quotas import SubmitQuota
 from coordinator.storage import keys
-from coordinator.tasks.calls import NO_ASSIGNMENT
 from coordinator.tasks.models import RetryPolicy
+from coordinator.tasks.script_calls import NO_ASSIGNMENT
 
 NODE = "node-1"
 LIVENESS_MS = 30_000

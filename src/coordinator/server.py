@@ -11,7 +11,6 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -44,7 +43,6 @@ from coordinator.node.metrics import NodeMetrics
 from coordinator.node.redis_memory import MemoryWatch
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.storage.packing import PACKED_CLASSES
-from coordinator.tasks.calls import NewTask, SubmitRide
 from coordinator.tasks.reaper import TaskReaper
 from coordinator.tasks.store import TaskStore
 
@@ -126,14 +124,7 @@ class Coordinator:
         self.multiplexed = MultiplexedConnection.like(self.redis, settings.redis_timeout_s)
         self.registry = AgentRegistry(self.redis, settings)
         self.page_token_key = page_tokens.ClusterKey(self.redis)
-        self.tasks = TaskStore(
-            self.redis,
-            self.multiplexed,
-            settings,
-            wake_dispatcher=self._wake_dispatcher,
-            ride_submit=self._ride_submit,
-            slots_freed=self._slots_freed,
-        )
+        self.tasks = TaskStore(self.redis, self.multiplexed, settings)
         self.streams = AssignmentStreams(
             self.redis,
             self.tasks,
@@ -152,6 +143,7 @@ class Coordinator:
             self.metrics,
             deliver=self.streams.deliver_local,
         )
+        self.tasks.use_dispatch(self.dispatcher)
         self.events = EventHub(
             self.redis,
             settings.node_id,
@@ -306,19 +298,6 @@ class Coordinator:
             await self.health_redis.aclose()
             self._stopped = True
             log.info("coordinator stopped")
-
-    def _wake_dispatcher(self) -> None:
-        """A task was queued or a slot freed through this node: pass soon."""
-        self.dispatcher.request()
-
-    def _ride_submit(self, new_tasks: Sequence[NewTask]) -> SubmitRide | None:
-        """Tasks are about to be queued through this node: assign them, or start a pass, in
-        that round trip."""
-        return self.dispatcher.ride_submit(new_tasks)
-
-    def _slots_freed(self, agent_ids: Sequence[str]) -> None:
-        """Reports taken here freed these agents' slots."""
-        self.dispatcher.slots_freed(agent_ids)
 
     def _resynchronise(self) -> None:
         """After the pub/sub connection (re)connects: look in Redis for what was missed."""

@@ -21,9 +21,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.agents.records import AgentStatus
-from coordinator.dispatch.balancing import Strategy
 from coordinator.errors import InvalidArgument
-from coordinator.tasks.models import Priority, Requirements, RetryPolicy, TaskError, TaskState
+from coordinator.tasks.models import (
+    Priority,
+    Requirements,
+    RetryPolicy,
+    Strategy,
+    TaskError,
+    TaskState,
+)
 
 STATUS_PREFIX = "AGENT_STATUS_"
 PRIORITY_PREFIX = "TASK_PRIORITY_"

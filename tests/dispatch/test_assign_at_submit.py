@@ -13,7 +13,7 @@ from test_dispatch_turns import LONG_TIMER, ROUND_ROBIN, no_dispatch_turn_held
 
 from agent_harness import eventually, submit_request
 from aitbc.coordinator.v1 import task_pb2
-from coordinator.dispatch import dispatcher as dispatcher_module
+from coordinator.dispatch import at_submit
 from coordinator.storage import keys
 
 RESOURCE_BASED = task_pb2.BalancingStrategy.Value("BALANCING_STRATEGY_RESOURCE_BASED")
@@ -23,8 +23,8 @@ RESOURCE_BASED = task_pb2.BalancingStrategy.Value("BALANCING_STRATEGY_RESOURCE_B
 def lasting_views(monkeypatch):
     """Views do not age within a test (however slow the machine), nor are they read again:
     see the tests that change this."""
-    monkeypatch.setattr(dispatcher_module, "VIEW_MAX_AGE_S", 60.0)
-    monkeypatch.setattr(dispatcher_module, "VIEW_REFRESH_S", 60.0)
+    monkeypatch.setattr(at_submit, "VIEW_MAX_AGE_S", 60.0)
+    monkeypatch.setattr(at_submit, "VIEW_REFRESH_S", 60.0)
 
 
 def spy(monkeypatch, dispatcher, name: str) -> list[object]:
@@ -88,7 +88,7 @@ async def test_a_task_waits_for_a_pass_when_the_view_may_be_out_of_date_for_it(
     node = await start_node(**LONG_TIMER)
     agent = await pool.start(node.channel, "agent-1", max_concurrency=2)
     await with_a_view(node, agent, redis_client)
-    monkeypatch.setattr(dispatcher_module, "VIEW_MAX_AGE_S", view_max_age_s)
+    monkeypatch.setattr(at_submit, "VIEW_MAX_AGE_S", view_max_age_s)
     passed = spy(monkeypatch, node.coordinator.dispatcher, "dispatch")
 
     submitted = await node.tasks.SubmitTask(submit_request(**fields))
@@ -104,9 +104,9 @@ async def test_a_view_in_use_is_read_again_before_it_is_too_old(
     agent = await pool.start(node.channel, "agent-1")  # one slot
     await with_a_view(node, agent, redis_client)
     dispatcher = node.coordinator.dispatcher
-    monkeypatch.setattr(dispatcher_module, "VIEW_MAX_AGE_S", 0.6)
-    monkeypatch.setattr(dispatcher_module, "VIEW_REFRESH_S", 0.2)
-    first_view = dispatcher._view
+    monkeypatch.setattr(at_submit, "VIEW_MAX_AGE_S", 0.6)
+    monkeypatch.setattr(at_submit, "VIEW_REFRESH_S", 0.2)
+    first_view = dispatcher._view.current
     passed = spy(monkeypatch, dispatcher, "dispatch")
 
     for _ in range(6):  # 1.8 s: three times the view's most age
@@ -114,7 +114,7 @@ async def test_a_view_in_use_is_read_again_before_it_is_too_old(
         await one_task_through(node, agent)
 
     assert passed == []  # each was assigned at its submit, from a view read meanwhile
-    assert dispatcher._view is not first_view
+    assert dispatcher._view.current is not first_view
 
 
 async def test_an_agent_gone_since_the_view_was_read_is_refused_and_the_task_waits(

@@ -8,10 +8,10 @@ import pytest
 from coordinator.dispatch.balancing import (
     BalancerState,
     Candidate,
-    Strategy,
     choose,
     hash_ring,
 )
+from coordinator.tasks.models import Strategy
 
 
 def agent(agent_id: str, **kw) -> Candidate:

@@ -15,7 +15,7 @@ from test_dispatch_turns import LONG_TIMER, no_dispatch_turn_held
 from agent_harness import ScriptedAgent, eventually, submit_request
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.storage.scripts import TaskScripts, run_batch
-from coordinator.tasks.calls import NewTask
+from coordinator.tasks.calls import TaskToQueue
 from coordinator.tasks.models import TaskSubmission
 
 COMPLETED = task_pb2.TASK_STATE_COMPLETED
@@ -104,17 +104,18 @@ async def test_a_slot_freed_under_a_full_snapshot_handed_to_the_loop_does_not_fa
     dispatcher = node.coordinator.dispatcher
 
     # A submit with no free agent in the view: the turn and a snapshot ride in its round trip.
-    ride = dispatcher.ride_submit([NewTask("t-unqueued", TaskSubmission("test", {}))])
-    assert ride is not None and not ride.assignments
-    calls, take = ride.rider
-    snapshot_replies = await run_batch(node.coordinator.multiplexed, calls)
+    plan = dispatcher.plan_submit([TaskToQueue("t-unqueued", TaskSubmission("test", {}))])
+    assert plan is not None and not plan.assignments
+    snapshot_replies = await run_batch(node.coordinator.multiplexed, plan.piggyback.calls)
     assert snapshot_replies[0][-1] == 0  # no free slot: no task read
     # The agent's completion runs in Redis after that snapshot ...
     reply = await TaskScripts(redis_client).report_task(
         args=[held.task_id, "agent-1", held.fencing_token, "complete", "{}"]
     )
     assert reply[0] == "ok"
-    take([], snapshot_replies, True)  # ... the snapshot is handed to the loop (and viewed),
+    plan.piggyback.take_replies(
+        [], snapshot_replies, True
+    )  # ... the snapshot is handed to the loop (and viewed),
     dispatcher.slots_freed(["agent-1"])  # ... and the report's reply frees the slot here,
     dispatcher.request()  # ... and asks for a pass (tasks wait), before the loop runs.
 

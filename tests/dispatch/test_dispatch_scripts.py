@@ -12,7 +12,7 @@ from redis.exceptions import ResponseError
 from coordinator.agents.record_codec import RECORD_FIELDS
 from coordinator.agents.registry import AgentRegistry
 from coordinator.config import Settings
-from coordinator.dispatch.dispatcher import snapshot_args
+from coordinator.dispatch.script_calls import DispatchSnapshotCall
 from coordinator.storage import keys
 from coordinator.storage.scripts import TaskScripts, run_batch
 from script_support import (
@@ -38,7 +38,7 @@ def registry(redis_client) -> AgentRegistry:
 
 async def snapshot(scripts):
     now_ms, strategy, state, classes, rows, *_ = await scripts.dispatch_snapshot(
-        args=snapshot_args()
+        args=DispatchSnapshotCall().args()
     )
     agents = sorted(dict(zip(RECORD_FIELDS, row, strict=True))["agent_id"] for row in rows)
     return int(now_ms), strategy, state, [sorted(c) for c in classes], agents
@@ -58,7 +58,7 @@ async def test_snapshot_for_a_view_reads_the_agents_and_takes_no_turn(
     await make_agent(registry, redis_client, "a")
     await new_task(scripts)
 
-    for_view = snapshot_args("view", "this-node", heads=0)
+    for_view = DispatchSnapshotCall("view", "this-node", heads_per_class=0).args()
     _, _, _, classes, rows, heads, limit = await scripts.dispatch_snapshot(args=for_view)
     assert len(rows) == 1 and classes[3] == ["c0"] and heads == [[]] * 5 and limit == 0
     await redis_client.delete(keys.task_queue("NORMAL"), keys.task_classes("NORMAL"))
@@ -98,7 +98,7 @@ async def test_snapshot_rows_decode_into_agents(scripts, registry, redis_client)
     await new_task(scripts)
     await make_agent(registry, redis_client, "a", max_concurrency=3)
     now_ms, *_ = await snapshot(scripts)
-    rows = (await scripts.dispatch_snapshot(args=snapshot_args()))[4]
+    rows = (await scripts.dispatch_snapshot(args=DispatchSnapshotCall().args()))[4]
 
     (agent,) = registry.decode_records(rows, now_ms)
 
@@ -110,7 +110,9 @@ async def test_snapshot_has_the_first_tasks_of_each_waiting_class(scripts, regis
     c1 = await new_task(scripts, requirements_class="c1")
     urgent = await new_task(scripts, priority="URGENT", requirements_class="c0")
     await make_agent(registry, redis_client, "a", max_concurrency=10)
-    *_, classes, _, heads, limit = await scripts.dispatch_snapshot(args=snapshot_args(heads=2))
+    *_, classes, _, heads, limit = await scripts.dispatch_snapshot(
+        args=DispatchSnapshotCall(heads_per_class=2).args()
+    )
 
     assert limit == 2
     by_class = [dict(zip(c, h, strict=True)) for c, h in zip(classes, heads, strict=True)]
@@ -127,7 +129,9 @@ async def test_snapshot_reads_no_task_while_no_agent_has_a_free_slot(
     await make_agent(registry, redis_client, "busy", max_concurrency=1)
     await redis_client.hset(keys.agent("busy"), "active_tasks", 1)
 
-    *_, classes, agents, heads, limit = await scripts.dispatch_snapshot(args=snapshot_args())
+    *_, classes, agents, heads, limit = await scripts.dispatch_snapshot(
+        args=DispatchSnapshotCall().args()
+    )
 
     assert classes[3] == ["c0"] and len(agents) == 1
     assert heads == [[]] * 5 and limit == 0
@@ -142,7 +146,7 @@ async def test_snapshot_reads_no_more_tasks_per_class_than_there_are_free_slots(
     await redis_client.hset(keys.agent("a"), "active_tasks", 1)
     await redis_client.hset(keys.agent("b"), "status", "MAINTENANCE")  # its slots do not count
 
-    *_, heads, limit = await scripts.dispatch_snapshot(args=snapshot_args())
+    *_, heads, limit = await scripts.dispatch_snapshot(args=DispatchSnapshotCall().args())
 
     assert limit == 3
     assert [h[0] for h in heads[3][0]] == tasks[:3]
@@ -191,7 +195,7 @@ async def test_a_task_back_in_line_names_the_agent_whose_attempt_ended(
     assert await scripts.promote_due_tasks(args=[10]) == 1
 
     ((head,),) = await scripts.queue_heads(args=["NORMAL", 10, "c0", "-inf"])
-    *_, heads, _ = await scripts.dispatch_snapshot(args=snapshot_args())
+    *_, heads, _ = await scripts.dispatch_snapshot(args=DispatchSnapshotCall().args())
 
     assert head[0] == task_id and head[5] == "a"
     assert heads[3][0][0][5] == "a"
@@ -242,7 +246,7 @@ async def test_assignment_for_another_nodes_stream_is_published(scripts, registr
 
 async def submit_assigning(scripts, agent_id="a", **options):
     """A submit that assigns its task to ``agent_id`` at once if it can, as a node's
-    dispatcher asks (Dispatcher.ride_submit): the task_id and the assignment's reply."""
+    dispatcher asks (Dispatcher.plan_submit): the task_id and the assignment's reply."""
     reply = await submit_reply(
         scripts, assignment=[agent_id, "n1", LIVENESS_MS, NODE, "1"], **options
     )
@@ -364,10 +368,13 @@ async def test_snapshot_with_a_turn_reads_only_for_the_turn_holder(scripts, regi
     await make_agent(registry, redis_client, "a")
     await redis_client.set(keys.DISPATCH_LOCK, "other-node")
 
-    assert await scripts.dispatch_snapshot(args=snapshot_args("again", "this-node")) is None
+    assert (
+        await scripts.dispatch_snapshot(args=DispatchSnapshotCall("again", "this-node").args())
+        is None
+    )
 
     await redis_client.set(keys.DISPATCH_LOCK, "this-node")
     *_, classes, rows, _, _ = await scripts.dispatch_snapshot(
-        args=snapshot_args("again", "this-node")
+        args=DispatchSnapshotCall("again", "this-node").args()
     )
     assert classes[3] and len(rows) == 1

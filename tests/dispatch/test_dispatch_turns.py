@@ -9,7 +9,7 @@ from agent_harness import eventually, submit_request
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.storage import keys, scripts
 from coordinator.storage.scripts import run_batch
-from coordinator.tasks.calls import NewTask
+from coordinator.tasks.calls import TaskToQueue
 from coordinator.tasks.models import TaskSubmission
 
 ROUND_ROBIN = task_pb2.BalancingStrategy.Value("BALANCING_STRATEGY_ROUND_ROBIN")
@@ -106,12 +106,12 @@ async def test_a_turn_taken_by_a_submit_but_never_passed_is_handed_back(start_no
     node = await start_node(**LONG_TIMER)
     dispatcher = node.coordinator.dispatcher
     await eventually(lambda: no_dispatch_turn_held(redis_client), what="the first pass ended")
-    new_task = [NewTask("t-1", TaskSubmission("test", {}))]  # no agent to assign it to
-    ride = dispatcher.ride_submit(new_task)  # so the turn rides
-    assert ride is not None and not ride.assignments
-    await run_batch(node.coordinator.multiplexed, [], rider=ride.rider)  # as a submit's does
+    to_queue = [TaskToQueue("t-1", TaskSubmission("test", {}))]  # no agent to assign it to
+    plan = dispatcher.plan_submit(to_queue)  # so the turn rides
+    assert plan is not None and not plan.assignments
+    await run_batch(node.coordinator.multiplexed, [], piggyback=plan.piggyback)  # as a submit's
     assert await redis_client.exists(keys.DISPATCH_LOCK)
-    assert dispatcher.ride_submit(new_task) is None  # one turn waits already
+    assert dispatcher.plan_submit(to_queue) is None  # one turn waits already
 
     await dispatcher.stop()  # before its loop passed from that turn
 

@@ -56,7 +56,6 @@ ROUND_ROBIN and WEIGHTED_ROUND_ROBIN need no tie-break of their own: they rotate
 from __future__ import annotations
 
 import bisect
-import enum
 import functools
 import hashlib
 import statistics
@@ -64,32 +63,10 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordinator.tasks.models import Strategy
+
 VIRTUAL_POINTS_PER_AGENT = 64
 """Points of each agent on the consistent hash ring; more points spread keys more evenly."""
-
-
-class Strategy(enum.Enum):
-    """Wire enum BALANCING_STRATEGY_<NAME> maps by name; config uses the lower-case name."""
-
-    LEAST_CONNECTIONS = 1
-    ROUND_ROBIN = 2
-    WEIGHTED_ROUND_ROBIN = 3
-    LEAST_RESPONSE_TIME = 4
-    RESOURCE_BASED = 5
-    CAPABILITY_BASED = 6
-    PREDICTIVE = 7
-    CONSISTENT_HASH = 8
-
-    @classmethod
-    def parse(cls, text: str) -> Strategy:
-        """The strategy named ``text``, in any case ("least_connections", "LEAST_CONNECTIONS")."""
-        try:
-            return cls[text.upper()]
-        except KeyError:
-            valid = ", ".join(member.name.lower() for member in cls)
-            raise ValueError(
-                f"unknown balancing strategy {text!r}; expected one of: {valid}"
-            ) from None
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,20 @@
 """What a dispatch pass and a node's view choose from: the agents and their slots as a
 snapshot saw them (and as the node changed them since), the heads of the class queues, and
-the small decoders of ``lua/dispatch_snapshot.lua``'s reply. No Redis here: the dispatcher
-(``coordinator.dispatch.dispatcher``) reads and writes, these keep count."""
+the small decoders of what ``lua/dispatch_snapshot.lua`` read. No Redis here: the
+dispatcher reads and writes, these keep count."""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.agents.records import AgentRecord
-from coordinator.dispatch.balancing import BalancerState, Candidate, Strategy
-from coordinator.tasks.models import Requirements
+from coordinator.dispatch.balancing import BalancerState, Candidate
+from coordinator.dispatch.script_calls import Head
+from coordinator.tasks.models import Requirements, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class AgentSlots:
 class Snapshot:
     """What a pass starts from (``lua/dispatch_snapshot.lua``). A copy of the latest one a
     node read, with slots of its own, is its view, which tasks are assigned at submit from
-    (``Dispatcher.ride_submit``): a pass's snapshot changes only with the pass's own
+    (``Dispatcher.plan_submit``): a pass's snapshot changes only with the pass's own
     assignments."""
 
     class_sets: list[list[str]]
@@ -111,7 +111,7 @@ class Snapshot:
     """The first tasks of each of those classes, per priority."""
     heads_limit: int
     """The most tasks read per class: a class with fewer has no more."""
-    line: AgentSlots
+    slots: AgentSlots
     """The ACTIVE, live agents with an open stream on a live node, and their slots."""
     default_strategy: Strategy
     state: BalancerState
@@ -119,18 +119,7 @@ class Snapshot:
     """The event loop's time when it was read."""
     eligible: dict[str, list[AgentRecord]] = field(default_factory=dict)
     """Per requirements class, the agents of the snapshot that fit it (assigning at submit:
-    the line says which of them still have a slot)."""
-
-
-Head = tuple[str, float, str, str, str, str]
-"""A task at the head of a class queue: task_id, seq, requirements, strategy, routing_key,
-avoid_agent_id (requirements is '' for a task deleted meanwhile; avoid_agent_id is the agent
-whose attempt last ended unsuccessfully, or '')."""
-
-
-def read_heads(entries: Sequence[Sequence[Any]]) -> list[Head]:
-    """The heads of one class as ``lua/task_lib.lua``'s class_heads returns them."""
-    return [(str(e[0]), float(e[1]), str(e[2]), str(e[3]), str(e[4]), str(e[5])) for e in entries]
+    ``slots`` says which of them still have a slot)."""
 
 
 def elsewhere(candidates: list[Candidate], avoid_agent_id: str) -> list[Candidate]:

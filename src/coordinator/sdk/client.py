@@ -25,7 +25,6 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from aitbc.coordinator.v1 import task_pb2, task_pb2_grpc
-from coordinator.dispatch.balancing import Strategy
 from coordinator.sdk.backoff import Backoff
 from coordinator.sdk.credentials import TlsOptions, bearer_token
 from coordinator.sdk.decoding import entry_error, stats_from_proto, task_from_proto
@@ -37,7 +36,15 @@ from coordinator.sdk.errors import (
     TaskFailed,
     UndecodableReply,
 )
-from coordinator.tasks.models import Priority, Requirements, RetryPolicy, Task, TaskState, TaskStats
+from coordinator.tasks.models import (
+    Priority,
+    Requirements,
+    RetryPolicy,
+    Strategy,
+    Task,
+    TaskState,
+    TaskStats,
+)
 from coordinator.wire_values import (
     PRIORITY_PREFIX,
     duration_from_s,

@@ -13,6 +13,7 @@ known there; like the registry's, they need a single Redis, not Redis Cluster.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -116,11 +117,16 @@ class TaskScripts:
 ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
 """One call of a script in a batch: the script, its KEYS and its ARGV."""
 
-Rider = tuple[list[ScriptCall], Callable[[list[Any], list[Any], bool], None]]
-"""Script calls that ride at the end of another batch, to share its round trip, and the
-function that takes the batch's own replies, then theirs (errors included, as exception
-objects), and whether they ran after every call of the batch: False when one of those had
-to be sent again after the rider's (its script was loaded after a NOSCRIPT)."""
+
+@dataclass(frozen=True, slots=True)
+class PiggybackCalls:
+    """Script calls that ride at the end of another batch, to share its round trip."""
+
+    calls: list[ScriptCall]
+    take_replies: Callable[[list[Any], list[Any], bool], None]
+    """Takes the batch's own replies, then these calls' (errors included, as exception
+    objects), and whether these ran after every call of the batch: False when one of those
+    had to be sent again after them (its script was loaded after a NOSCRIPT)."""
 
 
 async def run_batch(
@@ -128,7 +134,7 @@ async def run_batch(
     calls: Sequence[ScriptCall],
     *,
     raise_on_error: bool = True,
-    rider: Rider | None = None,
+    piggyback: PiggybackCalls | None = None,
 ) -> list[Any]:
     """Run many script calls in one write on the node's shared connection: one round trip.
 
@@ -136,13 +142,13 @@ async def run_batch(
     not run, so it is sent again with EVAL, which also loads the script. Returns the
     replies in order. A script's error is raised (the first), like a single call's, or with
     ``raise_on_error=False`` left in its place so that the other replies are not lost; an
-    outage (no connection, a timeout) always raises. A ``rider``'s calls run after
-    ``calls``; its function gets every reply (before any error is raised), and only the
-    batch's own are returned.
+    outage (no connection, a timeout) always raises. A ``piggyback``'s calls run after
+    ``calls``; its ``take_replies`` gets every reply (before any error is raised), and only
+    the batch's own are returned.
     """
     own = len(calls)
-    if rider is not None:
-        calls = [*calls, *rider[0]]
+    if piggyback is not None:
+        calls = [*calls, *piggyback.calls]
     if not calls:
         return []
     replies = await connection.execute(
@@ -158,9 +164,9 @@ async def run_batch(
         )
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
-    if rider is not None:
-        replies, ridden = replies[:own], replies[own:]
-        rider[1](replies, ridden, not (missing and missing[0] < own))
+    if piggyback is not None:
+        replies, piggybacked = replies[:own], replies[own:]
+        piggyback.take_replies(replies, piggybacked, not (missing and missing[0] < own))
     if raise_on_error:
         for reply in replies:
             if isinstance(reply, Exception):

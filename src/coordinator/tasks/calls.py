@@ -1,22 +1,25 @@
-"""What callers hand the task store and get back from it: new tasks and the dispatcher's
-ride on their round trip (submits), agents' reports and their outcomes (reports)."""
+"""What callers hand the task store and get back from it: tasks to queue and the dispatcher's
+plan for their round trip (submits), agents' reports and their outcomes (reports)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from coordinator.storage.scripts import Rider
+from coordinator.storage.scripts import PiggybackCalls
 from coordinator.tasks.models import TaskError, TaskState, TaskSubmission
+
+if TYPE_CHECKING:  # script_calls imports this module
+    from coordinator.tasks.script_calls import AgentAssignment
 
 SETTLING_ACTIONS = ("complete", "fail")
 """Reports that end an attempt, freeing its slot (and a failure may queue a retry)."""
 
 
 @dataclass(frozen=True)
-class NewTask:
+class TaskToQueue:
     """A task that a submit is about to queue: its new id and what it was submitted with
     (the dispatcher may assign it in the same round trip)."""
 
@@ -24,20 +27,16 @@ class NewTask:
     submission: TaskSubmission
 
 
-NO_ASSIGNMENT = ("", "", "", "", "")
-"""``lua/submit_task.lua``'s ARGV[7..11] for a task to queue, not to assign at once."""
-
-
 @dataclass(frozen=True)
-class SubmitRide:
+class SubmitPlan:
     """What the dispatcher adds to the round trip that queues new tasks
-    (``Dispatcher.ride_submit``)."""
+    (``Dispatcher.plan_submit``)."""
 
-    assignments: Mapping[str, Sequence[Any]]
-    """Per task_id, ``lua/submit_task.lua``'s ARGV[7..11]: the agent chosen for it, whom
-    the script assigns it to instead of queueing it if no task waits ahead and the agent
-    can take it, and that assignment's arguments. The other tasks get ``NO_ASSIGNMENT``."""
-    rider: Rider
+    assignments: Mapping[str, AgentAssignment]
+    """Per task_id, the agent chosen for it, whom ``lua/submit_task.lua`` assigns it to
+    instead of queueing it if no task waits ahead and the agent can take it. The other
+    tasks are queued."""
+    piggyback: PiggybackCalls
     """Calls after the submits (a dispatch turn and its snapshot), and the function that
     takes their replies with the submits' (which hold the assignments' outcomes)."""
 
@@ -88,7 +87,7 @@ class Report:
         """Back in line after a backoff if retryable and attempts remain, else FAILED."""
         return cls(task_id, agent_id, fencing_token, "fail", error.to_json())
 
-    def script_args(self, *, with_record: bool) -> list[str]:
+    def args(self, *, with_record: bool) -> list[str]:
         """ARGV of ``lua/report_task.lua``; ``with_record`` asks for the task's record back
         (complete and fail)."""
         return [

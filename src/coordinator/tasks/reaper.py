@@ -27,6 +27,12 @@ from coordinator.storage import keys
 from coordinator.storage.redis_errors import redis_unavailable
 from coordinator.storage.redis_time import epoch_ms
 from coordinator.storage.scripts import TaskScripts
+from coordinator.tasks.script_calls import (
+    ExpireTasksCall,
+    ForgetFinishedTasksCall,
+    PromoteDueTasksCall,
+    ReleaseTaskCall,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +71,17 @@ class TaskReaper:
         )
         if not won:
             return False
-        await self._scripts.promote_due_tasks(args=[BATCH])
-        for task_id in await self._scripts.expire_tasks(args=[BATCH]):
+        await self._scripts.promote_due_tasks(args=PromoteDueTasksCall(BATCH).args())
+        expire = ExpireTasksCall(BATCH)
+        for task_id in expire.parse(await self._scripts.expire_tasks(args=expire.args())):
             log.warning("task expired: no agent took it in time", extra={"task_id": task_id})
         now_ms = epoch_ms(await self._redis.time())
         await self._expire_leases(now_ms)
         await self._release_lost_agents(now_ms)
         bound_ms = now_ms - int(self._settings.task_retention_s * 1000)
-        await self._scripts.forget_finished_tasks(args=[bound_ms, BATCH])
+        await self._scripts.forget_finished_tasks(
+            args=ForgetFinishedTasksCall(bound_ms, BATCH).args()
+        )
         return True
 
     async def _expire_leases(self, now_ms: int) -> None:
@@ -83,9 +92,10 @@ class TaskReaper:
             )
         ]
         for task_id in due:
-            state = await self._scripts.release_task(
-                args=[task_id, "", "lease", "lease_expired", "lease expired without a report"]
+            release = ReleaseTaskCall(
+                task_id, "", True, "lease_expired", "lease expired without a report"
             )
+            state = release.parse(await self._scripts.release_task(args=release.args()))
             if state:
                 log.warning(
                     "lease expired: attempt given up, task now %s",
@@ -139,9 +149,8 @@ class TaskReaper:
     async def _release_agent(self, agent_id: str, reason: str) -> None:
         held = sorted(str(t) for t in await self._redis.smembers(keys.agent_tasks(agent_id)))
         for task_id in held:
-            state = await self._scripts.release_task(
-                args=[task_id, agent_id, "", "agent_lost", reason]
-            )
+            release = ReleaseTaskCall(task_id, agent_id, False, "agent_lost", reason)
+            state = release.parse(await self._scripts.release_task(args=release.args()))
             if state:
                 log.warning(
                     "%s: attempt given up, task now %s",

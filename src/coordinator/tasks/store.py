@@ -1,10 +1,11 @@
-"""The task store in Redis: submit, read, list, cancel, the agents' fenced reports, queues
-and cluster statistics.
+"""The task store in Redis: submit, cancel, purge, the agents' fenced reports; reading,
+listing, queues and cluster statistics are ``TaskReads``'s (``coordinator.tasks.reads``).
 
 A task is the hash ``task:{task_id}``; every change of state is one Lua script
 (``lua/*_task*.lua`` with the shared ``lua/task_lib.lua``), so queues, indexes, slots and
 counters move together or not at all, whichever nodes run at once. Assignment itself is the
-dispatcher's (``coordinator.dispatch.dispatcher``); giving up attempts on timers is the reaper's.
+dispatcher's, which the store tells what it needs through ``DispatchHooks``; giving up
+attempts on timers is the reaper's.
 
 The batch calls (``submit_many``, ``report_many``) run the same scripts as the single ones,
 one call per entry, sent in pipelines of up to SUBMITS_PER_ROUND_TRIP (submits) or
@@ -13,55 +14,46 @@ REPORTS_PER_ROUND_TRIP (reports) entries: a few round trips however many entries
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from coordinator import page_tokens
 from coordinator.auth import principal
 from coordinator.auth.quotas import SubmitQuota, is_refusal
 from coordinator.config import Settings
-from coordinator.dispatch.balancing import Strategy
 from coordinator.errors import CoordinatorError, FailedPrecondition, NotFound
 from coordinator.storage import keys
 from coordinator.storage.multiplex import MultiplexedConnection
-from coordinator.storage.redis_time import epoch_ms
 from coordinator.storage.scripts import TaskScripts, run_batch
 from coordinator.tasks.calls import (
-    NO_ASSIGNMENT,
     SETTLING_ACTIONS,
-    NewTask,
     Report,
     ReportOutcome,
-    SubmitRide,
     Submitted,
+    TaskToQueue,
 )
+from coordinator.tasks.dispatch_hooks import DispatchHooks, NoDispatch
 from coordinator.tasks.models import (
-    PRIORITIES_MOST_URGENT_FIRST,
-    ListTasksQuery,
-    LoadBalancerStats,
     Priority,
-    QueueReport,
-    QueueStats,
     Task,
     TaskError,
-    TaskPage,
     TaskState,
-    TaskStats,
     TaskSubmission,
 )
+from coordinator.tasks.reads import BATCH, TaskReads
 from coordinator.tasks.records import as_submitted, decode_task
+from coordinator.tasks.script_calls import (
+    CancelTaskCall,
+    ReportReply,
+    SubmitReply,
+    SubmitTaskCall,
+)
 
 log = logging.getLogger(__name__)
-
-BATCH = 500
-"""Most tasks one script call or one index read handles."""
 
 SUBMITS_PER_ROUND_TRIP = 50
 """Most submit scripts of a batch sent in one round trip: 1,000 tasks of 3 KB in one went
@@ -71,34 +63,31 @@ REPORTS_PER_ROUND_TRIP = 200
 """The same for the reports of a batch (smaller than submits, as a rule)."""
 
 
-class TaskStore:
-    """Tasks, queues and statistics, shared by every node that uses the same Redis."""
+class TaskStore(TaskReads):
+    """Tasks, queues and statistics, shared by every node that uses the same Redis: the
+    changes of state here, the reads in ``TaskReads``."""
 
     def __init__(
         self,
         redis: Redis,
         multiplexed: MultiplexedConnection,
         settings: Settings,
-        wake_dispatcher: Callable[[], None] | None = None,
-        ride_submit: Callable[[Sequence[NewTask]], SubmitRide | None] | None = None,
-        slots_freed: Callable[[Sequence[str]], None] | None = None,
+        dispatch: DispatchHooks | None = None,
     ) -> None:
-        self._redis = redis
+        super().__init__(redis, settings)
         self._multiplexed = multiplexed
         """Task-script batches: the hot path (submits, reports) goes through it."""
-        self._settings = settings
         self._scripts = TaskScripts(redis)
         self._quota = SubmitQuota.of(settings)
-        self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
-        # Called when a task joined a queue or a slot came free: the node asks its own
-        # dispatcher for a pass (the dispatch turn reaches whichever node is passing).
-        self._wake_dispatcher = wake_dispatcher or (lambda: None)
-        # Asked when tasks are about to be queued: the agents to assign them to at once, or
-        # the calls that start a pass, in the same round trip (Dispatcher.ride_submit), or
-        # None to wake the dispatcher as above.
-        self._ride_submit = ride_submit or (lambda _: None)
-        # Told which agents' slots the reports taken here freed (Dispatcher.slots_freed).
-        self._slots_freed = slots_freed or (lambda _: None)
+        self._dispatch: DispatchHooks = dispatch or NoDispatch()
+        """Told when a task joined a queue or a slot came free, and asked to plan the round
+        trips that queue tasks: the node's own dispatcher (the dispatch turn reaches
+        whichever node is passing)."""
+
+    def use_dispatch(self, dispatch: DispatchHooks) -> None:
+        """Tell ``dispatch`` from now on (the composition root builds the dispatcher after
+        the store it reads)."""
+        self._dispatch = dispatch
 
     # --- clients --------------------------------------------------------------------------
 
@@ -115,16 +104,16 @@ class TaskStore:
             raise reply
         if is_refusal(reply):
             raise self._quota.refusal(reply, submitted_by)
-        task_id = reply[1]
-        if not reply[0]:
-            return await self.get(task_id), False
-        _log_submitted(s, task_id)
+        submitted = SubmitReply.parse(reply)
+        if not submitted.created:
+            return await self.get(submitted.task_id), False
+        _log_submitted(s, submitted.task_id)
         return (
             as_submitted(
                 s,
-                task_id,
-                created_at_ms=int(reply[2]),
-                seq=int(reply[3]),
+                submitted.task_id,
+                created_at_ms=submitted.created_at_ms,
+                seq=submitted.seq,
                 submitted_by=submitted_by,
             ),
             True,
@@ -153,10 +142,12 @@ class TaskStore:
             if is_refusal(reply):
                 outcomes.append(self._quota.refusal(reply, submitted_by))
                 continue
-            created = bool(reply[0])
-            if created:
-                _log_submitted(s, reply[1])
-            outcomes.append(Submitted(reply[1], created, int(reply[2])))
+            submitted = SubmitReply.parse(reply)
+            if submitted.created:
+                _log_submitted(s, submitted.task_id)
+            outcomes.append(
+                Submitted(submitted.task_id, submitted.created, submitted.created_at_ms)
+            )
         return outcomes
 
     async def _queue(self, submissions: Sequence[TaskSubmission], submitted_by: str) -> list[Any]:
@@ -164,127 +155,29 @@ class TaskStore:
         trip (the replies, a refused call as its exception object), then have them
         dispatched: the script
         assigns a task at once to the agent this node's dispatcher chose for it, and the
-        dispatch turn and snapshot ride in that round trip, when the dispatcher has them."""
-        new_tasks = [NewTask(uuid.uuid4().hex, s) for s in submissions]
-        ride = self._ride_submit(new_tasks)
-        assignments = ride.assignments if ride is not None else {}
+        dispatch turn and snapshot ride in that round trip, when the dispatcher plans them."""
+        to_queue = [TaskToQueue(uuid.uuid4().hex, s) for s in submissions]
+        plan = self._dispatch.plan_submit(to_queue)
+        assignments = plan.assignments if plan is not None else {}
+        window_ms = round(self._settings.idempotency_window_s * 1000)
+        quota_args = self._quota.script_args(submitted_by)
+        script = self._scripts.submit_task
         replies = await run_batch(
             self._multiplexed,
             [
                 (
-                    self._scripts.submit_task,
-                    [],
-                    self._submit_args(t, assignments.get(t.task_id, NO_ASSIGNMENT), submitted_by),
+                    script,
+                    (),
+                    SubmitTaskCall(t, window_ms, assignments.get(t.task_id), quota_args).args(),
                 )
-                for t in new_tasks
+                for t in to_queue
             ],
             raise_on_error=False,
-            rider=ride.rider if ride is not None else None,
+            piggyback=plan.piggyback if plan is not None else None,
         )
-        if ride is None:
-            self._wake_dispatcher()
+        if plan is None:
+            self._dispatch.request()
         return replies
-
-    def _submit_args(
-        self, new_task: NewTask, assignment: Sequence[Any], submitted_by: str
-    ) -> list[Any]:
-        """ARGV of ``lua/submit_task.lua`` for one new task, with its ``assignment``
-        (ARGV[7..11]), its submitter and that one's quotas (ARGV[12..15])."""
-        s = new_task.submission
-        fields = {
-            "task_type": s.task_type,
-            "task_data": json.dumps(s.task_data, separators=(",", ":")),
-            "requirements": s.requirements.to_json(),
-            "max_attempts": str(s.max_attempts),
-            "start_to_close_ms": str(round(s.start_to_close_s * 1000)),
-            "retry": s.retry_policy.to_json(),
-            "strategy": s.strategy.name.lower() if s.strategy else "",
-            "routing_key": s.routing_key,
-        }
-        return [
-            new_task.task_id,
-            s.request_id,
-            round(self._settings.idempotency_window_s * 1000),
-            s.priority.name,
-            s.requirements.eligibility_class(),
-            round(s.schedule_to_start_s * 1000),
-            *assignment,
-            *self._quota.script_args(submitted_by),
-            *(item for pair in fields.items() for item in pair),
-        ]
-
-    async def get(self, task_id: str) -> Task:
-        """One task with its history; NotFound if unknown (or past its retention)."""
-        record: dict[str, str] = await self._redis.hgetall(keys.task(task_id))  # type: ignore[assignment]
-        if not record:
-            raise NotFound(f"task_id: no task {task_id!r}")
-        return decode_task(record)
-
-    async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
-        """The tasks that still exist among ``task_ids``, in that order."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hgetall(keys.task(task_id))
-            records = await pipe.execute()
-        return [decode_task(r) for r in records if r]
-
-    async def list_tasks(
-        self,
-        query: ListTasksQuery,
-        *,
-        item_bytes: Callable[[Task], int] | None = None,
-        max_page_bytes: int = 0,
-    ) -> TaskPage:
-        """Tasks matching ``query``, newest first, one page at a time. With ``item_bytes``
-        (what a task adds to the reply), a page also ends before its items would exceed
-        ``max_page_bytes``, though it always holds one task when any remains; the
-        next_page_token then continues right after the last task returned."""
-        fingerprint = _fingerprint(query)
-        after = page_tokens.decode(query.page_token, fingerprint)
-        if query.dead_letter:
-            index = keys.TASK_DEAD_LETTER
-        elif query.agent_id:
-            index = keys.tasks_by_agent(query.agent_id)
-        elif len(query.states) == 1:
-            index = keys.tasks_in_state(next(iter(query.states)).name)
-        else:
-            index = keys.TASK_ALL
-        page: list[Task] = []
-        page_bytes = 0
-        cursor = after
-        last_listed: tuple[float, str] | None = None
-        more = False
-        while not more:
-            high: float | str = "+inf" if cursor is None else cursor[0]
-            replies: list[tuple[Any, Any]] = await self._redis.zrevrangebyscore(
-                index, high, "-inf", start=0, num=BATCH, withscores=True
-            )  # type: ignore[assignment]
-            entries = [(float(score), str(member)) for member, score in replies]
-            if cursor is not None:
-                entries = [entry for entry in entries if entry < cursor]
-            if not entries:
-                break
-            by_id = {t.task_id: t for t in await self.get_many([m for _, m in entries])}
-            for entry in entries:
-                cursor = entry
-                task = by_id.get(entry[1])
-                if task is None or not _matches(task, query):
-                    continue
-                if len(page) == query.page_size:
-                    more = True
-                    break
-                if item_bytes is not None:
-                    size = item_bytes(task)
-                    if page and page_bytes + size > max_page_bytes:
-                        more = True
-                        break
-                    page_bytes += size
-                page.append(task)
-                last_listed = entry
-        token = ""
-        if more and last_listed is not None:
-            token = page_tokens.encode(last_listed, fingerprint)
-        return TaskPage(tasks=page, next_page_token=token)
 
     async def cancel(self, task_id: str, reason: str, *, submitted_by: str | None = None) -> Task:
         """Cancel a PENDING, ASSIGNED or RUNNING task; a finished one is FAILED_PRECONDITION.
@@ -292,14 +185,15 @@ class TaskStore:
         With ``submitted_by``, only a task that principal submitted: another one is
         NotFound, exactly as an unknown one (the caller answers both alike, and nothing is
         changed: the check and the cancel are one script)."""
-        outcome = await self._scripts.cancel_task(
-            args=[task_id, reason or "cancelled by client", "", submitted_by or ""]
+        call = CancelTaskCall(
+            task_id, reason or "cancelled by client", submitted_by=submitted_by or ""
         )
-        if outcome[0] in ("not_found", "not_owner"):
+        verdict, state = call.parse(await self._scripts.cancel_task(args=call.args()))
+        if verdict in ("not_found", "not_owner"):
             raise NotFound(f"task_id: no task {task_id!r}")
-        if outcome[0] == "final":
-            raise FailedPrecondition(f"task_id: task {task_id!r} is already {outcome[1]}")
-        self._wake_dispatcher()  # a slot may have come free
+        if verdict == "final":
+            raise FailedPrecondition(f"task_id: task {task_id!r} is already {state}")
+        self._dispatch.request()  # a slot may have come free
         log.info("task cancelled", extra={"task_id": task_id, "reason": reason})
         return await self.get(task_id)
 
@@ -308,34 +202,38 @@ class TaskStore:
     async def acknowledge(self, task_id: str, agent_id: str, fencing_token: str) -> int:
         """ASSIGNED to RUNNING; returns the end of the lease in epoch milliseconds."""
         reply = await self._report(Report.acknowledge(task_id, agent_id, fencing_token))
-        return int(reply[2])
+        assert reply.lease_expires_at_ms is not None  # the script answers a taken ack with it
+        return reply.lease_expires_at_ms
 
     async def extend_lease(
         self, task_id: str, agent_id: str, fencing_token: str, lease_s: float | None
     ) -> int:
         """A new lease from now; returns its end in epoch milliseconds."""
         reply = await self._report(Report.extend(task_id, agent_id, fencing_token, lease_s))
-        return int(reply[2])
+        assert reply.lease_expires_at_ms is not None  # the script answers a taken extend with it
+        return reply.lease_expires_at_ms
 
     async def complete(
         self, task_id: str, agent_id: str, fencing_token: str, result: dict[str, Any]
     ) -> Task:
         """COMPLETED with a result."""
         reply = await self._report(Report.complete(task_id, agent_id, fencing_token, result))
-        return decode_task(_pairs(reply[3]))
+        return decode_task(_pairs(reply.record or ()))
 
     async def fail(self, task_id: str, agent_id: str, fencing_token: str, error: TaskError) -> Task:
         """Back in line after a backoff if retryable and attempts remain, else FAILED."""
         reply = await self._report(Report.fail(task_id, agent_id, fencing_token, error))
-        return decode_task(_pairs(reply[3]))
+        return decode_task(_pairs(reply.record or ()))
 
-    async def _report(self, report: Report) -> list[Any]:
-        reply = await self._scripts.report_task(args=report.script_args(with_record=True))
+    async def _report(self, report: Report) -> ReportReply:
+        reply = ReportReply.parse(
+            await self._scripts.report_task(args=report.args(with_record=True))
+        )
         refusal = _refusal(report, reply)
         if refusal is not None:
             raise refusal
         self._after_reports([report], [reply])
-        return list(reply)
+        return reply
 
     async def report_many(self, reports: Sequence[Report]) -> list[ReportOutcome | Exception]:
         """Apply many reports, each exactly as alone (fenced, a repeat of a successful one
@@ -343,15 +241,16 @@ class TaskStore:
         outcome, or why it was refused (NotFound, FailedPrecondition, or the Redis error its
         script met). An outage raises instead: some reports may have been applied, and a
         retry is safe."""
-        replies: list[Any] = []
+        replies: list[ReportReply | Exception] = []
         for start in range(0, len(reports), REPORTS_PER_ROUND_TRIP):
-            replies += await self._run_each(
+            raw = await self._run_each(
                 self._scripts.report_task,
                 [
-                    r.script_args(with_record=False)
+                    r.args(with_record=False)
                     for r in reports[start : start + REPORTS_PER_ROUND_TRIP]
                 ],
             )
+            replies += [r if isinstance(r, Exception) else ReportReply.parse(r) for r in raw]
         outcomes: list[ReportOutcome | Exception] = []
         for report, reply in zip(reports, replies, strict=True):
             if isinstance(reply, Exception):
@@ -361,25 +260,25 @@ class TaskStore:
             if refusal is not None:
                 outcomes.append(refusal)
                 continue
-            lease = reply[2] if report.action in ("ack", "extend") else ""
-            outcomes.append(
-                ReportOutcome(TaskState[reply[1]], int(float(lease)) if lease else None)
-            )
+            lease = reply.lease_expires_at_ms if report.action in ("ack", "extend") else None
+            outcomes.append(ReportOutcome(TaskState[reply.state], lease))
         self._after_reports(reports, replies)
         return outcomes
 
-    def _after_reports(self, reports: Sequence[Report], replies: Sequence[Any]) -> None:
+    def _after_reports(
+        self, reports: Sequence[Report], replies: Sequence[ReportReply | Exception]
+    ) -> None:
         """Tell the dispatcher which slots the reports freed, and wake it when tasks wait
         for them (``lua/report_task.lua`` says so)."""
         ended = [
             (report, reply)
             for report, reply in zip(reports, replies, strict=True)
-            if _ended_an_attempt(report, reply)
+            if not isinstance(reply, Exception) and _ended_an_attempt(report, reply)
         ]
         if ended:
-            self._slots_freed([report.agent_id for report, _ in ended])
-            if any(int(reply[4]) == 1 for _, reply in ended):
-                self._wake_dispatcher()
+            self._dispatch.slots_freed([report.agent_id for report, _ in ended])
+            if any(reply.tasks_waiting for _, reply in ended):
+                self._dispatch.request()
 
     async def _run_each(self, script: AsyncScript, calls: Sequence[Sequence[Any]]) -> list[Any]:
         """Run ``script`` once per argument list, in order, in one round trip; a call that
@@ -390,32 +289,6 @@ class TaskStore:
         )
 
     # --- queues and statistics ------------------------------------------------------------
-
-    async def queues(self) -> QueueReport:
-        """Pending tasks per priority, retries waiting, and the dead-letter size."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.time()
-            for priority in PRIORITIES_MOST_URGENT_FIRST:
-                pipe.zcard(keys.task_queue(priority.name))
-                pipe.zrange(keys.task_queue(priority.name), 0, 0)
-            pipe.zcard(keys.TASK_SCHEDULED)
-            pipe.zcard(keys.TASK_DEAD_LETTER)
-            replies = await pipe.execute()
-        now_ms = epoch_ms(replies[0])
-        heads = replies[1:-2]
-        head_ids = [h[0] for h in heads[1::2] if h]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for task_id in head_ids:  # only the creation time: task data can be large
-                pipe.hget(keys.task(task_id), "created_at_ms")
-            created = {
-                t: int(ms) for t, ms in zip(head_ids, await pipe.execute(), strict=True) if ms
-            }
-        queues = []
-        for i, priority in enumerate(PRIORITIES_MOST_URGENT_FIRST):
-            size, head = heads[2 * i], heads[2 * i + 1]
-            age_ms = now_ms - created[head[0]] if head and head[0] in created else 0
-            queues.append(QueueStats(priority, int(size), max(0, age_ms) / 1000))
-        return QueueReport(queues, scheduled_retries=int(replies[-2]), dead_letter=int(replies[-1]))
 
     async def purge(self, priority: Priority, reason: str) -> int:
         """Cancel every PENDING task of one priority (queued or waiting for a retry)."""
@@ -446,75 +319,10 @@ class TaskStore:
     async def _cancel_pending(self, task_ids: Sequence[str], reason: str) -> int:
         cancelled = 0
         for task_id in task_ids:
-            outcome = await self._scripts.cancel_task(args=[task_id, reason, "pending_only"])
-            cancelled += outcome[0] == "ok"
+            call = CancelTaskCall(task_id, reason, pending_only=True)
+            verdict, _ = call.parse(await self._scripts.cancel_task(args=call.args()))
+            cancelled += verdict == "ok"
         return cancelled
-
-    async def strategy(self) -> Strategy:
-        """The cluster's load-balancing strategy."""
-        stored = await self._redis.get(keys.BALANCING_STRATEGY)
-        return self.strategy_or_default(stored)
-
-    async def set_strategy(self, strategy: Strategy) -> Strategy:
-        """Store the cluster's strategy for every node; returns the previous one."""
-        previous = await self._redis.set(keys.BALANCING_STRATEGY, strategy.name.lower(), get=True)
-        log.info("balancing strategy set to %s", strategy.name.lower())
-        return self.strategy_or_default(previous)
-
-    def strategy_or_default(self, stored: Any) -> Strategy:
-        """The strategy stored in Redis, or COORDINATOR_BALANCING_STRATEGY when none is."""
-        return Strategy.parse(str(stored or self._settings.balancing_strategy))
-
-    async def stats(self) -> TaskStats:
-        """Cluster-wide counters and latencies: the same on every node."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.time()
-            pipe.hgetall(keys.TASK_STATS)
-            pipe.lrange(keys.TASK_ASSIGN_LATENCIES, 0, -1)
-            pipe.hgetall(keys.TASK_ASSIGNMENTS_PER_AGENT)
-            pipe.smembers(keys.AGENTS_ACTIVE)
-            pipe.get(keys.BALANCING_STRATEGY)
-            now, counters, latencies, per_agent, active, strategy = await pipe.execute()
-        now_ms = epoch_ms(now)
-        active_ids = sorted(active)
-        load = 0.0
-        live = 0
-        if active_ids:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zmscore(keys.AGENTS_HEARTBEATS, active_ids)
-                for agent_id in active_ids:
-                    pipe.hmget(keys.agent(agent_id), "active_tasks", "max_concurrency")
-                scores, *slots = await pipe.execute()
-            loads = [
-                int(used or 0) / int(total)
-                for score, (used, total) in zip(scores, slots, strict=True)
-                if score is not None and score >= now_ms - self._liveness_timeout_ms and total
-            ]
-            live = len(loads)
-            load = sum(loads) / live if live else 0.0
-        count = int(counters.get("submit_to_assignment_count", 0))
-        total_ms = int(counters.get("submit_to_assignment_ms_total", 0))
-        samples = sorted(int(x) for x in latencies)
-        p99 = float(samples[max(0, math.ceil(0.99 * len(samples)) - 1)]) if samples else 0.0
-        distributed = int(counters.get("tasks_distributed", 0))
-        return TaskStats(
-            tasks_submitted=int(counters.get("tasks_submitted", 0)),
-            tasks_distributed=distributed,
-            tasks_completed=int(counters.get("tasks_completed", 0)),
-            tasks_failed=int(counters.get("tasks_failed", 0)),
-            tasks_cancelled=int(counters.get("tasks_cancelled", 0)),
-            tasks_expired=int(counters.get("tasks_expired", 0)),
-            avg_submit_to_assignment_ms=total_ms / count if count else 0.0,
-            p99_submit_to_assignment_ms=p99,
-            load_balancer_stats=LoadBalancerStats(
-                strategy=self.strategy_or_default(strategy),
-                active_agents=live,
-                total_assignments=distributed,
-                avg_agent_load=round(load, 6),
-                assignments_per_agent={k: int(v) for k, v in sorted(per_agent.items())},
-            ),
-            queues=(await self.queues()).queues,
-        )
 
 
 def _log_submitted(s: TaskSubmission, task_id: str) -> None:
@@ -526,21 +334,21 @@ def _log_submitted(s: TaskSubmission, task_id: str) -> None:
         )
 
 
-def _refusal(report: Report, reply: Sequence[Any]) -> CoordinatorError | None:
+def _refusal(report: Report, reply: ReportReply) -> CoordinatorError | None:
     """Why ``lua/report_task.lua`` refused a report, or None if it took it."""
-    verdict = reply[0]
+    verdict = reply.verdict
     task_id = report.task_id
     if verdict == "not_found":
         return NotFound(f"task_id: no task {task_id!r}")
     if verdict == "stale":
         return FailedPrecondition(
             f"fencing_token: not the current attempt of task {task_id!r} for agent "
-            f"{report.agent_id!r} (the task is {reply[1]} at attempt {reply[2]}); "
+            f"{report.agent_id!r} (the task is {reply.state} at attempt {reply.attempt}); "
             "drop this attempt's work"
         )
     if verdict == "not_held":
         return FailedPrecondition(
-            f"task_id: task {task_id!r} is {reply[1]}; the attempt can no longer be reported"
+            f"task_id: task {task_id!r} is {reply.state}; the attempt can no longer be reported"
         )
     if verdict == "ok" and log.isEnabledFor(logging.DEBUG):
         # DEBUG, not INFO: at thousands of tasks/s formatting this line costs real CPU.
@@ -552,23 +360,13 @@ def _refusal(report: Report, reply: Sequence[Any]) -> CoordinatorError | None:
     return None
 
 
-def _ended_an_attempt(report: Report, reply: Any) -> bool:
-    """Whether a report ended an attempt (freeing its slot); its reply then says, fifth,
-    whether tasks wait in line for that slot."""
+def _ended_an_attempt(report: Report, reply: ReportReply) -> bool:
+    """Whether a report ended an attempt (freeing its slot); its reply then says whether
+    tasks wait in line for that slot."""
     return (
         report.action in SETTLING_ACTIONS
-        and isinstance(reply, list)
-        and len(reply) > 4
-        and reply[0] == "ok"
-    )
-
-
-def _matches(task: Task, query: ListTasksQuery) -> bool:
-    return (
-        (not query.states or task.state in query.states)
-        and (not query.priorities or task.priority in query.priorities)
-        and (not query.agent_id or task.agent_id == query.agent_id)
-        and (not query.dead_letter or task.dead_lettered)
+        and reply.verdict == "ok"
+        and reply.tasks_waiting is not None
     )
 
 
@@ -579,14 +377,3 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _fingerprint(query: ListTasksQuery) -> str:
-    return page_tokens.fingerprint(
-        [
-            sorted(s.name for s in query.states),
-            query.agent_id,
-            sorted(p.name for p in query.priorities),
-            query.dead_letter,
-        ]
-    )

@@ -20,7 +20,6 @@ from coordinator.agents.validation import (
     MAX_REASON_CHARS,
     tags,
 )
-from coordinator.dispatch.balancing import Strategy
 from coordinator.errors import InvalidArgument, echo
 from coordinator.tasks.models import (
     DEFAULT_MAX_ATTEMPTS,
@@ -31,6 +30,7 @@ from coordinator.tasks.models import (
     Priority,
     Requirements,
     RetryPolicy,
+    Strategy,
     TaskError,
     TaskState,
     TaskSubmission,

@@ -1,0 +1,222 @@
+"""One dispatch pass: from a snapshot, choose an agent for each task at the head of its
+queue, most urgent first and FIFO within a priority, and send the assignments.
+
+Tasks are queued per requirements class as well as per priority, and a pass looks only at
+the heads of the class queues: once no free agent fits a class, the pass skips that whole
+class, so a task that no agent can take never delays any other task. A retry goes to
+another agent than the one whose attempt just expired or failed, unless that agent is the
+only one with a free slot that fits it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from redis.asyncio import Redis
+
+from coordinator.agents.records import AgentRecord
+from coordinator.dispatch.assignments import Assignments
+from coordinator.dispatch.balancing import BalancerState, choose
+from coordinator.dispatch.script_calls import HEADS_PER_CLASS, AssignTaskCall, Head, QueueHeadsCall
+from coordinator.dispatch.slots import AgentSlots, Snapshot, elsewhere, fits, requirements_of
+from coordinator.dispatch.view import NodeView
+from coordinator.storage import keys
+from coordinator.storage.multiplex import MultiplexedConnection
+from coordinator.storage.scripts import TaskScripts, run_batch
+from coordinator.tasks.models import PRIORITIES_MOST_URGENT_FIRST, Requirements, Strategy
+from coordinator.tasks.script_calls import AssignReply
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """A task at the head of its queue, with what choosing its agent needs."""
+
+    task_id: str
+    requirements: Requirements
+    strategy: Strategy
+    routing_key: str
+    eligible: list[AgentRecord]
+    cls: str
+    avoid_agent_id: str = ""
+    """The agent whose attempt of this task just expired or failed: the retry goes to
+    another agent when another can take it."""
+
+
+class Passes:
+    """Runs passes for the dispatcher (which decides when, and holds the turn)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        multiplexed: MultiplexedConnection,
+        scripts: TaskScripts,
+        assignments: Assignments,
+        view: NodeView,
+    ) -> None:
+        self._redis = redis
+        self._multiplexed = multiplexed
+        self._scripts = scripts
+        self._assignments = assignments
+        self._view = view
+
+    async def run(self, snapshot: Snapshot) -> int:
+        """One pass from ``snapshot``: returns the number of assignments."""
+        slots = snapshot.slots
+        if snapshot.heads_limit <= 0 or not slots.free:
+            # No task was read: nothing waited, or no slot was free when the snapshot was
+            # read. A slot freed since then asks for a pass of its own (its report wakes the
+            # dispatcher when tasks wait), which reads the tasks.
+            return 0
+        state = snapshot.state
+        before = json.dumps(asdict(state), sort_keys=True)
+        assigned = 0
+        for priority, classes, heads in zip(
+            PRIORITIES_MOST_URGENT_FIRST, snapshot.class_sets, snapshot.heads, strict=True
+        ):
+            if not slots.free:
+                break
+            assigned += await self._dispatch_priority(
+                priority.name,
+                classes,
+                (heads, snapshot.heads_limit),
+                slots,
+                snapshot.default_strategy,
+                state,
+            )
+        if json.dumps(asdict(state), sort_keys=True) != before:
+            await self._redis.set(keys.BALANCER_STATE, json.dumps(asdict(state)))
+        return assigned
+
+    async def _dispatch_priority(
+        self,
+        priority: str,
+        classes: Sequence[str],
+        first_heads: tuple[dict[str, list[Head]], int],
+        slots: AgentSlots,
+        default_strategy: Strategy,
+        state: BalancerState,
+    ) -> int:
+        """FIFO over the class queues of one priority, skipping classes no free agent fits.
+        ``first_heads`` are the snapshot's heads of each class with the most it read of one;
+        later ones are read here, no more per class than the free slots left."""
+        assigned = 0
+        after = dict.fromkeys(classes, "-inf")
+        eligible_by_class: dict[str, list[AgentRecord]] = {}
+        open_classes = list(classes)
+        snapshot_heads, limit = first_heads
+        heads = [snapshot_heads.get(cls, []) for cls in open_classes]
+        while open_classes and slots.free:
+            # A class that filled its batch may have more tasks beyond it: merge the classes
+            # only up to the earliest such batch end, so FIFO holds across classes too.
+            batch_ends = [e[-1][1] for e in heads if e and len(e) == limit]
+            horizon = min(batch_ends) if batch_ends else math.inf
+            in_line = sorted(
+                (seq, task_id, cls, details)
+                for cls, entries in zip(open_classes, heads, strict=True)
+                for task_id, seq, *details in entries
+                if seq <= horizon
+            )
+            if not in_line:
+                break
+            exhausted = {
+                cls
+                for cls, entries in zip(open_classes, heads, strict=True)
+                if len(entries) < limit and (not entries or entries[-1][1] <= horizon)
+            }
+            waiting = _waiting(in_line, after, eligible_by_class, slots, default_strategy)
+            assigned += await self._assign_in_order(waiting, slots, state)
+            open_classes = [
+                c for c in open_classes if c not in slots.blocked and c not in exhausted
+            ]
+            limit = min(HEADS_PER_CLASS, slots.free_slots())
+            if not open_classes or limit <= 0:
+                break  # the heads in hand are all handled: assigned, gone or blocked
+            call = QueueHeadsCall(priority, limit, {cls: after[cls] for cls in open_classes})
+            heads = call.parse(await self._scripts.queue_heads(args=call.args()))
+        return assigned
+
+    async def _assign_in_order(
+        self, waiting: list[_Waiting], slots: AgentSlots, state: BalancerState
+    ) -> int:
+        """Choose an agent for each waiting task in turn, then send every assignment in one
+        round trip. A task whose agent refused (its slot went meanwhile) gets the next
+        choice in another round; a class with no free eligible agent left is blocked."""
+        assigned = 0
+        script = self._scripts.assign_task
+        while waiting:
+            chosen: list[tuple[_Waiting, str]] = []
+            for w in waiting:
+                if w.cls in slots.blocked:
+                    continue
+                candidates = slots.candidates(w.eligible)
+                if not candidates:
+                    slots.blocked.add(w.cls)
+                    continue
+                if w.avoid_agent_id and len(candidates) > 1:
+                    candidates = elsewhere(candidates, w.avoid_agent_id)
+                agent_id = choose(
+                    w.strategy,
+                    candidates,
+                    state,
+                    preferred_capabilities=w.requirements.preferred_capabilities,
+                    routing_key=w.routing_key,
+                    tie_key=w.task_id,
+                ).agent_id
+                slots.take_slot(agent_id)
+                chosen.append((w, agent_id))
+            if not chosen:
+                break
+            replies = await run_batch(
+                self._multiplexed,
+                [
+                    (script, (), AssignTaskCall(w.task_id, self._assignments.to(agent_id)).args())
+                    for w, agent_id in chosen
+                ],
+            )
+            waiting = []
+            for (w, agent_id), raw in zip(chosen, replies, strict=True):
+                reply = AssignReply.parse(raw)
+                if reply.ok:
+                    assigned += 1
+                    self._assignments.record(w.task_id, agent_id, reply, way="pass")
+                    self._view.taken_by_pass(slots, agent_id)
+                    continue
+                if slots.not_assigned(agent_id, reply.verdict, reply.detail):
+                    waiting.append(w)  # try its next choice
+        return assigned
+
+
+def _waiting(
+    in_line: list[tuple[float, str, str, list[str]]],
+    after: dict[str, str],
+    eligible_by_class: dict[str, list[AgentRecord]],
+    slots: AgentSlots,
+    default_strategy: Strategy,
+) -> list[_Waiting]:
+    """The heads ``in_line`` (seq, task_id, class, details), in order, with what choosing
+    their agents needs; moves each class's ``after`` past its heads, and fills in
+    ``eligible_by_class`` for a class met the first time."""
+    waiting: list[_Waiting] = []
+    for seq, task_id, cls, (raw_requirements, raw_strategy, routing_key, avoid) in in_line:
+        after[cls] = f"({seq:.0f}"
+        if not raw_requirements:
+            continue  # deleted meanwhile
+        requirements = requirements_of(raw_requirements)
+        strategy = Strategy.parse(raw_strategy) if raw_strategy else None
+        if cls not in eligible_by_class:
+            eligible_by_class[cls] = [a for a in slots.free.values() if fits(a, requirements)]
+        waiting.append(
+            _Waiting(
+                task_id,
+                requirements,
+                strategy or default_strategy,
+                routing_key,
+                eligible_by_class[cls],
+                cls,
+                avoid,
+            )
+        )
+    return waiting

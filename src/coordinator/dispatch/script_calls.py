@@ -1,0 +1,140 @@
+"""Typed calls of the dispatcher's scripts: each owns its script's ARGV (``args()``) and the
+positions of its reply (``parse``), as the script's header in ``coordinator/storage/lua``
+documents them. Callers never index a reply themselves. (The task store's scripts have
+theirs in ``coordinator.tasks.script_calls``, with ``AgentAssignment``, which an
+assignment here shares with an assignment at submit.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.agents.record_codec import RECORD_FIELDS
+from coordinator.tasks.models import PRIORITIES_MOST_URGENT_FIRST
+from coordinator.tasks.script_calls import AgentAssignment
+
+HEADS_PER_CLASS = 1000
+"""Most tasks read from the head of each class queue at a time (fewer when there are fewer
+free slots: a pass reads no task it could not assign)."""
+
+LOCK_TTL_MS = 5_000
+"""A node that dies holding the dispatch lock delays dispatching by at most this long."""
+
+_SNAPSHOT_TAIL = (
+    len(PRIORITIES_MOST_URGENT_FIRST),
+    *(priority.name for priority in PRIORITIES_MOST_URGENT_FIRST),
+    *RECORD_FIELDS,
+)
+
+Head = tuple[str, float, str, str, str, str]
+"""A task at the head of a class queue: task_id, seq, requirements, strategy, routing_key,
+avoid_agent_id (requirements is '' for a task deleted meanwhile; avoid_agent_id is the agent
+whose attempt last ended unsuccessfully, or '')."""
+
+
+def read_heads(entries: Sequence[Sequence[Any]]) -> list[Head]:
+    """The heads of one class as ``lua/task_lib.lua``'s class_heads returns them."""
+    return [(str(e[0]), float(e[1]), str(e[2]), str(e[3]), str(e[4]), str(e[5])) for e in entries]
+
+
+@dataclass(frozen=True, slots=True)
+class AssignTaskCall:
+    """``lua/assign_task.lua`` for one queued task and the agent chosen for it. Its reply
+    is ``AssignReply`` (``coordinator.tasks.script_calls``), as a submit's assignment."""
+
+    task_id: str
+    assignment: AgentAssignment
+
+    def args(self) -> list[Any]:
+        """ARGV[1..6]."""
+        return [self.task_id, *self.assignment.args()]
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSnapshotCall:
+    """``lua/dispatch_snapshot.lua``: what a pass starts from, with the turn to take first."""
+
+    turn_action: str = ""
+    """'begin' or 'again' to take the turn first; '' for none; 'view' for none, and the
+    agents even with no task waiting."""
+    token: str = ""
+    """This node's token for the turn's lock."""
+    heads_per_class: int = HEADS_PER_CLASS
+
+    def args(self) -> list[Any]:
+        """ARGV: the turn, the token, the lock's time to live, heads per class, the
+        priorities, the agent fields."""
+        return [self.turn_action, self.token, LOCK_TTL_MS, self.heads_per_class, *_SNAPSHOT_TAIL]
+
+    @staticmethod
+    def parse(reply: Any) -> SnapshotReply | None:
+        """The reply's items by name; None when the turn went to another node."""
+        if not reply:
+            return None
+        now_ms, strategy, state, class_sets, agent_rows, heads, heads_limit = reply
+        return SnapshotReply(
+            int(now_ms), strategy, state, class_sets, agent_rows, heads, int(heads_limit)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReply:
+    """``lua/dispatch_snapshot.lua``'s reply."""
+
+    now_ms: int
+    stored_strategy: str
+    """The cluster's strategy, or '' for the configured default."""
+    balancer_state: str
+    """The strategies' shared state (JSON), or ''."""
+    class_sets: list[list[str]]
+    """The requirements classes with tasks waiting, per priority, most urgent first."""
+    agent_rows: list[list[Any]]
+    """The agents' record fields, in ``RECORD_FIELDS`` order (none when no task waits,
+    unless read for a view)."""
+    heads: list[list[list[Sequence[Any]]]]
+    """Per priority, per class of ``class_sets``, its first tasks (``read_heads``)."""
+    heads_limit: int
+    """The most tasks read per class: a class with fewer has no more."""
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchTurnCall:
+    """``lua/dispatch_turn.lua``: 'end' or 'release' a turn (a pass begins or goes on with
+    ``DispatchSnapshotCall``)."""
+
+    action: str
+    token: str
+
+    def args(self) -> list[Any]:
+        """ARGV[1..3]; a release needs no time to live."""
+        return [self.action, self.token, 0 if self.action == "release" else LOCK_TTL_MS]
+
+    @staticmethod
+    def parse(reply: Any) -> bool:
+        """Whether to pass again now (the lock is still this node's)."""
+        return bool(reply)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueHeadsCall:
+    """``lua/queue_heads.lua``: the next tasks of some class queues of one priority."""
+
+    priority: str
+    most_per_class: int
+    after: Mapping[str, str]
+    """Per requirements class, in order, the lower bound of seq: '-inf', or '(N'."""
+
+    def args(self) -> list[Any]:
+        """ARGV[1..2], then class, bound pairs."""
+        return [
+            self.priority,
+            self.most_per_class,
+            *(item for pair in self.after.items() for item in pair),
+        ]
+
+    @staticmethod
+    def parse(reply: Sequence[Any]) -> list[list[Head]]:
+        """Per class, in the order given, its heads."""
+        return [read_heads(entries) for entries in reply]

@@ -1,0 +1,123 @@
+"""The dispatch turn: only the node holding ``coordinator:lock:dispatch`` passes. Taking the
+turn and reading the pass's snapshot are one step (``lua/dispatch_snapshot.lua``), and so
+are ending the turn and learning whether to pass again (``lua/dispatch_turn.lua``). Here:
+those steps, reading a snapshot into a ``Snapshot``, and handing a turn back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.agents.records import AgentStatus
+from coordinator.agents.registry import AgentRegistry
+from coordinator.dispatch.script_calls import (
+    HEADS_PER_CLASS,
+    DispatchSnapshotCall,
+    DispatchTurnCall,
+    read_heads,
+)
+from coordinator.dispatch.slots import AgentSlots, Snapshot, balancer_state
+from coordinator.dispatch.view import NodeView
+from coordinator.storage.multiplex import MultiplexedConnection
+from coordinator.storage.scripts import ScriptCall, TaskScripts, run_batch
+from coordinator.tasks.store import TaskStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HandedTurn:
+    """A dispatch turn a submit took, with the snapshot read in its round trip."""
+
+    token: str
+    requests: int
+    """``Dispatcher.request`` calls made before the snapshot was read (it serves them)."""
+    snapshot: Snapshot
+
+
+class Turns:
+    """This node's side of the dispatch turn, and the snapshots read with it."""
+
+    def __init__(
+        self,
+        scripts: TaskScripts,
+        multiplexed: MultiplexedConnection,
+        registry: AgentRegistry,
+        store: TaskStore,
+        view: NodeView,
+    ) -> None:
+        self._scripts = scripts
+        self._multiplexed = multiplexed
+        self._registry = registry
+        self._store = store
+        self._view = view
+        self._releasing: set[asyncio.Task[Any]] = set()
+
+    async def snapshot(self, turn_action: str = "", token: str = "") -> Snapshot | None:
+        """Read what a pass starts from; with ``turn_action`` ('begin' or 'again') and this
+        node's token, take the turn in the same step: None when another node has it. With
+        'view', read the agents only, for the view."""
+        (reply,) = await run_batch(self._multiplexed, [self.snapshot_call(turn_action, token)])
+        return self.parse_snapshot(reply, for_view=turn_action == "view")
+
+    def snapshot_call(self, turn_action: str, token: str) -> ScriptCall:
+        """The snapshot's script call, to run alone or to ride in a submit's round trip."""
+        heads = 0 if turn_action == "view" else HEADS_PER_CLASS  # a view needs no tasks
+        call = DispatchSnapshotCall(turn_action, token, heads)
+        return (self._scripts.dispatch_snapshot, (), call.args())
+
+    def parse_snapshot(self, raw: Any, for_view: bool = False) -> Snapshot | None:
+        """The snapshot from ``lua/dispatch_snapshot.lua``'s reply; None without the turn.
+        It becomes the view when it was read ``for_view`` or had tasks waiting."""
+        reply = DispatchSnapshotCall.parse(raw)
+        if reply is None:
+            return None
+        agents = {
+            agent.agent_id: agent
+            for agent in self._registry.decode_records(reply.agent_rows, reply.now_ms)
+            if agent.status is AgentStatus.ACTIVE
+        }
+        class_sets = reply.class_sets
+        snapshot = Snapshot(
+            class_sets=[sorted(c) for c in class_sets],
+            heads=[
+                dict(zip(classes, [read_heads(e) for e in entries], strict=False))
+                for classes, entries in zip(class_sets, reply.heads, strict=True)
+            ],
+            heads_limit=reply.heads_limit,
+            slots=AgentSlots(agents),
+            default_strategy=self._store.strategy_or_default(reply.stored_strategy),
+            state=balancer_state(reply.balancer_state),
+            read_at=asyncio.get_running_loop().time(),
+        )
+        if for_view or any(class_sets):  # else the script read no agent: no view
+            self._view.adopt(snapshot, agents, reply.balancer_state)
+        return snapshot
+
+    async def end(self, token: str) -> bool:
+        """End this node's turn; True when it must pass again (asked meanwhile), holding
+        the lock still."""
+        call = DispatchTurnCall("end", token)
+        return call.parse(await self._scripts.dispatch_turn(args=call.args()))
+
+    async def release(self, token: str) -> None:
+        """Hand back a turn at once, whatever was asked meanwhile."""
+        await self._scripts.dispatch_turn(args=DispatchTurnCall("release", token).args())
+
+    def release_soon(self, token: str) -> None:
+        """Hand back a turn that will not be passed, in the background."""
+        task = asyncio.create_task(self._release_quietly(token))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_quietly(self, token: str) -> None:
+        try:
+            await self.release(token)
+        except Exception as exc:  # the node is closing Redis: the lock expires by itself
+            log.debug("dispatch turn not handed back (it expires): %r", exc)
+
+    async def wait_released(self) -> None:
+        """Wait for the turns being handed back in the background."""
+        await asyncio.gather(*self._releasing, return_exceptions=True)
