@@ -43,6 +43,14 @@ DEFAULT_METRICS_PORT = 9464
 """The Prometheus exporters' customary port (OpenTelemetry's too), away from gRPC's 9001."""
 
 
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity, as a container's cpuset sets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux, or a seccomp filter refuses the call
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the coordinator reads from its environment. Units are in the names."""
@@ -133,9 +141,9 @@ class Settings:
     tls_require_client_cert: bool = True
     """Only meaningful with a client CA: gRPC's Python server either requires and verifies
     client certificates or does not ask for them, so false with a CA is refused."""
-    workers: int = 1
-    """Processes serving the node's port (node/workers.py); 1: this process serves. Settings
-    built in code serve in-process; COORDINATOR_WORKERS defaults to the number of cores."""
+    workers: int = dataclasses.field(default_factory=default_workers)
+    """Processes serving the node's port (node/workers.py; the command line's serve only);
+    1: the process itself serves. Default: the cores this process may run on."""
     share_port: bool = False
     """True in a worker: bind the gRPC and health ports with SO_REUSEPORT, which its parent
     holds for the node (never set by configuration: separate nodes must not share a port)."""
@@ -186,14 +194,6 @@ def default_node_id() -> str:
     """Host name plus a short random suffix, so two processes on one host differ."""
     host = re.sub(r"[^A-Za-z0-9._:-]", "-", socket.gethostname())[:100] or "node"
     return f"{host}-{secrets.token_hex(3)}"
-
-
-def default_workers() -> int:
-    """The cores this process may run on (its CPU affinity, as a container's cpuset sets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None) -> Settings:
