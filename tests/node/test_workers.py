@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -196,3 +198,48 @@ def test_workers_setting_is_checked():
     with pytest.raises(ConfigError, match="COORDINATOR_METRICS_PORT: workers serve metrics on"):
         load_settings(clash)
     assert load_settings({**clash, "COORDINATOR_PORT": "9004"}).metrics_port == 9000
+
+
+def holder_of(address: str, agent_id: str) -> str:
+    """The node id that holds the agent's StreamAssignments ("" when none does or the agent
+    has not registered yet)."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = agent_pb2_grpc.AgentServiceStub(channel).GetAgent(
+                agent_pb2.GetAgentRequest(agent_id=agent_id), timeout=5
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return ""
+            raise
+    return reply.agent.node_id
+
+
+def test_an_sdk_agent_whose_worker_is_killed_reconnects_and_runs_tasks(spawn_node):
+    node = spawn_node(env=WORKERS_2)
+    wait_workers_serving(node)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "agent", "--address", node.address, "--id", "sdk"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        holder = wait_until(lambda: holder_of(node.address, "sdk") or None, 20, what="stream")
+        worker = int(holder.rsplit("-w", 1)[1])
+        pid = worker_pids(node.process.pid)[worker]
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: f"(pid {pid}) exited with code -9" in node.logs(), 10, what="exit")
+
+        # The agent's SDK reconnects (to the other worker, or the restarted one) and gets work.
+        submit = [sys.executable, "-m", "coordinator", "submit", "--address", node.address]
+        done = subprocess.run(
+            [*submit, "--type", "echo", "--data", '{"x": 1}', "--wait", "--timeout", "30"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, (done.stdout, done.stderr, node.logs())
+        assert holder_of(node.address, "sdk") in ("wn-w0", "wn-w1")
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)

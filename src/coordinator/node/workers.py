@@ -150,6 +150,9 @@ class Supervisor:
         try:
             await asyncio.gather(*(self._start(worker) for worker in self._workers))
         except WorkerStartError as exc:
+            if self._stopping.is_set():  # Ctrl-C while starting: the workers got it too
+                await self._stop_all()
+                return 0
             log.error("%s; stopping the node", exc)
             await self._stop_all()
             return exc.code or 1
