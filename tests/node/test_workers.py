@@ -8,6 +8,7 @@ Real ``python -m coordinator serve`` processes against the session's real redis-
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -178,7 +179,8 @@ def test_a_worker_that_cannot_start_stops_the_node_with_its_message(spawn_node):
     logs = node.logs()
     assert code == 1, logs
     assert f"cannot bind the metrics port 127.0.0.1:{metrics_port + 1}" in logs, logs
-    assert "worker 1 exited with code 1 before it served; stopping the node" in logs, logs
+    # Worker 1 (or worker 0 too, if something else happened to hold the port below).
+    assert re.search(r"worker [01] exited with code 1 before it served; stopping the node", logs)
     assert "restarting" not in logs, logs
 
 

@@ -119,7 +119,6 @@ class PortHold:
 class _Worker:
     index: int
     process: asyncio.subprocess.Process | None = None
-    restarts: int = 0
 
 
 class WorkerStartError(Exception):
@@ -218,7 +217,6 @@ class Supervisor:
             )
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, RESTART_DELAY_MAX_S)
-            worker.restarts += 1
             with contextlib.suppress(WorkerStartError, TimeoutError):
                 # The other workers serve meanwhile; one that cannot start now (Redis down)
                 # is tried again after a longer delay.
@@ -226,12 +224,16 @@ class Supervisor:
 
     async def _stop_all(self) -> list[int]:
         """SIGTERM to every worker (each drains as a single node does), SIGKILL to one that
-        has not exited after the grace period and a margin; their exit statuses."""
-        running = [w.process for w in self._workers if w.process is not None]
+        has not exited after the grace period and a margin; the exit statuses of those that
+        were running (one that died earlier was logged already)."""
+        running = [
+            w.process
+            for w in self._workers
+            if w.process is not None and w.process.returncode is None
+        ]
         for process in running:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
         timeout_s = self._settings.shutdown_grace_s + STOP_MARGIN_S
         codes = []
         for process in running:
