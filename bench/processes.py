@@ -185,6 +185,9 @@ class CoordinatorNode:
                 "COORDINATOR_HOST": "127.0.0.1",
                 "COORDINATOR_PORT": str(self.port),
                 "NODE_ID": self.node_id,
+                # One process per node: the CPU figures read the node's pid alone. (Workers
+                # can be asked for through the extra environment.)
+                "COORDINATOR_WORKERS": "1",
                 "PYTHONUNBUFFERED": "1",
                 **self.extra_env,
             }

@@ -130,6 +130,9 @@ class CoordinatorProcess:
                 "COORDINATOR_HOST": "127.0.0.1",
                 "COORDINATOR_PORT": str(self._port),
                 "COORDINATOR_SHUTDOWN_GRACE_S": "3",
+                # One process per node (its NODE_ID, its pid) unless the test asks for
+                # workers (tests/node/test_workers.py).
+                "COORDINATOR_WORKERS": "1",
                 "PYTHONUNBUFFERED": "1",
                 **env,
             }

@@ -10,11 +10,13 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from coordinator import logs
-from coordinator.config import ConfigError, load_settings
+from coordinator.config import ConfigError, Settings, load_settings
+from coordinator.node import workers
 from coordinator.sdk import demo
 from coordinator.sdk.credentials import TlsOptions
 from coordinator.server import serve
@@ -80,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         default=".state",
         help="folder for the private Redis's data (default: .state)",
     )
+    # Internal: how the parent of a multi-process node (node/workers.py) starts a worker.
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     probe = commands.add_parser("health", help="exit 0 if a node reports SERVING")
     probe.add_argument("--address", default="localhost:9001", help="host:port of the node")
@@ -204,6 +209,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.worker is not None:
+        workers.die_with_parent()
+        settings = workers.worker_settings(settings, args.worker)
     logs.configure(settings.log_level, settings.node_id, settings.log_format)
     private: PrivateRedis | None = None
     if args.private_redis and not settings.redis_url_explicit:
@@ -216,7 +224,11 @@ def _serve(args: argparse.Namespace) -> int:
                 return 1
             settings = dataclasses.replace(settings, redis_url=url)
     try:
-        return asyncio.run(serve(settings))
+        if settings.workers > 1:
+            return _supervise(settings, args, private)
+        ready_fd = args.ready_fd
+        on_serving = None if ready_fd is None else (lambda: workers.report_ready(ready_fd))
+        return _run_node(serve(settings, on_serving), settings.uvloop)
     except ConfigError as exc:  # a credential file named by the settings is missing or bad
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -226,6 +238,31 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         if private is not None:
             private.stop()
+
+
+def _supervise(settings: Settings, args: argparse.Namespace, private: PrivateRedis | None) -> int:
+    """Run the node as ``settings.workers`` worker processes (node/workers.py)."""
+    command = [sys.executable, "-m", "coordinator", "serve"]
+    if args.env_file:
+        command += ["--env-file", args.env_file]
+    env = dict(os.environ)
+    if private is not None:  # the workers use the parent's private Redis
+        env["REDIS_URL"] = settings.redis_url
+    return asyncio.run(workers.supervise(settings, command, env))
+
+
+def _run_node(main: Coroutine[Any, Any, int], use_uvloop: bool) -> int:
+    """Run a node's coroutine on uvloop (COORDINATOR_UVLOOP) or asyncio's own loop."""
+    loop_factory = None
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:  # a platform without uvloop (Windows): asyncio's loop
+            log.warning("uvloop is not installed: using asyncio's event loop")
+        else:
+            loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main)
 
 
 def _health(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import secrets
 import socket
@@ -40,6 +41,14 @@ LOOPBACK_HOST = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"
 DEFAULT_METRICS_PORT = 9464
 """The Prometheus exporters' customary port (OpenTelemetry's too), away from gRPC's 9001."""
+
+
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity, as a container's cpuset sets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux, or a seccomp filter refuses the call
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,14 @@ class Settings:
     tls_require_client_cert: bool = True
     """Only meaningful with a client CA: gRPC's Python server either requires and verifies
     client certificates or does not ask for them, so false with a CA is refused."""
+    workers: int = dataclasses.field(default_factory=default_workers)
+    """Processes serving the node's port (node/workers.py; the command line's serve only);
+    1: the process itself serves. Default: the cores this process may run on."""
+    share_port: bool = False
+    """True in a worker: bind the gRPC and health ports with SO_REUSEPORT, which its parent
+    holds for the node (never set by configuration: separate nodes must not share a port)."""
+    uvloop: bool = True
+    """Run the node's event loop on uvloop (COORDINATOR_UVLOOP)."""
 
     @property
     def tls_enabled(self) -> bool:
@@ -283,6 +300,8 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         tls_require_client_cert=reader.get(
             "COORDINATOR_TLS_REQUIRE_CLIENT_CERT", True, parse.boolean
         ),
+        workers=reader.get("COORDINATOR_WORKERS", default_workers(), parse.workers),
+        uvloop=reader.get("COORDINATOR_UVLOOP", True, parse.boolean),
     )
     if settings.stream_queue_max_bytes < settings.max_message_bytes:
         raise ConfigError(
@@ -318,6 +337,7 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
             "COORDINATOR_METRICS_PORT: must differ from COORDINATOR_PORT "
             f"(both are {settings.port})"
         )
+    _check_worker_ports(settings)
     if settings.liveness_timeout_s <= settings.heartbeat_interval_s:
         raise ConfigError(
             "COORDINATOR_LIVENESS_TIMEOUT_S: must be greater than COORDINATOR_HEARTBEAT_INTERVAL_S "
@@ -372,6 +392,29 @@ def check_exposure(settings: Settings) -> None:
             "COORDINATOR_METRICS_TOKEN_FILE is not set; set a token file, bind 127.0.0.1, or set "
             "COORDINATOR_INSECURE=true"
         )
+
+
+def _check_worker_ports(settings: Settings) -> None:
+    """With N workers, worker K serves metrics on COORDINATOR_METRICS_PORT + K: the range
+    must fit and leave the gRPC and health ports alone."""
+    if not settings.metrics_enabled or settings.workers == 1 or settings.metrics_port == 0:
+        return
+    last = settings.metrics_port + settings.workers - 1
+    if last > 65535:
+        raise ConfigError(
+            f"COORDINATOR_METRICS_PORT: workers serve metrics on {settings.metrics_port} to "
+            f"{last} (one port each, COORDINATOR_WORKERS={settings.workers}): past 65535"
+        )
+    for name, port in (
+        ("COORDINATOR_PORT", settings.port),
+        ("COORDINATOR_HEALTH_PORT", settings.health_port),
+    ):
+        if port and settings.metrics_port <= port <= last:
+            raise ConfigError(
+                f"COORDINATOR_METRICS_PORT: workers serve metrics on {settings.metrics_port} "
+                f"to {last} (one port each, COORDINATOR_WORKERS={settings.workers}), which "
+                f"includes {name} ({port})"
+            )
 
 
 def _check_tls(settings: Settings, values: Mapping[str, str]) -> None:

@@ -81,6 +81,13 @@ def connections(raw: str) -> int:
     return value
 
 
+def workers(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 256:
+        raise ValueError("must be a number of worker processes from 1 to 256")
+    return value
+
+
 def batch_tasks(raw: str) -> int:
     value = int(raw)
     if not 1000 <= value <= 1_000_000:

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -89,7 +90,9 @@ MAX_PENDING_CALLS = 20_000
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel options for long-lived agent streams and configurable message sizes."""
     return [
-        ("grpc.so_reuseport", 0),  # a second node on the same port must fail, not share it
+        # A second node on the same port must fail, not share it; a node's workers share
+        # the port their parent holds (node/workers.py).
+        ("grpc.so_reuseport", 1 if settings.share_port else 0),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
@@ -312,14 +315,17 @@ async def create_server(settings: Settings) -> tuple[Coordinator, int]:
     return coordinator, port
 
 
-async def serve(settings: Settings) -> int:
-    """Run one node until SIGTERM or SIGINT, then shut down gracefully; returns 0."""
+async def serve(settings: Settings, on_serving: Callable[[], None] | None = None) -> int:
+    """Run one node until SIGTERM or SIGINT, then shut down gracefully; returns 0.
+    ``on_serving`` is called once the node serves (a worker tells its parent)."""
     # Handlers first: a signal that arrives while the node starts still drains it.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     coordinator, _ = await create_server(settings)
+    if on_serving is not None:
+        on_serving()
     # Everything allocated so far (modules, descriptors) lives as long as the process: keep
     # it out of the garbage collector's scans, which shortens the pauses on the hot paths.
     gc.freeze()

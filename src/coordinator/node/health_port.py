@@ -26,7 +26,9 @@ class HealthListener:
         assert settings.health_port is not None
         host = settings.address.rsplit(":", 1)[0]
         self._address = f"{host}:{settings.health_port}"
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # Like the gRPC port: the workers of one node share it, separate nodes do not.
+        reuse_port = 1 if settings.share_port else 0
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", reuse_port)])
         health_pb2_grpc.add_HealthServicer_to_server(servicer, self._server)
         self.port = 0
 

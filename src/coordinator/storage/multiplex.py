@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis._parsers.base import BaseParser  # redis-py's table of error prefixes
@@ -81,8 +81,9 @@ class _ReplyMatcher(asyncio.Protocol):
         return self._transport is not None and self.lost is None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (a cast, not an isinstance check: uvloop's transports do not
+        # derive from asyncio.Transport).
+        self._transport = cast(asyncio.Transport, transport)
 
     def send(self, packed: bytes, expected: int) -> asyncio.Future[list[Any]]:
         """Write one batch of ``expected`` commands; the future gets their replies."""
