@@ -38,7 +38,8 @@ NOT_COMPARED = {"node_id", "redis_url_explicit"}
 
 
 def config_variable_names() -> set[str]:
-    """Every NAME in a ``something.get("NAME", ...)`` call of config.py."""
+    """Every variable of ``config.VARIABLES`` and every NAME in a ``something.get("NAME", ...)``
+    call of config.py (the variables read apart from the table)."""
     tree = ast.parse(Path(config.__file__).read_text(), filename=config.__file__)
     names = set()
     for node in ast.walk(tree):
@@ -52,7 +53,7 @@ def config_variable_names() -> set[str]:
             and ENV_NAME.match(node.args[0].value)
         ):
             names.add(node.args[0].value)
-    return names
+    return names | {variable for variable, _, _ in config.VARIABLES.values()}
 
 
 def env_example_entries() -> list[tuple[str, str]]:

@@ -31,17 +31,24 @@ MAY_IMPORT: dict[str, set[str]] = {
     "node": {BASE, "storage", "auth", "tasks"},
     "dispatch": {BASE, "storage", "auth", "agents", "tasks", "node"},
     "delivery": {BASE, "storage", "agents", "tasks", "node"},
-    "sdk": {BASE, "tasks"},
-    "api": {BASE, "storage", "auth", "agents", "tasks", "dispatch", "delivery", "node"},
+    "wire": {BASE, "agents", "tasks"},
+    "sdk": {BASE, "tasks", "wire"},
+    "api": {BASE, "storage", "auth", "agents", "tasks", "dispatch", "delivery", "node", "wire"},
     "tools": {BASE, "sdk", "auth"},
     "server": {BASE, "storage", "auth", "agents", "tasks", "dispatch", "delivery", "node", "api"},
     "__main__": {BASE, "storage", "sdk", "tools", "server", "node"},
 }
 """Package -> the packages its modules may import (besides their own)."""
 
-TOP_LEVEL_ROLES = {"server": "server", "__main__": "__main__", "__init__": "sdk"}
-"""Top-level modules that are not base: the composition root, the CLI, and the package's
-``__init__`` (which re-exports the SDK)."""
+TOP_LEVEL_ROLES = {
+    "server": "server",
+    "__main__": "__main__",
+    "wire_values": "wire",
+    "__init__": "sdk",
+}
+"""Top-level modules that are not base: the composition root, the CLI, and the conversions
+between proto values and domain values that the API edge and the SDK share, and the
+package's ``__init__``, which re-exports the SDK."""
 
 MAX_MODULE_LINES = 420
 MAX_FUNCTION_LINES = 60
@@ -57,9 +64,9 @@ def modules() -> Iterator[tuple[str, Path]]:
 
 def package_of(module: str) -> str:
     parts = module.split(".")
-    if len(parts) == 2:
+    if len(parts) == 2 and not (PACKAGE / parts[1]).is_dir():
         return TOP_LEVEL_ROLES.get(parts[1], BASE)
-    return parts[1]
+    return parts[1] if len(parts) > 1 else "sdk"  # coordinator/__init__ re-exports the SDK
 
 
 def is_type_checking(node: ast.If) -> bool:

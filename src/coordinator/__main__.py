@@ -68,7 +68,12 @@ def _connection(args: argparse.Namespace) -> tuple[TlsOptions | None, str | None
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_serve, _add_health, _add_agent, _add_submit, _add_token, _add_dev_ca):
+        add(commands)
+    return parser
 
+
+def _add_serve(commands: Any) -> None:
     run = commands.add_parser("serve", help="run a coordinator node")
     run.add_argument("--env-file", help="read configuration from this file (environment wins)")
     run.add_argument(
@@ -86,12 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
+
+def _add_health(commands: Any) -> None:
     probe = commands.add_parser("health", help="exit 0 if a node reports SERVING")
     probe.add_argument("--address", default="localhost:9001", help="host:port of the node")
     probe.add_argument("--service", default="", help="service name; empty for the whole server")
     probe.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
     _add_connection_flags(probe)
 
+
+def _add_agent(commands: Any) -> None:
     agent = commands.add_parser(
         "agent", help="run a demo agent: echo, sleep, fail and any other task type"
     )
@@ -116,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_connection_flags(agent)
 
+
+def _add_submit(commands: Any) -> None:
     submit = commands.add_parser("submit", help="submit a task, optionally wait for its result")
     submit.add_argument(
         "--address", action="append", help="host:port of a node (default: localhost:9001)"
@@ -138,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_connection_flags(submit)
 
+
+def _add_token(commands: Any) -> None:
     token = commands.add_parser(
         "token",
         help="mint a bearer token: a signed JWT, or with --static a random token and its "
@@ -180,6 +193,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--issuer", help="JWT iss (the node's COORDINATOR_AUTH_JWT_ISSUER)")
 
+
+def _add_dev_ca(commands: Any) -> None:
     ca = commands.add_parser(
         "dev-ca",
         help="write a development CA, a server certificate and client certificates "
@@ -200,7 +215,6 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="NAME:ROLE[,ROLE]: a client certificate with CN=NAME and O=ROLE; repeat for more",
     )
-    return parser
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -8,19 +8,19 @@ variable, and the server does not start.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
 from coordinator import config_values as parse
-from coordinator.auth import tls
+from coordinator.config_checks import check_settings
 from coordinator.config_values import ANY_AGENT_TYPE, ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/1"
@@ -200,6 +200,69 @@ def default_node_id() -> str:
     return f"{host}-{secrets.token_hex(3)}"
 
 
+VARIABLES: dict[str, tuple[str, Any, Callable[[str], Any]]] = {
+    "redis_url": ("REDIS_URL", DEFAULT_REDIS_URL, parse.redis_url),
+    "host": ("COORDINATOR_HOST", "", parse.host),
+    "port": ("COORDINATOR_PORT", 9001, parse.port),
+    "heartbeat_interval_s": ("COORDINATOR_HEARTBEAT_INTERVAL_S", 10.0, parse.positive),
+    "liveness_timeout_s": ("COORDINATOR_LIVENESS_TIMEOUT_S", 30.0, parse.positive),
+    "inactive_retention_s": ("COORDINATOR_INACTIVE_RETENTION_S", 86_400.0, parse.positive),
+    "sweep_interval_s": ("COORDINATOR_SWEEP_INTERVAL_S", 2.0, parse.positive),
+    "agent_types": ("COORDINATOR_AGENT_TYPES", DEFAULT_AGENT_TYPES, parse.agent_types),
+    "max_message_bytes": ("COORDINATOR_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, parse.msg_size),
+    "shutdown_grace_s": ("COORDINATOR_SHUTDOWN_GRACE_S", 10.0, parse.non_negative),
+    "health_check_interval_s": ("COORDINATOR_HEALTH_CHECK_INTERVAL_S", 1.0, parse.positive),
+    "redis_timeout_s": ("COORDINATOR_REDIS_TIMEOUT_S", 2.0, parse.positive),
+    "redis_max_connections": ("COORDINATOR_REDIS_MAX_CONNECTIONS", 256, parse.connections),
+    "redis_allow_eviction": ("COORDINATOR_REDIS_ALLOW_EVICTION", False, parse.boolean),
+    "redis_memory_warn_ratio": ("COORDINATOR_REDIS_MEMORY_WARN_RATIO", 0.9, parse.ratio),
+    "keepalive_time_s": ("COORDINATOR_KEEPALIVE_TIME_S", 30.0, parse.positive),
+    "keepalive_timeout_s": ("COORDINATOR_KEEPALIVE_TIMEOUT_S", 10.0, parse.positive),
+    "log_level": ("COORDINATOR_LOG_LEVEL", "INFO", parse.log_level),
+    "balancing_strategy": ("COORDINATOR_BALANCING_STRATEGY", "least_connections", parse.strategy),
+    "max_task_data_bytes": ("COORDINATOR_MAX_TASK_DATA_BYTES", 1024 * 1024, parse.task_data_size),
+    "max_struct_depth": ("COORDINATOR_MAX_STRUCT_DEPTH", 32, parse.struct_depth),
+    "idempotency_window_s": ("COORDINATOR_IDEMPOTENCY_WINDOW_S", 86_400.0, parse.positive),
+    "stream_grace_s": ("COORDINATOR_STREAM_GRACE_S", 15.0, parse.non_negative),
+    "task_timer_interval_s": ("COORDINATOR_TASK_TIMER_INTERVAL_S", 0.5, parse.positive),
+    "task_retention_s": ("COORDINATOR_TASK_RETENTION_S", 7 * 86_400.0, parse.positive),
+    "metrics_enabled": ("COORDINATOR_METRICS_ENABLED", False, parse.boolean),
+    "metrics_port": ("COORDINATOR_METRICS_PORT", DEFAULT_METRICS_PORT, parse.port),
+    "health_port": ("COORDINATOR_HEALTH_PORT", None, parse.port),
+    "log_format": ("COORDINATOR_LOG_FORMAT", "text", parse.log_format),
+    "batch_tasks_per_node": ("COORDINATOR_BATCH_TASKS_PER_NODE", 2000, parse.batch_tasks),
+    "batch_tasks_per_peer": ("COORDINATOR_BATCH_TASKS_PER_PEER", 1000, parse.batch_tasks),
+    "batch_retry_after_s": ("COORDINATOR_BATCH_RETRY_AFTER_S", 1.0, parse.positive),
+    "stream_stall_timeout_s": ("COORDINATOR_STREAM_STALL_TIMEOUT_S", 10.0, parse.positive),
+    "stream_queue_max_events": ("COORDINATOR_STREAM_QUEUE_MAX_EVENTS", 1000, parse.queue_events),
+    "stream_queue_max_bytes": (
+        "COORDINATOR_STREAM_QUEUE_MAX_BYTES",
+        16 * 1024 * 1024,
+        parse.queue_bytes,
+    ),
+    "quota_submit_rate": ("COORDINATOR_QUOTA_SUBMIT_RATE", 0.0, parse.quota_rate),
+    "quota_submit_burst": ("COORDINATOR_QUOTA_SUBMIT_BURST", 0.0, parse.quota_burst),
+    "quota_max_unfinished": ("COORDINATOR_QUOTA_MAX_UNFINISHED", 0, parse.quota_tasks),
+    "auth_jwt_hs256_secret_file": ("COORDINATOR_AUTH_JWT_HS256_SECRET_FILE", "", parse.file_path),
+    "auth_jwt_public_keys_file": ("COORDINATOR_AUTH_JWT_PUBLIC_KEYS_FILE", "", parse.file_path),
+    "auth_jwt_audience": ("COORDINATOR_AUTH_JWT_AUDIENCE", DEFAULT_JWT_AUDIENCE, parse.name),
+    "auth_jwt_issuer": ("COORDINATOR_AUTH_JWT_ISSUER", "", parse.name),
+    "auth_token_file": ("COORDINATOR_AUTH_TOKEN_FILE", "", parse.file_path),
+    "auth_cert_grants_file": ("COORDINATOR_AUTH_CERT_GRANTS_FILE", "", parse.file_path),
+    "insecure": ("COORDINATOR_INSECURE", False, parse.boolean),
+    "reflection": ("COORDINATOR_REFLECTION", "authenticated", parse.reflection),
+    "metrics_host": ("COORDINATOR_METRICS_HOST", LOOPBACK_HOST, parse.host),
+    "metrics_token_file": ("COORDINATOR_METRICS_TOKEN_FILE", "", parse.file_path),
+    "tls_cert_file": ("COORDINATOR_TLS_CERT_FILE", "", parse.certificates_file),
+    "tls_key_file": ("COORDINATOR_TLS_KEY_FILE", "", parse.private_key_file),
+    "tls_client_ca_file": ("COORDINATOR_TLS_CLIENT_CA_FILE", "", parse.certificates_file),
+    "tls_require_client_cert": ("COORDINATOR_TLS_REQUIRE_CLIENT_CERT", True, parse.boolean),
+    "uvloop": ("COORDINATOR_UVLOOP", True, parse.boolean),
+}
+"""Settings field -> (environment variable, default, parser). ``node_id`` and ``workers``
+have defaults read from the machine; ``redis_url_explicit`` says whether REDIS_URL was set."""
+
+
 def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None) -> Settings:
     """Build and validate Settings from ``environ`` over the values of ``env_file``."""
     values: dict[str, str] = {}
@@ -210,246 +273,16 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     values.update(environ)
     reader = parse.Reader(values)
-
     settings = Settings(
-        redis_url=reader.get("REDIS_URL", DEFAULT_REDIS_URL, parse.redis_url),
+        **{field: reader.get(*variable) for field, variable in VARIABLES.items()},
         redis_url_explicit=bool(values.get("REDIS_URL", "").strip()),
-        host=reader.get("COORDINATOR_HOST", "", parse.host),
-        port=reader.get("COORDINATOR_PORT", 9001, parse.port),
         node_id=reader.get("NODE_ID", "", parse.node_id) or default_node_id(),
-        heartbeat_interval_s=reader.get("COORDINATOR_HEARTBEAT_INTERVAL_S", 10.0, parse.positive),
-        liveness_timeout_s=reader.get("COORDINATOR_LIVENESS_TIMEOUT_S", 30.0, parse.positive),
-        inactive_retention_s=reader.get(
-            "COORDINATOR_INACTIVE_RETENTION_S", 86_400.0, parse.positive
-        ),
-        sweep_interval_s=reader.get("COORDINATOR_SWEEP_INTERVAL_S", 2.0, parse.positive),
-        agent_types=reader.get("COORDINATOR_AGENT_TYPES", DEFAULT_AGENT_TYPES, parse.agent_types),
-        max_message_bytes=reader.get(
-            "COORDINATOR_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, parse.msg_size
-        ),
-        shutdown_grace_s=reader.get("COORDINATOR_SHUTDOWN_GRACE_S", 10.0, parse.non_negative),
-        health_check_interval_s=reader.get(
-            "COORDINATOR_HEALTH_CHECK_INTERVAL_S", 1.0, parse.positive
-        ),
-        redis_timeout_s=reader.get("COORDINATOR_REDIS_TIMEOUT_S", 2.0, parse.positive),
-        redis_max_connections=reader.get(
-            "COORDINATOR_REDIS_MAX_CONNECTIONS", 256, parse.connections
-        ),
-        redis_allow_eviction=reader.get("COORDINATOR_REDIS_ALLOW_EVICTION", False, parse.boolean),
-        redis_memory_warn_ratio=reader.get("COORDINATOR_REDIS_MEMORY_WARN_RATIO", 0.9, parse.ratio),
-        keepalive_time_s=reader.get("COORDINATOR_KEEPALIVE_TIME_S", 30.0, parse.positive),
-        keepalive_timeout_s=reader.get("COORDINATOR_KEEPALIVE_TIMEOUT_S", 10.0, parse.positive),
-        log_level=reader.get("COORDINATOR_LOG_LEVEL", "INFO", parse.log_level),
-        balancing_strategy=reader.get(
-            "COORDINATOR_BALANCING_STRATEGY", "least_connections", parse.strategy
-        ),
-        max_task_data_bytes=reader.get(
-            "COORDINATOR_MAX_TASK_DATA_BYTES", 1024 * 1024, parse.task_data_size
-        ),
-        max_struct_depth=reader.get("COORDINATOR_MAX_STRUCT_DEPTH", 32, parse.struct_depth),
-        idempotency_window_s=reader.get(
-            "COORDINATOR_IDEMPOTENCY_WINDOW_S", 86_400.0, parse.positive
-        ),
-        stream_grace_s=reader.get("COORDINATOR_STREAM_GRACE_S", 15.0, parse.non_negative),
-        task_timer_interval_s=reader.get("COORDINATOR_TASK_TIMER_INTERVAL_S", 0.5, parse.positive),
-        task_retention_s=reader.get("COORDINATOR_TASK_RETENTION_S", 7 * 86_400.0, parse.positive),
-        metrics_enabled=reader.get("COORDINATOR_METRICS_ENABLED", False, parse.boolean),
-        metrics_port=reader.get("COORDINATOR_METRICS_PORT", DEFAULT_METRICS_PORT, parse.port),
-        health_port=reader.get("COORDINATOR_HEALTH_PORT", None, parse.port),
-        log_format=reader.get("COORDINATOR_LOG_FORMAT", "text", parse.log_format),
-        batch_tasks_per_node=reader.get(
-            "COORDINATOR_BATCH_TASKS_PER_NODE", 2000, parse.batch_tasks
-        ),
-        batch_tasks_per_peer=reader.get(
-            "COORDINATOR_BATCH_TASKS_PER_PEER", 1000, parse.batch_tasks
-        ),
-        batch_retry_after_s=reader.get("COORDINATOR_BATCH_RETRY_AFTER_S", 1.0, parse.positive),
-        stream_stall_timeout_s=reader.get(
-            "COORDINATOR_STREAM_STALL_TIMEOUT_S", 10.0, parse.positive
-        ),
-        stream_queue_max_events=reader.get(
-            "COORDINATOR_STREAM_QUEUE_MAX_EVENTS", 1000, parse.queue_events
-        ),
-        stream_queue_max_bytes=reader.get(
-            "COORDINATOR_STREAM_QUEUE_MAX_BYTES", 16 * 1024 * 1024, parse.queue_bytes
-        ),
-        quota_submit_rate=reader.get("COORDINATOR_QUOTA_SUBMIT_RATE", 0.0, parse.quota_rate),
-        quota_submit_burst=reader.get("COORDINATOR_QUOTA_SUBMIT_BURST", 0.0, parse.quota_burst),
-        quota_max_unfinished=reader.get("COORDINATOR_QUOTA_MAX_UNFINISHED", 0, parse.quota_tasks),
-        auth_jwt_hs256_secret_file=reader.get(
-            "COORDINATOR_AUTH_JWT_HS256_SECRET_FILE", "", parse.file_path
-        ),
-        auth_jwt_public_keys_file=reader.get(
-            "COORDINATOR_AUTH_JWT_PUBLIC_KEYS_FILE", "", parse.file_path
-        ),
-        auth_jwt_audience=reader.get(
-            "COORDINATOR_AUTH_JWT_AUDIENCE", DEFAULT_JWT_AUDIENCE, parse.name
-        ),
-        auth_jwt_issuer=reader.get("COORDINATOR_AUTH_JWT_ISSUER", "", parse.name),
-        auth_token_file=reader.get("COORDINATOR_AUTH_TOKEN_FILE", "", parse.file_path),
-        auth_cert_grants_file=reader.get("COORDINATOR_AUTH_CERT_GRANTS_FILE", "", parse.file_path),
-        insecure=reader.get("COORDINATOR_INSECURE", False, parse.boolean),
-        reflection=reader.get("COORDINATOR_REFLECTION", "authenticated", parse.reflection),
-        metrics_host=reader.get("COORDINATOR_METRICS_HOST", LOOPBACK_HOST, parse.host),
-        metrics_token_file=reader.get("COORDINATOR_METRICS_TOKEN_FILE", "", parse.file_path),
-        tls_cert_file=reader.get("COORDINATOR_TLS_CERT_FILE", "", parse.certificates_file),
-        tls_key_file=reader.get("COORDINATOR_TLS_KEY_FILE", "", parse.private_key_file),
-        tls_client_ca_file=reader.get(
-            "COORDINATOR_TLS_CLIENT_CA_FILE", "", parse.certificates_file
-        ),
-        tls_require_client_cert=reader.get(
-            "COORDINATOR_TLS_REQUIRE_CLIENT_CERT", True, parse.boolean
-        ),
         workers=reader.get("COORDINATOR_WORKERS", default_workers(), parse.workers),
-        uvloop=reader.get("COORDINATOR_UVLOOP", True, parse.boolean),
     )
-    if settings.stream_queue_max_bytes < settings.max_message_bytes:
-        raise ConfigError(
-            "COORDINATOR_STREAM_QUEUE_MAX_BYTES: must hold at least one message of "
-            "COORDINATOR_MAX_MESSAGE_BYTES "
-            f"({settings.stream_queue_max_bytes} < {settings.max_message_bytes})"
-        )
-    if settings.quota_submit_burst and not settings.quota_submit_rate:
-        raise ConfigError(
-            "COORDINATOR_QUOTA_SUBMIT_BURST: needs COORDINATOR_QUOTA_SUBMIT_RATE above 0 "
-            "(without a rate there is no token bucket)"
-        )
-    _check_tls(settings, values)
     if not settings.host:
         # Listening beyond this machine is the default only when callers must authenticate.
         settings = dataclasses.replace(
             settings, host=ALL_INTERFACES if settings.auth_enabled else LOOPBACK_HOST
         )
-    check_exposure(settings)
-    if settings.health_port is not None and settings.health_port != 0:
-        if settings.health_port == settings.port:
-            raise ConfigError(
-                "COORDINATOR_HEALTH_PORT: must differ from COORDINATOR_PORT "
-                f"(both are {settings.port})"
-            )
-        if settings.metrics_enabled and settings.health_port == settings.metrics_port:
-            raise ConfigError(
-                "COORDINATOR_HEALTH_PORT: must differ from COORDINATOR_METRICS_PORT "
-                f"(both are {settings.metrics_port})"
-            )
-    if settings.metrics_enabled and settings.metrics_port == settings.port != 0:
-        raise ConfigError(
-            "COORDINATOR_METRICS_PORT: must differ from COORDINATOR_PORT "
-            f"(both are {settings.port})"
-        )
-    _check_worker_ports(settings)
-    if settings.liveness_timeout_s <= settings.heartbeat_interval_s:
-        raise ConfigError(
-            "COORDINATOR_LIVENESS_TIMEOUT_S: must be greater than COORDINATOR_HEARTBEAT_INTERVAL_S "
-            f"({settings.liveness_timeout_s} <= {settings.heartbeat_interval_s})"
-        )
-    if settings.max_task_data_bytes > settings.max_message_bytes - 64 * 1024:
-        raise ConfigError(
-            "COORDINATOR_MAX_TASK_DATA_BYTES: must leave 64 KiB of COORDINATOR_MAX_MESSAGE_BYTES "
-            "for the rest of a message "
-            f"({settings.max_task_data_bytes} > {settings.max_message_bytes} - 65536)"
-        )
-    if settings.health_check_interval_s + settings.redis_timeout_s > 4.0:
-        raise ConfigError(
-            "COORDINATOR_HEALTH_CHECK_INTERVAL_S: with COORDINATOR_REDIS_TIMEOUT_S it must stay "
-            "under 4 s so that health follows Redis within 5 s"
-        )
+    check_settings(settings, values)
     return settings
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine reaches: localhost, 127.0.0.0/8, ::1."""
-    bare = host.strip("[]")
-    if bare.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(bare).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
-def check_exposure(settings: Settings) -> None:
-    """Like Redis' protected mode: without authentication the node listens on loopback only,
-    unless COORDINATOR_INSECURE=true says the network is trusted. ConfigError otherwise;
-    the same for the metrics endpoint without a bearer token."""
-    if settings.insecure:
-        return
-    if not settings.auth_enabled and not is_loopback(settings.host):
-        raise ConfigError(
-            f"COORDINATOR_HOST: {settings.host} is not a loopback address and no authentication "
-            "is configured, so anyone who reaches the port would own the cluster. Configure "
-            "COORDINATOR_AUTH_TOKEN_FILE, COORDINATOR_AUTH_JWT_HS256_SECRET_FILE, "
-            "COORDINATOR_AUTH_JWT_PUBLIC_KEYS_FILE or client certificates, bind 127.0.0.1, or "
-            "set COORDINATOR_INSECURE=true on a network you trust"
-        )
-    if (
-        settings.metrics_enabled
-        and not settings.metrics_token_file
-        and not is_loopback(settings.metrics_host)
-    ):
-        raise ConfigError(
-            f"COORDINATOR_METRICS_HOST: {settings.metrics_host} is not a loopback address and "
-            "COORDINATOR_METRICS_TOKEN_FILE is not set; set a token file, bind 127.0.0.1, or set "
-            "COORDINATOR_INSECURE=true"
-        )
-
-
-def _check_worker_ports(settings: Settings) -> None:
-    """With N workers, worker K serves metrics on COORDINATOR_METRICS_PORT + K: the range
-    must fit and leave the gRPC and health ports alone."""
-    if not settings.metrics_enabled or settings.workers == 1 or settings.metrics_port == 0:
-        return
-    last = settings.metrics_port + settings.workers - 1
-    if last > 65535:
-        raise ConfigError(
-            f"COORDINATOR_METRICS_PORT: workers serve metrics on {settings.metrics_port} to "
-            f"{last} (one port each, COORDINATOR_WORKERS={settings.workers}): past 65535"
-        )
-    for name, port in (
-        ("COORDINATOR_PORT", settings.port),
-        ("COORDINATOR_HEALTH_PORT", settings.health_port),
-    ):
-        if port and settings.metrics_port <= port <= last:
-            raise ConfigError(
-                f"COORDINATOR_METRICS_PORT: workers serve metrics on {settings.metrics_port} "
-                f"to {last} (one port each, COORDINATOR_WORKERS={settings.workers}), which "
-                f"includes {name} ({port})"
-            )
-
-
-def _check_tls(settings: Settings, values: Mapping[str, str]) -> None:
-    """The TLS variables make sense together (each file was checked on its own already)."""
-    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
-        missing = (
-            "COORDINATOR_TLS_KEY_FILE" if settings.tls_cert_file else "COORDINATOR_TLS_CERT_FILE"
-        )
-        raise ConfigError(
-            f"{missing}: COORDINATOR_TLS_CERT_FILE and COORDINATOR_TLS_KEY_FILE go together; "
-            "set both or neither"
-        )
-    if settings.tls_enabled:
-        try:
-            tls.check_pair(
-                tls.read_certificates(settings.tls_cert_file),
-                tls.read_private_key(settings.tls_key_file),
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"COORDINATOR_TLS_KEY_FILE: {exc} in COORDINATOR_TLS_CERT_FILE"
-            ) from None
-    if settings.tls_client_ca_file and not settings.tls_enabled:
-        raise ConfigError(
-            "COORDINATOR_TLS_CLIENT_CA_FILE: needs TLS (COORDINATOR_TLS_CERT_FILE and "
-            "COORDINATOR_TLS_KEY_FILE)"
-        )
-    require_given = values.get("COORDINATOR_TLS_REQUIRE_CLIENT_CERT", "").strip() != ""
-    if require_given and not settings.tls_client_ca_file:
-        raise ConfigError(
-            "COORDINATOR_TLS_REQUIRE_CLIENT_CERT: needs COORDINATOR_TLS_CLIENT_CA_FILE (and TLS)"
-        )
-    if settings.tls_client_ca_file and not settings.tls_require_client_cert:
-        raise ConfigError(
-            "COORDINATOR_TLS_REQUIRE_CLIENT_CERT: false is not supported: gRPC's Python server "
-            "either requires and verifies client certificates or does not ask for them; unset "
-            "COORDINATOR_TLS_CLIENT_CA_FILE to accept clients without certificates"
-        )

@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlparse
 
-from coordinator.auth import tls
-from coordinator.tasks.models import Strategy
+from coordinator import tls
+from coordinator.strategies import Strategy
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _AGENT_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")

@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
-from coordinator import page_tokens
+from coordinator import tls
 from coordinator.agents.liveness import LivenessSweeper
 from coordinator.agents.registry import AgentRegistry
 from coordinator.api.admission import AdmissionInterceptor, AdmissionLimiter
@@ -30,10 +30,10 @@ from coordinator.api.error_mapping import ErrorMappingInterceptor
 from coordinator.api.metrics_interceptor import RpcMetricsInterceptor
 from coordinator.api.serialized_replies import SerializedRepliesInterceptor
 from coordinator.api.task_service import TaskService
-from coordinator.auth import tls
 from coordinator.auth.audit import Auditor
 from coordinator.auth.authenticator import Authenticator
-from coordinator.config import Settings, check_exposure
+from coordinator.config import Settings
+from coordinator.config_checks import check_exposure
 from coordinator.delivery.events import EventHub
 from coordinator.delivery.streams import AssignmentStreams, QueueLimits
 from coordinator.dispatch.dispatcher import Dispatcher
@@ -42,6 +42,7 @@ from coordinator.node.health import RedisHealthMonitor
 from coordinator.node.health_port import HealthListener
 from coordinator.node.metrics import NodeMetrics
 from coordinator.node.redis_memory import MemoryWatch
+from coordinator.storage import page_tokens
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.storage.packing import PACKED_CLASSES
 from coordinator.tasks.reaper import TaskReaper
@@ -128,14 +129,7 @@ class Coordinator:
         self.registry = AgentRegistry(self.redis, settings)
         self.page_token_key = page_tokens.ClusterKey(self.redis)
         self.tasks = TaskStore(self.redis, self.multiplexed, settings)
-        self.streams = AssignmentStreams(
-            self.redis,
-            self.tasks,
-            settings.node_id,
-            resync_s=settings.heartbeat_interval_s,
-            limits=QueueLimits(settings.stream_queue_max_events, settings.stream_queue_max_bytes),
-            stall_timeout_s=settings.stream_stall_timeout_s,
-        )
+        self.streams = self._assignment_streams()
         self.metrics = NodeMetrics(settings, connected_agents=lambda: self.streams.session_count)
         self.dispatcher = Dispatcher(
             self.redis,
@@ -154,57 +148,19 @@ class Coordinator:
             on_reconnect=self._resynchronise,
         )
         self.reaper = TaskReaper(self.redis, settings, wake_dispatcher=self.dispatcher.request)
-        self.admission = AdmissionLimiter(
-            per_node=settings.batch_tasks_per_node,
-            per_peer=settings.batch_tasks_per_peer,
-            retry_after_s=settings.batch_retry_after_s,
-        )
+        self.admission = AdmissionLimiter.of(settings)
         self.auditor = Auditor(self.metrics.count_audit_event, self.metrics.count_auth_failure)
-        # The metrics interceptor first: it sees the status codes the error mapping chose.
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            RpcMetricsInterceptor(self.metrics),
-            ErrorMappingInterceptor(on_redis_error=self.metrics.count_redis_error),
-        ]
-        if self.authenticator is not None:
-            # Inside the error mapping, which answers its refusals; before admission, so an
-            # unauthenticated caller takes no share of the batch budget.
-            interceptors.append(
-                AuthInterceptor(
-                    self.authenticator, self.auditor, reflection_open=settings.reflection == "open"
-                )
-            )
-        interceptors += [
-            # Inside the error mapping, which answers its refusals with RetryInfo.
-            AdmissionInterceptor(self.admission),
-            # Last, so that the others keep the serializer it gives DiscoverAgents.
-            SerializedRepliesInterceptor(),
-        ]
-        self.server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
+        self.server = grpc.aio.server(
+            interceptors=self._interceptors(), options=server_options(settings)
+        )
         # Health checks use their own connection: a busy pool must not look like an outage.
         self.health_redis = connect_redis(settings, max_connections=1)
-        self.health = RedisHealthMonitor(
-            health.aio.HealthServicer(),
-            self.health_redis,
-            SERVICE_NAMES,
-            settings.node_id,
-            interval_s=settings.health_check_interval_s,
-            timeout_s=settings.redis_timeout_s,
-            memory=MemoryWatch(
-                warn_ratio=settings.redis_memory_warn_ratio,
-                allow_eviction=settings.redis_allow_eviction,
-            ),
-        )
+        self.health = self._health_monitor()
+        self.metrics.watch_redis_memory(self.health.memory)
         self.sweeper = LivenessSweeper(
             self.registry, self.redis, settings.node_id, settings.sweep_interval_s
         )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(self.registry, self.streams, self.dispatcher, settings), self.server
-        )
-        task_pb2_grpc.add_TaskServiceServicer_to_server(
-            TaskService(self.tasks, self.events, settings), self.server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
-        reflection.enable(self.server, SERVICE_NAMES, [health.SERVICE_NAME])
+        self._add_services()
         self.health_listener = (
             HealthListener(self.health.servicer, settings)
             if settings.health_port is not None
@@ -217,6 +173,71 @@ class Coordinator:
         """The bound metrics port while metrics are served (COORDINATOR_METRICS_ENABLED)."""
         self._stop_lock = asyncio.Lock()
         self._stopped = False
+
+    def _assignment_streams(self) -> AssignmentStreams:
+        """The agents' assignment streams this node holds."""
+        settings = self.settings
+        return AssignmentStreams(
+            self.redis,
+            self.tasks,
+            settings.node_id,
+            resync_s=settings.heartbeat_interval_s,
+            limits=QueueLimits(settings.stream_queue_max_events, settings.stream_queue_max_bytes),
+            stall_timeout_s=settings.stream_stall_timeout_s,
+        )
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """The server's interceptors, outermost first."""
+        # The metrics interceptor first: it sees the status codes the error mapping chose.
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            RpcMetricsInterceptor(self.metrics),
+            ErrorMappingInterceptor(on_redis_error=self.metrics.count_redis_error),
+        ]
+        if self.authenticator is not None:
+            # Inside the error mapping, which answers its refusals; before admission, so an
+            # unauthenticated caller takes no share of the batch budget.
+            interceptors.append(
+                AuthInterceptor(
+                    self.authenticator,
+                    self.auditor,
+                    reflection_open=self.settings.reflection == "open",
+                )
+            )
+        interceptors += [
+            # Inside the error mapping, which answers its refusals with RetryInfo.
+            AdmissionInterceptor(self.admission),
+            # Last, so that the others keep the serializer it gives DiscoverAgents.
+            SerializedRepliesInterceptor(),
+        ]
+        return interceptors
+
+    def _health_monitor(self) -> RedisHealthMonitor:
+        """grpc.health.v1 following Redis, on the node's own health connection."""
+        settings = self.settings
+        return RedisHealthMonitor(
+            health.aio.HealthServicer(),
+            self.health_redis,
+            SERVICE_NAMES,
+            settings.node_id,
+            interval_s=settings.health_check_interval_s,
+            timeout_s=settings.redis_timeout_s,
+            memory=MemoryWatch(
+                warn_ratio=settings.redis_memory_warn_ratio,
+                allow_eviction=settings.redis_allow_eviction,
+            ),
+        )
+
+    def _add_services(self) -> None:
+        """The coordinator's services, health and reflection, on the server."""
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(self.registry, self.streams, self.dispatcher, self.settings),
+            self.server,
+        )
+        task_pb2_grpc.add_TaskServiceServicer_to_server(
+            TaskService(self.tasks, self.events, self.settings), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
+        reflection.enable(self.server, SERVICE_NAMES, [health.SERVICE_NAME])
 
     async def start(self) -> int:
         """Bind, start serving and start the background tasks; returns the bound port."""
@@ -252,7 +273,7 @@ class Coordinator:
         return self.port
 
     def _bind(self) -> int:
-        """TLS on the gRPC port when a certificate is configured (auth/tls.py), else
+        """TLS on the gRPC port when a certificate is configured (tls.py), else
         plaintext."""
         settings = self.settings
         if not settings.tls_enabled:

@@ -22,11 +22,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.agents.records import AgentStatus
 from coordinator.errors import InvalidArgument
+from coordinator.strategies import Strategy
 from coordinator.tasks.models import (
     Priority,
     Requirements,
     RetryPolicy,
-    Strategy,
     TaskError,
     TaskState,
 )

@@ -1,4 +1,4 @@
-"""TLS and mutual TLS on the gRPC port (auth/tls.py), with real handshakes: who gets in,
+"""TLS and mutual TLS on the gRPC port (tls.py), with real handshakes: who gets in,
 and certificate rotation with the files replaced under a running node."""
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ async def test_half_written_files_keep_the_old_certificate_until_both_are_in_pla
     node = await start_node(**pki.node_settings())
     old_trust = pki.channel_credentials()
     renewed = Pki.create(tmp_path / "renewed")
-    caplog.set_level("WARNING", logger="coordinator.auth.tls")
+    caplog.set_level("WARNING", logger="coordinator.tls")
 
     # The new certificate is there, its key not yet: the pair does not match.
     shutil.copyfile(renewed.cert_file, pki.cert_file)
@@ -178,7 +178,7 @@ async def test_many_handshakes_after_a_rotation_reload_once(
     node = await start_node(**pki.node_settings())
     renewed = Pki.create(tmp_path / "renewed")
     replace_files(pki, renewed)
-    caplog.set_level("INFO", logger="coordinator.auth.tls")
+    caplog.set_level("INFO", logger="coordinator.tls")
     results = await asyncio.gather(
         *(health_over(node.port, renewed.channel_credentials()) for _ in range(5))
     )

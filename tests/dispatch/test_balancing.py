@@ -11,7 +11,7 @@ from coordinator.dispatch.balancing import (
     choose,
     hash_ring,
 )
-from coordinator.tasks.models import Strategy
+from coordinator.strategies import Strategy
 
 
 def agent(agent_id: str, **kw) -> Candidate:

@@ -22,7 +22,7 @@ from agent_harness import AgentPool, submit_request, wait_for_state
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.dispatch.balancing import BalancerState, Candidate, choose
 from coordinator.storage import keys
-from coordinator.tasks.models import Strategy
+from coordinator.strategies import Strategy
 
 ASSIGNED = task_pb2.TASK_STATE_ASSIGNED
 S = task_pb2.BalancingStrategy

@@ -2,18 +2,17 @@
 
 The indexes narrow the candidates down in one script (``lua/discover_agents.lua``); each
 candidate is then checked against the whole query here. Page tokens carry the last agent's
-place in the order and the query's fingerprint (``coordinator.page_tokens``).
+place in the order and the query's fingerprint (``coordinator.storage.page_tokens``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from coordinator import page_tokens
 from coordinator.agents.record_codec import RECORD_FIELDS, RecordDecoder
 from coordinator.agents.records import AgentRecord, AgentStatus, DiscoverPage, DiscoverQuery
 from coordinator.agents.script_calls import DiscoverAgents, run
-from coordinator.storage import keys
+from coordinator.storage import keys, page_tokens
 from coordinator.storage.scripts import Scripts
 
 
@@ -53,7 +52,11 @@ class AgentDiscovery:
         discovered = await run(
             self._scripts.discover_agents,
             DiscoverAgents(
-                stored_statuses=[s for s in keys.STORED_STATUSES if s in query.statuses],
+                stored_statuses=[
+                    AgentStatus[name]
+                    for name in keys.STORED_STATUSES
+                    if AgentStatus[name] in query.statuses
+                ],
                 include_inactive=AgentStatus.INACTIVE in query.statuses,
                 filter_keys=_filter_keys(query),
                 liveness_timeout_ms=self._liveness_timeout_ms,

@@ -221,7 +221,7 @@ class DiscoverAgents:
     def keys(self) -> list[str]:
         return [
             keys.AGENTS_HEARTBEATS,
-            *(keys.status_index(s) for s in self.stored_statuses),
+            *(keys.status_index(s.name) for s in self.stored_statuses),
             *self.filter_keys,
         ]
 

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from coordinator.api.method_wrapping import WrappingInterceptor
+from coordinator.config import Settings
 from coordinator.errors import ResourceExhausted
 
 HEAVY_METHODS = frozenset(
@@ -52,6 +53,15 @@ class AdmissionLimiter:
         self._by_peer: Counter[str] = Counter()
         self.refused = 0
         """Calls refused so far (for tests and the benchmark)."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> AdmissionLimiter:
+        """The limiter the COORDINATOR_BATCH_* settings describe."""
+        return cls(
+            per_node=settings.batch_tasks_per_node,
+            per_peer=settings.batch_tasks_per_peer,
+            retry_after_s=settings.batch_retry_after_s,
+        )
 
     @property
     def full(self) -> bool:

@@ -13,8 +13,9 @@ from coordinator.dispatch.assignments import Assignments
 from coordinator.dispatch.balancing import choose
 from coordinator.dispatch.slots import AgentSlots, fits
 from coordinator.dispatch.view import NodeView
+from coordinator.strategies import Strategy
 from coordinator.tasks.calls import TaskToQueue
-from coordinator.tasks.models import PRIORITIES_MOST_URGENT_FIRST, Strategy
+from coordinator.tasks.models import PRIORITIES_MOST_URGENT_FIRST
 from coordinator.tasks.script_calls import SubmitReply
 
 AT_SUBMIT_STRATEGIES = frozenset(

@@ -63,7 +63,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.tasks.models import Strategy
+from coordinator.strategies import Strategy
 
 VIRTUAL_POINTS_PER_AGENT = 64
 """Points of each agent on the consistent hash ring; more points spread keys more evenly."""

@@ -26,7 +26,8 @@ from coordinator.dispatch.view import NodeView
 from coordinator.storage import keys
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.storage.scripts import TaskScripts, run_batch
-from coordinator.tasks.models import PRIORITIES_MOST_URGENT_FIRST, Requirements, Strategy
+from coordinator.strategies import Strategy
+from coordinator.tasks.models import PRIORITIES_MOST_URGENT_FIRST, Requirements
 from coordinator.tasks.script_calls import AssignReply
 
 

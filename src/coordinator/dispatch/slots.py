@@ -14,7 +14,8 @@ from typing import Any
 from coordinator.agents.records import AgentRecord
 from coordinator.dispatch.balancing import BalancerState, Candidate
 from coordinator.dispatch.script_calls import Head
-from coordinator.tasks.models import Requirements, Strategy
+from coordinator.strategies import Strategy
+from coordinator.tasks.models import Requirements
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ ZCARDs, answers are never staler than the scrape, and nothing runs when nobody s
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +51,7 @@ from coordinator.node.metrics_http import (
     read_token,
     serve_wsgi,
 )
+from coordinator.node.redis_memory import MemoryWatch
 from coordinator.storage import keys
 from coordinator.tasks.models import PRIORITIES_MOST_URGENT_FIRST, TaskState
 
@@ -81,21 +83,7 @@ class NodeMetrics:
         # like the library's own switch, PROMETHEUS_DISABLE_CREATED_SERIES.)
         disable_created_metrics()
         self.registry = CollectorRegistry()
-        self.rpc_handled = Counter(
-            "rpc_handled",
-            "RPCs handled, by method and final status code (server streams count when they end).",
-            ["service", "method", "type", "code"],
-            namespace=NAMESPACE,
-            registry=self.registry,
-        )
-        self.rpc_duration = Histogram(
-            "rpc_duration_seconds",
-            "Time to answer a unary RPC, whatever its status code.",
-            ["service", "method"],
-            namespace=NAMESPACE,
-            buckets=RPC_LATENCY_BUCKETS_S,
-            registry=self.registry,
-        )
+        self._count_rpcs()
         self.submit_to_assignment = Histogram(
             "submit_to_assignment_seconds",
             "From a task's submission to its first assignment, observed by the assigning node.",
@@ -133,6 +121,30 @@ class NodeMetrics:
             "kind",
             REDIS_ERROR_KINDS,
         )
+        self._describe_node(settings, connected_agents)
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
+        self._tasks_collector: TaskIndexCollector | None = None
+
+    def _count_rpcs(self) -> None:
+        """The RPC counters and durations (the interceptor in ``api/metrics_interceptor``)."""
+        self.rpc_handled = Counter(
+            "rpc_handled",
+            "RPCs handled, by method and final status code (server streams count when they end).",
+            ["service", "method", "type", "code"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.rpc_duration = Histogram(
+            "rpc_duration_seconds",
+            "Time to answer a unary RPC, whatever its status code.",
+            ["service", "method"],
+            namespace=NAMESPACE,
+            buckets=RPC_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+
+    def _describe_node(self, settings: Settings, connected_agents: Callable[[], int]) -> None:
+        """What is read when scraped: open streams, the node's id, the process."""
         Gauge(
             "connected_agents",
             "Agents with an open StreamAssignments on this node.",
@@ -144,8 +156,26 @@ class NodeMetrics:
         )
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self._http: tuple[WSGIServer, threading.Thread] | None = None
-        self._tasks_collector: TaskIndexCollector | None = None
+
+    def watch_redis_memory(self, memory: MemoryWatch) -> None:
+        """Gauges of Redis' used memory and its maxmemory, as the health checks last read them
+        (``node.redis_memory``): an alert on their ratio sees Redis fill up before it refuses
+        writes."""
+        for name, documentation, read in (
+            (
+                "redis_used_memory_bytes",
+                "Redis' used_memory at the last health check.",
+                "used_bytes",
+            ),
+            (
+                "redis_maxmemory_bytes",
+                "Redis' maxmemory (0: no limit) at the last health check.",
+                "max_bytes",
+            ),
+        ):
+            Gauge(name, documentation, namespace=NAMESPACE, registry=self.registry).set_function(
+                functools.partial(_memory_reading, memory, read)
+            )
 
     def _counter_by(
         self, name: str, documentation: str, label: str, values: Sequence[str]
@@ -228,6 +258,11 @@ class NodeMetrics:
         if collector is not None:
             self.registry.unregister(collector)
             collector.close()
+
+
+def _memory_reading(memory: MemoryWatch, field: str) -> float:
+    """One field of the last Redis memory reading, 0 before the first."""
+    return float(getattr(memory.last, field)) if memory.last else 0.0
 
 
 class TaskIndexCollector(Collector):

@@ -36,11 +36,11 @@ from coordinator.sdk.errors import (
     TaskFailed,
     UndecodableReply,
 )
+from coordinator.strategies import Strategy
 from coordinator.tasks.models import (
     Priority,
     Requirements,
     RetryPolicy,
-    Strategy,
     Task,
     TaskState,
     TaskStats,

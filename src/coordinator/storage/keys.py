@@ -10,8 +10,6 @@ registry's scripts touch index keys that do not share a hash slot.
 
 from __future__ import annotations
 
-from coordinator.agents.records import AgentStatus
-
 AGENTS_ALL = "agents:all"
 """Set of every registered agent id."""
 
@@ -42,26 +40,21 @@ def agent(agent_id: str) -> str:
     return f"{AGENT_KEY_PREFIX}{agent_id}"
 
 
-def status_index(status: AgentStatus) -> str:
-    """The set of agents whose stored status is ``status``.
+def status_index(status: str) -> str:
+    """The set of agents whose stored status is ``status`` (an AgentStatus name).
 
     ACTIVE agents live in the historical ``agents:active`` set. INACTIVE has no set: it is
     derived from ``agents:heartbeats``.
     """
-    if status is AgentStatus.ACTIVE:
+    if status == "ACTIVE":
         return AGENTS_ACTIVE
-    if status is AgentStatus.INACTIVE:
+    if status == "INACTIVE":
         raise ValueError("INACTIVE is derived from agents:heartbeats and has no index set")
-    return f"agents:status:{status.name.lower()}"
+    return f"agents:status:{status.lower()}"
 
 
-STORED_STATUSES = (
-    AgentStatus.ACTIVE,
-    AgentStatus.BUSY,
-    AgentStatus.MAINTENANCE,
-    AgentStatus.ERROR,
-)
-"""Statuses that are stored (and indexed); INACTIVE is only ever computed."""
+STORED_STATUSES = ("ACTIVE", "BUSY", "MAINTENANCE", "ERROR")
+"""The AgentStatus names that are stored (and indexed); INACTIVE is only ever computed."""
 
 
 def status_indexes() -> list[str]:

@@ -1,5 +1,5 @@
 """Domain objects of the task side: what a task is, what a client submits and what the
-coordinator reports. Like ``models``, they never reference protobuf types."""
+coordinator reports. Like ``agents.records``, they never reference protobuf types."""
 
 from __future__ import annotations
 
@@ -11,34 +11,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordinator.strategies import Strategy
+
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_MAX_ATTEMPTS = 100
 DEFAULT_SCHEDULE_TO_START_S = 300.0
 DEFAULT_START_TO_CLOSE_S = 300.0
-
-
-class Strategy(enum.Enum):
-    """Wire enum BALANCING_STRATEGY_<NAME> maps by name; config uses the lower-case name."""
-
-    LEAST_CONNECTIONS = 1
-    ROUND_ROBIN = 2
-    WEIGHTED_ROUND_ROBIN = 3
-    LEAST_RESPONSE_TIME = 4
-    RESOURCE_BASED = 5
-    CAPABILITY_BASED = 6
-    PREDICTIVE = 7
-    CONSISTENT_HASH = 8
-
-    @classmethod
-    def parse(cls, text: str) -> Strategy:
-        """The strategy named ``text``, in any case ("least_connections", "LEAST_CONNECTIONS")."""
-        try:
-            return cls[text.upper()]
-        except KeyError:
-            valid = ", ".join(member.name.lower() for member in cls)
-            raise ValueError(
-                f"unknown balancing strategy {text!r}; expected one of: {valid}"
-            ) from None
 
 
 class TaskState(enum.Enum):

@@ -11,18 +11,17 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from coordinator import page_tokens
 from coordinator.config import Settings
 from coordinator.errors import NotFound
-from coordinator.storage import keys
+from coordinator.storage import keys, page_tokens
 from coordinator.storage.redis_time import epoch_ms
+from coordinator.strategies import Strategy
 from coordinator.tasks.models import (
     PRIORITIES_MOST_URGENT_FIRST,
     ListTasksQuery,
     LoadBalancerStats,
     QueueReport,
     QueueStats,
-    Strategy,
     Task,
     TaskPage,
     TaskStats,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from coordinator.strategies import Strategy
 from coordinator.tasks.models import (
     Attempt,
     Priority,
     Requirements,
     RetryPolicy,
-    Strategy,
     Task,
     TaskError,
     TaskState,

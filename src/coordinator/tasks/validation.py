@@ -21,6 +21,7 @@ from coordinator.agents.validation import (
     tags,
 )
 from coordinator.errors import InvalidArgument, echo
+from coordinator.strategies import Strategy
 from coordinator.tasks.models import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SCHEDULE_TO_START_S,
@@ -30,7 +31,6 @@ from coordinator.tasks.models import (
     Priority,
     Requirements,
     RetryPolicy,
-    Strategy,
     TaskError,
     TaskState,
     TaskSubmission,
@@ -145,6 +145,32 @@ def submission(
     attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
     if not 1 <= attempts <= MAX_MAX_ATTEMPTS:
         v.add("max_attempts", f"must be from 1 to {MAX_MAX_ATTEMPTS}; got {max_attempts}")
+    to_start, to_close = _timeouts(schedule_to_start_s, start_to_close_s, v)
+    retry_policy = _retry_policy(initial_backoff_s, max_backoff_s, backoff_multiplier, v)
+    if request_id and not REQUEST_ID.match(request_id):
+        v.add("request_id", "must be 1 to 128 printable ASCII characters without spaces")
+    if len(routing_key) > MAX_ROUTING_KEY_CHARS:
+        v.add("routing_key", f"has {len(routing_key)} characters; at most {MAX_ROUTING_KEY_CHARS}")
+    v.raise_if_any()
+    return TaskSubmission(
+        task_type=task_type,
+        task_data=task_data,
+        priority=priority or Priority.NORMAL,
+        requirements=reqs,
+        max_attempts=attempts,
+        schedule_to_start_s=to_start,
+        start_to_close_s=to_close,
+        retry_policy=retry_policy,
+        request_id=request_id,
+        strategy=strategy,
+        routing_key=routing_key,
+    )
+
+
+def _timeouts(
+    schedule_to_start_s: float | None, start_to_close_s: float | None, v: Violations
+) -> tuple[float, float]:
+    """A submission's schedule-to-start and start-to-close timeouts, defaults applied."""
     to_start = _seconds(
         schedule_to_start_s,
         DEFAULT_SCHEDULE_TO_START_S,
@@ -156,6 +182,16 @@ def submission(
     to_close = _seconds(
         start_to_close_s, DEFAULT_START_TO_CLOSE_S, "start_to_close_timeout", 1.0, MAX_TIMEOUT_S, v
     )
+    return to_start, to_close
+
+
+def _retry_policy(
+    initial_backoff_s: float | None,
+    max_backoff_s: float | None,
+    backoff_multiplier: float,
+    v: Violations,
+) -> RetryPolicy:
+    """A submission's retry policy, with the defaults for what it left out."""
     default = RetryPolicy()
     initial = _seconds(
         initial_backoff_s,
@@ -173,24 +209,7 @@ def submission(
     multiplier = backoff_multiplier or default.backoff_multiplier
     if not math.isfinite(multiplier) or not 1.0 <= multiplier <= 100.0:
         v.add("retry_policy.backoff_multiplier", f"must be from 1 to 100; got {multiplier}")
-    if request_id and not REQUEST_ID.match(request_id):
-        v.add("request_id", "must be 1 to 128 printable ASCII characters without spaces")
-    if len(routing_key) > MAX_ROUTING_KEY_CHARS:
-        v.add("routing_key", f"has {len(routing_key)} characters; at most {MAX_ROUTING_KEY_CHARS}")
-    v.raise_if_any()
-    return TaskSubmission(
-        task_type=task_type,
-        task_data=task_data,
-        priority=priority or Priority.NORMAL,
-        requirements=reqs,
-        max_attempts=attempts,
-        schedule_to_start_s=to_start,
-        start_to_close_s=to_close,
-        retry_policy=RetryPolicy(initial, longest, multiplier),
-        request_id=request_id,
-        strategy=strategy,
-        routing_key=routing_key,
-    )
+    return RetryPolicy(initial, longest, multiplier)
 
 
 def report(task_id_value: str, agent_id: str, fencing_token: str) -> None:

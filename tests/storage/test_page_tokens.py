@@ -12,9 +12,8 @@ import pytest
 
 from agent_harness import field_violations, rpc_error, submit_request
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2
-from coordinator import page_tokens
 from coordinator.errors import InvalidArgument
-from coordinator.storage import keys
+from coordinator.storage import keys, page_tokens
 
 
 def _payload(token: str) -> dict:
