@@ -17,6 +17,10 @@ VOLATILE = [
     # Whether the task was assigned at its submit or by a pass depends on whether the node's
     # view of the agents was fresh at that moment.
     (re.compile(r"^(aitbc_coordinator_assignments_total\{way=\"\w+\"\}) \S+$"), r"\1 <n>"),
+    # The submit command ends its WatchTask when the task ends: the node may see the stream
+    # end (OK) or the client go (CANCELLED) first.
+    (re.compile(r'code="(?:OK|CANCELLED)",(method="WatchTask")'), r'code="<end>",\1'),
+    (re.compile(r"^(aitbc_coordinator_redis_used_memory_bytes) \S+$"), r"\1 <bytes>"),
 ]
 
 
