@@ -67,6 +67,13 @@ class Settings:
     """Serve on a Redis whose maxmemory-policy may evict keys (refused by default)."""
     redis_memory_warn_ratio: float = 0.9
     """Log a warning when Redis' used memory passes this share of its maxmemory."""
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    """Sentinels to ask for the primary (none: REDIS_URL's host is the Redis)."""
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str = ""
+    redis_min_replicas: int = 0
+    """Replicas that must have a write before it is answered (WAIT); 0: none asked."""
+    redis_replica_timeout_ms: int = 500
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
     log_level: str = "INFO"
@@ -220,6 +227,15 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         ),
         redis_allow_eviction=reader.get("COORDINATOR_REDIS_ALLOW_EVICTION", False, parse.boolean),
         redis_memory_warn_ratio=reader.get("COORDINATOR_REDIS_MEMORY_WARN_RATIO", 0.9, parse.ratio),
+        redis_sentinels=reader.get("COORDINATOR_REDIS_SENTINELS", (), parse.sentinels),
+        redis_sentinel_master=reader.get(
+            "COORDINATOR_REDIS_SENTINEL_MASTER", "mymaster", parse.sentinel_master
+        ),
+        redis_sentinel_password=values.get("COORDINATOR_REDIS_SENTINEL_PASSWORD", ""),
+        redis_min_replicas=reader.get("COORDINATOR_REDIS_MIN_REPLICAS", 0, parse.replicas),
+        redis_replica_timeout_ms=reader.get(
+            "COORDINATOR_REDIS_REPLICA_TIMEOUT_MS", 500, parse.replica_timeout_ms
+        ),
         keepalive_time_s=reader.get("COORDINATOR_KEEPALIVE_TIME_S", 30.0, parse.positive),
         keepalive_timeout_s=reader.get("COORDINATOR_KEEPALIVE_TIMEOUT_S", 10.0, parse.positive),
         log_level=reader.get("COORDINATOR_LOG_LEVEL", "INFO", parse.log_level),
@@ -329,12 +345,27 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
             "for the rest of a message "
             f"({settings.max_task_data_bytes} > {settings.max_message_bytes} - 65536)"
         )
+    _check_redis_failover(settings)
     if settings.health_check_interval_s + settings.redis_timeout_s > 4.0:
         raise ConfigError(
             "COORDINATOR_HEALTH_CHECK_INTERVAL_S: with COORDINATOR_REDIS_TIMEOUT_S it must stay "
             "under 4 s so that health follows Redis within 5 s"
         )
     return settings
+
+
+def _check_redis_failover(settings: Settings) -> None:
+    if settings.redis_sentinels and settings.redis_url.startswith("unix:"):
+        raise ConfigError(
+            "COORDINATOR_REDIS_SENTINELS: sentinels name a primary by host and port; REDIS_URL "
+            "must be redis:// or rediss:// (its host is then ignored), not unix://"
+        )
+    if settings.redis_replica_timeout_ms >= settings.redis_timeout_s * 1000:
+        raise ConfigError(
+            "COORDINATOR_REDIS_REPLICA_TIMEOUT_MS: must be below COORDINATOR_REDIS_TIMEOUT_S "
+            f"({settings.redis_replica_timeout_ms} ms >= {settings.redis_timeout_s:g} s), "
+            "or the wait for replicas would read as Redis being unreachable"
+        )
 
 
 def is_loopback(host: str) -> bool:
