@@ -56,6 +56,17 @@ class RedisProcess:
         except redis.RedisError:
             return False
 
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of this process's log (for a failure's message)."""
+        return (self.dir / "redis.log").read_text(errors="replace")[-chars:]
+
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its connections but reads nothing (a replica lags)."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: nothing is flushed, no goodbye to replicas or sentinels."""
         if self.process.poll() is None:
@@ -64,6 +75,7 @@ class RedisProcess:
 
     def close(self) -> None:
         if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
             self.process.terminate()
             self.process.wait(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
