@@ -360,7 +360,10 @@ def _check_redis_failover(settings: Settings) -> None:
             "COORDINATOR_REDIS_SENTINELS: sentinels name a primary by host and port; REDIS_URL "
             "must be redis:// or rediss:// (its host is then ignored), not unix://"
         )
-    if settings.redis_replica_timeout_ms >= settings.redis_timeout_s * 1000:
+    if (
+        settings.redis_min_replicas
+        and settings.redis_replica_timeout_ms >= settings.redis_timeout_s * 1000
+    ):
         raise ConfigError(
             "COORDINATOR_REDIS_REPLICA_TIMEOUT_MS: must be below COORDINATOR_REDIS_TIMEOUT_S "
             f"({settings.redis_replica_timeout_ms} ms >= {settings.redis_timeout_s:g} s), "

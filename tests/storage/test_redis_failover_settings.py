@@ -13,6 +13,10 @@ def test_off_by_default() -> None:
     assert settings.redis_min_replicas == 0
 
 
+def test_a_short_redis_timeout_needs_no_replica_timeout_while_durability_is_off() -> None:
+    assert load_settings({"COORDINATOR_REDIS_TIMEOUT_S": "0.5"}).redis_timeout_s == 0.5
+
+
 def test_sentinels_master_and_durability() -> None:
     settings = load_settings(
         {
@@ -49,7 +53,11 @@ def test_sentinels_master_and_durability() -> None:
         ),
         (
             # The wait for replicas must end before the client gives Redis up as unreachable.
-            {"COORDINATOR_REDIS_REPLICA_TIMEOUT_MS": "2000", "COORDINATOR_REDIS_TIMEOUT_S": "2"},
+            {
+                "COORDINATOR_REDIS_MIN_REPLICAS": "1",
+                "COORDINATOR_REDIS_REPLICA_TIMEOUT_MS": "2000",
+                "COORDINATOR_REDIS_TIMEOUT_S": "2",
+            },
             "COORDINATOR_REDIS_REPLICA_TIMEOUT_MS",
         ),
     ],
