@@ -85,6 +85,11 @@ def _connection_kwargs(settings: Settings) -> dict[str, Any]:
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """The primary through Sentinel, waiting for a free connection like the node's pool."""
 
+    async def aclose(self) -> None:
+        """Close the pool and the connections to the sentinels (the client's ``aclose``)."""
+        await super().aclose()
+        await self.sentinel_manager.aclose()
+
 
 def connect_redis(settings: Settings, max_connections: int | None = None) -> Redis:
     """An asyncio Redis client whose calls fail fast (then UNAVAILABLE) when Redis is down.
