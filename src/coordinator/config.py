@@ -76,6 +76,13 @@ class Settings:
     """Serve on a Redis whose maxmemory-policy may evict keys (refused by default)."""
     redis_memory_warn_ratio: float = 0.9
     """Log a warning when Redis' used memory passes this share of its maxmemory."""
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    """Sentinels to ask for the primary (none: REDIS_URL's host is the Redis)."""
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str = ""
+    redis_min_replicas: int = 0
+    """Replicas that must have a write before it is answered (WAIT); 0: none asked."""
+    redis_replica_timeout_ms: int = 500
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
     log_level: str = "INFO"
@@ -216,6 +223,18 @@ VARIABLES: dict[str, tuple[str, Any, Callable[[str], Any]]] = {
     "redis_max_connections": ("COORDINATOR_REDIS_MAX_CONNECTIONS", 256, parse.connections),
     "redis_allow_eviction": ("COORDINATOR_REDIS_ALLOW_EVICTION", False, parse.boolean),
     "redis_memory_warn_ratio": ("COORDINATOR_REDIS_MEMORY_WARN_RATIO", 0.9, parse.ratio),
+    "redis_sentinels": ("COORDINATOR_REDIS_SENTINELS", (), parse.sentinels),
+    "redis_sentinel_master": (
+        "COORDINATOR_REDIS_SENTINEL_MASTER",
+        "mymaster",
+        parse.sentinel_master,
+    ),
+    "redis_min_replicas": ("COORDINATOR_REDIS_MIN_REPLICAS", 0, parse.replicas),
+    "redis_replica_timeout_ms": (
+        "COORDINATOR_REDIS_REPLICA_TIMEOUT_MS",
+        500,
+        parse.replica_timeout_ms,
+    ),
     "keepalive_time_s": ("COORDINATOR_KEEPALIVE_TIME_S", 30.0, parse.positive),
     "keepalive_timeout_s": ("COORDINATOR_KEEPALIVE_TIMEOUT_S", 10.0, parse.positive),
     "log_level": ("COORDINATOR_LOG_LEVEL", "INFO", parse.log_level),
@@ -278,6 +297,8 @@ def load_settings(environ: Mapping[str, str], env_file: str | Path | None = None
         redis_url_explicit=bool(values.get("REDIS_URL", "").strip()),
         node_id=reader.get("NODE_ID", "", parse.node_id) or default_node_id(),
         workers=reader.get("COORDINATOR_WORKERS", default_workers(), parse.workers),
+        # Any text, not stripped or checked: a password.
+        redis_sentinel_password=values.get("COORDINATOR_REDIS_SENTINEL_PASSWORD", ""),
     )
     if not settings.host:
         # Listening beyond this machine is the default only when callers must authenticate.

@@ -23,6 +23,7 @@ def check_settings(settings: Settings, values: Mapping[str, str]) -> None:
     check_exposure(settings)
     _check_ports(settings)
     _check_worker_ports(settings)
+    _check_redis_failover(settings)
 
 
 def _check_limits(settings: Settings) -> None:
@@ -171,4 +172,22 @@ def _check_tls(settings: Settings, values: Mapping[str, str]) -> None:
             "COORDINATOR_TLS_REQUIRE_CLIENT_CERT: false is not supported: gRPC's Python server "
             "either requires and verifies client certificates or does not ask for them; unset "
             "COORDINATOR_TLS_CLIENT_CA_FILE to accept clients without certificates"
+        )
+
+
+def _check_redis_failover(settings: Settings) -> None:
+    """Sentinels need a TCP primary; a replica wait must end before the Redis timeout."""
+    if settings.redis_sentinels and settings.redis_url.startswith("unix:"):
+        raise ConfigError(
+            "COORDINATOR_REDIS_SENTINELS: sentinels name a primary by host and port; REDIS_URL "
+            "must be redis:// or rediss:// (its host is then ignored), not unix://"
+        )
+    if (
+        settings.redis_min_replicas
+        and settings.redis_replica_timeout_ms >= settings.redis_timeout_s * 1000
+    ):
+        raise ConfigError(
+            "COORDINATOR_REDIS_REPLICA_TIMEOUT_MS: must be below COORDINATOR_REDIS_TIMEOUT_S "
+            f"({settings.redis_replica_timeout_ms} ms >= {settings.redis_timeout_s:g} s), "
+            "or the wait for replicas would read as Redis being unreachable"
         )

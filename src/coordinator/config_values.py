@@ -125,6 +125,43 @@ def redis_url(raw: str) -> str:
     return raw
 
 
+def sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port``: the Sentinel set (port 26379 when left out)."""
+    found = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if entry.startswith("["):  # [IPv6]:port
+            name, _, rest = entry[1:].partition("]")
+            number = rest.removeprefix(":")
+        elif entry.count(":") == 1:
+            name, number = entry.split(":")
+        else:
+            name, number = entry, ""
+        if not name or not _HOST.match(name):
+            raise ValueError("must be sentinels as host:port,host:port")
+        found.append((name, port(number) if number else 26379))
+    return tuple(found)
+
+
+def sentinel_master(raw: str) -> str:
+    if not raw.isprintable() or " " in raw or len(raw) > 200:
+        raise ValueError("must be the master set name the sentinels monitor, such as mymaster")
+    return raw
+
+
+def replicas(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 100:
+        raise ValueError("must be a replica count from 0 (no waiting) to 100")
+    return value
+
+
+def replica_timeout_ms(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 60_000:
+        raise ValueError("must be milliseconds from 1 to 60000")
+    return value
+
+
 def port(raw: str) -> int:
     port = int(raw)
     if not 0 <= port <= 65535:

@@ -15,9 +15,6 @@ from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
 from coordinator import tls
@@ -43,8 +40,8 @@ from coordinator.node.health_port import HealthListener
 from coordinator.node.metrics import NodeMetrics
 from coordinator.node.redis_memory import MemoryWatch
 from coordinator.storage import page_tokens
+from coordinator.storage.connection import Durability, connect_redis
 from coordinator.storage.multiplex import MultiplexedConnection
-from coordinator.storage.packing import PACKED_CLASSES
 from coordinator.tasks.reaper import TaskReaper
 from coordinator.tasks.store import TaskStore
 
@@ -56,32 +53,6 @@ SERVICE_NAMES = (AGENT_SERVICE.full_name, TASK_SERVICE.full_name)
 
 CLIENT_PING_MIN_INTERVAL_MS = 10_000
 """Agents may send keepalive pings every 10 s or more without being told to go away."""
-
-
-def connect_redis(settings: Settings, max_connections: int | None = None) -> Redis:
-    """An asyncio Redis client whose calls fail fast (then UNAVAILABLE) when Redis is down.
-
-    The pool blocks when all its connections are busy (up to the Redis timeout) instead of
-    failing at once, so a burst of calls queues rather than being refused.
-    """
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections or settings.redis_max_connections,
-        timeout=settings.redis_timeout_s,
-        decode_responses=True,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        socket_keepalive=True,
-        health_check_interval=30,
-        # No silent retries: a script whose reply was lost may have run, and running it again
-        # (a submit, a report) is not always harmless. The caller gets UNAVAILABLE at once and
-        # retries with what makes a retry safe (request_id, fencing tokens).
-        retry=Retry(NoBackoff(), retries=0),
-        client_name=f"aitbc-coordinator:{settings.node_id}",
-    )
-    # The URL chose the connection class (TCP, TLS, unix socket): the same, packing in C.
-    pool.connection_class = PACKED_CLASSES.get(pool.connection_class, pool.connection_class)
-    return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 MAX_PENDING_CALLS = 20_000
@@ -125,7 +96,9 @@ class Coordinator:
         self.settings = settings
         self.redis = connect_redis(settings)
         # Task scripts, the hot path, share one auto-pipelined connection (redis_multiplex).
-        self.multiplexed = MultiplexedConnection.like(self.redis, settings.redis_timeout_s)
+        self.multiplexed = MultiplexedConnection.like(
+            self.redis, settings.redis_timeout_s, Durability.of(settings)
+        )
         self.registry = AgentRegistry(self.redis, settings)
         self.page_token_key = page_tokens.ClusterKey(self.redis)
         self.tasks = TaskStore(self.redis, self.multiplexed, settings)

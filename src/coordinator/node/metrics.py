@@ -39,8 +39,6 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from coordinator.auth import audit
 from coordinator.auth.files import WatchedFile
@@ -53,6 +51,7 @@ from coordinator.node.metrics_http import (
 )
 from coordinator.node.redis_memory import MemoryWatch
 from coordinator.storage import keys
+from coordinator.storage.connection import connect_redis_sync
 from coordinator.tasks.models import PRIORITIES_MOST_URGENT_FIRST, TaskState
 
 log = logging.getLogger(__name__)
@@ -273,13 +272,7 @@ class TaskIndexCollector(Collector):
     """
 
     def __init__(self, settings: Settings) -> None:
-        self._redis = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            retry=Retry(NoBackoff(), retries=0),
-            client_name=f"aitbc-coordinator:{settings.node_id}:metrics",
-        )
+        self._redis = connect_redis_sync(settings, f"aitbc-coordinator:{settings.node_id}:metrics")
 
     def describe(self) -> Iterator[Metric]:
         """The families, without reading Redis (the registry calls this on register)."""

@@ -16,6 +16,13 @@ URL settings as the node's other client (TCP, TLS or unix socket, user and passw
 database, client name); one idle for ``IDLE_CHECK_S`` is checked with a PING first, as
 redis-py's health check does. A timeout closes the connection: the replies still owed on
 it could no longer be matched.
+
+Failover: when the node's pool finds the primary through Sentinel, each (re)connection here
+asks the sentinels for the primary's address too. A READONLY reply (the primary was demoted
+to a replica) retires the connection: the batches already written on it get their replies,
+the next batch goes to a new connection, to the new primary. Durability: with
+``min_replicas`` (the node's ``Durability``, or per call), WAIT is appended to the batch, in
+the same write, and fewer acknowledgements raise ``ReplicationShortfall``.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import asyncio
 import socket
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -37,10 +44,16 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from coordinator.storage.connection import Durability
 from coordinator.storage.packing import pack_command
+
+AddressOfPrimary = Callable[[], Awaitable[tuple[str, int]]]
+"""Where the primary is now (asked of Sentinel on each connection)."""
 
 IDLE_CHECK_S = 30.0
 """A connection unused for this long gets a PING before the next batch (redis-py's
@@ -74,11 +87,21 @@ class _ReplyMatcher(asyncio.Protocol):
         self._writable.set()
         self.lost: Exception | None = None
         """Why the connection closed, once it has."""
+        self.retired = False
+        """No new batches: closes once the ones written have their replies."""
+        self._retired_because: Exception = RedisConnectionError("Connection retired")
         self.last_used = time.monotonic()
 
     @property
     def is_open(self) -> bool:
-        return self._transport is not None and self.lost is None
+        return self._transport is not None and self.lost is None and not self.retired
+
+    def retire(self, reason: Exception) -> None:
+        """Take no new batches; close when the waiting ones have their replies."""
+        self.retired = True
+        self._retired_because = reason
+        if not self._waiting:
+            self.close(reason)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (a cast, not an isinstance check: uvloop's transports do not
@@ -120,6 +143,9 @@ class _ReplyMatcher(asyncio.Protocol):
                 self._waiting.popleft()
                 if not batch.future.done():  # its caller may have been cancelled
                     batch.future.set_result(batch.replies)
+                if self.retired and not self._waiting:
+                    self.close(self._retired_because)
+                    return
         self.last_used = time.monotonic()
 
     def pause_writing(self) -> None:
@@ -158,29 +184,67 @@ class _ReplyMatcher(asyncio.Protocol):
 class MultiplexedConnection:
     """Runs batches of Redis commands over one shared connection (see the module)."""
 
-    def __init__(self, settings: AbstractConnection, timeout_s: float) -> None:
-        """``settings``: an unconnected redis-py connection, read for its URL settings only."""
+    def __init__(
+        self,
+        settings: AbstractConnection,
+        timeout_s: float,
+        *,
+        address_of_primary: AddressOfPrimary | None = None,
+        durability: Durability | None = None,
+    ) -> None:
+        """``settings``: an unconnected redis-py connection, read for its URL settings only;
+        ``address_of_primary``: where to connect instead of its host and port (Sentinel);
+        ``durability``: WAIT after every batch (unless a call says otherwise)."""
         self._settings = settings
         self._timeout_s = timeout_s
+        self._address_of_primary = address_of_primary
+        self.durability = durability or Durability()
         self._protocol: _ReplyMatcher | None = None
         self._lock = asyncio.Lock()
         self._closed = False
 
     @classmethod
-    def like(cls, client: Redis, timeout_s: float) -> MultiplexedConnection:
-        """One with the settings of ``client``'s connection pool (no socket opened yet)."""
+    def like(
+        cls, client: Redis, timeout_s: float, durability: Durability | None = None
+    ) -> MultiplexedConnection:
+        """One with the settings of ``client``'s connection pool (no socket opened yet),
+        finding the primary through Sentinel as that pool does."""
         pool = client.connection_pool
-        return cls(pool.connection_class(**pool.connection_kwargs), timeout_s)
+        settings = pool.connection_class(**pool.connection_kwargs)
+        address = pool.get_master_address if isinstance(pool, SentinelConnectionPool) else None
+        return cls(settings, timeout_s, address_of_primary=address, durability=durability)
 
-    async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def execute(
+        self, commands: Sequence[Sequence[Any]], *, min_replicas: int | None = None
+    ) -> list[Any]:
         """Send ``commands`` in one write and return their replies, in order; a command Redis
         refused is its exception object in the list. An outage raises: ConnectionError
-        (unreachable, closed) or TimeoutError (no reply in time)."""
+        (unreachable, closed) or TimeoutError (no reply in time).
+
+        With ``min_replicas`` (default: the connection's ``durability``) above 0, WAIT
+        follows the commands in the same write, and ReplicationShortfall (a ConnectionError)
+        is raised when fewer replicas than that acknowledged them in time."""
         if not commands:
             return []
+        durability = self.durability
+        if min_replicas is not None:
+            durability = Durability(min_replicas, durability.timeout_ms)
+        waits = durability.min_replicas > 0
+        if waits:
+            commands = [*commands, durability.wait_command()]
         packed = b"".join(pack_command(c) for c in commands)
         protocol = await self._open()
-        return await self._round_trip(protocol, packed, len(commands))
+        extra_s = durability.timeout_ms / 1000 if waits else 0.0
+        replies = await self._round_trip(protocol, packed, len(commands), extra_s)
+        if any(isinstance(r, ReadOnlyError) for r in replies):
+            # The primary was demoted (a failover): let the batches already written finish,
+            # send the next ones to the primary Sentinel names now.
+            protocol.retire(RedisConnectionError("Redis became a read-only replica"))
+            if waits:  # WAIT was refused too (a replica): nothing to check, the batch failed
+                raise RedisConnectionError("Redis became a read-only replica (a failover?)")
+        if waits:
+            durability.check(replies.pop())
+        return replies
 
     async def aclose(self) -> None:
         """Close the connection; batches still waiting fail. Later calls fail too."""
@@ -189,9 +253,11 @@ class MultiplexedConnection:
             self._protocol.close(RedisConnectionError("Connection closed by the coordinator"))
             self._protocol = None
 
-    async def _round_trip(self, protocol: _ReplyMatcher, packed: bytes, expected: int) -> list[Any]:
+    async def _round_trip(
+        self, protocol: _ReplyMatcher, packed: bytes, expected: int, extra_s: float = 0.0
+    ) -> list[Any]:
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._timeout_s + extra_s):
                 await protocol.writable()
                 return await protocol.send(packed, expected)
         except TimeoutError:
@@ -242,11 +308,12 @@ class MultiplexedConnection:
                 if isinstance(s, UnixDomainSocketConnection):
                     transport, matcher = await loop.create_unix_connection(protocol, s.path)
                 elif isinstance(s, Connection):
-                    where = f"{s.host}:{s.port}"
+                    host, port = s.host, s.port
+                    if self._address_of_primary is not None:
+                        host, port = await self._address_of_primary()
+                    where = f"{host}:{port}"
                     ssl = s.ssl_context.get() if isinstance(s, SSLConnection) else None
-                    transport, matcher = await loop.create_connection(
-                        protocol, s.host, s.port, ssl=ssl
-                    )
+                    transport, matcher = await loop.create_connection(protocol, host, port, ssl=ssl)
                     if s.socket_keepalive:
                         _keepalive(transport.get_extra_info("socket"), s.socket_keepalive_options)
                 else:
