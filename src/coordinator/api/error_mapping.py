@@ -26,6 +26,7 @@ from grpc.aio import AbortError  # raised by context.abort(): it must propagate
 from grpc_status import rpc_status
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
+    OutOfMemoryError,
     RedisError,
 )
 
@@ -34,6 +35,7 @@ from coordinator.api.method_wrapping import WrappingInterceptor
 from coordinator.storage.redis_errors import (
     POOL_EXHAUSTED,
     REDIS_OUTAGES,
+    ReplicationShortfall,
     redis_error_kind,
     redis_unavailable,
 )
@@ -81,6 +83,14 @@ def to_status(exc: BaseException) -> status_pb2.Status:
             code=code_pb2.UNAVAILABLE,
             message="the node is overloaded: every one of its Redis connections stayed busy for "
             "COORDINATOR_REDIS_TIMEOUT_S; retry later",
+        )
+    if isinstance(exc, ReplicationShortfall):
+        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(exc))
+    if isinstance(exc, OutOfMemoryError):
+        return status_pb2.Status(
+            code=code_pb2.UNAVAILABLE,
+            message="Redis is full (maxmemory reached): the write was refused and nothing "
+            "accepted before is lost; retry once finished tasks are forgotten or the limit rises",
         )
     if isinstance(exc, REDIS_OUTAGES):
         return status_pb2.Status(

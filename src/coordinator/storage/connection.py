@@ -29,15 +29,10 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from coordinator.config import Settings
 from coordinator.storage.packing import PACKED_CLASSES
-
-
-class ReplicationShortfall(RedisConnectionError):
-    """A write reached fewer replicas than required in time. A ConnectionError so that every
-    layer treats it as an outage (UNAVAILABLE at the edge, a retry on the next timer)."""
+from coordinator.storage.redis_errors import ReplicationShortfall
 
 
 @dataclass(frozen=True)

@@ -40,3 +40,8 @@ def redis_error_kind(exc: BaseException) -> str | None:
     if redis_unavailable(exc):
         return "refused_writes"
     return None
+
+
+class ReplicationShortfall(RedisConnectionError):
+    """A write reached fewer replicas than required in time. A ConnectionError so that every
+    layer treats it as an outage (UNAVAILABLE at the edge, a retry on the next timer)."""

@@ -27,6 +27,7 @@ from coordinator.auth.quotas import SubmitQuota, is_refusal
 from coordinator.config import Settings
 from coordinator.errors import CoordinatorError, FailedPrecondition, NotFound
 from coordinator.storage import keys
+from coordinator.storage.connection import run_script_durably
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.storage.scripts import TaskScripts, run_batch
 from coordinator.tasks.calls import (
@@ -83,6 +84,14 @@ class TaskStore(TaskReads):
         """Told when a task joined a queue or a slot came free, and asked to plan the round
         trips that queue tasks: the node's own dispatcher (the dispatch turn reaches
         whichever node is passing)."""
+
+    async def _durably(self, script: AsyncScript, args: Sequence[Any]) -> Any:
+        """Run a task script on the pooled client; with COORDINATOR_REDIS_MIN_REPLICAS, answer
+        only once that many replicas have its write (the batches on the multiplexed
+        connection wait the same way)."""
+        return await run_script_durably(
+            self._redis, self._multiplexed.durability, script, args=args
+        )
 
     def use_dispatch(self, dispatch: DispatchHooks) -> None:
         """Tell ``dispatch`` from now on (the composition root builds the dispatcher after
@@ -188,7 +197,7 @@ class TaskStore(TaskReads):
         call = CancelTaskCall(
             task_id, reason or "cancelled by client", submitted_by=submitted_by or ""
         )
-        verdict, state = call.parse(await self._scripts.cancel_task(args=call.args()))
+        verdict, state = call.parse(await self._durably(self._scripts.cancel_task, call.args()))
         if verdict in ("not_found", "not_owner"):
             raise NotFound(f"task_id: no task {task_id!r}")
         if verdict == "final":
@@ -227,7 +236,7 @@ class TaskStore(TaskReads):
 
     async def _report(self, report: Report) -> ReportReply:
         reply = ReportReply.parse(
-            await self._scripts.report_task(args=report.args(with_record=True))
+            await self._durably(self._scripts.report_task, report.args(with_record=True))
         )
         refusal = _refusal(report, reply)
         if refusal is not None:
@@ -320,7 +329,7 @@ class TaskStore(TaskReads):
         cancelled = 0
         for task_id in task_ids:
             call = CancelTaskCall(task_id, reason, pending_only=True)
-            verdict, _ = call.parse(await self._scripts.cancel_task(args=call.args()))
+            verdict, _ = call.parse(await self._durably(self._scripts.cancel_task, call.args()))
             cancelled += verdict == "ok"
         return cancelled
 
