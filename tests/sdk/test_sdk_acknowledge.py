@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from agent_harness import eventually, submit_request
-from coordinator.sdk import RetryPolicy, TaskContext, TaskState
+from coordinator.sdk import Agent, RetryPolicy, TaskContext, TaskState
 from coordinator.sdk.assignments import assignment_from_proto
 from coordinator.sdk.endpoints import Endpoints
 from coordinator.sdk.reports import Reporter
@@ -64,6 +64,12 @@ def test_the_delay_is_the_setting_but_at_most_a_quarter_of_the_lease():
     assert acknowledge_delay_s(1.0, 300.0) == 1.0
     assert acknowledge_delay_s(1.0, 2.0) == 0.5
     assert acknowledge_delay_s(0.0, 300.0) == 0.0
+
+
+@pytest.mark.parametrize("acknowledge_after_s", [-1.0, float("nan")])
+def test_a_negative_delay_is_refused(acknowledge_after_s):
+    with pytest.raises(ValueError, match="acknowledge_after_s"):
+        Agent("agent-1", lambda task: None, acknowledge_after_s=acknowledge_after_s)
 
 
 async def test_a_quick_task_is_completed_without_an_acknowledgement(

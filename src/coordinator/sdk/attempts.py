@@ -29,7 +29,7 @@ class Attempts:
         agent_id: str,
         reporter: Reporter,
         max_concurrency: int,
-        acknowledge_after_s: float = 0.0,
+        acknowledge_after_s: float,
     ) -> None:
         self._agent_id = agent_id
         self._acknowledge_after_s = acknowledge_after_s

@@ -66,7 +66,8 @@ class AttemptRunner:
         handler: Handler,
         reporter: Reporter,
         slots: asyncio.Semaphore,
-        acknowledge_after_s: float = 0.0,
+        *,
+        acknowledge_after_s: float,
     ) -> None:
         self.assignment = assignment
         self.context = context
