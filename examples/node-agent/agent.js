@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // An AITBC agent in Node.js on @grpc/grpc-js: registers, holds StreamAssignments open,
-// heartbeats, and runs each assignment (acknowledge, work, complete with a fenced report).
+// heartbeats, and runs each assignment (work, acknowledging it if it takes a while, then
+// complete with a fenced report).
 //
 //   node agent.js --address HOST:PORT[,HOST:PORT...] --agent-id ID
 //   (or AITBC_COORDINATOR_ADDRESS / AITBC_AGENT_ID; see README.md for the other flags)
@@ -49,6 +50,7 @@ const ADDRESSES = opts.address.split(",").filter(Boolean);
 const CALL_TIMEOUT_MS = 5000;
 const SHUTDOWN_GRACE_MS = 5000;
 const INITIAL_BACKOFF_MS = 250;
+const ACK_AFTER_MS = 1000; // acknowledge only work still running after this long
 // The server refuses client pings more often than every 10 s (GOAWAY after 2 strikes).
 const CHANNEL_OPTIONS = { "grpc.keepalive_time_ms": 30000, "grpc.keepalive_timeout_ms": 10000 };
 const TLS = Boolean(opts.tls || opts["ca-file"] || opts["cert-file"] || opts["key-file"]);
@@ -188,29 +190,39 @@ function runStream() {
   });
 }
 
-// Runs one attempt. A repeat of an attempt in hand (the stream reopened before the
-// acknowledgement landed) is only acknowledged again: work runs once per task_id + attempt.
+// Runs one attempt. The coordinator takes a completion straight from ASSIGNED, so only work
+// still running after ACK_AFTER_MS (or a quarter of its lease) is acknowledged: it then shows
+// RUNNING, its lease is renewed and it is not sent again when the stream reopens. A quick task
+// costs one report. A repeat of an attempt in hand (the stream reopened before it was
+// acknowledged) is ignored: work runs once per task_id + attempt.
 async function handleAssignment(a) {
   const key = `${a.taskId}#${a.attempt}`;
   const report = (name, extra = {}) => state.tasks.call(name,
     { taskId: a.taskId, agentId: AGENT_ID, fencingToken: a.fencingToken, ...extra });
   const fields = { task_id: a.taskId, attempt: a.attempt };
   const refused = (err) => log("report_refused", { ...fields, code: grpc.status[err.code], message: err.details });
-  if (state.seen.has(key)) return report("acknowledgeTask").catch(refused);
+  if (state.seen.has(key)) return;
   state.seen.add(key);
   let finish = () => {};
   state.running.set(a.taskId, { attempt: a.attempt, cancel: () => finish(true) });
   try {
-    await report("acknowledgeTask");
     log("assignment", { ...fields, task_type: a.taskType });
     const data = a.taskData || {};
     // Example work: wait delay_ms (if given), extending the lease at half its length.
     const leaseMs = durationMs(a.startToCloseTimeout, 300000);
+    let acknowledging = Promise.resolve();
     const cancelled = await new Promise((resolve) => {
+      // A refused acknowledgement: the attempt is no longer ours (cancelled, lease lost).
+      const drop = (err) => { refused(err); finish(true); };
+      const ack = setTimeout(() => { acknowledging = report("acknowledgeTask").catch(drop); },
+        Math.min(ACK_AFTER_MS, leaseMs / 4));
       const extend = setInterval(() => report("extendTaskLease").catch(refused), leaseMs / 2);
       const timer = setTimeout(() => finish(false), Number(data.delay_ms) || 0);
-      finish = (wasCancelled) => { clearInterval(extend); clearTimeout(timer); resolve(wasCancelled); };
+      finish = (wasCancelled) => {
+        clearTimeout(ack); clearInterval(extend); clearTimeout(timer); resolve(wasCancelled);
+      };
     });
+    await acknowledging; // an acknowledgement under way goes first: then it is not refused
     if (cancelled) return log("dropped", fields);
     const result = { handled_by: "node", agent_id: AGENT_ID, echo: data };
     for (let attempt = 1; ; attempt += 1) {

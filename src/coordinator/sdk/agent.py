@@ -58,6 +58,11 @@ class Agent:
     instance with the same ``agent_id`` replaces its stream). Stopping takes no new work (the
     agent reports BUSY), lets running tasks finish for ``shutdown_grace_s``, hands the others
     back to be retried, then deregisters if ``deregister_on_stop``.
+
+    A task still running ``acknowledge_after_s`` after it arrived (or a quarter of its lease,
+    if that is sooner) is acknowledged: it shows RUNNING, and is not sent again when the
+    stream reopens. One that finishes sooner is reported straight from ASSIGNED, a report
+    saved. 0 acknowledges every task before its handler runs.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class Agent:
         metadata: Mapping[str, str] | None = None,
         endpoints: Mapping[str, str] | None = None,
         max_concurrency: int = 1,
+        acknowledge_after_s: float = 1.0,
         weight: float = 1.0,
         shutdown_grace_s: float = 10.0,
         deregister_on_stop: bool = True,
@@ -84,6 +90,8 @@ class Agent:
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency: must be at least 1")
+        if not acknowledge_after_s >= 0:  # NaN too
+            raise ValueError("acknowledge_after_s: must be 0 or more")
         self.agent_id = agent_id
         self.handler = handler
         self.max_concurrency = max_concurrency
@@ -104,7 +112,7 @@ class Agent:
         self._endpoints = Endpoints(addresses, tls, bearer_token(token, token_file))
         self._reporter = Reporter(self._endpoints, agent_id)
         self._backoff = reconnect_backoff or Backoff()
-        self._attempts = Attempts(agent_id, self._reporter, max_concurrency)
+        self._attempts = Attempts(agent_id, self._reporter, max_concurrency, acknowledge_after_s)
         self._stop_requested = asyncio.Event()
         self._finished = asyncio.Event()
         self._running = False

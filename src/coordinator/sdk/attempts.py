@@ -24,8 +24,15 @@ assignments when a stream reopens)."""
 class Attempts:
     """The attempts one agent has received and not yet reported, and those it hands back."""
 
-    def __init__(self, agent_id: str, reporter: Reporter, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        agent_id: str,
+        reporter: Reporter,
+        max_concurrency: int,
+        acknowledge_after_s: float,
+    ) -> None:
         self._agent_id = agent_id
+        self._acknowledge_after_s = acknowledge_after_s
         self._reporter = reporter
         self._slots = asyncio.Semaphore(max_concurrency)
         self._runners: dict[tuple[str, int], tuple[AttemptRunner, asyncio.Task[None]]] = {}
@@ -73,7 +80,14 @@ class Attempts:
             agent_id=self._agent_id,
             start_to_close_s=assignment.start_to_close_s,
         )
-        runner = AttemptRunner(assignment, context, handler, self._reporter, self._slots)
+        runner = AttemptRunner(
+            assignment,
+            context,
+            handler,
+            self._reporter,
+            self._slots,
+            acknowledge_after_s=self._acknowledge_after_s,
+        )
         task = asyncio.create_task(runner.run())
         self._runners[key] = (runner, task)
         task.add_done_callback(lambda _: self._runners.pop(key, None))

@@ -1,5 +1,9 @@
-"""One attempt on the agent: acknowledge at once, run the handler in a free slot while
-keeping the lease alive, then report its result or its error."""
+"""One attempt on the agent: run the handler in a free slot while keeping the lease alive,
+then report its result or its error. The attempt is acknowledged only if it is still under
+way after a short delay (``acknowledge_delay_s``): the coordinator takes a completion or a
+failure straight from ASSIGNED, so a quick task costs one report instead of two, while a
+long one still shows RUNNING to watchers and is not re-sent when the agent's stream
+reopens."""
 
 from __future__ import annotations
 
@@ -32,6 +36,16 @@ is the task's result; an exception fails the attempt (``PermanentError``: no ret
 LEASE_RENEW_FRACTION = 0.5
 """Extend the lease when this fraction of it has passed: a failed extension still leaves the
 other half to retry in."""
+ACKNOWLEDGE_LEASE_FRACTION = 0.25
+"""Acknowledge (which renews the lease) before this fraction of the lease has passed, however
+long ``acknowledge_after_s`` is: the lease began at assignment, before the agent received
+it, and most of it must remain to retry the acknowledgement in."""
+
+
+def acknowledge_delay_s(acknowledge_after_s: float, start_to_close_s: float) -> float:
+    """How long an attempt runs unacknowledged: ``acknowledge_after_s``, but at most
+    ACKNOWLEDGE_LEASE_FRACTION of the lease (0: acknowledge before running the handler)."""
+    return max(0.0, min(acknowledge_after_s, start_to_close_s * ACKNOWLEDGE_LEASE_FRACTION))
 
 
 def is_coroutine_handler(handler: Handler) -> bool:
@@ -52,6 +66,8 @@ class AttemptRunner:
         handler: Handler,
         reporter: Reporter,
         slots: asyncio.Semaphore,
+        *,
+        acknowledge_after_s: float,
     ) -> None:
         self.assignment = assignment
         self.context = context
@@ -59,7 +75,13 @@ class AttemptRunner:
         self._coroutine_handler = is_coroutine_handler(handler)
         self._reporter = reporter
         self._slots = slots
+        self._acknowledge_delay_s = acknowledge_delay_s(
+            acknowledge_after_s, assignment.start_to_close_s
+        )
         self._work: asyncio.Future[HandlerResult] | None = None
+        self._settled = False
+        """True once the handler's outcome is known (or it will not run): no acknowledgement
+        is worth sending any more."""
         self._dropped = False
         self._abandoned = asyncio.Event()
         self._log_fields = {
@@ -85,14 +107,19 @@ class AttemptRunner:
             self._work.cancel()
 
     async def run(self) -> None:
-        """Acknowledge, work, report. Never raises (but is cancellable)."""
+        """Work (acknowledging if it takes a while), report. Never raises (but is
+        cancellable)."""
         a = self.assignment
-        if await self._reporter.acknowledge(a) is not None:
-            return
-        lease_keeper = asyncio.create_task(self._keep_lease())
+        if self._acknowledge_delay_s <= 0:
+            if await self._reporter.acknowledge(a) is not None:
+                return
+            lease_keeper = asyncio.create_task(self._keep_lease())
+        else:
+            lease_keeper = asyncio.create_task(self._acknowledge_later())
         try:
             async with self._slots:
                 if self.context.cancelled:
+                    self._settled = True
                     return await self._after_stop()
                 log.info("task started", extra={**self._log_fields, "task_type": a.task_type})
                 self._work = asyncio.ensure_future(self._call_handler())
@@ -100,6 +127,7 @@ class AttemptRunner:
                 abandoned = asyncio.create_task(self._abandoned.wait())
                 await asyncio.wait({self._work, abandoned}, return_when=asyncio.FIRST_COMPLETED)
                 abandoned.cancel()
+                self._settled = True
                 if self._dropped or self._abandoned.is_set():
                     self._work.add_done_callback(_consume_outcome)
                     return await self._after_stop()
@@ -167,13 +195,40 @@ class AttemptRunner:
                 extra=self._log_fields,
             )
 
-    async def _keep_lease(self) -> None:
+    async def _acknowledge_later(self) -> None:
+        """Acknowledge once the delay has passed, unless the outcome is known by then; keep
+        the lease from then on (while the outcome is reported, too)."""
+        await asyncio.sleep(self._acknowledge_delay_s)
+        if self._settled:
+            # Unacknowledged: the lease runs from the assignment, so renew it sooner.
+            await self._keep_lease(first_wait_s=self._lease_renew_s() - self._acknowledge_delay_s)
+            return
+        refused = await self._reporter.acknowledge(self.assignment)
+        if refused is not None:
+            self.cancel(f"acknowledgement refused ({refused.name})")
+            return
+        lease_log.info(
+            "task %s: acknowledged after %g s",
+            self.assignment.task_id,
+            self._acknowledge_delay_s,
+            extra=self._log_fields,
+        )
+        await self._keep_lease()
+
+    def _lease_renew_s(self) -> float:
+        return self.assignment.start_to_close_s * LEASE_RENEW_FRACTION
+
+    async def _keep_lease(self, first_wait_s: float | None = None) -> None:
+        """Extend the lease every LEASE_RENEW_FRACTION of it, the first time after
+        ``first_wait_s`` (by default the same interval): until cancelled or refused."""
         lease_s = self.assignment.start_to_close_s
+        wait_s = self._lease_renew_s() if first_wait_s is None else first_wait_s
         while True:
-            wait_s = lease_s * LEASE_RENEW_FRACTION
             await asyncio.sleep(wait_s)
             # Give up retrying before the lease ends: then the attempt is lost anyway.
-            refused = await self._reporter.extend(self.assignment, give_up_s=lease_s - wait_s)
+            refused = await self._reporter.extend(
+                self.assignment, give_up_s=lease_s - self._lease_renew_s()
+            )
             if refused is not None:
                 self.cancel(f"lease lost ({refused.name})")
                 return
@@ -183,6 +238,7 @@ class AttemptRunner:
                 lease_s,
                 extra=self._log_fields,
             )
+            wait_s = self._lease_renew_s()
 
 
 def _consume_outcome(work: asyncio.Future[HandlerResult]) -> None:
