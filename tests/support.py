@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -144,6 +145,9 @@ class CoordinatorProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=env.get("CWD", str(REPO)),
+            # A session of its own: close() kills the node and every worker it started, so
+            # no process outlives its test (a leftover would hold the cluster's timers).
+            start_new_session=True,
         )
 
     @property
@@ -193,8 +197,8 @@ class CoordinatorProcess:
         return self.process.wait(timeout=timeout_s)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
         self._log.close()
         self.log_path.unlink(missing_ok=True)

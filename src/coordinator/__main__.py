@@ -90,6 +90,7 @@ def _add_serve(commands: Any) -> None:
     # Internal: how the parent of a multi-process node (node/workers.py) starts a worker.
     run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
 
 
 def _add_health(commands: Any) -> None:
@@ -218,13 +219,14 @@ def _add_dev_ca(commands: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.worker is not None:
+        workers.die_with_parent(args.supervisor_pid)
     try:
         settings = load_settings(os.environ, args.env_file)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     if args.worker is not None:
-        workers.die_with_parent()
         settings = workers.worker_settings(settings, args.worker)
     logs.configure(settings.log_level, settings.node_id, settings.log_format)
     private: PrivateRedis | None = None

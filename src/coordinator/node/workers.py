@@ -172,7 +172,11 @@ class Supervisor:
     async def _start(self, worker: _Worker) -> None:
         """Start the worker and wait until it serves; WorkerStartError if it exits first."""
         read_fd, write_fd = _pipe()
-        argv = [*self._command, "--worker", str(worker.index), "--ready-fd", str(write_fd)]
+        argv = [
+            *self._command,
+            *("--worker", str(worker.index), "--ready-fd", str(write_fd)),
+            *("--supervisor-pid", str(os.getpid())),
+        ]
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 *argv, env=self._env, pass_fds=(write_fd,)
@@ -287,13 +291,16 @@ async def supervise(settings: Settings, command: Sequence[str], env: dict[str, s
             health_hold.close()
 
 
-def die_with_parent() -> None:
+def die_with_parent(supervisor_pid: int | None) -> None:
     """Linux: SIGTERM this worker when its parent dies, so a killed supervisor leaves no
-    orphan serving on the port (it drains as on any SIGTERM)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+    orphan serving on the port (it drains as on any SIGTERM). A supervisor that died before
+    this ran (the worker was still importing) sends nothing: the worker then sees another
+    parent and exits at once."""
+    if sys.platform.startswith("linux"):
+        import ctypes
 
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if supervisor_pid is not None and os.getppid() != supervisor_pid:
+        raise SystemExit(f"worker: its supervisor (pid {supervisor_pid}) is gone; exiting")
