@@ -96,6 +96,8 @@ class Settings:
     stream_grace_s: float = 15.0
     task_timer_interval_s: float = 0.5
     task_retention_s: float = 7 * 86_400.0
+    task_retention_max_tasks: int = 400_000
+    """Most finished tasks kept (the oldest go first); 0: only the time bound."""
     metrics_enabled: bool = False
     """Off by default: nodes sharing a host (tests, the README's two-node example) would
     otherwise fight over one metrics port, and an upgrade opens no new unauthenticated port."""
@@ -245,6 +247,11 @@ VARIABLES: dict[str, tuple[str, Any, Callable[[str], Any]]] = {
     "stream_grace_s": ("COORDINATOR_STREAM_GRACE_S", 15.0, parse.non_negative),
     "task_timer_interval_s": ("COORDINATOR_TASK_TIMER_INTERVAL_S", 0.5, parse.positive),
     "task_retention_s": ("COORDINATOR_TASK_RETENTION_S", 7 * 86_400.0, parse.positive),
+    "task_retention_max_tasks": (
+        "COORDINATOR_TASK_RETENTION_MAX_TASKS",
+        400_000,
+        parse.retained_tasks,
+    ),
     "metrics_enabled": ("COORDINATOR_METRICS_ENABLED", False, parse.boolean),
     "metrics_port": ("COORDINATOR_METRICS_PORT", DEFAULT_METRICS_PORT, parse.port),
     "health_port": ("COORDINATOR_HEALTH_PORT", None, parse.port),

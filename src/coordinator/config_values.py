@@ -176,6 +176,13 @@ def positive(raw: str) -> float:
     return value
 
 
+def retained_tasks(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 1_000_000_000:
+        raise ValueError("must be a number of tasks from 0 (no bound by count) to 1000000000")
+    return value
+
+
 def ratio(raw: str) -> float:
     """A share: a number above 0 and at most 1."""
     value = float(raw)

@@ -211,7 +211,7 @@ async def test_every_way_a_task_ends_gives_its_place_back_once(start_node, pool,
     # tasks gives nothing back, and the task still unfinished is still counted.
     with as_client("alice"), pytest.raises(Exception, match="already CANCELLED"):
         await store.cancel(cancelled.task_id, "")
-    await store._scripts.forget_finished_tasks(args=[int(time.time() * 1000) + 60_000, 100])
+    await store._scripts.forget_finished_tasks(args=[int(time.time() * 1000) + 60_000, 100, 0])
     assert await count() == 1
     assert (await store.get(staying.task_id)).state is TaskState.PENDING
     for task in (completed, failed, retried, purged):

@@ -3,8 +3,12 @@ end in test_task_failures.py)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from agent_harness import eventually, submit_request
+from aitbc.coordinator.v1 import task_pb2
 from coordinator.agents.records import AgentRegistration
 from coordinator.agents.registry import AgentRegistry
 from coordinator.server import connect_redis
@@ -59,3 +63,22 @@ async def test_one_node_reaps_per_round(redis, make_settings):
     second = TaskReaper(redis, make_settings(node_id="node-2", task_timer_interval_s=5.0))
     assert await first.reap_once()
     assert not await second.reap_once()
+
+
+async def test_the_reaper_keeps_at_most_the_newest_finished_tasks(start_node, redis_client):
+    """COORDINATOR_TASK_RETENTION_MAX_TASKS bounds the finished tasks Redis holds, whatever
+    the time bound: the oldest finished go first."""
+    node = await start_node(task_retention_max_tasks=2)
+    finished = []
+    for _ in range(4):
+        task_id = (await node.tasks.SubmitTask(submit_request())).task.task_id
+        await node.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task_id))
+        finished.append(task_id)
+        await asyncio.sleep(0.005)
+
+    async def kept() -> list[int]:
+        present = [await redis_client.exists(keys.task(t)) for t in finished]
+        return present if present == [0, 0, 1, 1] else []
+
+    await eventually(kept, timeout_s=5, what="only the two newest finished tasks")
+    assert await redis_client.zcard(keys.TASK_FINISHED) == 2

@@ -8,6 +8,7 @@ real registry; their stream and their node's presence are written with ``coordin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from importlib import resources
@@ -703,10 +704,10 @@ async def test_forget_finished_tasks_removes_every_trace(scripts, registry, redi
 
     seconds, micros = await redis_client.time()
     now_ms = seconds * 1000 + micros // 1000
-    assert await scripts.forget_finished_tasks(args=[now_ms - 60_000, 10]) == 0  # too recent
-    assert await scripts.forget_finished_tasks(args=[now_ms + 1000, 2]) == 2  # at most 2
-    assert await scripts.forget_finished_tasks(args=[now_ms + 1000, 10]) == 1
-    assert await scripts.forget_finished_tasks(args=[now_ms + 1000, 10]) == 0
+    assert await scripts.forget_finished_tasks(args=[now_ms - 60_000, 10, 0]) == 0  # too recent
+    assert await scripts.forget_finished_tasks(args=[now_ms + 1000, 2, 0]) == 2  # at most 2
+    assert await scripts.forget_finished_tasks(args=[now_ms + 1000, 10, 0]) == 1
+    assert await scripts.forget_finished_tasks(args=[now_ms + 1000, 10, 0]) == 0
 
     for task_id in forgotten:
         assert not await redis_client.exists(keys.task(task_id))
@@ -755,6 +756,23 @@ async def test_a_settling_report_says_whether_tasks_wait_for_the_slot(
 
 
 # --- submitters and their quotas (issue 15) --------------------------------------------------
+
+
+async def test_forget_keeps_at_most_the_newest_finished_tasks(scripts, redis_client):
+    finished = []
+    for _ in range(3):
+        task_id = await new_task(scripts)
+        await scripts.cancel_task(args=[task_id, "", ""])
+        finished.append(task_id)
+        await asyncio.sleep(0.005)  # distinct finish times: the order is theirs
+    pending = await new_task(scripts)  # not finished: never counted, never forgotten
+
+    assert await scripts.forget_finished_tasks(args=[0, 10, 3]) == 0  # no more than kept
+    assert await scripts.forget_finished_tasks(args=[0, 1, 1]) == 1  # at most 1 a call
+    assert await scripts.forget_finished_tasks(args=[0, 10, 1]) == 1
+    assert await scripts.forget_finished_tasks(args=[0, 10, 1]) == 0
+    assert [await redis_client.exists(keys.task(t)) for t in finished] == [0, 0, 1]
+    assert await redis_client.exists(keys.task(pending))
 
 
 async def unfinished(redis, principal) -> int:
@@ -827,7 +845,7 @@ async def test_each_task_gives_back_its_place_once_when_it_ends(scripts, registr
     await new_task(scripts, submitted_by="alice")
     assert await scripts.cancel_task(args=[cancelled, "", "", ""]) == ["final", "CANCELLED"]
     assert (await report(scripts, completed, "a", token, "complete", "{}"))[0] != "ok"
-    assert await scripts.forget_finished_tasks(args=[2**50, 100]) == 4
+    assert await scripts.forget_finished_tasks(args=[2**50, 100, 0]) == 4
     assert await unfinished(redis_client, "alice") == 1
 
 

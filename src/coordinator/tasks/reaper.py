@@ -80,7 +80,9 @@ class TaskReaper:
         await self._release_lost_agents(now_ms)
         bound_ms = now_ms - int(self._settings.task_retention_s * 1000)
         await self._scripts.forget_finished_tasks(
-            args=ForgetFinishedTasksCall(bound_ms, BATCH).args()
+            args=ForgetFinishedTasksCall(
+                bound_ms, BATCH, self._settings.task_retention_max_tasks
+            ).args()
         )
         return True
 

@@ -266,14 +266,16 @@ class ExpireTasksCall:
 
 @dataclass(frozen=True, slots=True)
 class ForgetFinishedTasksCall:
-    """``lua/forget_finished_tasks.lua``: deletes tasks that ended before a bound."""
+    """``lua/forget_finished_tasks.lua``: deletes tasks that ended before a bound, and the
+    oldest finished tasks beyond ``keep_most`` (0: no bound by count)."""
 
     ended_before_ms: int
     most: int
+    keep_most: int = 0
 
     def args(self) -> list[int]:
-        """ARGV[1..2]."""
-        return [self.ended_before_ms, self.most]
+        """ARGV[1..3]."""
+        return [self.ended_before_ms, self.most, self.keep_most]
 
     @staticmethod
     def parse(reply: Any) -> int:
