@@ -78,6 +78,10 @@ def drain_rows(title: str, agg: dict[str, Any]) -> list[Row]:
     if "submit_to_completed.p50_ms" in agg:
         rows.append((title, "submit→completed p50 ms", fmt(agg, "submit_to_completed.p50_ms")))
     rows.append((title, "Redis commands per task", fmt(agg, "redis_commands_per_task.total")))
+    if "redis_bytes_per_finished_task" in agg:  # absent from arq's and older results
+        rows.append(
+            (title, "Redis bytes per finished task", fmt(agg, "redis_bytes_per_finished_task", 0))
+        )
     return rows + cpu_rows(title, agg) + batching_rows(title, agg)
 
 

@@ -61,6 +61,8 @@ def batched_targets(results: Results) -> list[Check]:
     agents = results.get("discovery", {}).get("runs", [{}])[0].get("agents", 0)
     name = f"discovery p99 ≤ 5 ms ({agents:,} agents)"
     checks.append(check(name, "ms", discovery, 5.0, float.__le__))
+    per_task = median_of(results, "drain", "redis_bytes_per_finished_task")
+    checks.append(check("≤ 1 KB of Redis per finished task", "B", per_task, 1024.0, float.__le__))
     memory = median_of(results, "streams", "memory_per_agent_kib")
     checks.append(check("≤ 100 KiB per connected idle agent", "KiB", memory, 100.0, float.__le__))
     if "tls" in results:

@@ -34,6 +34,8 @@ class Usage:
     node_cpu_s: float
     redis_cpu_s: float
     commands: dict[str, int]
+    redis_memory_bytes: int = 0
+    """Redis' used_memory after the tasks finished, less before they were submitted."""
 
 
 def submits_title(bench: Bench) -> str:
@@ -74,6 +76,7 @@ def _measured_phase(
     admin = bench.coordinator_db()
     try:
         admin.config_resetstat()
+        memory_before = int(admin.info("memory")["used_memory"])
         submit_outs, submitters = _start_submitters(bench, nodes, submit_options)
         bench.wait_exit(submitters, "the submitters", 600)
         # An overloaded node may refuse submits (the submitter counts them as errors): wait
@@ -86,6 +89,7 @@ def _measured_phase(
             node_cpu_s=sum(cpu_s(n.pid) - cpu_before[n.node_id] for n in nodes),
             redis_cpu_s=cpu_s(bench.redis.pid) - redis_cpu_before,
             commands=redis_commands(admin),
+            redis_memory_bytes=int(admin.info("memory")["used_memory"]) - memory_before,
         )
     finally:
         admin.close()
@@ -151,6 +155,8 @@ def task_figures(
         # else shares the machine.
         "coordinator_cpu_us_per_task": round(usage.node_cpu_s / accepted * 1e6, 1),
         "redis_cpu_us_per_task": round(usage.redis_cpu_s / accepted * 1e6, 1),
+        # Redis memory the finished tasks hold (records and index entries), per task.
+        "redis_bytes_per_finished_task": round(usage.redis_memory_bytes / accepted),
         "coordinator_rss_kib": {
             node: {"before": usage.rss_before_kib[node], **after}
             for node, after in usage.rss_after_kib.items()
