@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.wrappers_pb2 import BytesValue
+from standalone_server import mark, serve_until_signalled
 
 METHOD = "/bench.Echo/Echo"
 
@@ -50,15 +50,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{args.port}")
-    await server.start()
-    mark(args.ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
-    await server.stop(0)
+    await serve_until_signalled(server, args.port, args.ready_file)
 
 
 async def calls(stub: Any, count: int, in_flight: int, payload: bytes) -> list[int]:
@@ -74,11 +66,6 @@ async def calls(stub: Any, count: int, in_flight: int, payload: bytes) -> list[i
 
     await asyncio.gather(*(caller() for _ in range(in_flight)))
     return round_trips
-
-
-def mark(path: str) -> None:
-    """Tell the harness something happened: it waits for the file."""
-    Path(path).write_text("yes\n")
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:

@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import signal
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
+from standalone_server import mark, serve_until_signalled
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
 
@@ -113,25 +112,12 @@ class Relay(agent_pb2_grpc.AgentServiceServicer, task_pb2_grpc.TaskServiceServic
             )
 
 
-def mark(path: str) -> None:
-    """Tell the harness something happened: it waits for the file."""
-    Path(path).write_text("yes\n")
-
-
 async def main_async(args: argparse.Namespace) -> None:
     relay = Relay(args.expect, lambda: mark(f"{args.ready_file}.done"))
     server = grpc.aio.server()
     agent_pb2_grpc.add_AgentServiceServicer_to_server(relay, server)
     task_pb2_grpc.add_TaskServiceServicer_to_server(relay, server)
-    server.add_insecure_port(f"127.0.0.1:{args.port}")
-    await server.start()
-    mark(args.ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
-    await server.stop(0)
+    await serve_until_signalled(server, args.port, args.ready_file)
 
 
 def main() -> int:

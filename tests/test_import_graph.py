@@ -81,25 +81,19 @@ def imports_of(path: Path, *, top_level_only: bool) -> set[str]:
     tree = ast.parse(path.read_text())
     found: set[str] = set()
 
-    def visit(nodes: list[ast.stmt], depth: int) -> None:
-        for node in nodes:
+    def visit(parent: ast.AST) -> None:
+        for node in ast.iter_child_nodes(parent):
             if isinstance(node, ast.If) and is_type_checking(node):
+                continue
+            if top_level_only and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             if isinstance(node, ast.Import):
                 found.update(a.name for a in node.names if a.name.startswith("coordinator"))
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("coordinator"):
-                for alias in node.names:
-                    found.add(f"{node.module}.{alias.name}")
-            if top_level_only and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                continue
-            for field in ("body", "orelse", "finalbody", "handlers"):
-                inner = getattr(node, field, None)
-                if isinstance(inner, list):
-                    visit(
-                        [n for n in inner if isinstance(n, ast.stmt | ast.ExceptHandler)], depth + 1
-                    )  # type: ignore[misc]
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+            visit(node)
 
-    visit(tree.body, 0)
+    visit(tree)
     return found
 
 
