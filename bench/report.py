@@ -23,7 +23,7 @@ from harness import Plan
 from processes import REPO
 from targets import UNARY_RATE
 
-UNARY_PREFIXES = ("drain_unary", "latency_unary", "floor_unary")
+UNARY_PREFIXES = ("drain_unary", "relay_drain_unary", "latency_unary", "floor_unary")
 UNARY_PATH = {
     "agent_mode": "raw",
     "agent_report": "unary",
@@ -111,6 +111,15 @@ def floor_rows(title: str, agg: dict[str, Any]) -> list[Row]:
     ]
 
 
+def relay_drain_rows(title: str, agg: dict[str, Any]) -> list[Row]:
+    """The drain through the relay: its rate and what the calls alone cost a server."""
+    return [
+        (title, "completion rate, tasks/s", fmt(agg, "completed_per_s", 0)),
+        (title, "CPU µs per task: relay", fmt(agg, "relay_cpu_us_per_task", 0)),
+        *batching_rows(title, agg),
+    ]
+
+
 def discovery_rows(title: str, agg: dict[str, Any]) -> list[Row]:
     """Scenario 4's rows."""
     rows = [
@@ -176,6 +185,7 @@ ROWS_BY_PREFIX: tuple[tuple[str, Callable[[str, dict[str, Any]], list[Row]]], ..
     ("echo", echo_rows),
     ("latency", latency_rows),
     ("floor", floor_rows),
+    ("relay_drain", relay_drain_rows),
     ("discovery", discovery_rows),
     ("streams", streams_rows),
     ("spread", lambda title, agg: spread.table_rows(title, agg, fmt)),

@@ -58,7 +58,13 @@ from harness import FULL, QUICK, RESULTS_DIR, Bench, Stop
 from processes import REPO, RedisServer
 from report import environment, print_table, table_rows, write_results
 from targets import UNARY_RATE, targets
-from task_runs import scenario_drain, scenario_floor, scenario_latency, submits_title
+from task_runs import (
+    scenario_drain,
+    scenario_drain_floor,
+    scenario_floor,
+    scenario_latency,
+    submits_title,
+)
 
 SCENARIOS = (
     "drain",
@@ -73,6 +79,7 @@ SCENARIOS = (
     "watchers",
     "tls",
     "unary_drain",
+    "unary_drain_floor",
     "unary_latency",
     "unary_floor",
     "celery",
@@ -82,6 +89,7 @@ SCENARIO_SETS = {
     "unary": (
         "drain",
         "unary_drain",
+        "unary_drain_floor",
         "arq",
         "celery",
         "latency",
@@ -133,6 +141,10 @@ def task_jobs(bench: Bench, chosen: list[str]) -> list[Job]:
     if "unary_drain" in chosen:
         title = f"1u. drain, 1 node, {agents}, unary: SubmitTask, CompleteTask"
         jobs.append(("drain_unary", title, on_unary_path(bench, lambda: scenario_drain(bench, 1))))
+    if "unary_drain_floor" in chosen:
+        title = f"1uf. drain through the relay (no Redis), {agents}, unary"
+        run = on_unary_path(bench, lambda: scenario_drain_floor(bench))
+        jobs.append(("relay_drain_unary", title, run))
     if "arq" in chosen:
         jobs.append(("arq", "6. arq baseline, 1 worker", lambda: scenario_arq(bench)))
     if "celery" in chosen:

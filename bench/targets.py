@@ -14,7 +14,13 @@ Results = dict[str, dict[str, Any]]
 Check = dict[str, Any]
 UNARY_RATE = 200
 """Issue 17's steady rate, tasks/s."""
-UNARY_KEYS = ("drain_unary", f"latency_unary_{UNARY_RATE}", f"floor_unary_{UNARY_RATE}", "echo")
+UNARY_KEYS = (
+    "drain_unary",
+    "relay_drain_unary",
+    f"latency_unary_{UNARY_RATE}",
+    f"floor_unary_{UNARY_RATE}",
+    "echo",
+)
 """Scenario keys of the unary path; when any of them ran, issue 17's targets are printed."""
 
 
@@ -80,13 +86,17 @@ def _figures(**values: float | None) -> str:
 
 
 def unary_drain_target(results: Results) -> Check:
-    """Unary drain ≥ 1.5× arq's drain (the batched drain beside it)."""
+    """Unary drain ≥ 1.5× arq's drain (the batched drain beside it, and the ceiling: the
+    same clients' drain through the relay, with nothing behind the calls)."""
     unary = median_of(results, "drain_unary", "completed_per_s")
     arq = median_of(results, "arq", "completed_per_s")
     batched = median_of(results, "drain", "completed_per_s")
+    relay = median_of(results, "relay_drain_unary", "completed_per_s")
     basis = _figures(
         unary_tasks_per_s=unary,
         arq_tasks_per_s=arq,
+        relay_tasks_per_s=relay,
+        relay_x_arq=ratio(relay, arq),
         batched_tasks_per_s=batched,
         batched_x_arq=ratio(batched, arq),
     )
@@ -124,6 +134,7 @@ def unary_cpu_target(results: Results) -> Check:
         unary_us_per_task=node_cpu,
         echo_us_per_call=echo_cpu,
         echo_sequential_us_per_call=median_of(results, "echo", "sequential.server_cpu_us_per_call"),
+        relay_us_per_task=median_of(results, "relay_drain_unary", "relay_cpu_us_per_task"),
         batched_us_per_task=median_of(results, "drain", "coordinator_cpu_us_per_task"),
     )
     value = ratio(node_cpu, echo_cpu)

@@ -209,11 +209,12 @@ def scenario_latency(bench: Bench, rate: int) -> dict[str, Any]:
     return result
 
 
-def scenario_floor(bench: Bench, rate: int) -> dict[str, Any]:
-    """Scenario 2's load through bench/grpc_relay.py instead of a node: the same agents and
-    submitter, the same RPCs, nothing behind them (no Redis). What is left is what Python
-    gRPC and these clients cost on this machine, in the same run."""
-    expected = int(rate * bench.plan.steady_s)
+def _through_relay(
+    bench: Bench, options: dict[str, Any], expected: int
+) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+    """The plan's agents and one submitter with ``options`` against bench/grpc_relay.py
+    instead of a node, until ``expected`` tasks are completed: the submitter's records, the
+    agents' reports and the relay's CPU seconds while the tasks went through."""
     port = free_port()
     ready = bench.workdir / f"relay-{port}.ready"
     relay = bench.python_child(
@@ -230,18 +231,27 @@ def scenario_floor(bench: Bench, rate: int) -> dict[str, Any]:
         bench.wait_ready(outs, 60)
         cpu_before = cpu_s(relay.pid)
         out = bench.next_path("submitter")
-        options = latency_submit_options(bench, rate)
         submitter = bench.python_child(
             "load_submitter.py",
             submitter_argv(address, out, start_at_ns=time.time_ns() + 500_000_000, **options),
         )
-        bench.wait_exit([submitter], "the submitter", 120)
-        bench.wait_files([Path(f"{ready}.done")], "every completion at the relay", 60)
+        bench.wait_exit([submitter], "the submitter", 300)
+        bench.wait_files([Path(f"{ready}.done")], "every completion at the relay", 120)
         relay_cpu = cpu_s(relay.pid) - cpu_before
         agent_reports = bench.agent_results(outs)
     finally:
         bench.stop_run()
-    submits = load(out)
+    return load(out), agent_reports, relay_cpu
+
+
+def scenario_floor(bench: Bench, rate: int) -> dict[str, Any]:
+    """Scenario 2's load through bench/grpc_relay.py instead of a node: the same agents and
+    submitter, the same RPCs, nothing behind them (no Redis). What is left is what Python
+    gRPC and these clients cost on this machine, in the same run."""
+    expected = int(rate * bench.plan.steady_s)
+    submits, agent_reports, relay_cpu = _through_relay(
+        bench, latency_submit_options(bench, rate), expected
+    )
     submitted, received, errors = join_times([submits], agent_reports)
     check_all_completed(submitted, received, expected)
     return {
@@ -254,5 +264,32 @@ def scenario_floor(bench: Bench, rate: int) -> dict[str, Any]:
             [(received[t][1] - s) / 1e6 for t, s in submitted.items()]
         ),
         "relay_cpu_us_per_task": round(relay_cpu / expected * 1e6, 1),
+        "errors": errors,
+    }
+
+
+def scenario_drain_floor(bench: Bench) -> dict[str, Any]:
+    """Scenario 1's drain (one submitter, as on one node) through bench/grpc_relay.py: the
+    most tasks/s these clients and RPCs reach on this machine with nothing behind the
+    calls, and what the calls alone cost a grpc.aio server per task."""
+    plan = bench.plan
+    batched = plan.submit_batch > 1
+    options = {
+        "count": plan.drain_tasks,
+        "batch": plan.submit_batch,
+        "in_flight": plan.batches_in_flight if batched else plan.in_flight,
+        **({"stream": True} if batched and bench.args.drain_client == "stream" else {}),
+    }
+    submits, agent_reports, relay_cpu = _through_relay(bench, options, plan.drain_tasks)
+    submitted, received, errors = join_times([submits], agent_reports)
+    check_all_completed(submitted, received, plan.drain_tasks)
+    last_completed = max(c for _, _, c in received.values())
+    return {
+        "tasks": plan.drain_tasks,
+        "completed_per_s": round(
+            plan.drain_tasks / ((last_completed - submits["started_ns"]) / 1e9), 1
+        ),
+        "relay_cpu_us_per_task": round(relay_cpu / plan.drain_tasks * 1e6, 1),
+        "tasks_per_call": tasks_per_call(plan.drain_tasks, [submits], agent_reports),
         "errors": errors,
     }

@@ -15,7 +15,7 @@ from test_bench_quick import assert_task_run, run_quick
 
 @pytest.mark.timeout(200)
 def test_quick_unary_path_beside_the_batched_one(tmp_path: Path) -> None:
-    scenarios = "drain,unary_drain,unary_latency,unary_floor,echo"
+    scenarios = "drain,unary_drain,unary_drain_floor,unary_latency,unary_floor,echo"
     stdout = run_quick(tmp_path, "--scenarios", scenarios, timeout_s=190)
 
     (batched,) = json.loads((tmp_path / "drain.quick.json").read_text())["runs"]
@@ -28,6 +28,11 @@ def test_quick_unary_path_beside_the_batched_one(tmp_path: Path) -> None:
         # One task per SubmitTask and per CompleteTask: the unary path was taken.
         assert run["tasks_per_call"]["submit"] == 1.0, (key, run["tasks_per_call"])
         assert run["tasks_per_call"]["report"] == 1.0, (key, run["tasks_per_call"])
+    # The same clients' drain through the relay: the ceiling of the unary path.
+    (relay,) = json.loads((tmp_path / "relay_drain_unary.quick.json").read_text())["runs"]
+    assert relay["errors"] == {} and relay["completed_per_s"] > 0
+    assert relay["relay_cpu_us_per_task"] > 0
+    assert relay["tasks_per_call"]["submit"] == 1.0 and relay["tasks_per_call"]["report"] == 1.0
     (floor,) = json.loads((tmp_path / "floor_unary_200.quick.json").read_text())["runs"]
     assert floor["errors"] == {} and floor["submit_to_assigned"]["p99_ms"] > 0
 
@@ -51,4 +56,5 @@ def test_quick_unary_path_beside_the_batched_one(tmp_path: Path) -> None:
     )
     assert cpu["measured"] == expected
     assert "node CPU per unary task ≤ 2.5× echo" in stdout
+    assert f"relay tasks per s {relay['completed_per_s']:g}" in stdout
     assert "1 in flight: server CPU µs per call" in stdout
