@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from processes import CoordinatorNode, RedisServer, log_tail, rss_kib
+from processes import CoordinatorNode, RedisServer, cpu_s, log_tail, rss_kib
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc
 
@@ -168,6 +168,46 @@ async def register_all(
     return time.perf_counter() - started
 
 
+async def heartbeat_all(
+    stub: agent_pb2_grpc.AgentServiceStub,
+    agent_ids: Sequence[str],
+    in_flight: int,
+    pids: dict[str, int],
+    admin: redis.Redis,
+) -> dict[str, Any]:
+    """One Heartbeat from every agent, ``in_flight`` at a time: what a heartbeat costs Redis
+    and the node (CPU µs and Redis commands per heartbeat), which is what an idle agent costs
+    them every heartbeat interval. These agents have no stream open, so each heartbeat is
+    recorded and answered FAILED_PRECONDITION (open the stream): the same script as for a
+    connected agent, which checks the stream either way."""
+    queue = iter(agent_ids)
+
+    async def worker() -> None:
+        for agent_id in queue:
+            try:
+                await stub.Heartbeat(agent_pb2.HeartbeatRequest(agent_id=agent_id), timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+
+    admin.config_resetstat()
+    cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    wall_s = time.perf_counter() - started
+    used = {name: cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
+    stats = admin.info("commandstats")
+    commands = sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_config")
+    count = len(agent_ids)
+    return {
+        "heartbeats": count,
+        "in_flight": in_flight,
+        "heartbeats_per_s": round(count / wall_s, 1),
+        **{f"{name}_cpu_us_per_heartbeat": round(s / count * 1e6, 1) for name, s in used.items()},
+        "redis_commands_per_heartbeat": round(commands / count, 2),
+    }
+
+
 def percentile(sorted_ms: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     return sorted_ms[max(0, math.ceil(q * len(sorted_ms)) - 1)]
@@ -250,6 +290,14 @@ async def run_benchmark(children: Children, args: argparse.Namespace) -> dict[st
             }
             if admin.scard("agents:all") != args.agents:
                 raise RuntimeError("agents:all does not hold every registered agent")
+            print(f"one heartbeat from each of {args.agents:,} agents ...", flush=True)
+            results["heartbeat"] = await heartbeat_all(
+                stub,
+                [r.agent_id for r in requests],
+                args.register_in_flight,
+                {"coordinator": pid, "redis": children.redis.pid},
+                admin,
+            )
 
             request = agent_pb2.DiscoverAgentsRequest(
                 capabilities=[NEEDLE], page_size=min(max(args.matches, 1), 1000)
@@ -391,6 +439,14 @@ def print_report(report: dict[str, Any]) -> None:
         f"registration: {reg['agents']:,} agents in {reg['seconds']:.1f} s = "
         f"{reg['agents_per_s']:,.0f} agents/s ({reg['in_flight']} in flight)"
     )
+    if "heartbeat" in r:  # absent from older results
+        hb = r["heartbeat"]
+        print(
+            f"one heartbeat from each agent: {hb['heartbeats_per_s']:,.0f}/s; per heartbeat "
+            f"{hb['redis_cpu_us_per_heartbeat']} us Redis CPU, "
+            f"{hb['coordinator_cpu_us_per_heartbeat']} us node CPU, "
+            f"{hb['redis_commands_per_heartbeat']} Redis commands"
+        )
     print(
         f"coordinator RSS: {rss['before_register'] / 1024:.1f} MiB before registering, "
         f"{rss['after_register'] / 1024:.1f} MiB after, {rss['after_discovery'] / 1024:.1f} MiB "
