@@ -2,8 +2,8 @@
 -- key names and prefixes that coordinator/keys.py defines (TASK_SCRIPT_KEYS) and the quota
 -- functions of quota_lib.lua.
 --
--- A task is the hash K.task .. task_id. Its attempts and transitions are JSON lists in the
--- hash; the scripts append to them, so every change of state and its history are one
+-- A task is the hash K.task .. task_id (a finished one in the compact form of
+-- finished_lib.lua). Its attempts and transitions are JSON lists in the hash; the scripts append to them, so every change of state and its history are one
 -- atomic step. Time is Redis's clock (TIME), shared by every node.
 
 local FINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, EXPIRED = true}
@@ -17,15 +17,21 @@ local function now_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
--- Reads the named fields of a task into a table; nil when the task does not exist.
+-- Reads the named fields of a task into a table; nil when the task does not exist. A
+-- finished task in the compact form (finished_lib.lua) is unpacked.
 local function load_task(task_id, fields)
-  local values = redis.call('HMGET', K.task .. task_id, 'state', unpack(fields))
+  local values = redis.call('HMGET', K.task .. task_id, 'state', 'p1', unpack(fields))
   if not values[1] then
     return nil
   end
   local task = {id = task_id, state = values[1]}
+  local stored = values[2] and task_fields(task_id)
   for i, name in ipairs(fields) do
-    task[name] = values[i + 1]
+    if stored then
+      task[name] = stored[name]
+    else
+      task[name] = values[i + 2]
+    end
   end
   return task
 end
@@ -60,7 +66,8 @@ end
 -- indexes are scored by seq, which is unique and follows creation order. Every way a task
 -- ends (completed, failed for good, cancelled, purged, expired) comes through here, so its
 -- submitter's count of unfinished tasks (quota_lib.lua) falls here, once: a final state is
--- never left.
+-- never left. A task reaching a final state is rewritten in the compact form (its last
+-- change: the scripts change nothing in a task after that).
 local function transition(task, state, now, reason)
   local key = K.task .. task.id
   if FINAL[state] and not FINAL[task.state] then
@@ -79,6 +86,9 @@ local function transition(task, state, now, reason)
   end
   task.state = state
   redis.call('PUBLISH', K.task_channel .. task.id, state)
+  if FINAL[state] then
+    pack_finished(task.id)
+  end
 end
 
 -- Puts a task in line: its priority queue, its requirements-class queue, and the
