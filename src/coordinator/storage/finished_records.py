@@ -13,11 +13,14 @@ The packed string is a series of entries ``{code}{length}:{value}``: ``code`` is
 of ``FIELD_CODES`` (or ``*{name}=`` for a field without one), ``length`` the value's bytes
 as stored. ``task_id`` is left out (it is in the key), and so is a field of ``DEFAULTS``
 holding its default. Values are shortened by a dictionary: each fragment of ``FRAGMENTS``
-becomes the control byte of its position (1 to 30), and the first eight digits of
+becomes the control byte of its position (1 to 30): in a JSON value, the keys of
+``KEY_TOKENS`` (with their quotes and colon) in one pass, then the strings of
+``VALUE_TOKENS`` (with their quotes) in a second; in any value, the first eight digits of
 ``created_at_ms`` (the stamp) become byte 31, so that timestamps near the task's creation
 take six bytes. The values are JSON or names and never hold such bytes; a value that does
-is stored as it is, its entry marked with ``!``. Reading replaces the bytes back in the
-reverse order, which gives back every value exactly.
+is stored as it is, its entry marked with ``!``. Reading replaces each byte by what it
+stands for, in one pass, which gives back every value exactly (what a pass replaced never
+holds a byte of an earlier pass).
 
 This module is the one home of these tables: ``coordinator.storage.scripts`` gives them to
 the task scripts (``lua_tables``), and ``expand`` is the Python reader.
@@ -90,44 +93,53 @@ DEFAULTS: dict[str, str] = {
 compact form leaves them out when they hold it (a task's submission defaults, in
 ``coordinator.tasks.models``; tests/storage/test_finished_records.py checks they agree)."""
 
-FRAGMENTS: tuple[str, ...] = (
-    '{"agent_type":"","capabilities":[',
-    '],"services":[],"labels":{},"agent_id":"","min_health_score":0.0,"preferred_capabilities":[]}',
-    '"agent_id":"","attempt":0,"reason":"submitted"',
-    '"reason":"assigned by node ',
-    '"reason":"acknowledged by agent"',
-    '"reason":"completed by agent"',
-    '"reported":"complete"',
-    '"outcome":"COMPLETED"',
-    '{"state":"PENDING",',
-    '{"state":"ASSIGNED",',
-    '{"state":"RUNNING",',
-    '{"state":"COMPLETED",',
-    '{"state":"',
-    '"assigned_at_ms":',
-    '"started_at_ms":',
-    '"ended_at_ms":',
-    '"agent_id":"',
-    '"node_id":"',
-    '"attempt":',
-    '"token":"',
-    '"at_ms":',
-    '"reason":"',
-    '"outcome":"',
-    '"error":{',
-    '"message":"',
-    '"retryable":',
-    '"details":',
-    '"type":"',
-    '"},{',
-    "},{",
+KEY_TOKENS: tuple[str, ...] = (
+    "state",
+    "agent_id",
+    "attempt",
+    "reason",
+    "at_ms",
+    "assigned_at_ms",
+    "started_at_ms",
+    "ended_at_ms",
+    "node_id",
+    "token",
+    "outcome",
+    "reported",
+    "error",
+    "agent_type",
+    "capabilities",
+    "services",
+    "labels",
+    "min_health_score",
+    "preferred_capabilities",
 )
-"""Fragments of the JSON the scripts and the submission write, longest first where one
-holds another; each becomes the byte of its position (1 to 30)."""
+"""JSON keys of the transitions, attempts and requirements: ``"{key}":`` becomes one byte."""
+
+VALUE_TOKENS: tuple[str, ...] = (
+    "PENDING",
+    "ASSIGNED",
+    "RUNNING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "EXPIRED",
+    "submitted",
+    "acknowledged by agent",
+    "completed by agent",
+    "complete",
+)
+"""JSON strings of the same: ``"{value}"`` becomes one byte."""
 
 STAMP_BYTE = 31
 
-assert len(FRAGMENTS) == STAMP_BYTE - 1, "one byte per fragment, byte 31 for the stamp"
+FRAGMENTS: tuple[str, ...] = (
+    *(f'"{key}":' for key in KEY_TOKENS),
+    *(f'"{value}"' for value in VALUE_TOKENS),
+)
+"""What bytes 1, 2, ... stand for, in that order (byte 31: the stamp)."""
+
+assert len(FRAGMENTS) < STAMP_BYTE, "one byte per fragment, byte 31 for the stamp"
 
 _CODE_NAMES = {code: name for name, code in FIELD_CODES.items()}
 _ENTRY = re.compile(r"(!?)(?:\*([^=]*)=|([A-Za-z]))(\d+):")
@@ -165,11 +177,15 @@ def expand(record: dict[str, str], task_id: str) -> dict[str, str]:
     return fields
 
 
+_SHORTENED = re.compile("[\x01-\x1f]")
+
+
 def _unshorten(value: str, stamp: str) -> str:
-    value = value.replace(chr(STAMP_BYTE), stamp)
-    for byte in range(len(FRAGMENTS), 0, -1):
-        value = value.replace(chr(byte), FRAGMENTS[byte - 1])
-    return value
+    return _SHORTENED.sub(lambda m: stamp if m[0] == _STAMP else _BY_BYTE[m[0]], value)
+
+
+_STAMP = chr(STAMP_BYTE)
+_BY_BYTE = {chr(i): fragment for i, fragment in enumerate(FRAGMENTS, start=1)}
 
 
 def lua_tables() -> str:
@@ -180,12 +196,14 @@ def lua_tables() -> str:
 
     codes = ", ".join(f"{name} = {string(code)}" for name, code in FIELD_CODES.items())
     defaults = ", ".join(f"{name} = {string(value)}" for name, value in DEFAULTS.items())
-    fragments = ", ".join(string(f) for f in FRAGMENTS)
+    key_tokens = ", ".join(string(t) for t in KEY_TOKENS)
+    value_tokens = ", ".join(string(t) for t in VALUE_TOKENS)
     return "\n".join(
         (
             f"local PACKED_FIELD_CODES = {{{codes}}}",
             f"local PACKED_DEFAULTS = {{{defaults}}}",
-            f"local PACKED_FRAGMENTS = {{{fragments}}}",
+            f"local PACKED_KEY_TOKENS = {{{key_tokens}}}",
+            f"local PACKED_VALUE_TOKENS = {{{value_tokens}}}",
             f"local PACKED_PIECE_BYTES = {PIECE_BYTES}",
             f"local PACKED_MAX_PIECES = {MAX_PIECES}",
             f"local PACKED_STAMP_DIGITS = {STAMP_DIGITS}",

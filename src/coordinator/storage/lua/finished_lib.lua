@@ -9,30 +9,35 @@ for name, code in pairs(PACKED_FIELD_CODES) do
   PACKED_CODE_NAMES[code] = name
 end
 
--- Each fragment as a Lua pattern matching it as plain text.
-local PACKED_PATTERNS = {}
-for i, fragment in ipairs(PACKED_FRAGMENTS) do
-  PACKED_PATTERNS[i] = (string.gsub(fragment, '[%^%$%(%)%%%.%[%]%*%+%-%?]', '%%%0'))
+-- The bytes standing for JSON keys and strings (finished_records.FRAGMENTS), by token.
+local PACKED_KEY_BYTES, PACKED_VALUE_BYTES, PACKED_BY_BYTE = {}, {}, {}
+for i, token in ipairs(PACKED_KEY_TOKENS) do
+  PACKED_KEY_BYTES[token] = string.char(i)
+  PACKED_BY_BYTE[string.char(i)] = '"' .. token .. '":'
 end
-local PACKED_STAMP_BYTE = string.char(#PACKED_FRAGMENTS + 1)
+for i, token in ipairs(PACKED_VALUE_TOKENS) do
+  local byte = string.char(#PACKED_KEY_TOKENS + i)
+  PACKED_VALUE_BYTES[token] = byte
+  PACKED_BY_BYTE[byte] = '"' .. token .. '"'
+end
+local PACKED_STAMP_BYTE = string.char(31)
 
 -- The packed records of the tasks this script packed, as HGETALL gave them before (what a
 -- reply that carries the record answers with, without unpacking it again).
 local packed_before = {}
 
 local function shorten(value, stamp)
-  for i, pattern in ipairs(PACKED_PATTERNS) do
-    value = string.gsub(value, pattern, string.char(i))
+  local first = string.sub(value, 1, 1)
+  if first == '{' or first == '[' then
+    value = string.gsub(value, '"([%w_]+)":', PACKED_KEY_BYTES)
+    value = string.gsub(value, '"([^"]*)"', PACKED_VALUE_BYTES)
   end
   return (string.gsub(value, stamp, PACKED_STAMP_BYTE))
 end
 
 local function unshorten(value, stamp)
-  value = string.gsub(value, PACKED_STAMP_BYTE, stamp)
-  for i = #PACKED_FRAGMENTS, 1, -1 do
-    value = string.gsub(value, string.char(i), PACKED_FRAGMENTS[i])
-  end
-  return value
+  PACKED_BY_BYTE[PACKED_STAMP_BYTE] = stamp
+  return (string.gsub(value, '[\1-\31]', PACKED_BY_BYTE))
 end
 
 -- Rewrites a finished task's hash in the compact form: its state, and the other fields
