@@ -22,7 +22,6 @@ from coordinator.tasks.models import (
 )
 from script_support import (
     assign,
-    failure,
     make_agent,
     submit_reply,
     task_record,
@@ -42,13 +41,16 @@ def test_tables_agree_with_the_submission_defaults():
         assert "%" not in fragment and all(ord(c) >= 32 for c in fragment)
 
 
-async def _finish(scripts, registry, redis, action, payload, **options):
-    """A task submitted with ``options``, assigned to agent 'a', acknowledged and reported
-    with ``action``: the report's reply and the hash before it was packed (the record the
-    reply carries is the one HGETALL gave just before packing)."""
+async def _finish(scripts, registry, redis, action, payload, extra_fields=None, **options):
+    """A task submitted with ``options`` (and ``extra_fields`` written into it), assigned to
+    agent 'a', acknowledged and reported with ``action``: the report's reply and the hash
+    before it was packed (the record the reply carries is the one HGETALL gave just before
+    packing)."""
     await make_agent(registry, redis, "a", max_concurrency=5)
     reply = await submit_reply(scripts, **options)
     task_id = reply[1]
+    if extra_fields:
+        await redis.hset(keys.task(task_id), mapping=extra_fields)
     await assign(scripts, task_id, "a", nonce=uuid.uuid4().hex[:16])
     token = await redis.hget(keys.task(task_id), "fencing_token")
     await scripts.report_task(args=[task_id, "a", token, "ack", ""])
@@ -57,10 +59,14 @@ async def _finish(scripts, registry, redis, action, payload, **options):
     return task_id, report, before
 
 
-async def _assert_compact_and_exact(redis, task_id, before):
+async def _assert_compact_and_exact(redis, task_id, before, plain=()):
+    """The hash is state, pieces p1, p2, ... and the ``plain`` fields, a listpack, and reads
+    back as ``before``."""
     stored = await redis.hgetall(keys.task(task_id))
     assert finished_records.is_compact(stored)
-    assert set(stored) == {"state"} | {f"p{i}" for i in range(1, len(stored))}
+    pieces = len(stored) - 1 - len(plain)
+    assert set(stored) == {"state", *plain} | {f"p{i}" for i in range(1, pieces + 1)}
+    assert all(stored[name] == before[name] for name in plain)
     assert await redis.object("encoding", keys.task(task_id)) == "listpack"
     assert await task_record(redis, task_id) == before  # every field, exactly
 
@@ -90,33 +96,51 @@ async def test_a_completed_task_is_packed_into_a_listpack_and_reads_back_exactly
 
 
 async def test_unusual_values_survive_the_packing(scripts, registry, redis_client):
-    """Non-default settings, UTF-8 cut across pieces, control bytes (stored as they are), a
-    retry policy and an error: a failed, dead-lettered task."""
-    odd_request = "réq\x01✓" * 40
+    """Non-default settings, UTF-8 cut across pieces, a control byte in a free-text field
+    (which stays a field of its own), a field without a code, a retry policy and an error:
+    a failed, dead-lettered task."""
+    routing_key = "réq\x01✓" * 4
     retry = RetryPolicy(initial_backoff_s=0.5, max_backoff_s=7.0, backoff_multiplier=1.5)
+    error = {"message": "no luck ✓ " * 30, "type": "T", "retryable": False}
     task_id, report, before = await _finish(
         scripts,
         registry,
         redis_client,
         "fail",
-        failure("no luck ✓ \x02", retryable=False),
-        request_id=odd_request,
+        json.dumps(error, ensure_ascii=False),  # raw UTF-8, which cjson keeps
+        extra_fields={"routing_key": routing_key, "some_new_field": "x=y"},
+        request_id="odd-request",
         priority="URGENT",
         max_attempts=7,
         retry=retry,
     )
     assert report[:2] == ["ok", "FAILED"]
-    assert before["request_id"] == odd_request and before["dead_lettered"] == "1"
-    await _assert_compact_and_exact(redis_client, task_id, before)
+    assert before["routing_key"] == routing_key and before["dead_lettered"] == "1"
+    assert "✓" in before["error"] and before["some_new_field"] == "x=y"
+    await _assert_compact_and_exact(redis_client, task_id, before, plain=["routing_key"])
     assert len(await redis_client.hgetall(keys.task(task_id))) > 5  # several pieces
 
 
-async def test_a_large_result_is_one_piece(scripts, registry, redis_client):
+async def test_a_large_result_stays_a_field_of_its_own(scripts, registry, redis_client):
     result = json.dumps({"blob": "x" * 20_000})
     task_id, _, before = await _finish(scripts, registry, redis_client, "complete", result)
     stored = await redis_client.hgetall(keys.task(task_id))
-    assert set(stored) == {"state", "p1"}
+    assert finished_records.is_compact(stored) and stored["result"] == result
     assert await task_record(redis_client, task_id) == before
+
+
+async def test_a_long_packed_record_is_one_piece(scripts, redis_client):
+    """Too many pieces for a listpack: one piece (the hash is a hashtable anyway)."""
+    task_id = (await submit_reply(scripts, request_id="r" * 1000))[1]
+    extra = {f"extra_{i}": "v" * 900 for i in range(10)}
+    await redis_client.hset(keys.task(task_id), mapping=extra)
+    before = await redis_client.hgetall(keys.task(task_id))
+    assert await scripts.cancel_task(args=[task_id, "stop", "", ""]) == ["ok"]
+    stored = await redis_client.hgetall(keys.task(task_id))
+    assert {name for name in stored if name.startswith("p")} == {"p1"}
+    record = await task_record(redis_client, task_id)
+    assert {name: record[name] for name in extra} == extra
+    assert record["request_id"] == before["request_id"] and record["state"] == "CANCELLED"
 
 
 async def test_a_finished_no_op_task_costs_its_record_and_index_entries(

@@ -9,18 +9,20 @@ most 64 bytes, so that with Redis' default ``hash-max-listpack-value`` (64) and
 that is one field ``p1``). A hash with a ``p1`` field is in the compact form; any other is a
 task as every script writes it (and as the scripts before this form left finished tasks).
 
-The packed string is a series of entries ``{code}{length}:{value}``: ``code`` is one letter
-of ``FIELD_CODES`` (or ``*{name}=`` for a field without one), ``length`` the value's bytes
-as stored. ``task_id`` is left out (it is in the key), and so is a field of ``DEFAULTS``
-holding its default. Values are shortened by a dictionary: each fragment of ``FRAGMENTS``
-becomes the control byte of its position (1 to 30): in a JSON value, the keys of
-``KEY_TOKENS`` (with their quotes and colon) in one pass, then the strings of
-``VALUE_TOKENS`` (with their quotes) in a second; in any value, the first eight digits of
-``created_at_ms`` (the stamp) become byte 31, so that timestamps near the task's creation
-take six bytes. The values are JSON or names and never hold such bytes; a value that does
-is stored as it is, its entry marked with ``!``. Reading replaces each byte by what it
-stands for, in one pass, which gives back every value exactly (what a pass replaced never
-holds a byte of an earlier pass).
+The packed string is ``created_at_ms``, byte 30, then one entry per field, each ended by
+byte 30: ``{code}{value}``, ``code`` one letter of ``FIELD_CODES`` (or ``*{name}=`` for a
+field without one). ``task_id`` is left out (it is in the key), and so is a field of
+``DEFAULTS`` holding its default. A value longer than ``PLAIN_BYTES`` (a large task_data or
+result: the user's data), or one holding a byte below 32, stays a field of its own beside
+the pieces. Only the fields of ``FREE_TEXT`` and fields without a code are searched for
+such bytes: the others are JSON written by ``json.dumps`` or Redis' cjson (which escape
+every byte below 32), numbers, or names that the API validates. The entries are then shortened by a dictionary, three
+passes over the whole text in Lua's string library: the JSON keys of ``KEY_TOKENS`` (with
+their quotes and colon), then the JSON strings of ``VALUE_TOKENS`` (with their quotes),
+each becoming the byte of its place in ``FRAGMENTS`` (1 to 29), then the first eight digits
+of ``created_at_ms`` (the stamp), byte 31, so that timestamps near the task's creation take
+six bytes. Reading replaces each byte by what it stands for, in one pass, which gives back
+the text exactly: what a pass replaced never holds a byte of an earlier pass.
 
 This module is the one home of these tables: ``coordinator.storage.scripts`` gives them to
 the task scripts (``lua_tables``), and ``expand`` is the Python reader.
@@ -38,6 +40,12 @@ PIECE_BYTES = 64
 
 MAX_PIECES = 100
 """Below Redis' default ``hash-max-listpack-entries`` (128), with ``state`` beside them."""
+
+PLAIN_BYTES = 1024
+"""A longer value stays a field of its own (not worth shortening, and the user's data)."""
+
+END_BYTE = 30
+"""Ends ``created_at_ms`` and each entry of the packed string."""
 
 STAMP_DIGITS = 8
 """The leading digits of ``created_at_ms`` that byte 31 stands for (a 100-second range)."""
@@ -73,6 +81,9 @@ FIELD_CODES: dict[str, str] = {
     "avoid_agent_id": "b",
 }
 """One letter per field the scripts write."""
+
+FREE_TEXT = ("routing_key", "submitted_by")
+"""The fields with a code whose values the API does not restrict to printable characters."""
 
 DEFAULTS: dict[str, str] = {
     "task_data": "{}",
@@ -123,7 +134,6 @@ VALUE_TOKENS: tuple[str, ...] = (
     "COMPLETED",
     "FAILED",
     "CANCELLED",
-    "EXPIRED",
     "submitted",
     "acknowledged by agent",
     "completed by agent",
@@ -139,10 +149,13 @@ FRAGMENTS: tuple[str, ...] = (
 )
 """What bytes 1, 2, ... stand for, in that order (byte 31: the stamp)."""
 
-assert len(FRAGMENTS) < STAMP_BYTE, "one byte per fragment, byte 31 for the stamp"
+assert len(FRAGMENTS) < END_BYTE, "one byte per fragment; 30 ends entries, 31 is the stamp"
 
 _CODE_NAMES = {code: name for name, code in FIELD_CODES.items()}
-_ENTRY = re.compile(r"(!?)(?:\*([^=]*)=|([A-Za-z]))(\d+):")
+_PIECE = re.compile(rf"{PACKED_PREFIX}[1-9][0-9]*")
+_SHORTENED = re.compile("[\x01-\x1d\x1f]")
+_BY_BYTE = {chr(i): fragment for i, fragment in enumerate(FRAGMENTS, start=1)}
+_END = chr(END_BYTE)
 
 
 def is_compact(record: dict[str, str]) -> bool:
@@ -155,57 +168,67 @@ def expand(record: dict[str, str], task_id: str) -> dict[str, str]:
     hash held before it was packed."""
     if not is_compact(record):
         return record
-    pieces = len(record) - 1  # besides state
-    packed = "".join(record[f"{PACKED_PREFIX}{i}"] for i in range(1, pieces + 1))
-    raw: list[tuple[str, str, bool]] = []
-    text = packed.encode().decode("latin-1")  # one character per byte: lengths are bytes
-    pos = 0
-    while pos < len(text):
-        match = _ENTRY.match(text, pos)
-        if match is None:
-            raise ValueError(f"task {task_id}: a packed record unreadable at byte {pos}")
-        plain, other_name, code, length = match.groups()
-        pos = match.end() + int(length)
-        value = text[match.end() : pos].encode("latin-1").decode()
-        raw.append((other_name or _CODE_NAMES[code], value, plain == "!"))
+    pieces = sorted((int(k[1:]), v) for k, v in record.items() if _PIECE.fullmatch(k))
+    created, text = "".join(v for _, v in pieces).split(_END, 1)
+    by_byte = {**_BY_BYTE, chr(STAMP_BYTE): created[:STAMP_DIGITS]}
+    text = _SHORTENED.sub(lambda m: by_byte[m[0]], text)
     fields = dict(DEFAULTS)
-    stamp = next(v for name, v, _ in raw if name == "created_at_ms")[:STAMP_DIGITS]
-    for name, value, plain in raw:
-        fields[name] = value if plain or name == "created_at_ms" else _unshorten(value, stamp)
+    for entry in text.split(_END)[:-1]:
+        if entry[0] == "*":
+            name, value = entry[1:].split("=", 1)
+            fields[name] = value
+        else:
+            fields[_CODE_NAMES[entry[0]]] = entry[1:]
+    for name, value in record.items():
+        if name != "state" and not _PIECE.fullmatch(name):
+            fields[name] = value  # kept as it was
+    fields["created_at_ms"] = created
     fields["task_id"] = task_id
     fields["state"] = record["state"]
     return fields
 
 
-_SHORTENED = re.compile("[\x01-\x1f]")
-
-
-def _unshorten(value: str, stamp: str) -> str:
-    return _SHORTENED.sub(lambda m: stamp if m[0] == _STAMP else _BY_BYTE[m[0]], value)
-
-
-_STAMP = chr(STAMP_BYTE)
-_BY_BYTE = {chr(i): fragment for i, fragment in enumerate(FRAGMENTS, start=1)}
-
-
 def lua_tables() -> str:
-    """The tables of this module as Lua locals, for the task scripts (finished_lib.lua)."""
+    """The tables of this module as Lua, for the task scripts (finished_lib.lua): two
+    functions, ``packing_constants()`` and ``unpacking_constants()``, each building its
+    tables when first called (most script calls neither pack nor read a finished task), from
+    literals: no loop or string work in Lua."""
 
     def string(value: str) -> str:
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+        return "'" + "".join(c if ord(c) >= 32 else f"\\{ord(c):03d}" for c in escaped) + "'"
 
-    codes = ", ".join(f"{name} = {string(code)}" for name, code in FIELD_CODES.items())
-    defaults = ", ".join(f"{name} = {string(value)}" for name, value in DEFAULTS.items())
-    key_tokens = ", ".join(string(t) for t in KEY_TOKENS)
-    value_tokens = ", ".join(string(t) for t in VALUE_TOKENS)
+    def table(pairs: dict[str, str]) -> str:
+        return "{" + ", ".join(f"[{string(k)}] = {string(v)}" for k, v in pairs.items()) + "}"
+
+    tokens = {f'"{t}":': t for t in KEY_TOKENS} | {f'"{t}"': t for t in VALUE_TOKENS}
+    byte_of = {fragment: chr(i) for i, fragment in enumerate(FRAGMENTS, start=1)}
+    key_bytes = {t: byte_of[f'"{t}":'] for t in KEY_TOKENS}
+    value_bytes = {t: byte_of[f'"{t}"'] for t in VALUE_TOKENS}
+    assert len(tokens) == len(FRAGMENTS)
+    free_text = ", ".join(f"{name} = true" for name in FREE_TEXT)
+    piece_names = ", ".join(string(f"{PACKED_PREFIX}{i}") for i in range(1, 17))
     return "\n".join(
         (
-            f"local PACKED_FIELD_CODES = {{{codes}}}",
-            f"local PACKED_DEFAULTS = {{{defaults}}}",
-            f"local PACKED_KEY_TOKENS = {{{key_tokens}}}",
-            f"local PACKED_VALUE_TOKENS = {{{value_tokens}}}",
-            f"local PACKED_PIECE_BYTES = {PIECE_BYTES}",
-            f"local PACKED_MAX_PIECES = {MAX_PIECES}",
-            f"local PACKED_STAMP_DIGITS = {STAMP_DIGITS}",
+            "local function packing_constants()",
+            "  return {",
+            f"    field_codes = {table(FIELD_CODES)},",
+            f"    defaults = {table(DEFAULTS)},",
+            f"    free_text = {{{free_text}}},",
+            f"    key_bytes = {table(key_bytes)},",
+            f"    value_bytes = {table(value_bytes)},",
+            f"    piece_bytes = {PIECE_BYTES}, max_pieces = {MAX_PIECES},",
+            f"    plain_bytes = {PLAIN_BYTES}, stamp_digits = {STAMP_DIGITS},",
+            f"    piece_names = {{{piece_names}}},",
+            "  }",
+            "end",
+            "local function unpacking_constants()",
+            "  return {",
+            f"    code_names = {table(_CODE_NAMES)},",
+            f"    defaults = {table(DEFAULTS)},",
+            f"    by_byte = {table({b: f for f, b in byte_of.items()})},",
+            f"    stamp_digits = {STAMP_DIGITS},",
+            "  }",
+            "end",
         )
     )

@@ -1,47 +1,32 @@
 -- Shared by every task script, before task_lib.lua: the compact form of a finished task's
--- hash (coordinator/storage/finished_records.py describes it and holds the tables PACKED_*,
--- which coordinator.storage.scripts puts before this file). transition() packs a task that
--- reaches a final state; every read of a task's fields goes through task_fields, field or
--- load_task, which read both forms.
+-- hash (coordinator/storage/finished_records.py describes it and holds its constants, which
+-- coordinator.storage.scripts puts before this file: packing_constants() and
+-- unpacking_constants()). transition()
+-- packs a task that reaches a final state; every read of a task's fields goes through
+-- task_fields, task_field, task_record or load_task, which read both forms.
 
-local PACKED_CODE_NAMES = {}
-for name, code in pairs(PACKED_FIELD_CODES) do
-  PACKED_CODE_NAMES[code] = name
-end
-
--- The bytes standing for JSON keys and strings (finished_records.FRAGMENTS), by token.
-local PACKED_KEY_BYTES, PACKED_VALUE_BYTES, PACKED_BY_BYTE = {}, {}, {}
-for i, token in ipairs(PACKED_KEY_TOKENS) do
-  PACKED_KEY_BYTES[token] = string.char(i)
-  PACKED_BY_BYTE[string.char(i)] = '"' .. token .. '":'
-end
-for i, token in ipairs(PACKED_VALUE_TOKENS) do
-  local byte = string.char(#PACKED_KEY_TOKENS + i)
-  PACKED_VALUE_BYTES[token] = byte
-  PACKED_BY_BYTE[byte] = '"' .. token .. '"'
-end
+local PACKED_END = string.char(30)
 local PACKED_STAMP_BYTE = string.char(31)
 
--- The packed records of the tasks this script packed, as HGETALL gave them before (what a
--- reply that carries the record answers with, without unpacking it again).
+-- The tables of finished_records.py (lua_tables), built on first use.
+local packing, unpacking = nil, nil
+local function packing_tables()
+  packing = packing or packing_constants()
+  return packing
+end
+local function unpacking_tables()
+  unpacking = unpacking or unpacking_constants()
+  return unpacking
+end
+
+-- The records of the tasks this script packed, as HGETALL gave them before (what a reply
+-- that carries the record answers with, without unpacking it again).
 local packed_before = {}
 
-local function shorten(value, stamp)
-  local first = string.sub(value, 1, 1)
-  if first == '{' or first == '[' then
-    value = string.gsub(value, '"([%w_]+)":', PACKED_KEY_BYTES)
-    value = string.gsub(value, '"([^"]*)"', PACKED_VALUE_BYTES)
-  end
-  return (string.gsub(value, stamp, PACKED_STAMP_BYTE))
-end
-
-local function unshorten(value, stamp)
-  PACKED_BY_BYTE[PACKED_STAMP_BYTE] = stamp
-  return (string.gsub(value, '[\1-\31]', PACKED_BY_BYTE))
-end
-
 -- Rewrites a finished task's hash in the compact form: its state, and the other fields
--- (defaults and task_id left out) packed and cut into listpack-sized pieces p1, p2, ...
+-- (defaults and task_id left out) packed, shortened and cut into listpack-sized pieces p1,
+-- p2, ...; a long value, or one with a byte below 32, stays a field of its own (only the
+-- free-text fields and fields without a code can hold one: finished_records.FREE_TEXT).
 local function pack_finished(task_id)
   local key = K.task .. task_id
   local flat = redis.call('HGETALL', key)
@@ -53,42 +38,50 @@ local function pack_finished(task_id)
       created = flat[i + 1]
     end
   end
-  if #created < PACKED_STAMP_DIGITS or string.find(created, '%D') then
+  local p = packing_tables()
+  if #created < p.stamp_digits or string.find(created, '%D') then
     return  -- not a record the scripts wrote: leave it as it is
   end
-  local stamp = string.sub(created, 1, PACKED_STAMP_DIGITS)
   local parts = {}
+  local hset = {'HSET', key, 'state', state}
   for i = 1, #flat, 2 do
     local name, value = flat[i], flat[i + 1]
-    if name ~= 'task_id' and name ~= 'state' and PACKED_DEFAULTS[name] ~= value then
-      local head = PACKED_FIELD_CODES[name] or ('*' .. name .. '=')
-      if name ~= 'created_at_ms' then
-        if string.find(value, '[%z\1-\31]') then
-          head = '!' .. head
-        else
-          value = shorten(value, stamp)
-        end
+    if name ~= 'task_id' and name ~= 'state' and name ~= 'created_at_ms' and
+        p.defaults[name] ~= value then
+      local code = p.field_codes[name]
+      if #value > p.plain_bytes or
+          ((not code or p.free_text[name]) and string.find(value, '[%z\1-\31]')) then
+        hset[#hset + 1] = name
+        hset[#hset + 1] = value
+      else
+        parts[#parts + 1] = code or ('*' .. name .. '=')
+        parts[#parts + 1] = value
+        parts[#parts + 1] = PACKED_END
       end
-      parts[#parts + 1] = head .. #value .. ':' .. value
     end
   end
   local packed = table.concat(parts)
-  local size = PACKED_PIECE_BYTES
-  if #packed > size * PACKED_MAX_PIECES then
+  packed = string.gsub(packed, '"([%w_]+)":', p.key_bytes)
+  packed = string.gsub(packed, '"([^"]*)"', p.value_bytes)
+  packed = string.gsub(packed, string.sub(created, 1, p.stamp_digits), PACKED_STAMP_BYTE)
+  packed = created .. PACKED_END .. packed
+  local size = p.piece_bytes
+  if #packed > size * p.max_pieces then
     size = #packed  -- too long for a listpack anyway: one piece
   end
-  local hset = {'HSET', key, 'state', state}
-  local pos = 1
-  while pos <= #packed do
+  local length, pos, piece = #packed, 1, 0
+  local names = p.piece_names
+  while pos <= length do
     local cut = pos + size
-    while cut <= #packed and cut > pos + 1 do  -- never inside a UTF-8 character
+    while cut <= length and cut > pos + 1 do  -- never inside a UTF-8 character
       local byte = string.byte(packed, cut)
       if byte < 128 or byte >= 192 then
         break
       end
       cut = cut - 1
     end
-    hset[#hset + 1] = 'p' .. ((#hset - 2) / 2)
+    piece = piece + 1
+    hset[#hset + 1] = names[piece] or ('p' .. piece)
     hset[#hset + 1] = string.sub(packed, pos, cut - 1)
     pos = cut
   end
@@ -97,39 +90,36 @@ local function pack_finished(task_id)
   packed_before[task_id] = flat
 end
 
--- The fields of a task in the compact form, given its state and pieces (a table with
--- p1, p2, ...): every field its hash held before it was packed.
+-- The fields of a task in the compact form, given its hash as a table: every field its
+-- hash held before it was packed.
 local function unpack_finished(task_id, stored)
+  local p = unpacking_tables()
   local pieces = {}
   while stored['p' .. (#pieces + 1)] do
     pieces[#pieces + 1] = stored['p' .. (#pieces + 1)]
   end
   local packed = table.concat(pieces)
-  local entries = {}
-  local pos = 1
-  while pos <= #packed do
-    local mark, name, length, start = string.match(packed, '^(!?)%*([^=]*)=(%d+):()', pos)
-    if not mark then
-      local code
-      mark, code, length, start = string.match(packed, '^(!?)(%a)(%d+):()', pos)
-      name = PACKED_CODE_NAMES[code]
-    end
-    pos = start + tonumber(length)
-    entries[#entries + 1] = {name, string.sub(packed, start, pos - 1), mark == '!'}
-  end
+  local created_end = string.find(packed, PACKED_END, 1, true)
+  local created = string.sub(packed, 1, created_end - 1)
+  p.by_byte[PACKED_STAMP_BYTE] = string.sub(created, 1, p.stamp_digits)
+  local text = string.gsub(string.sub(packed, created_end + 1), '[\1-\29\31]', p.by_byte)
   local fields = {}
-  for name, value in pairs(PACKED_DEFAULTS) do
+  for name, value in pairs(p.defaults) do
     fields[name] = value
   end
-  for _, entry in ipairs(entries) do
-    fields[entry[1]] = entry[2]
+  for entry in string.gmatch(text, '([^\30]*)\30') do
+    local name, value = string.match(entry, '^%*([^=]*)=(.*)$')
+    if not name then
+      name, value = p.code_names[string.sub(entry, 1, 1)], string.sub(entry, 2)
+    end
+    fields[name] = value
   end
-  local stamp = string.sub(fields.created_at_ms, 1, PACKED_STAMP_DIGITS)
-  for _, entry in ipairs(entries) do
-    if entry[1] ~= 'created_at_ms' and not entry[3] then
-      fields[entry[1]] = unshorten(entry[2], stamp)
+  for name, value in pairs(stored) do
+    if name ~= 'state' and not string.find(name, '^p%d+$') then
+      fields[name] = value  -- kept as it was
     end
   end
+  fields.created_at_ms = created
   fields.task_id = task_id
   fields.state = stored.state
   return fields
