@@ -5,12 +5,13 @@ read the same, and the wire replies for a finished task do not change."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
 from google.protobuf.duration_pb2 import Duration
 
-from agent_harness import get_task, submit_request
+from agent_harness import eventually, get_task, submit_request
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.storage import finished_records, keys
 from coordinator.tasks.models import (
@@ -43,9 +44,8 @@ def test_tables_agree_with_the_submission_defaults():
 
 async def _finish(scripts, registry, redis, action, payload, extra_fields=None, **options):
     """A task submitted with ``options`` (and ``extra_fields`` written into it), assigned to
-    agent 'a', acknowledged and reported with ``action``: the report's reply and the hash
-    before it was packed (the record the reply carries is the one HGETALL gave just before
-    packing)."""
+    agent 'a', acknowledged, reported with ``action``, then compacted: the report's reply
+    and the hash before it was compacted (the record the reply carries)."""
     await make_agent(registry, redis, "a", max_concurrency=5)
     reply = await submit_reply(scripts, **options)
     task_id = reply[1]
@@ -56,6 +56,8 @@ async def _finish(scripts, registry, redis, action, payload, extra_fields=None, 
     await scripts.report_task(args=[task_id, "a", token, "ack", ""])
     report = await scripts.report_task(args=[task_id, "a", token, action, payload])
     before = dict(zip(report[3][::2], report[3][1::2], strict=True))
+    assert before == await redis.hgetall(keys.task(task_id))  # not compacted yet
+    assert await scripts.compact_finished_tasks(args=[10, 0]) == 1
     return task_id, report, before
 
 
@@ -136,6 +138,7 @@ async def test_a_long_packed_record_is_one_piece(scripts, redis_client):
     await redis_client.hset(keys.task(task_id), mapping=extra)
     before = await redis_client.hgetall(keys.task(task_id))
     assert await scripts.cancel_task(args=[task_id, "stop", "", ""]) == ["ok"]
+    assert await scripts.compact_finished_tasks(args=[10, 0]) == 1
     stored = await redis_client.hgetall(keys.task(task_id))
     assert {name for name in stored if name.startswith("p")} == {"p1"}
     record = await task_record(redis_client, task_id)
@@ -165,6 +168,7 @@ async def test_a_finished_no_op_task_costs_its_record_and_index_entries(
         await scripts.report_task(args=[task_id, "agent0-00000", token, "ack", "", "0"])
         await scripts.report_task(args=[task_id, "agent0-00000", token, "complete", "{}", "0"])
         task_ids.append(task_id)
+    assert await scripts.compact_finished_tasks(args=[count + 1, 0]) == count
 
     async def usage(key: str) -> int:
         return int(await redis_client.memory_usage(key, samples=0))
@@ -222,8 +226,12 @@ async def test_wire_replies_are_the_same_for_the_compact_and_the_old_form(node, 
 
     redis = redis_client
     task_ids = [done_id, cancelled_id]
-    for task_id in task_ids:
-        assert finished_records.is_compact(await redis.hgetall(keys.task(task_id)))
+
+    async def compacted() -> bool:  # by the node's reaper
+        records = [await redis.hgetall(keys.task(t)) for t in task_ids]
+        return all(finished_records.is_compact(r) for r in records)
+
+    await eventually(compacted, what="the reaper compacted both tasks")
     compact = [await get_task(node.tasks, t) for t in task_ids]
     listed = await node.tasks.ListTasks(task_pb2.ListTasksRequest())
     assert compact[0] == done
@@ -235,3 +243,42 @@ async def test_wire_replies_are_the_same_for_the_compact_and_the_old_form(node, 
         assert not finished_records.is_compact(await redis.hgetall(keys.task(task_id)))
     assert [await get_task(node.tasks, t) for t in task_ids] == compact
     assert await node.tasks.ListTasks(task_pb2.ListTasksRequest()) == listed
+
+
+async def test_compaction_goes_oldest_first_and_resumes_where_it_stopped(
+    scripts, registry, redis_client
+):
+    await make_agent(registry, redis_client, "a", max_concurrency=10)
+    task_ids = [(await submit_reply(scripts))[1] for _ in range(5)]
+    for task_id in task_ids:  # finished in this order, a few milliseconds apart
+        assert await scripts.cancel_task(args=[task_id, "no", "", ""]) == ["ok"]
+        await asyncio.sleep(0.003)
+
+    async def compact_ones() -> list[bool]:
+        records = [await redis_client.hgetall(keys.task(t)) for t in task_ids]
+        return [finished_records.is_compact(r) for r in records]
+
+    assert await scripts.compact_finished_tasks(args=[2, 0]) == 2
+    assert await compact_ones() == [True, True, False, False, False]
+    # The place reached (the second task) is forgotten meanwhile, with the first: the next
+    # call starts at its score.
+    assert await scripts.forget_finished_tasks(args=[0, 10, 3]) == 2
+    assert await scripts.compact_finished_tasks(args=[2, 0]) == 2
+    assert sum((await compact_ones())[2:]) == 2
+    assert await scripts.compact_finished_tasks(args=[10, 0]) < 10
+    assert (await compact_ones())[2:] == [True, True, True]
+    assert await scripts.compact_finished_tasks(args=[10, 0]) == 0
+    # A task finishing later is compacted by the next call.
+    later = (await submit_reply(scripts))[1]
+    await scripts.cancel_task(args=[later, "no", "", ""])
+    assert await scripts.compact_finished_tasks(args=[10, 0]) == 1
+    assert finished_records.is_compact(await redis_client.hgetall(keys.task(later)))
+
+    # While a task waits in line, compaction waits, unless too many wait for it.
+    await submit_reply(scripts)  # queued
+    last = (await submit_reply(scripts))[1]
+    await scripts.cancel_task(args=[last, "no", "", ""])
+    assert await scripts.compact_finished_tasks(args=[10, 1]) == 0
+    assert not finished_records.is_compact(await redis_client.hgetall(keys.task(last)))
+    assert await scripts.compact_finished_tasks(args=[10, 0]) == 1
+    assert finished_records.is_compact(await redis_client.hgetall(keys.task(last)))

@@ -50,6 +50,7 @@ TASK_SCRIPT_NAMES = (
     "connect_stream",
     "disconnect_stream",
     "forget_finished_tasks",
+    "compact_finished_tasks",
 )
 
 
@@ -115,6 +116,7 @@ class TaskScripts:
     connect_stream: AsyncScript
     disconnect_stream: AsyncScript
     forget_finished_tasks: AsyncScript
+    compact_finished_tasks: AsyncScript
 
 
 ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]

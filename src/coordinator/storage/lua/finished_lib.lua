@@ -1,9 +1,9 @@
 -- Shared by every task script, before task_lib.lua: the compact form of a finished task's
 -- hash (coordinator/storage/finished_records.py describes it and holds its constants, which
 -- coordinator.storage.scripts puts before this file: packing_constants() and
--- unpacking_constants()). transition()
--- packs a task that reaches a final state; every read of a task's fields goes through
--- task_fields, task_field, task_record or load_task, which read both forms.
+-- unpacking_constants()). compact_finished_tasks.lua packs finished tasks, in the
+-- background; every read of a task's fields goes through task_fields, task_field,
+-- task_record or load_task, which read both forms.
 
 local PACKED_END = string.char(30)
 local PACKED_STAMP_BYTE = string.char(31)
@@ -19,11 +19,8 @@ local function unpacking_tables()
   return unpacking
 end
 
--- The records of the tasks this script packed, as HGETALL gave them before (what a reply
--- that carries the record answers with, without unpacking it again).
-local packed_before = {}
-
--- Rewrites a finished task's hash in the compact form: its state, and the other fields
+-- Rewrites a finished task's hash in the compact form (nothing for a task already in it,
+-- or gone): its state, and the other fields
 -- (defaults and task_id left out) packed, shortened and cut into listpack-sized pieces p1,
 -- p2, ...; a long value, or one with a byte below 32, stays a field of its own (only the
 -- free-text fields and fields without a code can hold one: finished_records.FREE_TEXT).
@@ -87,7 +84,6 @@ local function pack_finished(task_id)
   end
   redis.call('DEL', key)
   redis.call(unpack(hset))
-  packed_before[task_id] = flat
 end
 
 -- The fields of a task in the compact form, given its hash as a table: every field its
@@ -127,7 +123,7 @@ end
 
 -- Every field of a task, whichever its form, as a table; nil when there is no task.
 local function task_fields(task_id)
-  local flat = packed_before[task_id] or redis.call('HGETALL', K.task .. task_id)
+  local flat = redis.call('HGETALL', K.task .. task_id)
   if #flat == 0 then
     return nil
   end
@@ -144,14 +140,16 @@ end
 -- A task's fields as HGETALL gives them (a flat list of field, value), whichever its form;
 -- {} when there is no task.
 local function task_record(task_id)
-  if packed_before[task_id] then
-    return packed_before[task_id]
-  end
-  local fields = task_fields(task_id)
-  local flat = {}
-  for name, value in pairs(fields or {}) do
-    flat[#flat + 1] = name
-    flat[#flat + 1] = value
+  local flat = redis.call('HGETALL', K.task .. task_id)
+  for i = 1, #flat, 2 do
+    if flat[i] == 'p1' then
+      local record = {}
+      for name, value in pairs(task_fields(task_id)) do
+        record[#record + 1] = name
+        record[#record + 1] = value
+      end
+      return record
+    end
   end
   return flat
 end

@@ -2,9 +2,10 @@
 -- key names and prefixes that coordinator/keys.py defines (TASK_SCRIPT_KEYS) and the quota
 -- functions of quota_lib.lua.
 --
--- A task is the hash K.task .. task_id (a finished one in the compact form of
--- finished_lib.lua). Its attempts and transitions are JSON lists in the hash; the scripts append to them, so every change of state and its history are one
--- atomic step. Time is Redis's clock (TIME), shared by every node.
+-- A task is the hash K.task .. task_id. Its attempts and transitions are JSON lists in the
+-- hash; the scripts append to them, so every change of state and its history are one
+-- atomic step. Time is Redis's clock (TIME), shared by every node. A finished task, once
+-- compacted (compact_finished_tasks.lua), has the form of finished_lib.lua.
 
 local FINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, EXPIRED = true}
 local HELD = {ASSIGNED = true, RUNNING = true}
@@ -66,8 +67,7 @@ end
 -- indexes are scored by seq, which is unique and follows creation order. Every way a task
 -- ends (completed, failed for good, cancelled, purged, expired) comes through here, so its
 -- submitter's count of unfinished tasks (quota_lib.lua) falls here, once: a final state is
--- never left. A task reaching a final state is rewritten in the compact form (its last
--- change: the scripts change nothing in a task after that).
+-- never left.
 local function transition(task, state, now, reason)
   local key = K.task .. task.id
   if FINAL[state] and not FINAL[task.state] then
@@ -86,9 +86,6 @@ local function transition(task, state, now, reason)
   end
   task.state = state
   redis.call('PUBLISH', K.task_channel .. task.id, state)
-  if FINAL[state] then
-    pack_finished(task.id)
-  end
 end
 
 -- Puts a task in line: its priority queue, its requirements-class queue, and the
