@@ -41,11 +41,11 @@ BATCH = 500
 """Most tasks one step handles per round; the next round takes the rest."""
 
 COMPACT_BATCH = 20
-"""Finished tasks compacted by one script call: about 0.5 ms of Redis time, so that the
-calls waiting behind it wait little."""
+"""Finished tasks compacted by one script call: under 1 ms of Redis time (about 40 µs a
+task), so that the calls waiting behind it wait little."""
 
-COMPACT_CALLS = 25
-"""Most compaction calls per round: 500 tasks, 1,000 a second at the default interval."""
+COMPACT_CALLS = 50
+"""Most compaction calls per round: 1,000 tasks, 2,000 a second at the default interval."""
 
 COMPACT_DEFERRED = 20_000
 """Compaction is background work: while tasks wait in line it waits, unless more finished
