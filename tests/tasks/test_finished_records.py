@@ -57,6 +57,7 @@ async def _finish(scripts, registry, redis, action, payload, extra_fields=None, 
     report = await scripts.report_task(args=[task_id, "a", token, action, payload])
     before = dict(zip(report[3][::2], report[3][1::2], strict=True))
     assert before == await redis.hgetall(keys.task(task_id))  # not compacted yet
+    await asyncio.sleep(0.002)  # only tasks finished before the current millisecond
     assert await scripts.compact_finished_tasks(args=[10, 0]) == 1
     return task_id, report, before
 
@@ -95,6 +96,11 @@ async def test_a_completed_task_is_packed_into_a_listpack_and_reads_back_exactly
         before["created_at_ms"],
     ]
     assert await scripts.cancel_task(args=[task_id, "late", "", ""]) == ["final", "COMPLETED"]
+    # Forgotten with every index entry: its agent's index too (read from the packed form).
+    assert await redis_client.zscore(keys.tasks_by_agent("a"), task_id) is not None
+    assert await scripts.forget_finished_tasks(args=[int(before["updated_at_ms"]) + 1, 10, 0]) == 1
+    assert await redis_client.zscore(keys.tasks_by_agent("a"), task_id) is None
+    assert not await redis_client.exists(keys.task(task_id))
 
 
 async def test_unusual_values_survive_the_packing(scripts, registry, redis_client):
@@ -138,6 +144,7 @@ async def test_a_long_packed_record_is_one_piece(scripts, redis_client):
     await redis_client.hset(keys.task(task_id), mapping=extra)
     before = await redis_client.hgetall(keys.task(task_id))
     assert await scripts.cancel_task(args=[task_id, "stop", "", ""]) == ["ok"]
+    await asyncio.sleep(0.002)
     assert await scripts.compact_finished_tasks(args=[10, 0]) == 1
     stored = await redis_client.hgetall(keys.task(task_id))
     assert {name for name in stored if name.startswith("p")} == {"p1"}
@@ -168,6 +175,7 @@ async def test_a_finished_no_op_task_costs_its_record_and_index_entries(
         await scripts.report_task(args=[task_id, "agent0-00000", token, "ack", "", "0"])
         await scripts.report_task(args=[task_id, "agent0-00000", token, "complete", "{}", "0"])
         task_ids.append(task_id)
+    await asyncio.sleep(0.002)
     assert await scripts.compact_finished_tasks(args=[count + 1, 0]) == count
 
     async def usage(key: str) -> int:
@@ -253,6 +261,18 @@ async def test_compaction_goes_oldest_first_and_resumes_where_it_stopped(
     for task_id in task_ids:  # finished in this order, a few milliseconds apart
         assert await scripts.cancel_task(args=[task_id, "no", "", ""]) == ["ok"]
         await asyncio.sleep(0.003)
+    # A task finishing in the same millisecond as the last compacted, sorting before it,
+    # would be passed over: only tasks finished before the current millisecond are taken.
+    now_ms = int(await redis_client.hget(keys.task(task_ids[-1]), "updated_at_ms"))
+    await redis_client.zadd(keys.TASK_FINISHED, {task_ids[-1]: now_ms + 60_000})
+    assert await scripts.compact_finished_tasks(args=[10, 0]) == 4
+    assert await scripts.compact_finished_tasks(args=[10, 0]) == 0  # the last: "not yet"
+    await redis_client.zadd(keys.TASK_FINISHED, {task_ids[-1]: now_ms})
+    await redis_client.delete(keys.TASK_COMPACTED)
+    for task_id in task_ids[:4]:  # back to the old form, to start the story again
+        fields = await task_record(redis_client, task_id)
+        await redis_client.delete(keys.task(task_id))
+        await redis_client.hset(keys.task(task_id), mapping=fields)
 
     async def compact_ones() -> list[bool]:
         records = [await redis_client.hgetall(keys.task(t)) for t in task_ids]
@@ -271,6 +291,7 @@ async def test_compaction_goes_oldest_first_and_resumes_where_it_stopped(
     # A task finishing later is compacted by the next call.
     later = (await submit_reply(scripts))[1]
     await scripts.cancel_task(args=[later, "no", "", ""])
+    await asyncio.sleep(0.002)
     assert await scripts.compact_finished_tasks(args=[10, 0]) == 1
     assert finished_records.is_compact(await redis_client.hgetall(keys.task(later)))
 
@@ -278,6 +299,7 @@ async def test_compaction_goes_oldest_first_and_resumes_where_it_stopped(
     await submit_reply(scripts)  # queued
     last = (await submit_reply(scripts))[1]
     await scripts.cancel_task(args=[last, "no", "", ""])
+    await asyncio.sleep(0.002)
     assert await scripts.compact_finished_tasks(args=[10, 1]) == 0
     assert not finished_records.is_compact(await redis_client.hgetall(keys.task(last)))
     assert await scripts.compact_finished_tasks(args=[10, 0]) == 1

@@ -2,25 +2,26 @@
 
 A task hash holds about 30 fields, some of them JSON over 64 bytes (``transitions``,
 ``attempts``, ``requirements``), so Redis keeps it as a hashtable: about 2.8 KB for a no-op
-task. When a task reaches a final state, ``lua/finished_lib.lua`` rewrites its hash as
-``state`` and the rest packed into one string, cut into pieces ``p1``, ``p2``, ... of at
-most 64 bytes, so that with Redis' default ``hash-max-listpack-value`` (64) and
-``hash-max-listpack-entries`` (128) the hash stays a listpack (a packed record too long for
-that is one field ``p1``). A hash with a ``p1`` field is in the compact form; any other is a
-task as every script writes it (and as the scripts before this form left finished tasks).
+task. The reaper rewrites a finished task (``lua/compact_finished_tasks.lua``, with
+``lua/finished_lib.lua``) as ``state`` and the rest packed into one string, cut into pieces
+``p1``, ``p2``, ... of at most 64 bytes, so that with Redis' default
+``hash-max-listpack-value`` (64) and ``hash-max-listpack-entries`` (128) the hash stays a
+listpack (a packed record too long for that is one field ``p1``). A hash with a ``p1``
+field is in the compact form; any other is a task as every script writes it.
 
 The packed string is ``created_at_ms``, byte 30, then one entry per field, each ended by
 byte 30: ``{code}{value}``, ``code`` one letter of ``FIELD_CODES`` (or ``*{name}=`` for a
 field without one). ``task_id`` is left out (it is in the key), and so is a field of
 ``DEFAULTS`` holding its default. A value longer than ``PLAIN_BYTES`` (a large task_data or
 result: the user's data), or one holding a byte below 32, stays a field of its own beside
-the pieces. Only the fields of ``FREE_TEXT`` and fields without a code are searched for
-such bytes: the others are JSON written by ``json.dumps`` or Redis' cjson (which escape
-every byte below 32), numbers, or names that the API validates. The entries are then shortened by a dictionary, three
-passes over the whole text in Lua's string library: the JSON keys of ``KEY_TOKENS`` (with
-their quotes and colon), then the JSON strings of ``VALUE_TOKENS`` (with their quotes),
-each becoming the byte of its place in ``FRAGMENTS`` (1 to 29), then the first eight digits
-of ``created_at_ms`` (the stamp), byte 31, so that timestamps near the task's creation take
+the pieces. Only the fields of ``FREE_TEXT`` and fields
+without a code are searched for such bytes: the others are JSON written by ``json.dumps``
+or Redis' cjson (which escape every byte below 32), numbers, or names that the API
+validates. The entries are then shortened by a dictionary, three passes over the whole
+text in Lua's string library: the JSON keys of ``KEY_TOKENS`` (with their quotes and
+colon), then the JSON strings of ``VALUE_TOKENS`` (with their quotes), each becoming the
+byte of its place in ``FRAGMENTS`` (1 to 29), then the first eight digits of
+``created_at_ms`` (the stamp), byte 31, so that timestamps near the task's creation take
 six bytes. Reading replaces each byte by what it stands for, in one pass, which gives back
 the text exactly: what a pass replaced never holds a byte of an earlier pass.
 
@@ -225,6 +226,7 @@ def lua_tables() -> str:
             "local function unpacking_constants()",
             "  return {",
             f"    code_names = {table(_CODE_NAMES)},",
+            f"    field_codes = {table(FIELD_CODES)},",
             f"    defaults = {table(DEFAULTS)},",
             f"    by_byte = {table({b: f for f, b in byte_of.items()})},",
             f"    stamp_digits = {STAMP_DIGITS},",

@@ -4,12 +4,13 @@
 -- line it does nothing, unless more than ARGV[2] finished tasks wait to be compacted: a
 -- burst of work does not pay for it, and memory stays bounded if the burst lasts. The
 -- place reached is K.compacted, '{finished score} {task_id}' of the last task compacted;
--- when that task was forgotten meanwhile, the next call starts at its score (a task met
--- again is left as it is: it is compact already).
+-- when that task was forgotten meanwhile (and with it every one before it), the next call
+-- starts at its score. Only tasks that finished before the current millisecond are
+-- compacted: one finishing later cannot sort before the place reached.
 --
 -- ARGV[1]      most tasks to compact in one call
 -- ARGV[2]      most finished tasks left uncompacted while tasks wait in line
--- Returns      the number of finished tasks gone through (fewer than ARGV[1]: none is
+-- Returns      the number of finished tasks compacted (fewer than ARGV[1]: none is
 --              left for now, or tasks wait in line)
 local most = tonumber(ARGV[1])
 local most_deferred = tonumber(ARGV[2])
@@ -20,9 +21,10 @@ local score, task_id = nil, nil
 if place then
   score, task_id = string.match(place, '^(%S+) (.*)$')
 end
--- (those finished after the place reached: about the number left)
+-- (those finished since the task at the place reached, less that one: about the number left)
 if tasks_waiting() == 1 and
-    redis.call('ZCOUNT', K.finished, score and '(' .. score or '-inf', '+inf') <= most_deferred then
+    redis.call('ZCOUNT', K.finished, score or '-inf', '+inf') - (place and 1 or 0) <=
+      most_deferred then
   return 0
 end
 if place then
@@ -36,10 +38,16 @@ if place then
 else
   entries = redis.call('ZRANGE', K.finished, 0, most - 1, 'WITHSCORES')
 end
+local now = now_ms()
+local count = 0
 for i = 1, #entries, 2 do
+  if tonumber(entries[i + 1]) >= now then
+    break
+  end
   pack_finished(entries[i])
+  count = count + 1
 end
-if #entries > 0 then
-  redis.call('SET', K.compacted, entries[#entries] .. ' ' .. entries[#entries - 1])
+if count > 0 then
+  redis.call('SET', K.compacted, entries[2 * count] .. ' ' .. entries[2 * count - 1])
 end
-return #entries / 2
+return count

@@ -22,8 +22,8 @@ end
 -- Rewrites a finished task's hash in the compact form (nothing for a task already in it,
 -- or gone): its state, and the other fields
 -- (defaults and task_id left out) packed, shortened and cut into listpack-sized pieces p1,
--- p2, ...; a long value, or one with a byte below 32, stays a field of its own (only the
--- free-text fields and fields without a code can hold one: finished_records.FREE_TEXT).
+-- p2, ...; a long value, or one with a byte below 32 (only the free-text fields and fields
+-- without a code can hold one: finished_records.FREE_TEXT), stays a field of its own.
 local function pack_finished(task_id)
   local key = K.task .. task_id
   local flat = redis.call('HGETALL', key)
@@ -121,6 +121,38 @@ local function unpack_finished(task_id, stored)
   return fields
 end
 
+-- The named fields of a task in the compact form, given its hash as a table, without
+-- unpacking the others: each entry starts with byte 30 and its code, and no value holds
+-- byte 30. Returns a table of the fields it holds.
+local function unpack_some(task_id, stored, names)
+  local u = unpacking_tables()
+  local pieces = {}
+  while stored['p' .. (#pieces + 1)] do
+    pieces[#pieces + 1] = stored['p' .. (#pieces + 1)]
+  end
+  local packed = table.concat(pieces)
+  local created_end = string.find(packed, PACKED_END, 1, true)
+  local created = string.sub(packed, 1, created_end - 1)
+  u.by_byte[PACKED_STAMP_BYTE] = string.sub(created, 1, u.stamp_digits)
+  local fields = {created_at_ms = created, task_id = task_id, state = stored.state}
+  for _, name in ipairs(names) do
+    if stored[name] then
+      fields[name] = stored[name]  -- kept as it was
+    elseif not fields[name] then
+      local head = PACKED_END .. (u.field_codes[name] or ('*' .. name .. '='))
+      local start = string.find(packed, head, created_end, true)
+      if start then
+        local stop = string.find(packed, PACKED_END, start + #head, true)
+        fields[name] = (string.gsub(string.sub(packed, start + #head, stop - 1),
+          '[\1-\29\31]', u.by_byte))
+      else
+        fields[name] = u.defaults[name]
+      end
+    end
+  end
+  return fields
+end
+
 -- Every field of a task, whichever its form, as a table; nil when there is no task.
 local function task_fields(task_id)
   local flat = redis.call('HGETALL', K.task .. task_id)
@@ -135,6 +167,16 @@ local function task_fields(task_id)
     return unpack_finished(task_id, stored)
   end
   return stored
+end
+
+-- The named fields of a task in the compact form (a table).
+local function compact_task_fields(task_id, names)
+  local flat = redis.call('HGETALL', K.task .. task_id)
+  local stored = {}
+  for i = 1, #flat, 2 do
+    stored[flat[i]] = flat[i + 1]
+  end
+  return unpack_some(task_id, stored, names)
 end
 
 -- A task's fields as HGETALL gives them (a flat list of field, value), whichever its form;
@@ -160,5 +202,5 @@ local function task_field(task_id, name)
   if value or redis.call('HEXISTS', K.task .. task_id, 'p1') == 0 then
     return value
   end
-  return task_fields(task_id)[name]
+  return compact_task_fields(task_id, {name})[name]
 end

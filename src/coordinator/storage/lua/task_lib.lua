@@ -26,7 +26,7 @@ local function load_task(task_id, fields)
     return nil
   end
   local task = {id = task_id, state = values[1]}
-  local stored = values[2] and task_fields(task_id)
+  local stored = values[2] and compact_task_fields(task_id, fields)
   for i, name in ipairs(fields) do
     if stored then
       task[name] = stored[name]
