@@ -20,10 +20,10 @@ local function unpacking_tables()
 end
 
 -- Rewrites a finished task's hash in the compact form (nothing for a task already in it,
--- or gone): its state, and the other fields
--- (defaults and task_id left out) packed, shortened and cut into listpack-sized pieces p1,
--- p2, ...; a long value, or one with a byte below 32 (only the free-text fields and fields
--- without a code can hold one: finished_records.FREE_TEXT), stays a field of its own.
+-- or gone): its state, and the other fields (defaults and task_id left out) packed,
+-- shortened and cut into listpack-sized pieces p1, p2, ...; a long value, or one with a
+-- byte below 32 (only the free-text fields and fields without a code can hold one:
+-- finished_records.FREE_TEXT), stays a field of its own.
 local function pack_finished(task_id)
   local key = K.task .. task_id
   local flat = redis.call('HGETALL', key)
