@@ -8,7 +8,7 @@ import uuid
 
 from coordinator.agents.records import AgentRegistration
 from coordinator.auth.quotas import SubmitQuota
-from coordinator.storage import keys
+from coordinator.storage import finished_records, keys
 from coordinator.tasks.models import RetryPolicy
 from coordinator.tasks.script_calls import NO_ASSIGNMENT
 
@@ -128,7 +128,8 @@ def failure(message="boom", retryable=True) -> str:
 
 
 async def task_record(redis, task_id) -> dict[str, str]:
-    return await redis.hgetall(keys.task(task_id))
+    """The task's fields, whichever its form (a finished task's is compact)."""
+    return finished_records.expand(await redis.hgetall(keys.task(task_id)), task_id)
 
 
 async def active_tasks(redis, agent_id) -> int:

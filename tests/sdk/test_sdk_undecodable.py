@@ -20,7 +20,7 @@ from agent_harness import eventually
 from aitbc.coordinator.v1 import agent_pb2
 from coordinator.sdk import TaskContext, UndecodableReply
 from coordinator.sdk.assignments import UNDECODABLE_TYPE, stream_event
-from coordinator.storage import keys
+from coordinator.storage import finished_records, keys
 
 # 47 levels of lists under {"a": {"s": ...}}: the node builds and sends the assignment, but
 # python protobuf cannot parse it (the Struct sits three levels down in the stream message).
@@ -85,7 +85,8 @@ async def test_agent_fails_an_undecodable_task_and_keeps_working(
     await eventually(
         lambda: stored_state(redis_client, bad.task_id, "FAILED"), what="the task FAILED"
     )
-    error = json.loads(await redis_client.hget(keys.task(bad.task_id), "error"))
+    stored = await redis_client.hgetall(keys.task(bad.task_id))  # finished: compact
+    error = json.loads(finished_records.expand(stored, bad.task_id)["error"])
     assert error["type"] == UNDECODABLE_TYPE and error["retryable"] is False
     assert "could not decode" in error["message"]
 

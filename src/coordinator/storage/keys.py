@@ -122,6 +122,10 @@ TASK_STATE_PREFIX = "tasks:state:"
 TASK_FINISHED = "tasks:finished"
 """Sorted set: tasks in a final state, scored by when they ended (the retention clean-up)."""
 
+TASK_COMPACTED = "tasks:compacted"
+"""``{finished score} {task_id}`` of the last finished task compacted (the place the
+reaper's compaction reached in ``tasks:finished``)."""
+
 TASK_BY_AGENT_PREFIX = "tasks:agent:"
 """``tasks:agent:{agent_id}``: tasks whose current (or last) attempt is on that agent, by seq."""
 
@@ -201,6 +205,7 @@ TASK_SCRIPT_KEYS = {
     "all": TASK_ALL,
     "state": TASK_STATE_PREFIX,
     "finished": TASK_FINISHED,
+    "compacted": TASK_COMPACTED,
     "by_agent": TASK_BY_AGENT_PREFIX,
     "request": TASK_REQUEST_PREFIX,
     "principal_request": TASK_PRINCIPAL_REQUEST_PREFIX,

@@ -4,7 +4,8 @@ Each script documents its KEYS and ARGV at the top of its file. redis-py sends E
 falls back to EVAL (loading the script) after a Redis restart.
 
 Task scripts share helpers: each is sent as the Lua table ``K`` (the key names of
-``keys.TASK_SCRIPT_KEYS``), then ``lua/quota_lib.lua`` (the principals' quotas), then
+``keys.TASK_SCRIPT_KEYS``), the tables of ``finished_records``, then ``lua/quota_lib.lua``
+(the principals' quotas), ``lua/finished_lib.lua`` (finished tasks' compact form), then
 ``lua/task_lib.lua``, then its own file. Their keys are
 built from ``K`` inside the script, because which agent or queue a task touches is only
 known there; like the registry's, they need a single Redis, not Redis Cluster.
@@ -22,6 +23,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from coordinator.storage import finished_records
 from coordinator.storage.keys import TASK_SCRIPT_KEYS
 from coordinator.storage.multiplex import MultiplexedConnection
 
@@ -48,6 +50,7 @@ TASK_SCRIPT_NAMES = (
     "connect_stream",
     "disconnect_stream",
     "forget_finished_tasks",
+    "compact_finished_tasks",
 )
 
 
@@ -57,7 +60,8 @@ def source(name: str) -> str:
     if name in SCRIPT_NAMES:
         return _read(name)
     if name in TASK_SCRIPT_NAMES:
-        return "\n".join((_key_table(), _read("quota_lib"), _read("task_lib"), _read(name)))
+        parts = (_key_table(), finished_records.lua_tables(), _read("quota_lib"))
+        return "\n".join((*parts, _read("finished_lib"), _read("task_lib"), _read(name)))
     raise KeyError(f"no Lua script named {name!r}")
 
 
@@ -112,6 +116,7 @@ class TaskScripts:
     connect_stream: AsyncScript
     disconnect_stream: AsyncScript
     forget_finished_tasks: AsyncScript
+    compact_finished_tasks: AsyncScript
 
 
 ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]

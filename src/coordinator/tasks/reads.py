@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from coordinator.config import Settings
 from coordinator.errors import NotFound
-from coordinator.storage import keys, page_tokens
+from coordinator.storage import finished_records, keys, page_tokens
 from coordinator.storage.redis_time import epoch_ms
 from coordinator.strategies import Strategy
 from coordinator.tasks.models import (
@@ -47,7 +47,7 @@ class TaskReads:
         record: dict[str, str] = await self._redis.hgetall(keys.task(task_id))  # type: ignore[assignment]
         if not record:
             raise NotFound(f"task_id: no task {task_id!r}")
-        return decode_task(record)
+        return decode_task(finished_records.expand(record, task_id))
 
     async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
         """The tasks that still exist among ``task_ids``, in that order."""
@@ -55,7 +55,11 @@ class TaskReads:
             for task_id in task_ids:
                 pipe.hgetall(keys.task(task_id))
             records = await pipe.execute()
-        return [decode_task(r) for r in records if r]
+        return [
+            decode_task(finished_records.expand(r, task_id))
+            for task_id, r in zip(task_ids, records, strict=True)
+            if r
+        ]
 
     async def list_tasks(
         self,

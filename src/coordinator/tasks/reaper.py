@@ -28,6 +28,7 @@ from coordinator.storage.redis_errors import redis_unavailable
 from coordinator.storage.redis_time import epoch_ms
 from coordinator.storage.scripts import TaskScripts
 from coordinator.tasks.script_calls import (
+    CompactFinishedTasksCall,
     ExpireTasksCall,
     ForgetFinishedTasksCall,
     PromoteDueTasksCall,
@@ -38,6 +39,18 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 """Most tasks one step handles per round; the next round takes the rest."""
+
+COMPACT_BATCH = 20
+"""Finished tasks compacted by one script call: under 1 ms of Redis time (about 40 µs a
+task), so that the calls waiting behind it wait little."""
+
+COMPACT_CALLS = 50
+"""Most compaction calls per round: 1,000 tasks, 2,000 a second at the default interval."""
+
+COMPACT_DEFERRED = 20_000
+"""Compaction is background work: while tasks wait in line it waits, unless more finished
+tasks than this wait for it (about 50 MB more than compacted), so that a burst does not pay
+for it and a long one does not grow Redis without bound."""
 
 
 class TaskReaper:
@@ -84,7 +97,15 @@ class TaskReaper:
                 bound_ms, BATCH, self._settings.task_retention_max_tasks
             ).args()
         )
+        await self._compact_finished()
         return True
+
+    async def _compact_finished(self) -> None:
+        compact = CompactFinishedTasksCall(COMPACT_BATCH, COMPACT_DEFERRED)
+        for _ in range(COMPACT_CALLS):
+            done = compact.parse(await self._scripts.compact_finished_tasks(args=compact.args()))
+            if done < COMPACT_BATCH:
+                return
 
     async def _expire_leases(self, now_ms: int) -> None:
         due = [

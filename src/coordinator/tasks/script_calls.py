@@ -281,3 +281,22 @@ class ForgetFinishedTasksCall:
     def parse(reply: Any) -> int:
         """The number of tasks deleted."""
         return int(reply)
+
+
+@dataclass(frozen=True, slots=True)
+class CompactFinishedTasksCall:
+    """``lua/compact_finished_tasks.lua``: rewrites up to ``most`` finished tasks, oldest
+    finished first from where the last call stopped, in the compact form; while tasks wait
+    in line, only when more than ``most_deferred`` wait to be compacted."""
+
+    most: int
+    most_deferred: int
+
+    def args(self) -> list[int]:
+        """ARGV[1..2]."""
+        return [self.most, self.most_deferred]
+
+    @staticmethod
+    def parse(reply: Any) -> int:
+        """The number of finished tasks gone through (fewer than ``most``: none left)."""
+        return int(reply)

@@ -19,7 +19,7 @@ if not task then
   return {'not_found'}
 end
 if required_submitter ~= '' and
-    redis.call('HGET', K.task .. task_id, 'submitted_by') ~= required_submitter then
+    task_field(task_id, 'submitted_by') ~= required_submitter then
   return {'not_owner'}
 end
 if FINAL[task.state] then

@@ -27,7 +27,7 @@ local with_record = ARGV[6] ~= '0'
 -- The task's whole record, for the fourth element of the reply, if the caller wants it.
 local function record()
   if with_record then
-    return redis.call('HGETALL', K.task .. task_id)
+    return task_record(task_id)
   end
   return {}
 end

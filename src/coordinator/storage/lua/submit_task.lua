@@ -45,7 +45,7 @@ end
 if request_id ~= '' then
   local existing = redis.call('GET', request_key)
   if existing then
-    local created_at_ms = redis.call('HGET', K.task .. existing, 'created_at_ms')
+    local created_at_ms = task_field(existing, 'created_at_ms')
     if created_at_ms then
       return {0, existing, created_at_ms}
     end

@@ -4,7 +4,8 @@
 --
 -- A task is the hash K.task .. task_id. Its attempts and transitions are JSON lists in the
 -- hash; the scripts append to them, so every change of state and its history are one
--- atomic step. Time is Redis's clock (TIME), shared by every node.
+-- atomic step. Time is Redis's clock (TIME), shared by every node. A finished task, once
+-- compacted (compact_finished_tasks.lua), has the form of finished_lib.lua.
 
 local FINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, EXPIRED = true}
 local HELD = {ASSIGNED = true, RUNNING = true}
@@ -17,15 +18,21 @@ local function now_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
--- Reads the named fields of a task into a table; nil when the task does not exist.
+-- Reads the named fields of a task into a table; nil when the task does not exist. A
+-- finished task in the compact form (finished_lib.lua) is unpacked.
 local function load_task(task_id, fields)
-  local values = redis.call('HMGET', K.task .. task_id, 'state', unpack(fields))
+  local values = redis.call('HMGET', K.task .. task_id, 'state', 'p1', unpack(fields))
   if not values[1] then
     return nil
   end
   local task = {id = task_id, state = values[1]}
+  local stored = values[2] and compact_task_fields(task_id, fields)
   for i, name in ipairs(fields) do
-    task[name] = values[i + 1]
+    if stored then
+      task[name] = stored[name]
+    else
+      task[name] = values[i + 2]
+    end
   end
   return task
 end
