@@ -32,7 +32,8 @@ class AgentSlots:
     again."""
 
     agents: dict[str, AgentRecord]
-    """Every ACTIVE, live agent of the snapshot with an open stream, free or not."""
+    """The ACTIVE, live agents of the snapshot with an open stream: the least loaded
+    available ones of each class with tasks waiting (or of all, for a view)."""
     blocked: set[str] = field(default_factory=set)
     """Requirements classes that no free agent fits any more in the pass under way."""
     refused: set[str] = field(default_factory=set)
@@ -118,6 +119,9 @@ class Snapshot:
     state: BalancerState
     read_at: float
     """The event loop's time when it was read."""
+    more_agents: bool = False
+    """Whether available agents were left unread: ``slots`` holds the least loaded of
+    them only, and a pass that used those up passes again."""
     eligible: dict[str, list[AgentRecord]] = field(default_factory=dict)
     """Per requirements class, the agents of the snapshot that fit it (assigning at submit:
     ``slots`` says which of them still have a slot)."""

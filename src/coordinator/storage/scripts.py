@@ -3,8 +3,11 @@
 Each script documents its KEYS and ARGV at the top of its file. redis-py sends EVALSHA and
 falls back to EVAL (loading the script) after a Redis restart.
 
-Task scripts share helpers: each is sent as the Lua table ``K`` (the key names of
-``keys.TASK_SCRIPT_KEYS``), then ``lua/quota_lib.lua`` (the principals' quotas), then
+Every script is sent after the Lua table ``K`` (the key names of ``keys.TASK_SCRIPT_KEYS``)
+and ``lua/availability_lib.lua`` (which keeps ``agents:available`` exact: the registry's
+scripts change status and liveness, the task scripts slots and streams).
+Task scripts share more helpers: each is sent as ``K``, the availability helpers, then
+``lua/quota_lib.lua`` (the principals' quotas), then
 ``lua/task_lib.lua``, then its own file. Their keys are
 built from ``K`` inside the script, because which agent or queue a task touches is only
 known there; like the registry's, they need a single Redis, not Redis Cluster.
@@ -48,6 +51,7 @@ TASK_SCRIPT_NAMES = (
     "connect_stream",
     "disconnect_stream",
     "forget_finished_tasks",
+    "rebuild_available",
 )
 
 
@@ -55,9 +59,17 @@ TASK_SCRIPT_NAMES = (
 def source(name: str) -> str:
     """The Lua source of one named script."""
     if name in SCRIPT_NAMES:
-        return _read(name)
+        return "\n".join((_key_table(), _read("availability_lib"), _read(name)))
     if name in TASK_SCRIPT_NAMES:
-        return "\n".join((_key_table(), _read("quota_lib"), _read("task_lib"), _read(name)))
+        return "\n".join(
+            (
+                _key_table(),
+                _read("availability_lib"),
+                _read("quota_lib"),
+                _read("task_lib"),
+                _read(name),
+            )
+        )
     raise KeyError(f"no Lua script named {name!r}")
 
 
@@ -112,6 +124,7 @@ class TaskScripts:
     connect_stream: AsyncScript
     disconnect_stream: AsyncScript
     forget_finished_tasks: AsyncScript
+    rebuild_available: AsyncScript
 
 
 ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
