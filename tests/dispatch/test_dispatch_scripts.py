@@ -79,7 +79,8 @@ async def test_snapshot_has_waiting_classes_and_streaming_active_agents(
     await make_agent(registry, redis_client, "dead-node", node="node-gone")
     await redis_client.delete(keys.node_presence("node-gone"))
     await make_agent(registry, redis_client, "inactive")
-    await redis_client.srem(keys.AGENTS_ACTIVE, "inactive")
+    await redis_client.zadd(keys.AGENTS_HEARTBEATS, {"inactive": 0})  # stale: swept out
+    assert await registry.sweep_stale() == ["inactive"]
     await redis_client.set(keys.BALANCING_STRATEGY, "least_connections")
     await redis_client.set(keys.BALANCER_STATE, '{"round_robin_last": "x"}')
 

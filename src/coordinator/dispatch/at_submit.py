@@ -73,7 +73,7 @@ class SubmitAssigner:
                 eligible = view.eligible[cls] = [
                     a for a in view.slots.agents.values() if fits(a, s.requirements)
                 ]
-            candidates = view.slots.candidates(eligible)
+            candidates = view.slots.candidates(cls, eligible)
             if not candidates:
                 continue
             agent_id = choose(

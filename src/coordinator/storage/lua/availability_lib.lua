@@ -31,6 +31,14 @@ local function available_clear(agent_id, raw_index_keys)
   end
 end
 
+-- Slot use: below 1 with a free slot, at least 1 when full.
+local function available_slot_use(active, max_concurrency)
+  if active >= max_concurrency then
+    return math.max(1, active / math.max(max_concurrency, 1))
+  end
+  return active / max_concurrency
+end
+
 -- The agent's slot use when it can be given tasks (nil when not); from its record fields
 -- {status, max_concurrency, active_tasks}.
 local function available_score(agent_id, record)
@@ -40,12 +48,7 @@ local function available_score(agent_id, record)
   if redis.call('HEXISTS', K.connected, agent_id) == 0 then
     return nil
   end
-  local max_concurrency = tonumber(record[2]) or 0
-  local active = tonumber(record[3]) or 0
-  if active >= max_concurrency then
-    return math.max(1, active / math.max(max_concurrency, 1))  -- full
-  end
-  return active / max_concurrency
+  return available_slot_use(tonumber(record[3]) or 0, tonumber(record[2]) or 0)
 end
 
 -- Puts the agent in the available sets, or takes it out, as its record says now. Returns
@@ -67,6 +70,20 @@ local function available_refresh(agent_id)
     redis.call('ZADD', K.available_in .. key, score, agent_id)
   end
   return true
+end
+
+-- The agent's active_tasks became ``active`` (an assignment, or an attempt's end): its
+-- score changes in the sets it is in, and nothing else (ZADD XX leaves out an agent that
+-- is not available; its other inputs did not change). The cheap refresh, for every task.
+local function available_slots_changed(agent_id, active)
+  local record = redis.call('HMGET', K.agent .. agent_id, 'max_concurrency', 'index_keys')
+  local score = available_slot_use(active, tonumber(record[1]) or 0)
+  if redis.call('ZADD', K.available, 'XX', 'CH', score, agent_id) == 0 then
+    return  -- not available, or the same score
+  end
+  for _, key in ipairs(available_index_keys(record[2])) do
+    redis.call('ZADD', K.available_in .. key, 'XX', score, agent_id)
+  end
 end
 
 -- Refreshes only when the agent's membership disagrees with its record (a heartbeat's

@@ -75,12 +75,9 @@ local picked_ids = {}
 local more_agents = 0
 local node_alive = {}
 
--- Whether the agent's stream is open on a live node (and it is in agents:active, which
--- its membership of the available sets says already, unless a hand changed Redis).
+-- Whether the agent's stream is open on a live node (the rest of being available, its
+-- membership of the available sets says).
 local function streaming(agent_id)
-  if redis.call('SISMEMBER', K.active, agent_id) == 0 then
-    return false
-  end
   local connection = redis.call('HGET', K.connected, agent_id)
   if not connection then
     return false
