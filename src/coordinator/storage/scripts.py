@@ -52,6 +52,7 @@ TASK_SCRIPT_NAMES = (
     "disconnect_stream",
     "forget_finished_tasks",
     "rebuild_available",
+    "holders_in_doubt",
 )
 
 
@@ -125,6 +126,7 @@ class TaskScripts:
     disconnect_stream: AsyncScript
     forget_finished_tasks: AsyncScript
     rebuild_available: AsyncScript
+    holders_in_doubt: AsyncScript
 
 
 ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
