@@ -2,24 +2,27 @@
 StreamAssignments open, spread over 2 nodes (agents share processes and connections to fit
 the machine). For each count of the plan (4, 1,000 and 10,000 in a full run):
 
-- one task to each agent (every agent keeps its task): first submit → last assignment
-  received, and assignments/s;
-- the plan's drain (20,000 tasks) with those agents connected, doing the work (one slot
-  each, or the drain's usual slots with 4 agents);
+- (a) one task to each of that many agents, submitted half through each node; every agent
+  keeps its task (max_concurrency 1): first submit -> last assignment received, and
+  assignments/s;
+- (b) then, with those agents still connected (and full), the plan's drain (20,000 tasks)
+  done by the drain's 4 agents (max_concurrency 100) as in scenario 1, but on 2 nodes:
+  what the connected agents cost every pass;
 
-each with node and Redis CPU per task and Redis commands per task. A dispatch pass reads
-only the least loaded agents it may assign to (``agents:available``), so none of these
-should grow with the number of agents."""
+each with node and Redis CPU and Redis commands per task. A pass reads only the least
+loaded agents it may assign to (``agents:available``): none of these should grow with the
+number of agents connected."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from figures import commands_per_task, join_times, latency_summary, load, redis_commands
 from harness import Bench, submitter_argv
-from processes import cpu_s
-from task_runs import Population, scenario_drain_options, task_run
+from processes import CoordinatorNode, cpu_s
+from task_runs import Population, measured_phase, scenario_drain_options, task_figures
 
 NODES = 2
 PER_CHANNEL = 25
@@ -29,89 +32,102 @@ sockets for 10,000 agents on one machine)."""
 
 def title(bench: Bench) -> str:
     counts = ", ".join(f"{n:,}" for n in bench.plan.many_agents)
-    return f"12. many agents ({counts}) over 2 nodes: one task each, and the drain"
+    return f"12. many agents ({counts}) over 2 nodes: one task each, then the drain beside them"
 
 
-def population(bench: Bench, agents: int, hold: bool) -> Population:
-    """``agents`` agents in at most the plan's processes; many share connections, and
-    report in ReportTasks calls (not a report stream each)."""
+def holders(bench: Bench, agents: int) -> Population:
+    """``agents`` agents that keep every task, in at most the plan's processes (many share
+    connections)."""
     processes = min(bench.plan.many_processes, agents)
-    many = agents > processes
-    return Population(
-        agents,
-        processes,
-        per_channel=PER_CHANNEL if many else 1,
-        hold=hold,
-        report="batch" if many else "",
-    )
+    per_channel = PER_CHANNEL if agents > processes else 1
+    return Population(agents, processes, per_channel=per_channel, hold=True)
 
 
-def one_each(bench: Bench, agents: int) -> dict[str, Any]:
-    """One task to each of ``agents`` agents (each keeps it: max_concurrency 1), submitted
-    through both nodes, half each."""
-    nodes = bench.start_nodes(NODES)
+def submit_one_each(
+    bench: Bench, nodes: list[CoordinatorNode], agents: int
+) -> tuple[list[Path], float, float, dict[str, int]]:
+    """Submit ``agents`` tasks, half through each node, and wait until each agent has its
+    own: the submitters' files, node and Redis CPU seconds, the Redis commands."""
+    cpu_before = [cpu_s(n.pid) for n in nodes]
+    redis_cpu_before = cpu_s(bench.redis.pid)
+    admin = bench.coordinator_db()
     try:
-        outs = population(bench, agents, hold=True).start(bench, nodes, max_concurrency=1)
-        bench.wait_ready(outs, 60 + agents / 50)
-        cpu_before = [cpu_s(n.pid) for n in nodes]
-        redis_cpu_before = cpu_s(bench.redis.pid)
-        admin = bench.coordinator_db()
         admin.config_resetstat()
         start_at = time.time_ns() + 500_000_000
-        submit_outs, submitters = [], []
+        outs, submitters = [], []
         for i, node in enumerate(nodes):
             count = agents // NODES + (i < agents % NODES)
             out = bench.next_path(f"submitter{i}")
-            submit_outs.append(out)
+            outs.append(out)
             options = {"count": count, "start_at_ns": start_at, **scenario_drain_options(bench)}
             argv = submitter_argv(node.address, out, **options)
             submitters.append(bench.python_child("load_submitter.py", argv))
         bench.wait_exit(submitters, "the submitters", 300)
         bench.wait_counter("tasks_distributed", agents, 300)
-        bench.wait_files([o.with_name(o.name + ".received") for o in outs], "one each", 120)
         node_cpu = sum(cpu_s(n.pid) - b for n, b in zip(nodes, cpu_before, strict=True))
-        redis_cpu = cpu_s(bench.redis.pid) - redis_cpu_before
-        commands = redis_commands(admin)
-        admin.close()
-        agent_reports = bench.agent_results(outs)
+        return outs, node_cpu, cpu_s(bench.redis.pid) - redis_cpu_before, redis_commands(admin)
     finally:
-        bench.stop_run()
-    submits = [load(o) for o in submit_outs]
-    submitted, received, errors = join_times(submits, agent_reports)
-    holders = {agent for agent, _, _ in received.values()}
-    if len(received) != agents or len(holders) != agents:
-        raise RuntimeError(f"{len(received)} tasks reached {len(holders)} of {agents} agents")
+        admin.close()
+
+
+def one_each_figures(
+    agents: int,
+    submits: list[dict[str, Any]],
+    reports: list[dict[str, Any]],
+    cpu: tuple[float, float],
+    commands: dict[str, int],
+) -> dict[str, Any]:
+    """(a)'s figures; RuntimeError unless each agent got exactly one task."""
+    submitted, received, errors = join_times(submits, reports)
+    if len(received) != agents or len({a for a, _, _ in received.values()}) != agents:
+        raise RuntimeError(f"{len(received)} tasks did not reach {agents} agents, one each")
     first_submit = min(s["started_ns"] for s in submits)
     elapsed_s = (max(r for _, r, _ in received.values()) - first_submit) / 1e9
     last_reply = max(t for s in submits for _, _, t in s["records"])
+    node_cpu_s, redis_cpu_s = cpu
     return {
         "agents": agents,
         "first_submit_to_last_assigned_s": round(elapsed_s, 3),
         "first_submit_to_last_reply_s": round((last_reply - first_submit) / 1e9, 3),
+        "assignments_per_s": round(agents / elapsed_s, 1),
         "submit_to_assigned": latency_summary(
             [(received[t][1] - s) / 1e6 for t, s in submitted.items()]
         ),
-        "assignments_per_s": round(agents / elapsed_s, 1),
-        "coordinator_cpu_us_per_task": round(node_cpu / agents * 1e6, 1),
-        "redis_cpu_us_per_task": round(redis_cpu / agents * 1e6, 1),
+        "coordinator_cpu_us_per_task": round(node_cpu_s / agents * 1e6, 1),
+        "redis_cpu_us_per_task": round(redis_cpu_s / agents * 1e6, 1),
         "redis_commands_per_task": commands_per_task(commands, agents),
         "errors": errors,
     }
 
 
-def drain_with(bench: Bench, agents: int) -> dict[str, Any]:
-    """The plan's drain on 2 nodes with ``agents`` agents connected and working: one slot
-    each when they are many, the drain's usual slots when they are the drain's few."""
+def with_agents(bench: Bench, agents: int) -> dict[str, Any]:
+    """(a) and (b) with ``agents`` agents connected."""
     plan = bench.plan
-    few = agents <= plan.drain_agents
-    slots = bench.args.max_concurrency if few else 1
-    options = [
-        {"count": plan.drain_tasks // NODES, **scenario_drain_options(bench, NODES)}
-        for _ in range(NODES)
-    ]
-    run = task_run(
-        bench, NODES, options, plan.drain_tasks, slots, population(bench, agents, hold=False)
+    nodes = bench.start_nodes(NODES)
+    try:
+        held = holders(bench, agents).start(bench, nodes, max_concurrency=1)
+        bench.wait_ready(held, 60 + agents / 50)
+        submit_outs, node_cpu, redis_cpu, commands = submit_one_each(bench, nodes, agents)
+        bench.wait_files([o.with_name(o.name + ".received") for o in held], "one each", 120)
+        workers = Population(plan.drain_agents, plan.drain_agents)
+        worker_outs = workers.start(bench, nodes, bench.args.max_concurrency)
+        bench.wait_ready(worker_outs, 60)
+        options = [
+            {"count": plan.drain_tasks // NODES, **scenario_drain_options(bench, NODES)}
+            for _ in range(NODES)
+        ]
+        drain_outs, accepted, usage = measured_phase(bench, nodes, options)
+        reports = bench.agent_results(held + worker_outs)
+    finally:
+        bench.stop_run()
+    each = one_each_figures(
+        agents,
+        [load(o) for o in submit_outs],
+        reports[: len(held)],
+        (node_cpu, redis_cpu),
+        commands,
     )
+    drain = task_figures([load(o) for o in drain_outs], reports[len(held) :], accepted, usage)
     keep = (
         "tasks",
         "completed_per_s",
@@ -121,18 +137,12 @@ def drain_with(bench: Bench, agents: int) -> dict[str, Any]:
         "submit_to_assigned",
         "errors",
     )
-    return {"agents": agents, "max_concurrency": slots, **{k: run[k] for k in keep}}
+    return {"one_each": each, "drain": {"agents_connected": agents, **{k: drain[k] for k in keep}}}
 
 
 def scenario_many_agents(bench: Bench) -> dict[str, Any]:
-    """One run: for each count of agents, one task each, then the drain."""
-    return {
-        f"agents_{agents}": {
-            "one_each": one_each(bench, agents),
-            "drain": drain_with(bench, agents),
-        }
-        for agents in bench.plan.many_agents
-    }
+    """One run: for each count of agents, one task each, then the drain beside them."""
+    return {f"agents_{agents}": with_agents(bench, agents) for agents in bench.plan.many_agents}
 
 
 def table_rows(title: str, agg: dict[str, Any], fmt: Any) -> list[tuple[str, str, str]]:
@@ -162,7 +172,7 @@ def table_rows(title: str, agg: dict[str, Any], fmt: Any) -> list[tuple[str, str
         rows.append(
             (
                 title,
-                f"{n:,} agents: drain tasks/s; node / Redis CPU µs, commands per task",
+                f"{n:,} agents connected: drain tasks/s; node / Redis CPU µs, commands per task",
                 f"{fmt(agg, f'{drain}.completed_per_s', 0)}; "
                 f"{fmt(agg, f'{drain}.coordinator_cpu_us_per_task', 0)} / "
                 f"{fmt(agg, f'{drain}.redis_cpu_us_per_task', 0)}, "

@@ -65,7 +65,7 @@ def _start_submitters(
     return outs, children
 
 
-def _measured_phase(
+def measured_phase(
     bench: Bench, nodes: list[CoordinatorNode], submit_options: list[dict[str, Any]]
 ) -> tuple[list[Path], int, Usage]:
     """Submit, wait until every accepted task is completed, and measure what it used: the
@@ -112,7 +112,7 @@ def task_run(
     try:
         outs = population.start(bench, started_nodes, max_concurrency)
         bench.wait_ready(outs, 60 + population.agents / 50)
-        submit_outs, accepted, usage = _measured_phase(bench, started_nodes, submit_options)
+        submit_outs, accepted, usage = measured_phase(bench, started_nodes, submit_options)
         agent_reports = bench.agent_results(outs)
     finally:
         bench.stop_run()

@@ -193,3 +193,20 @@ async def test_one_agent_of_a_thousand_with_the_capability_gets_the_task(
 
     assignment = await rare.next_assignment()
     assert assignment.task_id == reply.task.task_id
+
+
+async def test_reads_of_idle_agents_start_where_the_spread_says(scripts, registry, redis_client):
+    await redis_client.set(keys.node_presence(NODE), "1")
+    for i in range(100):
+        await make_agent(registry, redis_client, f"agent-{i:03d}")
+    await make_agent(registry, redis_client, "busy", max_concurrency=2)
+    assert (await assign(scripts, await new_task(scripts), "busy"))[0] == "ok"  # load 0.5
+    view = {"turn_action": "view", "heads_per_class": 0, "agents_beyond_tasks": 10}
+
+    first = await snapshot_agents(scripts, **view)
+    middle = await snapshot_agents(scripts, **view, spread=0.5)
+    last = await snapshot_agents(scripts, **view, spread=0.999)
+
+    assert first == [f"agent-{i:03d}" for i in range(10)]
+    assert middle == [f"agent-{i:03d}" for i in range(45, 55)]  # int(0.5 x 91) = 45
+    assert last == [f"agent-{i:03d}" for i in range(90, 100)]  # the band's last, not busy

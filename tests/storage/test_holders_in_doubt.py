@@ -37,7 +37,7 @@ async def test_only_the_holders_in_doubt_come_back(scripts, registry, redis_clie
     await registry.deregister("deregistered")
     (now_s, _) = await redis_client.time()
 
-    rows = await scripts.holders_in_doubt(args=[now_s * 1000 - LIVENESS_MS])
+    cursor, rows = await scripts.holders_in_doubt(args=[now_s * 1000 - LIVENESS_MS, "0", 100])
 
     by_agent = {row[0]: row[1:] for row in rows}
     assert sorted(by_agent) == ["closed", "deregistered", "node-gone", "stale"]
@@ -45,3 +45,18 @@ async def test_only_the_holders_in_doubt_come_back(scripts, registry, redis_clie
     assert by_agent["stale"][1] == "1"
     assert by_agent["closed"][2] is None and by_agent["closed"][3] is not None
     assert by_agent["node-gone"][2].startswith("node-2 ") and by_agent["node-gone"][4] == 0
+    assert cursor == "0"  # a small set: gone through in one step
+
+
+async def test_a_large_set_is_gone_through_a_step_a_round(scripts, redis_client):
+    await redis_client.sadd(keys.AGENTS_HOLDING, *(f"gone-{i:04d}" for i in range(3000)))
+    seen: set[str] = set()
+    cursor, steps = "0", 0
+    while True:
+        cursor, rows = await scripts.holders_in_doubt(args=[0, cursor, 500])
+        assert len(rows) < 1500  # about 500 a step, never all 3,000
+        seen.update(row[0] for row in rows)
+        steps += 1
+        if cursor == "0":
+            break
+    assert len(seen) == 3000 and steps >= 4  # none registered: every one in doubt

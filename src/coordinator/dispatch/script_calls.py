@@ -72,16 +72,20 @@ class DispatchSnapshotCall:
     heads_per_class: int = HEADS_PER_CLASS
     agents_beyond_tasks: int = AGENTS_BEYOND_TASKS
     """Agents read per class beyond its waiting tasks; for a view, the agents read."""
+    spread: float = 0.0
+    """In [0, 1): where to start reading in a band of agents tied at the lowest load
+    (random per call, so that nodes and passes do not all take the same ones)."""
 
     def args(self) -> list[Any]:
         """ARGV: the turn, the token, the lock's time to live, heads per class, agents
-        beyond the tasks, the priorities, the agent fields."""
+        beyond the tasks, the spread, the priorities, the agent fields."""
         return [
             self.turn_action,
             self.token,
             LOCK_TTL_MS,
             self.heads_per_class,
             self.agents_beyond_tasks,
+            self.spread,
             *_SNAPSHOT_TAIL,
         ]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,10 +66,11 @@ class Turns:
 
     def snapshot_call(self, turn_action: str, token: str) -> ScriptCall:
         """The snapshot's script call, to run alone or to ride in a submit's round trip."""
+        spread = random.random()  # each read starts elsewhere in a band of idle agents
         if turn_action == "view":  # a view needs no tasks, and more agents
-            call = DispatchSnapshotCall(turn_action, token, 0, VIEW_AGENTS)
+            call = DispatchSnapshotCall(turn_action, token, 0, VIEW_AGENTS, spread)
         else:
-            call = DispatchSnapshotCall(turn_action, token, HEADS_PER_CLASS)
+            call = DispatchSnapshotCall(turn_action, token, HEADS_PER_CLASS, spread=spread)
         return (self._scripts.dispatch_snapshot, (), call.args())
 
     def parse_snapshot(self, raw: Any, for_view: bool = False) -> Snapshot | None:

@@ -24,9 +24,11 @@
 -- ARGV[3]      the lock's time-to-live in milliseconds (with ARGV[1])
 -- ARGV[4]      most tasks per class (fewer when the free slots are fewer)
 -- ARGV[5]      agents read beyond a class's waiting tasks (a view reads this many)
--- ARGV[6]      n, the number of priorities
--- ARGV[7..n+6] priority names, most urgent first
--- ARGV[n+7..]  the agent record fields to return, in this order (with status,
+-- ARGV[6]      a number in [0, 1): where in a band of agents tied at the lowest load
+--              to start reading (0: at its first agent_id)
+-- ARGV[7]      n, the number of priorities
+-- ARGV[8..n+7] priority names, most urgent first
+-- ARGV[n+8..]  the agent record fields to return, in this order (with status,
 --              active_tasks and max_concurrency among them)
 -- Returns      {now_ms, stored strategy or '', balancer state or '',
 --               {{classes of priority 1}, ..., {classes of priority n}},
@@ -40,9 +42,10 @@
 local turn_action = ARGV[1]
 local limit = tonumber(ARGV[4])
 local margin = tonumber(ARGV[5])
-local priority_count = tonumber(ARGV[6])
-local first_priority = 7
-local last_priority = priority_count + 6
+local spread = tonumber(ARGV[6]) or 0
+local priority_count = tonumber(ARGV[7])
+local first_priority = 8
+local last_priority = priority_count + 7
 local for_view = turn_action == 'view'
 if turn_action ~= '' and not for_view and dispatch_turn(turn_action, ARGV[2], ARGV[3]) == 0 then
   return false  -- another node's turn: it passes again (the 'wanted' flag)
@@ -100,31 +103,47 @@ end
 
 -- Reads the least loaded agents of the sorted set ``source`` that are in every set of
 -- ``filters`` and streaming, until ``want`` of them are picked (the ones picked already
--- count) or the set ends; only those with a free slot unless ``with_full``.
+-- count) or the set ends; only those with a free slot (score below 1) unless
+-- ``with_full``. Agents tied at the lowest load beyond ``want`` are read from a place
+-- in their band that ARGV[6] chooses (then from its start), so that nodes and passes
+-- spread their choices over them instead of all taking the first by agent_id. By rank:
+-- O(log n + agents read).
 local function pick_least_loaded(source, filters, want, with_full)
-  local found = 0
+  local total = with_full and redis.call('ZCARD', source)
+    or redis.call('ZCOUNT', source, '-inf', '(1')
+  if total == 0 then
+    return
+  end
   local start = 0
+  if total > want and spread > 0 then
+    local lowest = redis.call('ZRANGE', source, 0, 0, 'WITHSCORES')[2]
+    local band = redis.call('ZCOUNT', source, lowest, lowest)
+    if band > want then
+      start = math.floor(spread * (band - want + 1))
+    end
+  end
+  local found = 0
   local page = math.max(want, 16)
-  local below = with_full and '+inf' or '(1'
-  while true do
-    local ids = redis.call('ZRANGEBYSCORE', source, '-inf', below, 'LIMIT', start, page)
-    for _, agent_id in ipairs(ids) do
-      if found >= want then
-        more_agents = 1
-        return
-      end
-      if picked[agent_id] then
-        found = found + 1
-      elseif in_all(agent_id, filters) and streaming(agent_id) then
-        picked[agent_id] = true
-        picked_ids[#picked_ids + 1] = agent_id
-        found = found + 1
+  local function read(from, to)
+    for at = from, to, page do
+      for _, agent_id in ipairs(redis.call('ZRANGE', source, at, math.min(at + page - 1, to))) do
+        if found >= want then
+          more_agents = 1
+          return true
+        end
+        if picked[agent_id] then
+          found = found + 1
+        elseif in_all(agent_id, filters) and streaming(agent_id) then
+          picked[agent_id] = true
+          picked_ids[#picked_ids + 1] = agent_id
+          found = found + 1
+        end
       end
     end
-    if #ids < page then
-      return
-    end
-    start = start + page
+    return false
+  end
+  if not read(start, total - 1) and start > 0 then
+    read(0, start - 1)
   end
 end
 

@@ -2,14 +2,21 @@
 -- decides from: all but those plainly well (registered, heartbeat fresh, stream open on a
 -- live node, not in agents:disconnected), which are nearly all of them. The checks run
 -- here, in one call, so that a round costs the node O(agents in doubt), not a reply per
--- holding agent (tens of thousands of replies a round with 10,000 agents holding tasks).
+-- holding agent (tens of thousands of replies a round with 10,000 agents holding tasks);
+-- and a round looks at one SSCAN step of the set (about ARGV[3] agents; all of a small
+-- set), the next round at the next, so Redis does O(ARGV[3]) per round too: with more
+-- holding agents than that, each is looked at every few rounds.
 --
 -- ARGV[1]      the oldest fresh heartbeat, epoch milliseconds (now - liveness timeout)
--- Returns      {{agent_id, exists (0 or 1), last heartbeat ms or false, connection
---               ('{node_id} {session_id}') or false, closed at ms or false, its node
---               alive (0 or 1)}, ...}, in agent_id order
+-- ARGV[2]      the SSCAN cursor: '0' to start, then what the last call returned
+-- ARGV[3]      about how many holding agents to look at
+-- Returns      {next cursor ('0': the set was gone through), {{agent_id, exists (0 or
+--               1), last heartbeat ms or false, connection ('{node_id} {session_id}') or
+--               false, closed at ms or false, its node alive (0 or 1)}, ...}}, in
+--               agent_id order
 local fresh_after = tonumber(ARGV[1])
-local holders = redis.call('SMEMBERS', K.holding)
+local step = redis.call('SSCAN', K.holding, ARGV[2], 'COUNT', tonumber(ARGV[3]))
+local holders = step[2]
 table.sort(holders)
 local node_alive = {}
 local in_doubt = {}
@@ -32,4 +39,4 @@ for _, agent_id in ipairs(holders) do
     in_doubt[#in_doubt + 1] = {agent_id, exists, heartbeat, connection, closed_at, alive}
   end
 end
-return in_doubt
+return {step[1], in_doubt}
