@@ -10,9 +10,10 @@
 -- agents with a free slot (agents:available, availability_lib.lua), as many as it has tasks
 -- waiting (at most ARGV[4]) and ARGV[5] more, read from the smallest of the available sets
 -- of the class's index sets (type, capabilities, services, labels) and kept if in all of
--- them and streaming from a live node; and the ARGV[5] least loaded of all, full ones too
--- when fewer are free (the snapshot becomes the node's view, which counts the slots its
--- reports free, and assigns tasks of any class at submit). So a
+-- them and streaming from a live node; and the ARGV[5] least loaded of all with a free
+-- slot (the snapshot becomes the node's view, which assigns tasks of any class at
+-- submit); a view's read takes full ones too when fewer are free (a view counts the
+-- slots its node's reports free). So a
 -- pass costs O(classes x log agents + agents read), whatever the number of agents, and a
 -- class that few agents fit finds them.
 --
@@ -206,8 +207,10 @@ end
 
 if for_view or #class_order > 0 then
   -- A pass's snapshot becomes the node's view too: the least loaded of all, whatever the
-  -- classes waiting now, full ones too when fewer are free.
-  pick_least_loaded(K.available, {}, margin, true)
+  -- classes waiting now. A view's own read takes full ones too when fewer are free (the
+  -- node counts the slots its reports free in them); a pass's does not, or every pass
+  -- beside thousands of full agents would read hundreds of them.
+  pick_least_loaded(K.available, {}, margin, for_view)
 end
 for _, class in ipairs(class_order) do
   pick_for_class(class, waiting_in[class][1], waiting_in[class][2])
