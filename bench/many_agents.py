@@ -40,7 +40,7 @@ def holders(bench: Bench, agents: int) -> Population:
     connections)."""
     processes = min(bench.plan.many_processes, agents)
     per_channel = PER_CHANNEL if agents > processes else 1
-    return Population(agents, processes, per_channel=per_channel, hold=True)
+    return Population(agents, processes, per_channel=per_channel, hold=True, prefix="held")
 
 
 def submit_one_each(

@@ -135,6 +135,8 @@ class Population:
     """Keep every assignment (one task each); else complete them."""
     report: str = ""
     """How raw agents report ('' for the command line's choice)."""
+    prefix: str = "agent"
+    """Agent ids are ``{prefix}{process}-{n:05d}``: two populations of one run need two."""
 
     def start(self, bench: Bench, nodes: list[CoordinatorNode], max_concurrency: int) -> list[Path]:
         """Start the processes: the files they will write."""
@@ -144,7 +146,7 @@ class Population:
             outs.append(
                 bench.start_agents(
                     nodes[i % len(nodes)].address,
-                    f"agent{i}",
+                    f"{self.prefix}{i}",
                     count,
                     max_concurrency=max_concurrency,
                     hold=self.hold,
