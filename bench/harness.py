@@ -54,6 +54,10 @@ class Plan:
     discovery_calls: int
     stream_agents: int
     stream_processes: int
+    many_agents: tuple[int, ...]
+    """Agents connected (over 2 nodes) in each run of the many-agents scenario (issue 18)."""
+    many_processes: int
+    """Agent processes of a many-agents run (at most one per agent), over the 2 nodes."""
 
 
 FULL = Plan(
@@ -69,6 +73,8 @@ FULL = Plan(
     discovery_calls=1000,
     stream_agents=2000,
     stream_processes=4,
+    many_agents=(4, 1000, 10_000),
+    many_processes=4,
 )
 QUICK = Plan(
     runs=1,
@@ -83,6 +89,8 @@ QUICK = Plan(
     discovery_calls=200,
     stream_agents=100,
     stream_processes=2,
+    many_agents=(4, 40),
+    many_processes=2,
 )
 
 
@@ -175,8 +183,12 @@ class Bench:
         max_concurrency: int,
         hold: bool = False,
         expect: int = 0,
+        agents_per_channel: int = 1,
+        report: str = "",
     ) -> Path:
-        """Start one load_agent.py process of ``agents`` agents: the file it will write."""
+        """Start one load_agent.py process of ``agents`` agents: the file it will write.
+        ``agents_per_channel`` agents share a connection; ``report`` overrides how raw
+        agents report (``--agent-report``)."""
         out = self.next_path(prefix)
         argv = [
             "--address",
@@ -191,11 +203,13 @@ class Bench:
             self.args.agent_mode,
             "--expect",
             str(expect),
+            "--agents-per-channel",
+            str(agents_per_channel),
             "--out",
             str(out),
         ]
         if self.args.agent_mode == "raw":
-            argv += ["--report", self.args.agent_report]
+            argv += ["--report", report or self.args.agent_report]
         argv += self.client_argv
         self.python_child("load_agent.py", [*argv, "--hold"] if hold else argv)
         return out

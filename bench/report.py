@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import flood
+import many_agents
 import spread
 import tls_cost
 import watchers
@@ -192,6 +193,7 @@ ROWS_BY_PREFIX: tuple[tuple[str, Callable[[str, dict[str, Any]], list[Row]]], ..
     ("flood", lambda title, agg: flood.table_rows(title, agg, fmt)),
     ("watchers", lambda title, agg: watchers.table_rows(title, agg, fmt)),
     ("tls", lambda title, agg: tls_cost.table_rows(title, agg, fmt)),
+    ("many_agents", lambda title, agg: many_agents.table_rows(title, agg, fmt)),
 )
 """Each scenario's rows, by the start of its key (drain_unary, latency_200 ...)."""
 

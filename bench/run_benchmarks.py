@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import flood
+import many_agents
 import spread
 import tls_cost
 import watchers
@@ -84,6 +85,7 @@ SCENARIOS = (
     "unary_floor",
     "celery",
     "echo",
+    "many_agents",
 )
 SCENARIO_SETS = {
     "unary": (
@@ -193,6 +195,9 @@ def other_jobs(bench: Bench, chosen: list[str]) -> list[Job]:
     if "watchers" in chosen:
         title = "9. idle WatchTask streams, 1 node"
         jobs.append(("watchers", title, lambda: watchers.scenario_watchers(bench)))
+    if "many_agents" in chosen:
+        title = many_agents.title(bench)
+        jobs.append(("many_agents", title, lambda: many_agents.scenario_many_agents(bench)))
     if "tls" in chosen:
 
         def tls() -> dict[str, Any]:
@@ -278,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rates", help="steady-rate scenarios, tasks/s, comma-separated (200,1000; --quick: 200)"
     )
+    parser.add_argument(
+        "--many-agents",
+        help="agent counts of the many_agents scenario, comma-separated, fewest first "
+        "(4,1000,10000; --quick: 4,40)",
+    )
     parser.add_argument("--log-level", default="INFO", help="the coordinator nodes' log level")
     add_baseline_options(parser)
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
@@ -297,6 +307,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         plan.submit_batch = args.submit_batch
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     chosen = [scenario for name in names for scenario in SCENARIO_SETS.get(name, (name,))]
+    if args.many_agents:
+        plan.many_agents = tuple(int(n) for n in args.many_agents.split(","))
     if args.rates:
         plan.rates = tuple(int(r) for r in args.rates.split(","))
     elif "unary" in names:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import many_agents
 import tls_cost
 
 Results = dict[str, dict[str, Any]]
@@ -71,6 +72,11 @@ def batched_targets(results: Results) -> list[Check]:
     checks.append(check("≤ 1 KB of Redis per finished task", "B", per_task, 1024.0, float.__le__))
     memory = median_of(results, "streams", "memory_per_agent_kib")
     checks.append(check("≤ 100 KiB per connected idle agent", "KiB", memory, 100.0, float.__le__))
+    if "many_agents" in results:
+        for name, unit, value, limit, test in many_agents.checks(
+            results["many_agents"]["aggregate"]
+        ):
+            checks.append(check(name, unit, value, limit, test))
     if "tls" in results:
         for c in tls_cost.checks(lambda key, figure: median_of(results, key, figure)):
             name, unit, value, limit, test = c

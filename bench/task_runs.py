@@ -79,7 +79,7 @@ def wait_compacted(admin: Any, timeout_s: float) -> None:
     wait_until("the finished tasks compacted", compacted, timeout_s)
 
 
-def _measured_phase(
+def measured_phase(
     bench: Bench, nodes: list[CoordinatorNode], submit_options: list[dict[str, Any]]
 ) -> tuple[list[Path], int, Usage]:
     """Submit, wait until every accepted task is completed, and measure what it used: the
@@ -120,19 +120,17 @@ def task_run(
     submit_options: list[dict[str, Any]],
     expected: int,
     max_concurrency: int,
+    population: Population | None = None,
 ) -> dict[str, Any]:
-    """One run: nodes, the plan's agents spread over them, submitters (one per entry of
-    ``submit_options``, spread over the nodes too), until every task is completed."""
+    """One run: nodes, the plan's agents spread over them (or ``population``'s),
+    submitters (one per entry of ``submit_options``, spread over the nodes too), until
+    every task is completed."""
     started_nodes = bench.start_nodes(nodes)
+    population = population or Population(bench.plan.drain_agents, bench.plan.drain_agents)
     try:
-        outs = [
-            bench.start_agents(
-                started_nodes[i % nodes].address, f"agent{i}", 1, max_concurrency=max_concurrency
-            )
-            for i in range(bench.plan.drain_agents)
-        ]
-        bench.wait_ready(outs, 60)
-        submit_outs, accepted, usage = _measured_phase(bench, started_nodes, submit_options)
+        outs = population.start(bench, started_nodes, max_concurrency)
+        bench.wait_ready(outs, 60 + population.agents / 50)
+        submit_outs, accepted, usage = measured_phase(bench, started_nodes, submit_options)
         agent_reports = bench.agent_results(outs)
     finally:
         bench.stop_run()
@@ -140,6 +138,42 @@ def task_run(
     result = task_figures(submits, agent_reports, accepted, usage)
     result["submits_refused"] = expected - accepted
     return result
+
+
+@dataclass(frozen=True)
+class Population:
+    """The agents of a run: ``agents`` of them in ``processes`` load_agent.py processes
+    (one agent per process for a few; many share a process, and a connection per
+    ``per_channel``, to fit thousands on the machine), spread over the nodes in turn."""
+
+    agents: int
+    processes: int
+    per_channel: int = 1
+    hold: bool = False
+    """Keep every assignment (one task each); else complete them."""
+    report: str = ""
+    """How raw agents report ('' for the command line's choice)."""
+    prefix: str = "agent"
+    """Agent ids are ``{prefix}{process}-{n:05d}``: two populations of one run need two."""
+
+    def start(self, bench: Bench, nodes: list[CoordinatorNode], max_concurrency: int) -> list[Path]:
+        """Start the processes: the files they will write."""
+        outs = []
+        for i in range(self.processes):
+            count = self.agents // self.processes + (i < self.agents % self.processes)
+            outs.append(
+                bench.start_agents(
+                    nodes[i % len(nodes)].address,
+                    f"{self.prefix}{i}",
+                    count,
+                    max_concurrency=max_concurrency,
+                    hold=self.hold,
+                    expect=count if self.hold else 0,
+                    agents_per_channel=self.per_channel,
+                    report=self.report,
+                )
+            )
+        return outs
 
 
 def task_figures(
@@ -189,21 +223,26 @@ def scenario_drain(bench: Bench, nodes: int) -> dict[str, Any]:
     """The plan's drain on ``nodes`` nodes, one submitter per node."""
     plan = bench.plan
     submitters = nodes  # one submitter per node
-    batched = plan.submit_batch > 1
-    in_flight = plan.batches_in_flight if batched else plan.in_flight
     options = [
-        {
-            "count": plan.drain_tasks // submitters,
-            "batch": plan.submit_batch,
-            "in_flight": max(1, in_flight // submitters),
-            # Batches as StreamSubmitTasks messages: in_flight streams, one message each.
-            **({"stream": True} if batched and bench.args.drain_client == "stream" else {}),
-        }
+        {"count": plan.drain_tasks // submitters, **scenario_drain_options(bench, submitters)}
         for _ in range(submitters)
     ]
     return task_run(
         bench, nodes, options, plan.drain_tasks, max_concurrency=bench.args.max_concurrency
     )
+
+
+def scenario_drain_options(bench: Bench, submitters: int = 1) -> dict[str, Any]:
+    """How each of ``submitters`` drain submitters calls (all but the count)."""
+    plan = bench.plan
+    batched = plan.submit_batch > 1
+    in_flight = plan.batches_in_flight if batched else plan.in_flight
+    return {
+        "batch": plan.submit_batch,
+        "in_flight": max(1, in_flight // submitters),
+        # Batches as StreamSubmitTasks messages: in_flight streams, one message each.
+        **({"stream": True} if batched and bench.args.drain_client == "stream" else {}),
+    }
 
 
 def latency_submit_options(bench: Bench, rate: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import uuid
 from coordinator.agents.records import AgentRegistration
 from coordinator.auth.quotas import SubmitQuota
 from coordinator.storage import finished_records, keys
+from coordinator.storage.scripts import TaskScripts
 from coordinator.tasks.models import RetryPolicy
 from coordinator.tasks.script_calls import NO_ASSIGNMENT
 
@@ -105,8 +106,9 @@ async def make_agent(registry, redis, agent_id, *, max_concurrency=1, node=NODE,
         AgentRegistration(agent_id=agent_id, agent_type="worker", max_concurrency=max_concurrency)
     )
     if streaming:
-        await redis.hset(keys.AGENTS_CONNECTED, agent_id, f"{node} session-{agent_id}")
         await redis.set(keys.node_presence(node), "1")
+        # As a node opening the agent's stream does (which keeps agents:available exact).
+        await TaskScripts(redis).connect_stream(args=[agent_id, node, f"session-{agent_id}"])
 
 
 async def assign(scripts, task_id, agent_id, nonce="nonce", liveness_ms=LIVENESS_MS, node=NODE):

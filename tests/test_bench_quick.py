@@ -119,3 +119,25 @@ def test_quick_benchmark_of_tls_and_token_cost(tmp_path: Path) -> None:
     assert measured["TLS + token: drain ≤ 15 % slower"] == run["drain_throughput_drop_pct"]
     assert measured["TLS + token: 200/s p99 ≤ +0.3 ms"] == run["p99_increase_ms"]
     assert "TLS + token: drain completion rate" in stdout
+
+
+@pytest.mark.timeout(60)
+def test_quick_benchmark_of_many_agents(tmp_path: Path) -> None:
+    """Scenario 12 (issue 18): one task to each of 4 and then 40 agents over 2 nodes (the
+    harness fails the run unless each gets exactly one), then the drain beside them, every
+    task completed; issue 18's three targets computed."""
+    run_quick(tmp_path, "--scenarios", "many_agents", timeout_s=50)
+    (run,) = json.loads((tmp_path / "many_agents.quick.json").read_text())["runs"]
+    assert sorted(run) == ["agents_4", "agents_40"]
+    for key, figures in run.items():
+        each, drain = figures["one_each"], figures["drain"]
+        assert each["errors"] == {} and drain["errors"] == {}, key
+        assert each["assignments_per_s"] > 0 and each["redis_commands_per_task"]["total"] > 0
+        assert drain["tasks"] == 1000 and drain["completed_per_s"] > 0, key
+    summary = json.loads((tmp_path / "summary.quick.json").read_text())
+    measured = {t["target"]: t["measured"] for t in summary["targets"]}
+    assert (
+        measured["one task to each of 40 agents ≤ 2 s"]
+        == (run["agents_40"]["one_each"]["first_submit_to_last_assigned_s"])
+    )
+    assert measured["drain with 40 agents ≥ 70 % of with 4"] is not None

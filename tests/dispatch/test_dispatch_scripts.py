@@ -59,7 +59,7 @@ async def test_snapshot_for_a_view_reads_the_agents_and_takes_no_turn(
     await new_task(scripts)
 
     for_view = DispatchSnapshotCall("view", "this-node", heads_per_class=0).args()
-    _, _, _, classes, rows, heads, limit = await scripts.dispatch_snapshot(args=for_view)
+    _, _, _, classes, rows, heads, limit, _ = await scripts.dispatch_snapshot(args=for_view)
     assert len(rows) == 1 and classes[3] == ["c0"] and heads == [[]] * 5 and limit == 0
     await redis_client.delete(keys.task_queue("NORMAL"), keys.task_classes("NORMAL"))
     _, _, _, classes, rows, *_ = await scripts.dispatch_snapshot(args=for_view)
@@ -79,7 +79,8 @@ async def test_snapshot_has_waiting_classes_and_streaming_active_agents(
     await make_agent(registry, redis_client, "dead-node", node="node-gone")
     await redis_client.delete(keys.node_presence("node-gone"))
     await make_agent(registry, redis_client, "inactive")
-    await redis_client.srem(keys.AGENTS_ACTIVE, "inactive")
+    await redis_client.zadd(keys.AGENTS_HEARTBEATS, {"inactive": 0})  # stale: swept out
+    assert await registry.sweep_stale() == ["inactive"]
     await redis_client.set(keys.BALANCING_STRATEGY, "least_connections")
     await redis_client.set(keys.BALANCER_STATE, '{"round_robin_last": "x"}')
 
@@ -110,7 +111,7 @@ async def test_snapshot_has_the_first_tasks_of_each_waiting_class(scripts, regis
     c1 = await new_task(scripts, requirements_class="c1")
     urgent = await new_task(scripts, priority="URGENT", requirements_class="c0")
     await make_agent(registry, redis_client, "a", max_concurrency=10)
-    *_, classes, _, heads, limit = await scripts.dispatch_snapshot(
+    *_, classes, _, heads, limit, _ = await scripts.dispatch_snapshot(
         args=DispatchSnapshotCall(heads_per_class=2).args()
     )
 
@@ -129,7 +130,7 @@ async def test_snapshot_reads_no_task_while_no_agent_has_a_free_slot(
     await make_agent(registry, redis_client, "busy", max_concurrency=1)
     await redis_client.hset(keys.agent("busy"), "active_tasks", 1)
 
-    *_, classes, agents, heads, limit = await scripts.dispatch_snapshot(
+    *_, classes, agents, heads, limit, _ = await scripts.dispatch_snapshot(
         args=DispatchSnapshotCall().args()
     )
 
@@ -146,7 +147,7 @@ async def test_snapshot_reads_no_more_tasks_per_class_than_there_are_free_slots(
     await redis_client.hset(keys.agent("a"), "active_tasks", 1)
     await redis_client.hset(keys.agent("b"), "status", "MAINTENANCE")  # its slots do not count
 
-    *_, heads, limit = await scripts.dispatch_snapshot(args=DispatchSnapshotCall().args())
+    *_, heads, limit, _ = await scripts.dispatch_snapshot(args=DispatchSnapshotCall().args())
 
     assert limit == 3
     assert [h[0] for h in heads[3][0]] == tasks[:3]
@@ -195,7 +196,7 @@ async def test_a_task_back_in_line_names_the_agent_whose_attempt_ended(
     assert await scripts.promote_due_tasks(args=[10]) == 1
 
     ((head,),) = await scripts.queue_heads(args=["NORMAL", 10, "c0", "-inf"])
-    *_, heads, _ = await scripts.dispatch_snapshot(args=DispatchSnapshotCall().args())
+    *_, heads, _, _ = await scripts.dispatch_snapshot(args=DispatchSnapshotCall().args())
 
     assert head[0] == task_id and head[5] == "a"
     assert heads[3][0][0][5] == "a"
@@ -374,7 +375,7 @@ async def test_snapshot_with_a_turn_reads_only_for_the_turn_holder(scripts, regi
     )
 
     await redis_client.set(keys.DISPATCH_LOCK, "this-node")
-    *_, classes, rows, _, _ = await scripts.dispatch_snapshot(
+    *_, classes, rows, _, _, _ = await scripts.dispatch_snapshot(
         args=DispatchSnapshotCall("again", "this-node").args()
     )
     assert classes[3] and len(rows) == 1

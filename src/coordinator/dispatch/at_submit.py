@@ -35,6 +35,12 @@ VIEW_REFRESH_S = VIEW_MAX_AGE_S / 2
 so that under a steady flow of submits none finds it too old (and takes a pass's way:
 about one task in a hundred at 200/s otherwise, which was the p99 of submit→assignment)."""
 
+VIEW_USED_UP_REFRESH_S = 0.05
+"""A view in which a submit found no free agent for a task is read again once it is older
+than this, rather than VIEW_REFRESH_S: one task to each of thousands of agents uses up the
+view's free agents in a few submits, and the tasks that found none wait for a pass, all on
+the node holding the turn."""
+
 _PRIORITY_RANK = {priority: rank for rank, priority in enumerate(PRIORITIES_MOST_URGENT_FIRST)}
 
 Chosen = list[tuple[str, str]]
@@ -73,8 +79,10 @@ class SubmitAssigner:
                 eligible = view.eligible[cls] = [
                     a for a in view.slots.agents.values() if fits(a, s.requirements)
                 ]
-            candidates = view.slots.candidates(eligible)
+            candidates = view.slots.candidates(cls, eligible)
             if not candidates:
+                if age > VIEW_USED_UP_REFRESH_S:
+                    self._view.refresh_soon()
                 continue
             agent_id = choose(
                 strategy,

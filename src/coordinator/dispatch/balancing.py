@@ -1,8 +1,10 @@
 """Load-balancing strategies: which one of the eligible agents gets a task.
 
 Pure functions over :class:`Candidate` snapshots, with no Redis and no protobuf. The caller
-picks the eligible agents (every one has a free slot), loads and saves the cluster-wide
-:class:`BalancerState`, and turns the chosen candidate into an assignment.
+picks the eligible agents (every one has a free slot: the least loaded few of them,
+``dispatch.slots.CANDIDATES_PER_TASK``, so that a choice costs the same among ten agents or
+ten thousand), loads and saves the cluster-wide :class:`BalancerState`, and turns the
+chosen candidate into an assignment.
 
 Every choice is deterministic: the same candidates, state and arguments choose the same agent
 on every coordinator node, whatever order the candidates come in. Ties go to the *least

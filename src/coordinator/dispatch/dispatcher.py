@@ -71,7 +71,8 @@ class Dispatcher:
         deliver: LocalDelivery | None = None,
     ) -> None:
         self._settings = settings
-        scripts = TaskScripts(redis)
+        scripts = self._scripts = TaskScripts(redis)
+        self._available_built = False
         self._view = NodeView()
         self._assignments = Assignments(settings, metrics, deliver)
         self._turns = Turns(scripts, multiplexed, registry, store, self._view)
@@ -181,6 +182,16 @@ class Dispatcher:
         await self._view.stop()
         await self._turns.wait_released()
 
+    async def _build_available(self) -> None:
+        """Build ``agents:available`` from the records if this Redis lacks it while agents
+        have streams open (one from before it existed): once per node start, before its
+        first pass."""
+        if not self._available_built:
+            built = await self._scripts.rebuild_available(args=[""])
+            if built >= 0:
+                log.info("built agents:available: %d agents available", built)
+            self._available_built = True
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -208,6 +219,7 @@ class Dispatcher:
         """
         self._passing = True
         try:
+            await self._build_available()
             return await self._take_turns(handed)
         finally:
             self._passing = False
@@ -226,7 +238,12 @@ class Dispatcher:
         holding = True
         try:
             while snapshot is not None and not self._stopping.is_set():
-                assigned += await self._passes.run(snapshot)
+                in_pass = await self._passes.run(snapshot)
+                assigned += in_pass
+                slots = snapshot.slots
+                if snapshot.more_agents and in_pass and (not slots.free or slots.blocked):
+                    # It used up the least loaded agents it read, and there are more.
+                    self._requests += 1
                 if self._requests != served:  # asked on this node meanwhile: again at once
                     served = self._requests
                     self._wake.clear()

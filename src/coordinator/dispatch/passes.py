@@ -152,7 +152,7 @@ class Passes:
             for w in waiting:
                 if w.cls in slots.blocked:
                     continue
-                candidates = slots.candidates(w.eligible)
+                candidates = slots.candidates(w.cls, w.eligible)
                 if not candidates:
                     slots.blocked.add(w.cls)
                     continue
@@ -208,7 +208,7 @@ def _waiting(
         requirements = requirements_of(raw_requirements)
         strategy = Strategy.parse(raw_strategy) if raw_strategy else None
         if cls not in eligible_by_class:
-            eligible_by_class[cls] = [a for a in slots.free.values() if fits(a, requirements)]
+            eligible_by_class[cls] = [a for a in slots.agents.values() if fits(a, requirements)]
         waiting.append(
             _Waiting(
                 task_id,

@@ -19,6 +19,14 @@ HEADS_PER_CLASS = 1000
 """Most tasks read from the head of each class queue at a time (fewer when there are fewer
 free slots: a pass reads no task it could not assign)."""
 
+AGENTS_BEYOND_TASKS = 256
+"""Agents a snapshot reads for each requirements class beyond its waiting tasks (the least
+loaded available ones): the strategies choose among these, and a refused agent has
+others behind it."""
+
+VIEW_AGENTS = 512
+"""Agents a view reads: the least loaded available ones, which submits choose from."""
+
 LOCK_TTL_MS = 5_000
 """A node that dies holding the dispatch lock delays dispatching by at most this long."""
 
@@ -62,20 +70,40 @@ class DispatchSnapshotCall:
     token: str = ""
     """This node's token for the turn's lock."""
     heads_per_class: int = HEADS_PER_CLASS
+    agents_beyond_tasks: int = AGENTS_BEYOND_TASKS
+    """Agents read per class beyond its waiting tasks; for a view, the agents read."""
+    spread: float = 0.0
+    """In [0, 1): where to start reading in a band of agents tied at the lowest load
+    (random per call, so that nodes and passes do not all take the same ones)."""
 
     def args(self) -> list[Any]:
-        """ARGV: the turn, the token, the lock's time to live, heads per class, the
-        priorities, the agent fields."""
-        return [self.turn_action, self.token, LOCK_TTL_MS, self.heads_per_class, *_SNAPSHOT_TAIL]
+        """ARGV: the turn, the token, the lock's time to live, heads per class, agents
+        beyond the tasks, the spread, the priorities, the agent fields."""
+        return [
+            self.turn_action,
+            self.token,
+            LOCK_TTL_MS,
+            self.heads_per_class,
+            self.agents_beyond_tasks,
+            self.spread,
+            *_SNAPSHOT_TAIL,
+        ]
 
     @staticmethod
     def parse(reply: Any) -> SnapshotReply | None:
         """The reply's items by name; None when the turn went to another node."""
         if not reply:
             return None
-        now_ms, strategy, state, class_sets, agent_rows, heads, heads_limit = reply
+        now_ms, strategy, state, class_sets, agent_rows, heads, heads_limit, more = reply
         return SnapshotReply(
-            int(now_ms), strategy, state, class_sets, agent_rows, heads, int(heads_limit)
+            int(now_ms),
+            strategy,
+            state,
+            class_sets,
+            agent_rows,
+            heads,
+            int(heads_limit),
+            bool(more),
         )
 
 
@@ -91,12 +119,15 @@ class SnapshotReply:
     class_sets: list[list[str]]
     """The requirements classes with tasks waiting, per priority, most urgent first."""
     agent_rows: list[list[Any]]
-    """The agents' record fields, in ``RECORD_FIELDS`` order (none when no task waits,
-    unless read for a view)."""
+    """The agents' record fields, in ``RECORD_FIELDS`` order: the least loaded available
+    agents of each class with tasks waiting, or of all for a view."""
     heads: list[list[list[Sequence[Any]]]]
     """Per priority, per class of ``class_sets``, its first tasks (``read_heads``)."""
     heads_limit: int
     """The most tasks read per class: a class with fewer has no more."""
+    more_agents: bool
+    """Whether available agents were left unread (a pass that uses up the ones read passes
+    again)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ dispatcher reads and writes, these keep count."""
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import logging
 from dataclasses import dataclass, field
@@ -18,6 +19,11 @@ from coordinator.strategies import Strategy
 from coordinator.tasks.models import Requirements
 
 log = logging.getLogger(__name__)
+
+CANDIDATES_PER_TASK = 16
+"""The most agents a strategy chooses among for one task: the least loaded free eligible
+agents of the snapshot (the strategy's best of those; every one in a cluster with no more),
+so that choosing costs the same with 10 agents or 10,000."""
 
 AGENT_REFUSALS = ("agent_gone", "agent_unavailable", "agent_full")
 """Refusals of ``lua/assign_task.lua`` about the agent, not the task: it is not chosen again
@@ -32,7 +38,8 @@ class AgentSlots:
     again."""
 
     agents: dict[str, AgentRecord]
-    """Every ACTIVE, live agent of the snapshot with an open stream, free or not."""
+    """The ACTIVE, live agents of the snapshot with an open stream: the least loaded
+    available ones of each class with tasks waiting (or of all, for a view)."""
     blocked: set[str] = field(default_factory=set)
     """Requirements classes that no free agent fits any more in the pass under way."""
     refused: set[str] = field(default_factory=set)
@@ -46,20 +53,55 @@ class AgentSlots:
             if agent.active_tasks < agent.max_concurrency
         }
         self._candidates: dict[str, Candidate] = {}
+        self._by_load: dict[str, _LoadOrder] = {}
 
-    def candidates(self, eligible: list[AgentRecord]) -> list[Candidate]:
-        """The strategy's view of the eligible agents that still have a free slot (each
-        built once per change of its slots, not once per task: passes over many agents)."""
+    def candidates(self, cls: str, eligible: list[AgentRecord]) -> list[Candidate]:
+        """The strategy's view of the least loaded eligible agents (of requirements class
+        ``cls``) that still have a free slot, at most ``CANDIDATES_PER_TASK``, least loaded
+        first; each built once per change of its slots, not once per task. A heap per class
+        keeps the order: O(CANDIDATES_PER_TASK x log agents) per task, not O(agents)."""
+        order = self._by_load.get(cls)
+        if order is None:
+            members = {a.agent_id for a in eligible if a.agent_id in self.agents}
+            order = self._by_load[cls] = _LoadOrder([(*self._load(a), a) for a in members], members)
+            heapq.heapify(order.heap)
         out = []
-        for agent in eligible:
-            agent_id = agent.agent_id
-            if agent_id not in self.free:
-                continue
+        for agent_id in self._least_loaded(order):
             candidate = self._candidates.get(agent_id)
             if candidate is None:
+                agent = self.agents[agent_id]
                 candidate = self._candidates[agent_id] = candidate_of(agent, self.used[agent_id])
             out.append(candidate)
         return out
+
+    def _load(self, agent_id: str) -> tuple[float, int]:
+        """The least connections order: slot use, then active tasks."""
+        used = self.used[agent_id]
+        return used / max(self.agents[agent_id].max_concurrency, 1), used
+
+    def _least_loaded(self, order: _LoadOrder) -> list[str]:
+        """The free agents at the top of ``order``, at most ``CANDIDATES_PER_TASK``: an
+        entry whose agent's load changed since is pushed again with its load now; the
+        full ones sink below every free one (slot use 1)."""
+        heap = order.heap
+        chosen: list[str] = []
+        kept: list[tuple[float, int, str]] = []
+        seen: set[str] = set()
+        while heap and len(chosen) < CANDIDATES_PER_TASK and heap[0][0] < 1:
+            use, used, agent_id = heapq.heappop(heap)
+            if agent_id in seen:
+                continue  # a copy pushed when its slot came free
+            load = self._load(agent_id)
+            if load != (use, used):
+                heapq.heappush(heap, (*load, agent_id))
+                continue
+            seen.add(agent_id)
+            kept.append((use, used, agent_id))
+            if agent_id in self.free:  # else refused: kept, never chosen
+                chosen.append(agent_id)
+        for entry in kept:
+            heapq.heappush(heap, entry)
+        return chosen
 
     def free_slots(self) -> int:
         return sum(agent.max_concurrency - self.used[a] for a, agent in self.free.items())
@@ -79,6 +121,9 @@ class AgentSlots:
             return  # not an agent of the snapshot, or its report was in it already
         self.used[agent_id] -= 1
         self._candidates.pop(agent_id, None)
+        for order in self._by_load.values():  # it moves up: a copy where it now belongs
+            if agent_id in order.members:
+                heapq.heappush(order.heap, (*self._load(agent_id), agent_id))
         agent = self.agents[agent_id]
         if agent_id not in self.refused and self.used[agent_id] < agent.max_concurrency:
             self.free[agent_id] = agent
@@ -100,6 +145,15 @@ class AgentSlots:
 
 
 @dataclass
+class _LoadOrder:
+    """The eligible agents of one requirements class as a heap by load (slot use, active
+    tasks, agent_id); entries go stale as slots change, and are fixed when met."""
+
+    heap: list[tuple[float, int, str]]
+    members: set[str]
+
+
+@dataclass
 class Snapshot:
     """What a pass starts from (``lua/dispatch_snapshot.lua``). A copy of the latest one a
     node read, with slots of its own, is its view, which tasks are assigned at submit from
@@ -118,6 +172,9 @@ class Snapshot:
     state: BalancerState
     read_at: float
     """The event loop's time when it was read."""
+    more_agents: bool = False
+    """Whether available agents were left unread: ``slots`` holds the least loaded of
+    them only, and a pass that used those up passes again."""
     eligible: dict[str, list[AgentRecord]] = field(default_factory=dict)
     """Per requirements class, the agents of the snapshot that fit it (assigning at submit:
     ``slots`` says which of them still have a slot)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from coordinator.agents.records import AgentStatus
 from coordinator.agents.registry import AgentRegistry
 from coordinator.dispatch.script_calls import (
     HEADS_PER_CLASS,
+    VIEW_AGENTS,
     DispatchSnapshotCall,
     DispatchTurnCall,
     read_heads,
@@ -64,8 +66,11 @@ class Turns:
 
     def snapshot_call(self, turn_action: str, token: str) -> ScriptCall:
         """The snapshot's script call, to run alone or to ride in a submit's round trip."""
-        heads = 0 if turn_action == "view" else HEADS_PER_CLASS  # a view needs no tasks
-        call = DispatchSnapshotCall(turn_action, token, heads)
+        spread = random.random()  # each read starts elsewhere in a band of idle agents
+        if turn_action == "view":  # a view needs no tasks, and more agents
+            call = DispatchSnapshotCall(turn_action, token, 0, VIEW_AGENTS, spread)
+        else:
+            call = DispatchSnapshotCall(turn_action, token, HEADS_PER_CLASS, spread=spread)
         return (self._scripts.dispatch_snapshot, (), call.args())
 
     def parse_snapshot(self, raw: Any, for_view: bool = False) -> Snapshot | None:
@@ -91,6 +96,7 @@ class Turns:
             default_strategy=self._store.strategy_or_default(reply.stored_strategy),
             state=balancer_state(reply.balancer_state),
             read_at=asyncio.get_running_loop().time(),
+            more_agents=reply.more_agents,
         )
         if for_view or any(class_sets):  # else the script read no agent: no view
             self._view.adopt(snapshot, agents, reply.balancer_state)

@@ -62,24 +62,50 @@ def status_indexes() -> list[str]:
     return [status_index(status) for status in STORED_STATUSES]
 
 
+TYPE_INDEX_PREFIX = "agents:type:"
+CAPABILITY_INDEX_PREFIX = "agents:capability:"
+SERVICE_INDEX_PREFIX = "agents:service:"
+LABEL_INDEX_PREFIX = "agents:label:"
+
+
 def type_index(agent_type: str) -> str:
     """The set of agents of one type."""
-    return f"agents:type:{agent_type}"
+    return f"{TYPE_INDEX_PREFIX}{agent_type}"
 
 
 def capability_index(capability: str) -> str:
     """The set of agents having one capability."""
-    return f"agents:capability:{capability}"
+    return f"{CAPABILITY_INDEX_PREFIX}{capability}"
 
 
 def service_index(service: str) -> str:
     """The set of agents offering one service."""
-    return f"agents:service:{service}"
+    return f"{SERVICE_INDEX_PREFIX}{service}"
 
 
 def label_index(key: str, value: str) -> str:
     """The set of agents carrying one label pair (label keys cannot contain ``=``)."""
-    return f"agents:label:{key}={value}"
+    return f"{LABEL_INDEX_PREFIX}{key}={value}"
+
+
+AGENTS_AVAILABLE = "agents:available"
+"""Sorted set: the agents that can take a task now (ACTIVE, in ``agents:active``, their
+stream open on a live node, a free slot), scored by slot use (active_tasks /
+max_concurrency). Kept exact by every script that changes one of those
+(``lua/availability_lib.lua``), so that a dispatch pass reads the least loaded agents in
+O(log n) instead of every agent."""
+
+AGENTS_AVAILABLE_PREFIX = "agents:available:"
+"""``agents:available:{index set}`` (e.g. ``agents:available:agents:capability:gpu``): the
+same as ``agents:available``, for the agents in one descriptive index set (type,
+capability, service, label): a requirements class reads its eligible agents from the
+smallest of these, never strands a task that few agents can take, and costs nothing when
+none of them is free."""
+
+
+def available_in(index_key: str) -> str:
+    """The available agents of one descriptive index set."""
+    return f"{AGENTS_AVAILABLE_PREFIX}{index_key}"
 
 
 # --- Tasks -----------------------------------------------------------------------------------
@@ -221,6 +247,13 @@ TASK_SCRIPT_KEYS = {
     "disconnected": AGENTS_DISCONNECTED,
     "heartbeats": AGENTS_HEARTBEATS,
     "active": AGENTS_ACTIVE,
+    "agents_all": AGENTS_ALL,
+    "available": AGENTS_AVAILABLE,
+    "available_in": AGENTS_AVAILABLE_PREFIX,
+    "type_index": TYPE_INDEX_PREFIX,
+    "capability_index": CAPABILITY_INDEX_PREFIX,
+    "service_index": SERVICE_INDEX_PREFIX,
+    "label_index": LABEL_INDEX_PREFIX,
     "node": NODE_PRESENCE_PREFIX,
     "node_channel": NODE_CHANNEL_PREFIX,
     "task_channel": TASK_CHANNEL_PREFIX,

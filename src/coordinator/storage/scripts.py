@@ -3,9 +3,12 @@
 Each script documents its KEYS and ARGV at the top of its file. redis-py sends EVALSHA and
 falls back to EVAL (loading the script) after a Redis restart.
 
-Task scripts share helpers: each is sent as the Lua table ``K`` (the key names of
-``keys.TASK_SCRIPT_KEYS``), the tables of ``finished_records``, then ``lua/quota_lib.lua``
-(the principals' quotas), ``lua/finished_lib.lua`` (finished tasks' compact form), then
+Every script is sent after the Lua table ``K`` (the key names of ``keys.TASK_SCRIPT_KEYS``)
+and ``lua/availability_lib.lua`` (which keeps ``agents:available`` exact: the registry's
+scripts change status and liveness, the task scripts slots and streams).
+Task scripts share more helpers: each is sent as ``K``, the tables of ``finished_records``,
+the availability helpers, then ``lua/quota_lib.lua`` (the principals' quotas),
+``lua/finished_lib.lua`` (finished tasks' compact form), then
 ``lua/task_lib.lua``, then its own file. Their keys are
 built from ``K`` inside the script, because which agent or queue a task touches is only
 known there; like the registry's, they need a single Redis, not Redis Cluster.
@@ -51,6 +54,8 @@ TASK_SCRIPT_NAMES = (
     "disconnect_stream",
     "forget_finished_tasks",
     "compact_finished_tasks",
+    "rebuild_available",
+    "holders_in_doubt",
 )
 
 
@@ -58,10 +63,16 @@ TASK_SCRIPT_NAMES = (
 def source(name: str) -> str:
     """The Lua source of one named script."""
     if name in SCRIPT_NAMES:
-        return _read(name)
+        return "\n".join((_key_table(), _read("availability_lib"), _read(name)))
     if name in TASK_SCRIPT_NAMES:
-        parts = (_key_table(), finished_records.lua_tables(), _read("quota_lib"))
-        return "\n".join((*parts, _read("finished_lib"), _read("task_lib"), _read(name)))
+        parts = (
+            _key_table(),
+            finished_records.lua_tables(),
+            _read("availability_lib"),
+            _read("quota_lib"),
+            _read("finished_lib"),
+        )
+        return "\n".join((*parts, _read("task_lib"), _read(name)))
     raise KeyError(f"no Lua script named {name!r}")
 
 
@@ -117,6 +128,8 @@ class TaskScripts:
     disconnect_stream: AsyncScript
     forget_finished_tasks: AsyncScript
     compact_finished_tasks: AsyncScript
+    rebuild_available: AsyncScript
+    holders_in_doubt: AsyncScript
 
 
 ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]

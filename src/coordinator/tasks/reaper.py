@@ -52,6 +52,11 @@ COMPACT_DEFERRED = 20_000
 tasks than this wait for it (about 50 MB more than compacted), so that a burst does not pay
 for it and a long one does not grow Redis without bound."""
 
+HOLDERS_PER_ROUND = 1000
+"""About how many agents holding tasks a round looks at (lua/holders_in_doubt.lua): with
+10,000 holding, each is looked at every ten rounds (5 s), and a round costs Redis the same
+with 1,000 agents or 100,000."""
+
 
 class TaskReaper:
     """Runs ``reap_once`` every COORDINATOR_TASK_TIMER_INTERVAL_S on the node holding the lock."""
@@ -68,6 +73,7 @@ class TaskReaper:
         self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
         self._grace_ms = int(settings.stream_grace_s * 1000)
         self._loop = Periodic("task-reaper", settings.task_timer_interval_s, self._round)
+        self._holders_cursor = "0"
 
     def start(self) -> None:
         """Begin reaping in the background."""
@@ -127,30 +133,19 @@ class TaskReaper:
                 )
 
     async def _release_lost_agents(self, now_ms: int) -> None:
-        holders = sorted(str(a) for a in await self._redis.smembers(keys.AGENTS_HOLDING))
-        if not holders:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for agent_id in holders:
-                pipe.exists(keys.agent(agent_id))
-                pipe.zscore(keys.AGENTS_HEARTBEATS, agent_id)
-                pipe.hget(keys.AGENTS_CONNECTED, agent_id)
-                pipe.zscore(keys.AGENTS_DISCONNECTED, agent_id)
-            replies = await pipe.execute()
-        rows = [replies[i : i + 4] for i in range(0, len(replies), 4)]
-        nodes = sorted({conn.split(" ", 1)[0] for _, _, conn, _ in rows if conn})
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for node in nodes:
-                pipe.exists(keys.node_presence(node))
-            alive = {n for n, up in zip(nodes, await pipe.execute(), strict=True) if up}
-        for agent_id, (exists, heartbeat_ms, connection, closed_at_ms) in zip(
-            holders, rows, strict=True
-        ):
+        # Only the holders not plainly well come back (lua/holders_in_doubt.lua).
+        fresh_after_ms = now_ms - self._liveness_timeout_ms
+        self._holders_cursor, rows = await self._scripts.holders_in_doubt(
+            args=[fresh_after_ms, self._holders_cursor, HOLDERS_PER_ROUND]
+        )
+        for agent_id, exists, heartbeat, connection, closed_at, node_alive in rows:
+            heartbeat_ms = None if heartbeat is None else float(heartbeat)
+            closed_at_ms = None if closed_at is None else float(closed_at)
             if not exists:
                 reason = "agent deregistered"
-            elif heartbeat_ms is None or heartbeat_ms < now_ms - self._liveness_timeout_ms:
+            elif heartbeat_ms is None or heartbeat_ms < fresh_after_ms:
                 reason = "agent's heartbeat expired"
-            elif connection and connection.split(" ", 1)[0] in alive:
+            elif connection and node_alive:
                 if closed_at_ms is not None:  # its node was thought dead and is back
                     await self._redis.zrem(keys.AGENTS_DISCONNECTED, agent_id)
                 continue  # streaming: all is well

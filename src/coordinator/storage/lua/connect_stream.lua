@@ -18,6 +18,7 @@ local previous = redis.call('HGET', K.connected, agent_id)
 redis.call('HSET', K.connected, agent_id, node_id .. ' ' .. session_id)
 redis.call('HSET', agent_key, 'node_id', node_id)
 redis.call('ZREM', K.disconnected, agent_id)
+available_refresh(agent_id)
 if previous then
   local previous_node, previous_session = string.match(previous, '^(%S+) (%S+)$')
   redis.call('PUBLISH', K.node_channel .. previous_node,

@@ -30,6 +30,7 @@ if heartbeat_bound ~= '' and last_heartbeat_ms
 end
 
 local index_keys = redis.call('HGET', agent_key, 'index_keys')
+available_clear(agent_id, index_keys)
 if index_keys then
   for _, key in ipairs(cjson.decode(index_keys)) do
     redis.call('SREM', key, agent_id)

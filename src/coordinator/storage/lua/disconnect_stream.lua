@@ -18,6 +18,7 @@ local agent_key = K.agent .. agent_id
 if redis.call('EXISTS', agent_key) == 1 then
   redis.call('HSET', agent_key, 'node_id', '')
 end
+available_refresh(agent_id)
 if redis.call('SCARD', K.agent_tasks .. agent_id) > 0 then
   redis.call('ZADD', K.disconnected, now_ms(), agent_id)
 end

@@ -42,6 +42,7 @@ redis.call('HSET', agent_key, 'last_heartbeat_at_ms', now_ms, 'status', status)
 if load_metrics_json ~= '' then
   redis.call('HSET', agent_key, 'load_metrics', load_metrics_json)
 end
+available_check(agent_id)
 local streaming = 0
 local connection = redis.call('HGET', connected, agent_id)
 if connection then

@@ -38,6 +38,7 @@ for i = first_index_key, #KEYS do
   keep[KEYS[i]] = true
 end
 if old[3] then
+  available_clear(agent_id, old[3])  -- refreshed below, under the new index keys
   for _, key in ipairs(cjson.decode(old[3])) do
     if not keep[key] then
       redis.call('SREM', key, agent_id)
@@ -76,4 +77,5 @@ if created then
   redis.call('HSET', agent_key, 'active_tasks', 0, 'node_id', '', 'status_reason', '',
     'load_metrics', '{}')
 end
+available_refresh(agent_id)
 return {created and 1 or 0, now_ms, redis.call('HGETALL', agent_key)}

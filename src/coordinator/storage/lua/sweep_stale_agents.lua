@@ -16,6 +16,7 @@ local stale = redis.call('ZRANGEBYSCORE', heartbeats, '-inf', '(' .. (now_ms - l
 local removed = {}
 for _, agent_id in ipairs(stale) do
   if redis.call('SREM', active_agents, agent_id) == 1 then
+    available_refresh(agent_id)
     removed[#removed + 1] = agent_id
   end
 end

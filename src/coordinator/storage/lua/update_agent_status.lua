@@ -39,4 +39,5 @@ if status ~= 'ACTIVE' or live then
 end
 redis.call('HSET', agent_key, 'status', status, 'status_reason', reason,
   'load_metrics', load_metrics_json)
+available_refresh(agent_id)
 return {now_ms, redis.call('HGETALL', agent_key)}

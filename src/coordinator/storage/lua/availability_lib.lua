@@ -1,0 +1,100 @@
+-- Shared by every script that changes whether an agent can take a task now: its status,
+-- its liveness set (agents:active), its open stream, its slots, its registration.
+-- coordinator.storage.scripts prepends it, after the table K of key names.
+--
+-- K.available is a sorted set of the agents that can be given tasks: ACTIVE, in
+-- agents:active, their stream open (agents:connected); scored by slot use (active_tasks /
+-- max_concurrency), so those that can take a task now (a free slot) score below 1, least
+-- loaded first. (The full ones are kept too: a node's view holds them, and counts the
+-- slots its reports free.) K.available_in .. index_key is the same set for the agents of
+-- one descriptive index set (agents:capability:gpu, ...), so a requirements class reads
+-- its least loaded eligible agents from the smallest of them.
+-- Every script that changes one of the inputs calls available_refresh in the same call, so
+-- the sets are exact between scripts. Whether the node holding the stream is alive is not
+-- part of it (its presence key expires by itself, and a node starting writes it after its
+-- first streams may open): dispatch_snapshot.lua skips the agents of a node gone, until
+-- they stop heartbeating (sweep_stale_agents.lua) or open a stream elsewhere.
+
+-- The agent's descriptive index keys (the JSON list register_agent.lua keeps).
+local function available_index_keys(raw)
+  if not raw or raw == '' or raw == '[]' then
+    return {}
+  end
+  return cjson.decode(raw)
+end
+
+-- Takes the agent out of every available set (given its index keys, JSON).
+local function available_clear(agent_id, raw_index_keys)
+  redis.call('ZREM', K.available, agent_id)
+  for _, key in ipairs(available_index_keys(raw_index_keys)) do
+    redis.call('ZREM', K.available_in .. key, agent_id)
+  end
+end
+
+-- Slot use: below 1 with a free slot, at least 1 when full.
+local function available_slot_use(active, max_concurrency)
+  if active >= max_concurrency then
+    return math.max(1, active / math.max(max_concurrency, 1))
+  end
+  return active / max_concurrency
+end
+
+-- The agent's slot use when it can be given tasks (nil when not); from its record fields
+-- {status, max_concurrency, active_tasks}.
+local function available_score(agent_id, record)
+  if record[1] ~= 'ACTIVE' or redis.call('SISMEMBER', K.active, agent_id) == 0 then
+    return nil
+  end
+  if redis.call('HEXISTS', K.connected, agent_id) == 0 then
+    return nil
+  end
+  return available_slot_use(tonumber(record[3]) or 0, tonumber(record[2]) or 0)
+end
+
+-- Puts the agent in the available sets, or takes it out, as its record says now. Returns
+-- whether it is available.
+local function available_refresh(agent_id)
+  local record = redis.call('HMGET', K.agent .. agent_id, 'status', 'max_concurrency',
+    'active_tasks', 'index_keys')
+  if not record[1] then
+    redis.call('ZREM', K.available, agent_id)
+    return false
+  end
+  local score = available_score(agent_id, record)
+  if not score then
+    available_clear(agent_id, record[4])
+    return false
+  end
+  redis.call('ZADD', K.available, score, agent_id)
+  for _, key in ipairs(available_index_keys(record[4])) do
+    redis.call('ZADD', K.available_in .. key, score, agent_id)
+  end
+  return true
+end
+
+-- The agent's active_tasks became ``active`` (an assignment, or an attempt's end): its
+-- score changes in the sets it is in, and nothing else (ZADD XX leaves out an agent that
+-- is not available; its other inputs did not change). The cheap refresh, for every task.
+local function available_slots_changed(agent_id, active)
+  local record = redis.call('HMGET', K.agent .. agent_id, 'max_concurrency', 'index_keys')
+  local score = available_slot_use(active, tonumber(record[1]) or 0)
+  if redis.call('ZADD', K.available, 'XX', 'CH', score, agent_id) == 0 then
+    return  -- not available, or the same score
+  end
+  for _, key in ipairs(available_index_keys(record[2])) do
+    redis.call('ZADD', K.available_in .. key, 'XX', score, agent_id)
+  end
+end
+
+-- Refreshes only when the agent's membership disagrees with its record (a heartbeat's
+-- check: cheap when nothing changed, which is nearly always).
+local function available_check(agent_id)
+  local record = redis.call('HMGET', K.agent .. agent_id, 'status', 'max_concurrency',
+    'active_tasks')
+  local in_set = redis.call('ZSCORE', K.available, agent_id)
+  local score = record[1] and available_score(agent_id, record)
+  if (score and not in_set) or (in_set and not score)
+      or (score and tonumber(in_set) ~= score) then
+    available_refresh(agent_id)
+  end
+end
