@@ -31,7 +31,7 @@ import redis
 
 from coordinator.sdk import Client, NewTask, Task, TaskState
 from coordinator.storage import keys
-from support import REPO, CoordinatorProcess, RedisServer, free_port
+from support import REPO, CoordinatorProcess, RedisServer
 
 pytestmark = pytest.mark.faults
 
@@ -172,8 +172,10 @@ async def test_no_task_lost_or_completed_twice_through_node_agent_and_redis_faul
     agents: list[AgentProcess] = []
     try:
         store.start()
-        ports = [free_port() for _ in range(3)]
-        addresses = [f"127.0.0.1:{port}" for port in ports]
+        # Each node binds a port of its own choosing (port 0): a port picked free beforehand
+        # may be taken meanwhile by another node's outgoing connection. A node that returns
+        # binds the port it had.
+        ports = [0, 0, 0]
 
         def node_env(i: int) -> dict[str, str]:
             return {
@@ -184,8 +186,10 @@ async def test_no_task_lost_or_completed_twice_through_node_agent_and_redis_faul
             }
 
         nodes = [CoordinatorProcess(node_env(i)) for i in range(3)]
-        for node in nodes:
+        for i, node in enumerate(nodes):
             await asyncio.to_thread(node.wait_serving, 30)
+            ports[i] = node.port
+        addresses = [f"127.0.0.1:{port}" for port in ports]
         agents = [
             AgentProcess(f"fault-agent-{i}", addresses[i % 3 :] + addresses[: i % 3])
             for i in range(AGENTS)
