@@ -99,13 +99,22 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(spawn_node):
     os.kill(before[0], signal.SIGKILL)
 
     # The other worker answers while worker 0 is down and being restarted. A connection the
-    # kernel had queued on the killed worker's listener is reset (SO_REUSEPORT hands nothing
-    # over), so a client may see one UNAVAILABLE: like any gRPC client, the probe reconnects
-    # once.
+    # kernel queued on the killed worker's listener, until the process is torn down, is
+    # reset (SO_REUSEPORT hands nothing over), so a client may see UNAVAILABLE while the
+    # listener goes: like any gRPC client, the probe reconnects (at most twice more, 50 ms
+    # apart; CI once saw two probes in a row land on the dying listener).
+    def answered() -> bool:
+        for attempt in range(3):
+            if attempt:
+                time.sleep(0.05)
+            if node.health() == "SERVING":
+                return True
+        return False
+
     deadline = time.monotonic() + 20
     after = before
     while after.get(0) in (None, before[0]) and time.monotonic() < deadline:
-        assert "SERVING" in (node.health(), node.health()), node.logs()
+        assert answered(), node.logs()
         time.sleep(0.1)
         after = worker_pids(node.process.pid)
     assert after[0] != before[0] and after[1] == before[1], (before, after)
