@@ -19,9 +19,12 @@ from grpc_health.v1 import health_pb2_grpc
 
 from agent_harness import AgentPool, ScriptedAgent
 from aitbc.coordinator.v1 import agent_pb2_grpc, task_pb2_grpc
+from coordinator.agents.registry import AgentRegistry
 from coordinator.config import Settings
 from coordinator.server import Coordinator, create_server
 from coordinator.storage.multiplex import MultiplexedConnection
+from coordinator.storage.scripts import TaskScripts
+from script_support import LIVENESS_MS
 from support import CoordinatorProcess, RedisServer
 
 TEST_DB = 1
@@ -196,3 +199,16 @@ async def channel_to() -> AsyncIterator[Callable[[CoordinatorProcess], grpc.aio.
     yield make
     for channel in channels:
         await channel.close()
+
+
+# The Lua scripts on their own (tests/tasks, tests/dispatch, tests/storage).
+
+
+@pytest.fixture
+def scripts(redis_client) -> TaskScripts:
+    return TaskScripts(redis_client)
+
+
+@pytest.fixture
+def registry(redis_client) -> AgentRegistry:
+    return AgentRegistry(redis_client, Settings(liveness_timeout_s=LIVENESS_MS / 1000))

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
-
 from agent_harness import submit_request
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.agents.records import AgentRegistration, AgentStatus
@@ -18,17 +16,7 @@ from coordinator.config import Settings
 from coordinator.dispatch.script_calls import DispatchSnapshotCall
 from coordinator.storage import keys
 from coordinator.storage.scripts import TaskScripts
-from script_support import LIVENESS_MS, NODE, assign, make_agent, new_task, report
-
-
-@pytest.fixture
-def scripts(redis_client) -> TaskScripts:
-    return TaskScripts(redis_client)
-
-
-@pytest.fixture
-def registry(redis_client) -> AgentRegistry:
-    return AgentRegistry(redis_client, Settings(liveness_timeout_s=LIVENESS_MS / 1000))
+from script_support import NODE, assign, make_agent, new_task, report
 
 
 async def available_sets(redis) -> dict[str, dict[str, float]]:

@@ -10,11 +10,9 @@ import pytest
 from redis.exceptions import ResponseError
 
 from coordinator.agents.record_codec import RECORD_FIELDS
-from coordinator.agents.registry import AgentRegistry
-from coordinator.config import Settings
 from coordinator.dispatch.script_calls import DispatchSnapshotCall
 from coordinator.storage import keys
-from coordinator.storage.scripts import TaskScripts, run_batch
+from coordinator.storage.scripts import run_batch
 from script_support import (
     LIVENESS_MS,
     NODE,
@@ -24,16 +22,6 @@ from script_support import (
     submit_reply,
     task_record,
 )
-
-
-@pytest.fixture
-def scripts(redis_client) -> TaskScripts:
-    return TaskScripts(redis_client)
-
-
-@pytest.fixture
-def registry(redis_client) -> AgentRegistry:
-    return AgentRegistry(redis_client, Settings(liveness_timeout_s=LIVENESS_MS / 1000))
 
 
 async def snapshot(scripts):

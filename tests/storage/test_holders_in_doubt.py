@@ -3,23 +3,8 @@ at come back (a round costs the node nothing per agent that is plainly well)."""
 
 from __future__ import annotations
 
-import pytest
-
-from coordinator.agents.registry import AgentRegistry
-from coordinator.config import Settings
 from coordinator.storage import keys
-from coordinator.storage.scripts import TaskScripts
 from script_support import LIVENESS_MS, assign, make_agent, new_task
-
-
-@pytest.fixture
-def scripts(redis_client) -> TaskScripts:
-    return TaskScripts(redis_client)
-
-
-@pytest.fixture
-def registry(redis_client) -> AgentRegistry:
-    return AgentRegistry(redis_client, Settings(liveness_timeout_s=LIVENESS_MS / 1000))
 
 
 async def holding(scripts, registry, redis, agent_id, node="node-1") -> None:

@@ -86,10 +86,10 @@ local function pack_finished(task_id)
   redis.call(unpack(hset))
 end
 
--- The fields of a task in the compact form, given its hash as a table: every field its
--- hash held before it was packed.
-local function unpack_finished(task_id, stored)
-  local p = unpacking_tables()
+-- The packed text of a compact hash (its pieces p1, p2, ... joined), where its creation
+-- time ends in it, and that time; makes the time's leading digits the stamp byte's
+-- expansion in ``tables``.
+local function joined_pieces(stored, tables)
   local pieces = {}
   while stored['p' .. (#pieces + 1)] do
     pieces[#pieces + 1] = stored['p' .. (#pieces + 1)]
@@ -97,7 +97,15 @@ local function unpack_finished(task_id, stored)
   local packed = table.concat(pieces)
   local created_end = string.find(packed, PACKED_END, 1, true)
   local created = string.sub(packed, 1, created_end - 1)
-  p.by_byte[PACKED_STAMP_BYTE] = string.sub(created, 1, p.stamp_digits)
+  tables.by_byte[PACKED_STAMP_BYTE] = string.sub(created, 1, tables.stamp_digits)
+  return packed, created_end, created
+end
+
+-- The fields of a task in the compact form, given its hash as a table: every field its
+-- hash held before it was packed.
+local function unpack_finished(task_id, stored)
+  local p = unpacking_tables()
+  local packed, created_end, created = joined_pieces(stored, p)
   local text = string.gsub(string.sub(packed, created_end + 1), '[\1-\29\31]', p.by_byte)
   local fields = {}
   for name, value in pairs(p.defaults) do
@@ -126,14 +134,7 @@ end
 -- byte 30. Returns a table of the fields it holds.
 local function unpack_some(task_id, stored, names)
   local u = unpacking_tables()
-  local pieces = {}
-  while stored['p' .. (#pieces + 1)] do
-    pieces[#pieces + 1] = stored['p' .. (#pieces + 1)]
-  end
-  local packed = table.concat(pieces)
-  local created_end = string.find(packed, PACKED_END, 1, true)
-  local created = string.sub(packed, 1, created_end - 1)
-  u.by_byte[PACKED_STAMP_BYTE] = string.sub(created, 1, u.stamp_digits)
+  local packed, created_end, created = joined_pieces(stored, u)
   local fields = {created_at_ms = created, task_id = task_id, state = stored.state}
   for _, name in ipairs(names) do
     if stored[name] then
