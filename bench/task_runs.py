@@ -330,13 +330,7 @@ def scenario_drain_floor(bench: Bench) -> dict[str, Any]:
     most tasks/s these clients and RPCs reach on this machine with nothing behind the
     calls, and what the calls alone cost a grpc.aio server per task."""
     plan = bench.plan
-    batched = plan.submit_batch > 1
-    options = {
-        "count": plan.drain_tasks,
-        "batch": plan.submit_batch,
-        "in_flight": plan.batches_in_flight if batched else plan.in_flight,
-        **({"stream": True} if batched and bench.args.drain_client == "stream" else {}),
-    }
+    options = {"count": plan.drain_tasks, **scenario_drain_options(bench)}
     submits, agent_reports, relay_cpu = _through_relay(bench, options, plan.drain_tasks)
     submitted, received, errors = join_times([submits], agent_reports)
     check_all_completed(submitted, received, plan.drain_tasks)
