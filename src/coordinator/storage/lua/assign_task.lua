@@ -32,9 +32,9 @@ if not task or task.state ~= 'PENDING'
 end
 
 local now = now_ms()
-local refusal, stream_node = agent_refusal(agent_id, now, liveness_timeout_ms)
+local refusal, accepted = agent_refusal(agent_id, now, liveness_timeout_ms)
 if refusal then
   return refusal
 end
 dequeue(task)
-return assign(task, agent_id, token_nonce, node_id, stream_node, deliver_here, now)
+return assign(task, agent_id, token_nonce, node_id, accepted, deliver_here, now)

@@ -74,14 +74,14 @@ end
 
 -- The agent's active_tasks became ``active`` (an assignment, or an attempt's end): its
 -- score changes in the sets it is in, and nothing else (ZADD XX leaves out an agent that
--- is not available; its other inputs did not change). The cheap refresh, for every task.
-local function available_slots_changed(agent_id, active)
-  local record = redis.call('HMGET', K.agent .. agent_id, 'max_concurrency', 'index_keys')
-  local score = available_slot_use(active, tonumber(record[1]) or 0)
+-- is not available; its other inputs did not change). The cheap refresh, for every task:
+-- the caller gives the record's max_concurrency and index_keys, which it read already.
+local function available_slots_changed(agent_id, active, max_concurrency, raw_index_keys)
+  local score = available_slot_use(active, tonumber(max_concurrency) or 0)
   if redis.call('ZADD', K.available, 'XX', 'CH', score, agent_id) == 0 then
     return  -- not available, or the same score
   end
-  for _, key in ipairs(available_index_keys(record[2])) do
+  for _, key in ipairs(available_index_keys(raw_index_keys)) do
     redis.call('ZADD', K.available_in .. key, 'XX', score, agent_id)
   end
 end

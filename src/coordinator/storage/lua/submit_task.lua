@@ -98,11 +98,11 @@ if agent_id == '' then
 end
 local assignment
 if none_waiting_up_to(priority) then
-  local stream_node
-  assignment, stream_node = agent_refusal(agent_id, now, tonumber(ARGV[9]))
+  local accepted
+  assignment, accepted = agent_refusal(agent_id, now, tonumber(ARGV[9]))
   if not assignment then
     return {1, task_id, now, seq,
-      assign(task, agent_id, ARGV[8], ARGV[10], stream_node, ARGV[11] == '1', now)}
+      assign(task, agent_id, ARGV[8], ARGV[10], accepted, ARGV[11] == '1', now)}
   end
 else
   assignment = {'not_first', 'a task waits ahead of it'}

@@ -130,12 +130,13 @@ local function release_slot(task)
   redis.call('ZREM', K.leases, task.id)
   redis.call('SREM', K.agent_tasks .. agent_id, task.id)
   local agent_key = K.agent .. agent_id
-  if redis.call('EXISTS', agent_key) == 1 then
+  local agent = redis.call('HMGET', agent_key, 'max_concurrency', 'index_keys')
+  if agent[1] then  -- a registered agent (its record always has max_concurrency)
     local active = redis.call('HINCRBY', agent_key, 'active_tasks', -1)
     if active < 0 then  -- only reachable if a record was rewritten by hand
       redis.call('HSET', agent_key, 'active_tasks', 0)
     end
-    available_slots_changed(agent_id, math.max(active, 0))
+    available_slots_changed(agent_id, math.max(active, 0), agent[1], agent[2])
   end
   if redis.call('SCARD', K.agent_tasks .. agent_id) == 0 then
     redis.call('SREM', K.holding, agent_id)
@@ -169,11 +170,12 @@ local function none_waiting_up_to(priority)
 end
 
 -- Why an agent cannot take a task now, as a refusal {verdict, detail} ('agent_gone',
--- 'agent_unavailable', 'agent_full'); or nil and the node holding its stream. It must be
+-- 'agent_unavailable', 'agent_full'); or nil and what assign needs of the agent:
+-- {stream_node = the node holding its stream, max_concurrency, index_keys}. It must be
 -- registered, ACTIVE, live, streaming from a live node, with a free slot.
 local function agent_refusal(agent_id, now, liveness_timeout_ms)
   local agent = redis.call('HMGET', K.agent .. agent_id, 'status', 'max_concurrency',
-    'active_tasks')
+    'active_tasks', 'index_keys')
   if not agent[1] then
     return {'agent_gone', 'not registered'}
   end
@@ -195,15 +197,16 @@ local function agent_refusal(agent_id, now, liveness_timeout_ms)
   if tonumber(agent[3] or 0) >= tonumber(agent[2]) then
     return {'agent_full', agent[3]}
   end
-  return nil, stream_node
+  return nil, {stream_node = stream_node, max_concurrency = agent[2], index_keys = agent[4]}
 end
 
--- Gives a PENDING task, already out of line, to an agent that agent_refusal accepted: the
--- task gets its agent, attempt, fencing token and lease; the agent's active count rises; the
--- node holding the agent's stream is told, or, when that is ``node_id`` itself and
--- ``deliver_here``, the message comes back in the reply. ``task`` needs the fields of
+-- Gives a PENDING task, already out of line, to an agent that agent_refusal accepted (with
+-- ``accepted``, what it read of the agent): the task gets its agent, attempt, fencing token
+-- and lease; the agent's active count rises; the node holding the agent's stream is told,
+-- or, when that is ``node_id`` itself and ``deliver_here``, the message comes back in the
+-- reply. ``task`` needs the fields of
 -- TASK_FIELDS. Returns assign_task.lua's reply for an assignment ({'ok', ...}).
-local function assign(task, agent_id, token_nonce, node_id, stream_node, deliver_here, now)
+local function assign(task, agent_id, token_nonce, node_id, accepted, deliver_here, now)
   local task_id = task.id
   local previous_agent = task.agent_id
   local attempt = tonumber(task.attempt) + 1
@@ -223,7 +226,8 @@ local function assign(task, agent_id, token_nonce, node_id, stream_node, deliver
   redis.call('ZADD', K.leases, lease_ms, task_id)
   redis.call('SADD', K.agent_tasks .. agent_id, task_id)
   redis.call('SADD', K.holding, agent_id)
-  available_slots_changed(agent_id, redis.call('HINCRBY', K.agent .. agent_id, 'active_tasks', 1))
+  available_slots_changed(agent_id, redis.call('HINCRBY', K.agent .. agent_id, 'active_tasks', 1),
+    accepted.max_concurrency, accepted.index_keys)
   if previous_agent ~= '' and previous_agent ~= agent_id then
     redis.call('ZREM', K.by_agent .. previous_agent, task_id)
   end
@@ -248,7 +252,7 @@ local function assign(task, agent_id, token_nonce, node_id, stream_node, deliver
     assigned_at_ms = now, lease_expires_at_ms = lease_ms,
     start_to_close_ms = tonumber(task.start_to_close_ms),
   }
-  if deliver_here and stream_node == node_id then
+  if deliver_here and accepted.stream_node == node_id then
     message.agent_id = agent_id
     return {'ok', attempt, latency_ms or -1, cjson.encode(message)}
   end
