@@ -83,6 +83,11 @@ def drain_rows(title: str, agg: dict[str, Any]) -> list[Row]:
         rows.append(
             (title, "Redis bytes per finished task", fmt(agg, "redis_bytes_per_finished_task", 0))
         )
+    if "dispatch_turn_waits" in agg:  # absent from arq's and older results
+        waits = (
+            f"{fmt(agg, 'dispatch_turn_waits', 0)} / {fmt(agg, 'dispatch_turn_wait_ms_total', 0)}"
+        )
+        rows.append((title, "requests that waited for a turn / their total wait ms", waits))
     return rows + cpu_rows(title, agg) + batching_rows(title, agg)
 
 

@@ -38,6 +38,9 @@ class Usage:
     commands: dict[str, int]
     redis_memory_bytes: int = 0
     """Redis' used_memory after the tasks finished, less before they were submitted."""
+    turn_waits: tuple[int, int] = (0, 0)
+    """Requests for a dispatch pass that waited while another node held that partition's
+    turn, and their total wait in ms (``tasks:stats``, counted by the scripts)."""
 
 
 def submits_title(bench: Bench) -> str:
@@ -79,6 +82,15 @@ def wait_compacted(admin: Any, timeout_s: float) -> None:
     wait_until("the finished tasks compacted", compacted, timeout_s)
 
 
+def _turn_waits(admin: Any) -> tuple[int, int]:
+    """The cluster's count of requests that waited for another node's dispatch turn, and
+    their total wait in ms, so far."""
+    waits, total_ms = admin.hmget(
+        "tasks:stats", ["dispatch_turn_waits", "dispatch_turn_wait_ms_total"]
+    )
+    return int(waits or 0), int(total_ms or 0)
+
+
 def measured_phase(
     bench: Bench, nodes: list[CoordinatorNode], submit_options: list[dict[str, Any]]
 ) -> tuple[list[Path], int, Usage]:
@@ -91,6 +103,7 @@ def measured_phase(
     try:
         admin.config_resetstat()
         memory_before = int(admin.info("memory")["used_memory"])
+        waits_before = _turn_waits(admin)
         submit_outs, submitters = _start_submitters(bench, nodes, submit_options)
         bench.wait_exit(submitters, "the submitters", 600)
         # An overloaded node may refuse submits (the submitter counts them as errors): wait
@@ -103,6 +116,9 @@ def measured_phase(
             node_cpu_s=sum(cpu_s(n.pid) - cpu_before[n.node_id] for n in nodes),
             redis_cpu_s=cpu_s(bench.redis.pid) - redis_cpu_before,
             commands=redis_commands(admin),
+        )
+        usage.turn_waits = tuple(  # type: ignore[assignment]
+            after - before for after, before in zip(_turn_waits(admin), waits_before, strict=True)
         )
         # The memory figure is what finished tasks keep: once the reaper has compacted them
         # (background work that waits while tasks wait in line, so mostly after a drain;
@@ -209,6 +225,10 @@ def task_figures(
         "redis_cpu_us_per_task": round(usage.redis_cpu_s / accepted * 1e6, 1),
         # Redis memory the finished tasks hold (records and index entries), per task.
         "redis_bytes_per_finished_task": round(usage.redis_memory_bytes / accepted),
+        # Requests for a pass that waited while another node held that partition's turn
+        # (issue 18: with partitions, nodes that queue their own tasks wait for nobody).
+        "dispatch_turn_waits": usage.turn_waits[0],
+        "dispatch_turn_wait_ms_total": usage.turn_waits[1],
         "coordinator_rss_kib": {
             node: {"before": usage.rss_before_kib[node], **after}
             for node, after in usage.rss_after_kib.items()

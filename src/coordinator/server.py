@@ -112,6 +112,7 @@ class Coordinator:
             settings,
             self.metrics,
             deliver=self.streams.deliver_local,
+            streams_here=self.streams.holds,
         )
         self.tasks.use_dispatch(self.dispatcher)
         self.events = EventHub(

@@ -14,6 +14,7 @@ from test_dispatch_turns import LONG_TIMER, no_dispatch_turn_held
 
 from agent_harness import ScriptedAgent, eventually, submit_request
 from aitbc.coordinator.v1 import task_pb2
+from coordinator.dispatch.script_calls import DispatchSnapshotCall
 from coordinator.storage.scripts import TaskScripts, run_batch
 from coordinator.tasks.calls import TaskToQueue
 from coordinator.tasks.models import TaskSubmission
@@ -107,7 +108,8 @@ async def test_a_slot_freed_under_a_full_snapshot_handed_to_the_loop_does_not_fa
     plan = dispatcher.plan_submit([TaskToQueue("t-unqueued", TaskSubmission("test", {}))])
     assert plan is not None and not plan.assignments
     snapshot_replies = await run_batch(node.coordinator.multiplexed, plan.piggyback.calls)
-    assert snapshot_replies[0][-1] == 0  # no free slot: no task read
+    read = DispatchSnapshotCall.parse(snapshot_replies[0])
+    assert read is not None and read.heads_limit == 0  # no free slot: no task read
     # The agent's completion runs in Redis after that snapshot ...
     reply = await TaskScripts(redis_client).report_task(
         args=[held.task_id, "agent-1", held.fencing_token, "complete", "{}"]

@@ -10,7 +10,12 @@ import pytest
 from redis.exceptions import ResponseError
 
 from coordinator.agents.record_codec import RECORD_FIELDS
-from coordinator.dispatch.script_calls import DispatchSnapshotCall
+from coordinator.dispatch.script_calls import (
+    DispatchSnapshotCall,
+    DispatchTurnCall,
+    SnapshotReply,
+    TurnsEnded,
+)
 from coordinator.storage import keys
 from coordinator.storage.scripts import run_batch
 from script_support import (
@@ -24,12 +29,18 @@ from script_support import (
 )
 
 
+async def read(scripts, call: DispatchSnapshotCall | None = None) -> SnapshotReply | None:
+    """The snapshot ``call`` reads (by default: every partition, taking no turn)."""
+    call = call or DispatchSnapshotCall()
+    return DispatchSnapshotCall.parse(await scripts.dispatch_snapshot(args=call.args()))
+
+
 async def snapshot(scripts):
-    now_ms, strategy, state, classes, rows, *_ = await scripts.dispatch_snapshot(
-        args=DispatchSnapshotCall().args()
-    )
+    reply = await read(scripts)
+    rows = reply.agent_rows
     agents = sorted(dict(zip(RECORD_FIELDS, row, strict=True))["agent_id"] for row in rows)
-    return int(now_ms), strategy, state, [sorted(c) for c in classes], agents
+    classes = [sorted(c) for c in reply.class_sets]
+    return reply.now_ms, reply.stored_strategy, reply.balancer_state, classes, agents
 
 
 async def test_snapshot_reads_no_agent_while_nothing_waits(scripts, registry, redis_client):
@@ -46,14 +57,16 @@ async def test_snapshot_for_a_view_reads_the_agents_and_takes_no_turn(
     await make_agent(registry, redis_client, "a")
     await new_task(scripts)
 
-    for_view = DispatchSnapshotCall("view", "this-node", heads_per_class=0).args()
-    _, _, _, classes, rows, heads, limit, _ = await scripts.dispatch_snapshot(args=for_view)
-    assert len(rows) == 1 and classes[3] == ["c0"] and heads == [[]] * 5 and limit == 0
+    for_view = DispatchSnapshotCall("view", "this-node", heads_per_class=0)
+    reply = await read(scripts, for_view)
+    assert len(reply.agent_rows) == 1 and reply.class_sets[3] == ["c0"]
+    assert reply.heads == [[]] * 5 and reply.heads_limit == 0 and reply.partitions == ()
     await redis_client.delete(keys.task_queue("NORMAL"), keys.task_classes("NORMAL"))
-    _, _, _, classes, rows, *_ = await scripts.dispatch_snapshot(args=for_view)
-    assert len(rows) == 1 and classes == [[]] * 5  # nothing waits: the agents all the same
+    reply = await read(scripts, for_view)
+    assert len(reply.agent_rows) == 1  # nothing waits: the agents all the same
+    assert reply.class_sets == [[]] * 5
 
-    assert not await redis_client.exists(keys.DISPATCH_LOCK, keys.DISPATCH_WANTED)
+    assert not await redis_client.keys("coordinator:*dispatch*")
 
 
 async def test_snapshot_has_waiting_classes_and_streaming_active_agents(
@@ -87,7 +100,7 @@ async def test_snapshot_rows_decode_into_agents(scripts, registry, redis_client)
     await new_task(scripts)
     await make_agent(registry, redis_client, "a", max_concurrency=3)
     now_ms, *_ = await snapshot(scripts)
-    rows = (await scripts.dispatch_snapshot(args=DispatchSnapshotCall().args()))[4]
+    rows = (await read(scripts)).agent_rows
 
     (agent,) = registry.decode_records(rows, now_ms)
 
@@ -99,12 +112,12 @@ async def test_snapshot_has_the_first_tasks_of_each_waiting_class(scripts, regis
     c1 = await new_task(scripts, requirements_class="c1")
     urgent = await new_task(scripts, priority="URGENT", requirements_class="c0")
     await make_agent(registry, redis_client, "a", max_concurrency=10)
-    *_, classes, _, heads, limit, _ = await scripts.dispatch_snapshot(
-        args=DispatchSnapshotCall(heads_per_class=2).args()
-    )
+    reply = await read(scripts, DispatchSnapshotCall(heads_per_class=2))
 
-    assert limit == 2
-    by_class = [dict(zip(c, h, strict=True)) for c, h in zip(classes, heads, strict=True)]
+    assert reply.heads_limit == 2
+    by_class = [
+        dict(zip(c, h, strict=True)) for c, h in zip(reply.class_sets, reply.heads, strict=True)
+    ]
     assert [h[0] for h in by_class[0]["c0"]] == [urgent]
     assert [h[0] for h in by_class[3]["c0"]] == c0[:2]
     assert [h[0] for h in by_class[3]["c1"]] == [c1]
@@ -118,12 +131,10 @@ async def test_snapshot_reads_no_task_while_no_agent_has_a_free_slot(
     await make_agent(registry, redis_client, "busy", max_concurrency=1)
     await redis_client.hset(keys.agent("busy"), "active_tasks", 1)
 
-    *_, classes, agents, heads, limit, _ = await scripts.dispatch_snapshot(
-        args=DispatchSnapshotCall().args()
-    )
+    reply = await read(scripts)
 
-    assert classes[3] == ["c0"] and len(agents) == 1
-    assert heads == [[]] * 5 and limit == 0
+    assert reply.class_sets[3] == ["c0"] and len(reply.agent_rows) == 1
+    assert reply.heads == [[]] * 5 and reply.heads_limit == 0
 
 
 async def test_snapshot_reads_no_more_tasks_per_class_than_there_are_free_slots(
@@ -135,7 +146,8 @@ async def test_snapshot_reads_no_more_tasks_per_class_than_there_are_free_slots(
     await redis_client.hset(keys.agent("a"), "active_tasks", 1)
     await redis_client.hset(keys.agent("b"), "status", "MAINTENANCE")  # its slots do not count
 
-    *_, heads, limit, _ = await scripts.dispatch_snapshot(args=DispatchSnapshotCall().args())
+    reply = await read(scripts)
+    heads, limit = reply.heads, reply.heads_limit
 
     assert limit == 3
     assert [h[0] for h in heads[3][0]] == tasks[:3]
@@ -184,7 +196,7 @@ async def test_a_task_back_in_line_names_the_agent_whose_attempt_ended(
     assert await scripts.promote_due_tasks(args=[10]) == 1
 
     ((head,),) = await scripts.queue_heads(args=["NORMAL", 10, "c0", "-inf"])
-    *_, heads, _, _ = await scripts.dispatch_snapshot(args=DispatchSnapshotCall().args())
+    heads = (await read(scripts)).heads
 
     assert head[0] == task_id and head[5] == "a"
     assert heads[3][0][0][5] == "a"
@@ -352,18 +364,107 @@ async def test_old_style_assign_still_publishes(scripts, registry, redis_client)
     assert (await assign(scripts, task_id, "a"))[:2] == ["ok", 1]
 
 
-async def test_snapshot_with_a_turn_reads_only_for_the_turn_holder(scripts, registry, redis_client):
-    await new_task(scripts)
-    await make_agent(registry, redis_client, "a")
-    await redis_client.set(keys.DISPATCH_LOCK, "other-node")
+async def test_snapshot_with_the_turns_reads_only_the_partitions_this_node_holds(
+    scripts, registry, redis_client
+):
+    mine = await new_task(scripts, requirements_class=keys.queued_class("c0", "n1"))
+    await new_task(scripts, requirements_class=keys.queued_class("c0", "n2"))
+    await make_agent(registry, redis_client, "a", max_concurrency=5)
+    n2_lock, n2_wanted = keys.dispatch_turn_keys("n2")
+    await redis_client.set(n2_lock, "other-node")
 
-    assert (
-        await scripts.dispatch_snapshot(args=DispatchSnapshotCall("again", "this-node").args())
-        is None
-    )
+    reply = await read(scripts, DispatchSnapshotCall("begin", "this-node"))
+
+    assert reply is not None and reply.partitions == ("n1",)
+    assert reply.class_sets[3] == ["c0@n1"]  # n2's tasks are the holder's
+    assert [head[0] for head in reply.heads[3][0]] == [mine] and len(reply.agent_rows) == 1
+    assert await redis_client.get(keys.dispatch_turn_keys("n1")[0]) == "this-node"
+    assert int(await redis_client.get(n2_wanted)) > 0  # the holder passes n2 again
+    # Every partition waiting is held by another node now: nothing is read.
+    assert await read(scripts, DispatchSnapshotCall("begin", "third-node")) is None
+
+
+async def test_a_node_with_tasks_of_its_own_leaves_other_live_nodes_tasks_to_them(
+    scripts, registry, redis_client
+):
+    await new_task(scripts, requirements_class=keys.queued_class("c0", "n1"))
+    await new_task(scripts, requirements_class=keys.queued_class("c0", "n2"))
+    await make_agent(registry, redis_client, "a", max_concurrency=5)
+    await redis_client.set(keys.node_presence("n2"), "1")
+    as_n1 = DispatchSnapshotCall("begin", "n1-turn", home="n1")
+
+    reply = await read(scripts, as_n1)
+
+    assert reply is not None and reply.partitions == ("n1",)
+    assert not await redis_client.exists(*keys.dispatch_turn_keys("n2"))  # n2 passes its own
+    await turn(scripts, "end", "n1-turn", "n1")
+    await redis_client.delete(keys.node_presence("n2"))  # n2 is gone: its tasks are anyone's
+    assert sorted((await read(scripts, as_n1)).partitions) == ["n1", "n2"]
+    await turn(scripts, "release", "n1-turn", "n1", "n2")
+
+    await redis_client.set(keys.node_presence("n2"), "1")
+    await redis_client.delete(keys.task_queue("NORMAL", "c0@n1"))  # n1 has nothing waiting
+    await redis_client.srem(keys.task_classes("NORMAL"), "c0@n1")
+    assert (await read(scripts, as_n1)).partitions == ("n2",)  # its free slots take n2's
+
+
+async def turn(scripts, action: str, token: str, *partitions: str) -> TurnsEnded:
+    call = DispatchTurnCall(action, token, partitions)
+    return call.parse(await scripts.dispatch_turn(args=call.args()))
+
+
+async def test_dispatch_turns_lose_no_request(scripts, redis_client):
+    await new_task(scripts, requirements_class=keys.queued_class("c0", "n1"))
+    lock, wanted = keys.dispatch_turn_keys("n1")
+
+    taken = await read(scripts, DispatchSnapshotCall("begin", "a"))  # node a takes the turn
+    assert taken is not None and taken.partitions == ("n1",) and taken.waited_ms == -1
+    assert await read(scripts, DispatchSnapshotCall("begin", "b")) is None  # b asks meanwhile
+    assert await redis_client.exists(wanted)  # the flag is left
+    ended = await turn(scripts, "end", "a", "n1")
+    assert ended.again == ("n1",) and ended.waited_ms >= 0  # a sees it and passes again
+    assert await redis_client.get(lock) == "a"
+    assert await turn(scripts, "end", "a", "n1") == TurnsEnded((), -1)  # nothing asked
+    assert not await redis_client.exists(lock)  # a released it
+
+    assert await read(scripts, DispatchSnapshotCall("begin", "b")) is not None
+    await redis_client.set(lock, "c")  # b's lock expired; c took over
+    assert (await turn(scripts, "end", "b", "n1")).again == ()
+    assert await redis_client.get(lock) == "c"  # b does not free c's lock
+    assert await read(scripts, DispatchSnapshotCall("begin", "d")) is None
+    await turn(scripts, "release", "c", "n1")  # c stops mid-turn: lock freed, the flag stays
+    assert not await redis_client.exists(lock)
+    assert await redis_client.exists(wanted)
+    stats = await redis_client.hgetall(keys.TASK_STATS)
+    assert int(stats["dispatch_turn_waits"]) == 1  # b's request, served by a's pass
+    assert int(stats["dispatch_turn_wait_ms_total"]) >= 0
+
+
+async def test_again_keeps_the_turns_with_tasks_waiting_and_hands_back_the_others(
+    scripts, registry, redis_client
+):
+    await new_task(scripts, requirements_class=keys.queued_class("c0", "n1"))
+    await make_agent(registry, redis_client, "a", max_concurrency=5)
+    gone_lock, _ = keys.dispatch_turn_keys("n-idle")
+    await redis_client.set(gone_lock, "this-node")  # held, but nothing waits there now
+
+    reply = await read(scripts, DispatchSnapshotCall("again", "this-node", held=("n-idle",)))
+
+    assert reply is not None and reply.partitions == ("n1",)
+    assert not await redis_client.exists(gone_lock)
+
+
+async def test_tasks_queued_before_partitions_have_the_turn_of_before(
+    scripts, registry, redis_client
+):
+    await new_task(scripts)  # class 'c0', without a partition
+    await make_agent(registry, redis_client, "a")
+    await redis_client.set(keys.DISPATCH_LOCK, "other-node")  # a node from before, passing
+
+    assert await read(scripts, DispatchSnapshotCall("again", "this-node")) is None
+    assert await redis_client.exists(keys.DISPATCH_WANTED)
 
     await redis_client.set(keys.DISPATCH_LOCK, "this-node")
-    *_, classes, rows, _, _, _ = await scripts.dispatch_snapshot(
-        args=DispatchSnapshotCall("again", "this-node").args()
-    )
-    assert classes[3] and len(rows) == 1
+    reply = await read(scripts, DispatchSnapshotCall("again", "this-node", held=("",)))
+    assert reply is not None and reply.class_sets[3] == ["c0"] and len(reply.agent_rows) == 1
+    assert reply.partitions == ("",) and reply.waited_ms >= 0  # it served that request

@@ -19,7 +19,8 @@ LONG_TIMER = {"task_timer_interval_s": 30.0}
 
 
 async def no_dispatch_turn_held(redis_client) -> bool:
-    return not await redis_client.exists(keys.DISPATCH_LOCK)
+    """No node holds the dispatch turn of any partition."""
+    return not await redis_client.keys(f"{keys.DISPATCH_LOCK}*")
 
 
 async def test_a_submit_to_an_idle_node_starts_the_pass_in_its_own_round_trip(
@@ -102,15 +103,25 @@ async def test_a_slot_freed_after_redis_forgot_scripts_is_filled_at_once(
     assert (await agent.next_assignment(timeout_s=2)).task_id == second.task_id
 
 
-async def test_a_turn_taken_by_a_submit_but_never_passed_is_handed_back(start_node, redis_client):
+async def test_a_turn_taken_by_a_submit_but_never_passed_is_handed_back(
+    start_node, redis_client, monkeypatch
+):
     node = await start_node(**LONG_TIMER)
     dispatcher = node.coordinator.dispatcher
     await eventually(lambda: no_dispatch_turn_held(redis_client), what="the first pass ended")
-    to_queue = [TaskToQueue("t-1", TaskSubmission("test", {}))]  # no agent to assign it to
+    await node.tasks.SubmitTask(submit_request())  # no agent to assign it to: it waits
+
+    async def idle() -> bool:
+        passing = dispatcher._passing or dispatcher._handed is not None
+        return not passing and await no_dispatch_turn_held(redis_client)
+
+    await eventually(idle, what="its pass ended")
+    monkeypatch.setattr(dispatcher._wake, "set", lambda: None)  # the loop sleeps on
+    to_queue = [TaskToQueue("t-1", TaskSubmission("test", {}))]
     plan = dispatcher.plan_submit(to_queue)  # so the turn rides
     assert plan is not None and not plan.assignments
     await run_batch(node.coordinator.multiplexed, [], piggyback=plan.piggyback)  # as a submit's
-    assert await redis_client.exists(keys.DISPATCH_LOCK)
+    assert not await no_dispatch_turn_held(redis_client)
     assert dispatcher.plan_submit(to_queue) is None  # one turn waits already
 
     await dispatcher.stop()  # before its loop passed from that turn

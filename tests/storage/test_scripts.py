@@ -7,7 +7,7 @@ import json
 import pytest
 
 from coordinator.storage import keys
-from coordinator.storage.scripts import SCRIPT_NAMES, Scripts, TaskScripts, source
+from coordinator.storage.scripts import SCRIPT_NAMES, Scripts, source
 
 STATUS_SETS = keys.status_indexes()
 
@@ -210,46 +210,3 @@ async def test_discover_intersects_indexes_and_adds_stale_candidates(scripts, re
     assert await discover([], both, True) == ["c"]
     assert await discover([], ["agents:capability:x"], True) == ["c"]
     assert await discover([keys.AGENTS_ACTIVE], [], False) == ["a", "b", "c"]
-
-
-async def test_dispatch_turns_lose_no_request(redis_client):
-    async def call(action: str, token: str) -> int:
-        return await TaskScripts(redis_client).dispatch_turn(args=[action, token, 5000])
-
-    assert await call("begin", "a") == 1  # node a takes the turn; no request is pending
-    assert not await redis_client.exists(keys.DISPATCH_WANTED)
-    assert await call("begin", "b") == 0  # node b asks while a passes: the flag is left
-    assert await redis_client.get(keys.DISPATCH_WANTED) == "1"
-    assert await call("end", "a") == 1  # a sees it, keeps the lock and passes again
-    assert await redis_client.get(keys.DISPATCH_LOCK) == "a"
-    assert await call("end", "a") == 0  # nothing asked meanwhile: a releases
-    assert not await redis_client.exists(keys.DISPATCH_LOCK)
-
-    assert await call("begin", "b") == 1
-    await redis_client.set(keys.DISPATCH_LOCK, "c")  # b's lock expired; c took over
-    assert await call("end", "b") == 0
-    assert await redis_client.get(keys.DISPATCH_LOCK) == "c"  # b does not free c's lock
-    assert await call("begin", "d") == 0
-    assert await call("release", "c") == 0  # c stops mid-turn: lock freed, the flag stays
-    assert not await redis_client.exists(keys.DISPATCH_LOCK)
-    assert await redis_client.get(keys.DISPATCH_WANTED) == "1"
-
-
-async def test_dispatch_turn_again_keeps_the_lock_or_asks_like_begin(redis_client):
-    async def call(action: str, token: str) -> int:
-        return await TaskScripts(redis_client).dispatch_turn(args=[action, token, 5000])
-
-    assert await call("begin", "a") == 1
-    assert await call("begin", "b") == 0  # a request from another node, pending
-    assert await call("again", "a") == 1  # a passes again: that pass serves b's request too
-    assert not await redis_client.exists(keys.DISPATCH_WANTED)
-    assert await redis_client.pttl(keys.DISPATCH_LOCK) > 4000  # renewed
-
-    await redis_client.set(keys.DISPATCH_LOCK, "c")  # a's lock expired; c took over
-    assert await call("again", "a") == 0  # a leaves its request for c
-    assert await redis_client.get(keys.DISPATCH_WANTED) == "1"
-    assert await redis_client.get(keys.DISPATCH_LOCK) == "c"
-
-    await redis_client.delete(keys.DISPATCH_LOCK)  # a's lock expired, nobody holds it
-    assert await call("again", "a") == 1
-    assert await redis_client.get(keys.DISPATCH_LOCK) == "a"

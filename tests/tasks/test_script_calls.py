@@ -158,12 +158,13 @@ async def test_the_snapshot_the_turn_and_the_heads_read_by_name(scripts, registr
     )
     heads = QueueHeadsCall(Priority.NORMAL.name, 2, {CLASS: "-inf"})
     heads_read = heads.parse(await scripts.queue_heads(args=heads.args()))
-    end = DispatchTurnCall("end", "me")
+    end = DispatchTurnCall("end", "me", ("",))  # tasks queued with no partition
 
     assert snapshot is not None and other is None  # the turn is this node's
     normal = PRIORITIES_MOST_URGENT_FIRST.index(Priority.NORMAL)
     assert snapshot.class_sets[normal] == [CLASS] and len(snapshot.agent_rows) == 1
     assert snapshot.heads_limit > 0 and snapshot.now_ms > 0
     assert [task_id for task_id, *_ in heads_read[0]] == ["t-0", "t-1"]
-    assert end.parse(await scripts.dispatch_turn(args=end.args())) is True  # 'other' asked
-    assert end.parse(await scripts.dispatch_turn(args=end.args())) is False
+    assert snapshot.partitions == ("",)
+    assert end.parse(await scripts.dispatch_turn(args=end.args())).again == ("",)  # 'other' asked
+    assert end.parse(await scripts.dispatch_turn(args=end.args())).again == ()

@@ -109,6 +109,10 @@ class AssignmentStreams:
         """Agents with an open stream on this node (read by the metrics thread: one len())."""
         return len(self._sessions)
 
+    def holds(self, agent_id: str) -> bool:
+        """Whether this node holds the agent's current stream."""
+        return agent_id in self._sessions
+
     def sessions_by_agent(self) -> dict[str, str]:
         """The session id of each agent's current stream on this node (for diagnostics)."""
         return {agent_id: s.session_id for agent_id, s in self._sessions.items()}

@@ -6,12 +6,12 @@ went meanwhile, the script queues the task, and a pass follows."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from coordinator.dispatch.assignments import Assignments
 from coordinator.dispatch.balancing import choose
-from coordinator.dispatch.slots import AgentSlots, fits
+from coordinator.dispatch.slots import AgentSlots, fits, nearby
 from coordinator.dispatch.view import NodeView
 from coordinator.strategies import Strategy
 from coordinator.tasks.calls import TaskToQueue
@@ -51,9 +51,16 @@ class SubmitAssigner:
     """Chooses agents for tasks about to be queued, and takes what the submits' replies say
     became of those assignments."""
 
-    def __init__(self, view: NodeView, assignments: Assignments) -> None:
+    def __init__(
+        self,
+        view: NodeView,
+        assignments: Assignments,
+        streams_here: Callable[[str], bool] | None = None,
+    ) -> None:
         self._view = view
         self._assignments = assignments
+        self._streams_here = streams_here
+        """As a pass's: least connections keeps what it can on this node (``nearby``)."""
 
     def choose(self, tasks_to_queue: Sequence[TaskToQueue]) -> tuple[AgentSlots | None, Chosen]:
         """An agent for each task that can have one from the view, as a pass would choose
@@ -84,6 +91,8 @@ class SubmitAssigner:
                 if age > VIEW_USED_UP_REFRESH_S:
                     self._view.refresh_soon()
                 continue
+            if strategy is Strategy.LEAST_CONNECTIONS and self._streams_here is not None:
+                candidates = nearby(candidates, self._streams_here)
             agent_id = choose(
                 strategy,
                 candidates,

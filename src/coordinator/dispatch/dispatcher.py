@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -69,16 +69,21 @@ class Dispatcher:
         settings: Settings,
         metrics: NodeMetrics | None = None,
         deliver: LocalDelivery | None = None,
+        streams_here: Callable[[str], bool] | None = None,
     ) -> None:
         self._settings = settings
         scripts = self._scripts = TaskScripts(redis)
         self._available_built = False
         self._view = NodeView()
         self._assignments = Assignments(settings, metrics, deliver)
-        self._turns = Turns(scripts, multiplexed, registry, store, self._view)
+        self._turns = Turns(
+            scripts, multiplexed, registry, store, self._view, settings.node_id, metrics
+        )
         self._view.refresh_with(lambda: self._turns.snapshot("view"))
-        self._passes = Passes(redis, multiplexed, scripts, self._assignments, self._view)
-        self._at_submit = SubmitAssigner(self._view, self._assignments)
+        self._passes = Passes(
+            redis, multiplexed, scripts, self._assignments, self._view, streams_here
+        )
+        self._at_submit = SubmitAssigner(self._view, self._assignments, streams_here)
         self._wake = asyncio.Event()
         self._requests = 0
         """Requests so far: a pass serves those made before its snapshot was read."""
@@ -144,10 +149,12 @@ class Dispatcher:
             self.request()  # the usual way, then
             return
         snapshot = self._turns.parse_snapshot(reply)
-        if snapshot is None:
-            return  # another node's turn: it saw the 'wanted' flag
+        if snapshot is None:  # nothing waited, or the holders of the turns saw the flags
+            if not after_the_submits:  # the submits' tasks were not there yet
+                self.request()
+            return
         if self._stopping.is_set() or self._handed is not None:
-            self._turns.release_soon(token)
+            self._turns.release_soon(token, snapshot.partitions)
             self.request()
             return
         self._handed = HandedTurn(token, requests, snapshot)
@@ -178,7 +185,7 @@ class Dispatcher:
             await asyncio.gather(task, return_exceptions=True)
         handed, self._handed = self._handed, None
         if handed is not None:  # taken by a submit but never passed: free it for the others
-            self._turns.release_soon(handed.token)
+            self._turns.release_soon(handed.token, handed.snapshot.partitions)
         await self._view.stop()
         await self._turns.wait_released()
 
@@ -228,16 +235,17 @@ class Dispatcher:
         assigned = 0
         if handed is None:
             token, served = uuid.uuid4().hex, self._requests
-            # Asking for the turn and reading the snapshot are one step: the holder needs
+            # Asking for the turns and reading the snapshot are one step: the holder needs
             # the snapshot at once, and another node's request reads nothing.
             snapshot = await self._turns.snapshot("begin", token)
             if snapshot is None:
-                return assigned  # the holder will see the flag
+                return assigned  # nothing waits, or the holders will see the flags
         else:
             token, served, snapshot = handed.token, handed.requests, handed.snapshot
-        holding = True
+        holding: tuple[str, ...] = ()
         try:
             while snapshot is not None and not self._stopping.is_set():
+                holding = snapshot.partitions
                 in_pass = await self._passes.run(snapshot)
                 assigned += in_pass
                 slots = snapshot.slots
@@ -247,15 +255,16 @@ class Dispatcher:
                 if self._requests != served:  # asked on this node meanwhile: again at once
                     served = self._requests
                     self._wake.clear()
-                    snapshot = await self._turns.snapshot("again", token)
-                    holding = snapshot is not None
-                elif await self._turns.end(token):
-                    snapshot = await self._turns.snapshot()
-                else:
-                    holding, snapshot = False, None
+                    snapshot = await self._turns.snapshot("again", token, holding)
+                else:  # again over the partitions other nodes asked for meanwhile, if any
+                    holding = await self._turns.end(token, holding)
+                    snapshot = None
+                    if holding:
+                        snapshot = await self._turns.snapshot("again", token, holding)
+                holding = snapshot.partitions if snapshot is not None else ()
         finally:
-            if holding:  # stopped or failed while holding the lock: free it for the others
-                await self._turns.release(token)
+            if holding:  # stopped or failed holding turns: free them for the others
+                await self._turns.release(token, holding)
         return assigned
 
     async def dispatch_pass(self) -> int:

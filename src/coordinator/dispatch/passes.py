@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
@@ -21,7 +21,14 @@ from coordinator.agents.records import AgentRecord
 from coordinator.dispatch.assignments import Assignments
 from coordinator.dispatch.balancing import BalancerState, choose
 from coordinator.dispatch.script_calls import HEADS_PER_CLASS, AssignTaskCall, Head, QueueHeadsCall
-from coordinator.dispatch.slots import AgentSlots, Snapshot, elsewhere, fits, requirements_of
+from coordinator.dispatch.slots import (
+    AgentSlots,
+    Snapshot,
+    elsewhere,
+    fits,
+    nearby,
+    requirements_of,
+)
 from coordinator.dispatch.view import NodeView
 from coordinator.storage import keys
 from coordinator.storage.multiplex import MultiplexedConnection
@@ -56,12 +63,16 @@ class Passes:
         scripts: TaskScripts,
         assignments: Assignments,
         view: NodeView,
+        streams_here: Callable[[str], bool] | None = None,
     ) -> None:
         self._redis = redis
         self._multiplexed = multiplexed
         self._scripts = scripts
         self._assignments = assignments
         self._view = view
+        self._streams_here = streams_here
+        """Whether this node holds an agent's stream (least connections keeps the
+        assignments it can on this node: ``slots.nearby``)."""
 
     async def run(self, snapshot: Snapshot) -> int:
         """One pass from ``snapshot``: returns the number of assignments."""
@@ -158,6 +169,8 @@ class Passes:
                     continue
                 if w.avoid_agent_id and len(candidates) > 1:
                     candidates = elsewhere(candidates, w.avoid_agent_id)
+                if w.strategy is Strategy.LEAST_CONNECTIONS and self._streams_here is not None:
+                    candidates = nearby(candidates, self._streams_here)
                 agent_id = choose(
                     w.strategy,
                     candidates,

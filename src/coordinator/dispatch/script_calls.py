@@ -28,7 +28,8 @@ VIEW_AGENTS = 512
 """Agents a view reads: the least loaded available ones, which submits choose from."""
 
 LOCK_TTL_MS = 5_000
-"""A node that dies holding the dispatch lock delays dispatching by at most this long."""
+"""A node that dies holding a dispatch turn's lock delays passes over that partition by at
+most this long."""
 
 _SNAPSHOT_TAIL = (
     len(PRIORITIES_MOST_URGENT_FIRST),
@@ -65,10 +66,15 @@ class DispatchSnapshotCall:
     """``lua/dispatch_snapshot.lua``: what a pass starts from, with the turn to take first."""
 
     turn_action: str = ""
-    """'begin' or 'again' to take the turn first; '' for none; 'view' for none, and the
+    """'begin' or 'again' to take the turns first; '' for none; 'view' for none, and the
     agents even with no task waiting."""
     token: str = ""
-    """This node's token for the turn's lock."""
+    """This node's token for the turns' locks."""
+    held: Sequence[str] = ()
+    """The partitions whose turn this node holds already ('again')."""
+    home: str = ""
+    """This node's own partition (its NODE_ID): while tasks wait there, the turns of other
+    live nodes' partitions are left to them."""
     heads_per_class: int = HEADS_PER_CLASS
     agents_beyond_tasks: int = AGENTS_BEYOND_TASKS
     """Agents read per class beyond its waiting tasks; for a view, the agents read."""
@@ -77,8 +83,9 @@ class DispatchSnapshotCall:
     (random per call, so that nodes and passes do not all take the same ones)."""
 
     def args(self) -> list[Any]:
-        """ARGV: the turn, the token, the lock's time to live, heads per class, agents
-        beyond the tasks, the spread, the priorities, the agent fields."""
+        """ARGV: the turn, the token, the locks' time to live, heads per class, agents
+        beyond the tasks, the spread, this node's partition, the partitions held, the
+        priorities, the agent fields."""
         return [
             self.turn_action,
             self.token,
@@ -86,15 +93,20 @@ class DispatchSnapshotCall:
             self.heads_per_class,
             self.agents_beyond_tasks,
             self.spread,
+            self.home,
+            len(self.held),
+            *self.held,
             *_SNAPSHOT_TAIL,
         ]
 
     @staticmethod
     def parse(reply: Any) -> SnapshotReply | None:
-        """The reply's items by name; None when the turn went to another node."""
+        """The reply's items by name; None when taking the turns held none (nothing
+        waits, or other nodes hold the turns of what waits)."""
         if not reply:
             return None
-        now_ms, strategy, state, class_sets, agent_rows, heads, heads_limit, more = reply
+        now_ms, strategy, state, class_sets, agent_rows, heads, heads_limit, more, *turns = reply
+        held, waited_ms = turns
         return SnapshotReply(
             int(now_ms),
             strategy,
@@ -104,6 +116,8 @@ class DispatchSnapshotCall:
             heads,
             int(heads_limit),
             bool(more),
+            tuple(str(p) for p in held),
+            int(waited_ms),
         )
 
 
@@ -128,24 +142,43 @@ class SnapshotReply:
     more_agents: bool
     """Whether available agents were left unread (a pass that uses up the ones read passes
     again)."""
+    partitions: tuple[str, ...] = ()
+    """The partitions whose turn this node holds (taking the turns): the classes are theirs."""
+    waited_ms: int = -1
+    """How long the oldest request this pass serves waited for it (a 'wanted' flag another
+    node left while this one held the turn, or while a dead holder's lock ran out); -1 for
+    none."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnsEnded:
+    """What ending a pass's turns left to do."""
+
+    again: tuple[str, ...]
+    """The partitions asked for meanwhile: their turns are still this node's, to pass again."""
+    waited_ms: int
+    """How long the oldest of those requests waited (-1: none)."""
 
 
 @dataclass(frozen=True, slots=True)
 class DispatchTurnCall:
-    """``lua/dispatch_turn.lua``: 'end' or 'release' a turn (a pass begins or goes on with
-    ``DispatchSnapshotCall``)."""
+    """``lua/dispatch_turn.lua``: 'end' or 'release' the turns of ``partitions`` (a pass
+    begins or goes on with ``DispatchSnapshotCall``)."""
 
     action: str
     token: str
+    partitions: Sequence[str] = ()
 
     def args(self) -> list[Any]:
-        """ARGV[1..3]; a release needs no time to live."""
-        return [self.action, self.token, 0 if self.action == "release" else LOCK_TTL_MS]
+        """ARGV; a release needs no time to live."""
+        ttl = 0 if self.action == "release" else LOCK_TTL_MS
+        return [self.action, self.token, ttl, *self.partitions]
 
     @staticmethod
-    def parse(reply: Any) -> bool:
-        """Whether to pass again now (the lock is still this node's)."""
-        return bool(reply)
+    def parse(reply: Any) -> TurnsEnded:
+        """The partitions to pass again now, and how long their requests waited."""
+        waited_ms, *again = reply
+        return TurnsEnded(tuple(str(p) for p in again), int(waited_ms))
 
 
 @dataclass(frozen=True, slots=True)

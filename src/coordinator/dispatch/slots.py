@@ -9,6 +9,7 @@ import functools
 import heapq
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,6 +176,9 @@ class Snapshot:
     more_agents: bool = False
     """Whether available agents were left unread: ``slots`` holds the least loaded of
     them only, and a pass that used those up passes again."""
+    partitions: tuple[str, ...] = ()
+    """The partitions whose dispatch turn the node holds for this pass (``classes`` are
+    theirs); none for a snapshot read without the turns."""
     eligible: dict[str, list[AgentRecord]] = field(default_factory=dict)
     """Per requirements class, the agents of the snapshot that fit it (assigning at submit:
     ``slots`` says which of them still have a slot)."""
@@ -185,6 +189,21 @@ def elsewhere(candidates: list[Candidate], avoid_agent_id: str) -> list[Candidat
     one: a retry goes back to it only when no other eligible agent has a free slot now.
     (Waiting for another would hold the task for an agent that may never come.)"""
     return [c for c in candidates if c.agent_id != avoid_agent_id] or candidates
+
+
+def nearby(candidates: list[Candidate], streams_here: Callable[[str], bool]) -> list[Candidate]:
+    """For least connections, the candidates whose stream is on this node when one of them
+    is loaded at most one task more than the least loaded candidate (relative to its
+    slots); otherwise all of them. So an assignment stays on the node that made it (no
+    pub/sub hop, and two nodes passing at once fill different agents instead of racing
+    for the same slots), while no agent ends up more than a task or two above another."""
+    least = min(c.slot_use for c in candidates)
+    here = [
+        c
+        for c in candidates
+        if c.slot_use <= least + 1 / c.max_concurrency and streams_here(c.agent_id)
+    ]
+    return here or candidates
 
 
 def balancer_state(raw: str | None) -> BalancerState:

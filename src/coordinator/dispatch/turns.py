@@ -1,7 +1,10 @@
-"""The dispatch turn: only the node holding ``coordinator:lock:dispatch`` passes. Taking the
-turn and reading the pass's snapshot are one step (``lua/dispatch_snapshot.lua``), and so
-are ending the turn and learning whether to pass again (``lua/dispatch_turn.lua``). Here:
-those steps, reading a snapshot into a ``Snapshot``, and handing a turn back."""
+"""The dispatch turns: one per partition (the tasks one node queued), so that nodes pass at
+the same time, each over the tasks it queued, and only the node holding a partition's
+turn passes over it. Taking the turns of the partitions with tasks waiting and reading
+the pass's snapshot are one step (``lua/dispatch_snapshot.lua``), and so are ending them
+and learning which to pass again (``lua/dispatch_turn.lua``). Here: those steps, reading
+a snapshot into a ``Snapshot``, handing turns back, and how long requests waited for a
+turn another node held (the metric ``dispatch_turn_wait_seconds``)."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from coordinator.dispatch.script_calls import (
 )
 from coordinator.dispatch.slots import AgentSlots, Snapshot, balancer_state
 from coordinator.dispatch.view import NodeView
+from coordinator.node.metrics import NodeMetrics
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.storage.scripts import ScriptCall, TaskScripts, run_batch
 from coordinator.tasks.store import TaskStore
@@ -31,7 +35,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HandedTurn:
-    """A dispatch turn a submit took, with the snapshot read in its round trip."""
+    """Dispatch turns a submit took, with the snapshot read in its round trip (which says
+    the partitions)."""
 
     token: str
     requests: int
@@ -49,36 +54,50 @@ class Turns:
         registry: AgentRegistry,
         store: TaskStore,
         view: NodeView,
+        home: str,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._scripts = scripts
+        self._home = home
+        """This node's partition: its NODE_ID, which its submits queue tasks under."""
+        self._metrics = metrics
         self._multiplexed = multiplexed
         self._registry = registry
         self._store = store
         self._view = view
         self._releasing: set[asyncio.Task[Any]] = set()
 
-    async def snapshot(self, turn_action: str = "", token: str = "") -> Snapshot | None:
+    async def snapshot(
+        self, turn_action: str = "", token: str = "", held: tuple[str, ...] = ()
+    ) -> Snapshot | None:
         """Read what a pass starts from; with ``turn_action`` ('begin' or 'again') and this
-        node's token, take the turn in the same step: None when another node has it. With
-        'view', read the agents only, for the view."""
-        (reply,) = await run_batch(self._multiplexed, [self.snapshot_call(turn_action, token)])
+        node's token, take the turns of the partitions with tasks waiting in the same step
+        (``held``: those this node holds already), and read only the partitions it holds
+        then: None when it holds none. With 'view', read the agents only, for the view."""
+        call = self.snapshot_call(turn_action, token, held)
+        (reply,) = await run_batch(self._multiplexed, [call])
         return self.parse_snapshot(reply, for_view=turn_action == "view")
 
-    def snapshot_call(self, turn_action: str, token: str) -> ScriptCall:
+    def snapshot_call(self, turn_action: str, token: str, held: tuple[str, ...] = ()) -> ScriptCall:
         """The snapshot's script call, to run alone or to ride in a submit's round trip."""
         spread = random.random()  # each read starts elsewhere in a band of idle agents
         if turn_action == "view":  # a view needs no tasks, and more agents
-            call = DispatchSnapshotCall(turn_action, token, 0, VIEW_AGENTS, spread)
+            call = DispatchSnapshotCall(
+                turn_action, heads_per_class=0, agents_beyond_tasks=VIEW_AGENTS, spread=spread
+            )
         else:
-            call = DispatchSnapshotCall(turn_action, token, HEADS_PER_CLASS, spread=spread)
+            call = DispatchSnapshotCall(
+                turn_action, token, held, self._home, HEADS_PER_CLASS, spread=spread
+            )
         return (self._scripts.dispatch_snapshot, (), call.args())
 
     def parse_snapshot(self, raw: Any, for_view: bool = False) -> Snapshot | None:
-        """The snapshot from ``lua/dispatch_snapshot.lua``'s reply; None without the turn.
+        """The snapshot from ``lua/dispatch_snapshot.lua``'s reply; None without a turn.
         It becomes the view when it was read ``for_view`` or had tasks waiting."""
         reply = DispatchSnapshotCall.parse(raw)
         if reply is None:
             return None
+        self._observe_wait(reply.waited_ms)
         agents = {
             agent.agent_id: agent
             for agent in self._registry.decode_records(reply.agent_rows, reply.now_ms)
@@ -97,32 +116,40 @@ class Turns:
             state=balancer_state(reply.balancer_state),
             read_at=asyncio.get_running_loop().time(),
             more_agents=reply.more_agents,
+            partitions=reply.partitions,
         )
         if for_view or any(class_sets):  # else the script read no agent: no view
             self._view.adopt(snapshot, agents, reply.balancer_state)
         return snapshot
 
-    async def end(self, token: str) -> bool:
-        """End this node's turn; True when it must pass again (asked meanwhile), holding
-        the lock still."""
-        call = DispatchTurnCall("end", token)
-        return call.parse(await self._scripts.dispatch_turn(args=call.args()))
+    async def end(self, token: str, partitions: tuple[str, ...]) -> tuple[str, ...]:
+        """End this node's turns of ``partitions`` after a pass: the partitions asked for
+        meanwhile, whose turns it keeps to pass again (the others it hands back)."""
+        call = DispatchTurnCall("end", token, partitions)
+        ended = call.parse(await self._scripts.dispatch_turn(args=call.args()))
+        self._observe_wait(ended.waited_ms)
+        return ended.again
 
-    async def release(self, token: str) -> None:
-        """Hand back a turn at once, whatever was asked meanwhile."""
-        await self._scripts.dispatch_turn(args=DispatchTurnCall("release", token).args())
+    def _observe_wait(self, waited_ms: int) -> None:
+        if waited_ms >= 0 and self._metrics is not None:
+            self._metrics.observe_dispatch_turn_wait_ms(waited_ms)
 
-    def release_soon(self, token: str) -> None:
-        """Hand back a turn that will not be passed, in the background."""
-        task = asyncio.create_task(self._release_quietly(token))
+    async def release(self, token: str, partitions: tuple[str, ...]) -> None:
+        """Hand back turns at once, whatever was asked meanwhile."""
+        call = DispatchTurnCall("release", token, partitions)
+        await self._scripts.dispatch_turn(args=call.args())
+
+    def release_soon(self, token: str, partitions: tuple[str, ...]) -> None:
+        """Hand back turns that will not be passed, in the background."""
+        task = asyncio.create_task(self._release_quietly(token, partitions))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 
-    async def _release_quietly(self, token: str) -> None:
+    async def _release_quietly(self, token: str, partitions: tuple[str, ...]) -> None:
         try:
-            await self.release(token)
-        except Exception as exc:  # the node is closing Redis: the lock expires by itself
-            log.debug("dispatch turn not handed back (it expires): %r", exc)
+            await self.release(token, partitions)
+        except Exception as exc:  # the node is closing Redis: the locks expire by themselves
+            log.debug("dispatch turns not handed back (they expire): %r", exc)
 
     async def wait_released(self) -> None:
         """Wait for the turns being handed back in the background."""

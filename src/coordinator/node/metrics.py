@@ -90,6 +90,14 @@ class NodeMetrics:
             buckets=ASSIGNMENT_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.dispatch_turn_wait = Histogram(
+            "dispatch_turn_wait_seconds",
+            "How long a request for a dispatch pass waited while another node held that"
+            " partition's turn, observed by the node whose pass served it.",
+            namespace=NAMESPACE,
+            buckets=RPC_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self.assignments = self._counter_by(
             "assignments",
             "Assignments this node made, by way: 'submit' (in the round trip that queued the"
@@ -205,6 +213,10 @@ class NodeMetrics:
     def observe_submit_to_assignment_ms(self, latency_ms: int) -> None:
         """A task was assigned for the first time, ``latency_ms`` after it was submitted."""
         self.submit_to_assignment.observe(max(0, latency_ms) / 1000)
+
+    def observe_dispatch_turn_wait_ms(self, waited_ms: int) -> None:
+        """A pass served requests that had waited ``waited_ms`` for its turn."""
+        self.dispatch_turn_wait.observe(waited_ms / 1000)
 
     def start_http(self) -> int:
         """Serve ``/metrics`` on COORDINATOR_METRICS_HOST:COORDINATOR_METRICS_PORT, behind a

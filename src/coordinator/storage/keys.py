@@ -122,10 +122,11 @@ TASK_SEQUENCE = "tasks:seq"
 
 TASK_QUEUE_PREFIX = "tasks:queue:"
 """``tasks:queue:{PRIORITY}``: sorted set of every PENDING task of one priority, scored by its
-place in line; ``tasks:queue:{PRIORITY}:{class}``: the same, for one requirements class."""
+place in line; ``tasks:queue:{PRIORITY}:{class}@{node_id}``: the same, for the tasks of one
+requirements class that one node queued (its dispatch partition, ``queued_class``)."""
 
 TASK_CLASSES_PREFIX = "tasks:classes:"
-"""``tasks:classes:{PRIORITY}``: the requirements classes that have queued tasks."""
+"""``tasks:classes:{PRIORITY}``: the queued classes (``queued_class``) that have tasks."""
 
 TASK_SCHEDULED = "tasks:scheduled"
 """Sorted set: tasks waiting for their retry backoff, scored by when they may run again."""
@@ -201,10 +202,14 @@ TASK_CHANNEL_PREFIX = "coordinator:task:"
 """Pub/sub channel ``coordinator:task:{task_id}``: one message per transition (WatchTask)."""
 
 DISPATCH_LOCK = "coordinator:lock:dispatch"
-"""Held by the node running a dispatch pass, so passes do not race for the same tasks."""
+"""``coordinator:lock:dispatch:{node_id}``: held by the node passing over the tasks that
+node ``node_id`` queued (its dispatch partition), so passes do not race for the same tasks.
+Without the suffix: the partition of tasks queued before partitions existed."""
 
 DISPATCH_WANTED = "coordinator:dispatch:wanted"
-"""Set when a dispatch pass is wanted; the lock holder runs passes until it is clear."""
+"""``coordinator:dispatch:wanted:{node_id}``: set (to the time in epoch milliseconds) when a
+pass over that partition is wanted while another node holds its turn; the holder passes
+until it is clear."""
 
 TASK_REAP_LOCK = "coordinator:lock:task-reaper"
 """Held by the node running a reaper round (leases, retries, expiries, lost agents)."""
@@ -274,6 +279,21 @@ def task_queue(priority_name: str, requirements_class: str = "") -> str:
     """All PENDING tasks of one priority, or only those of one requirements class."""
     base = f"{TASK_QUEUE_PREFIX}{priority_name}"
     return f"{base}:{requirements_class}" if requirements_class else base
+
+
+def queued_class(requirements_class: str, partition: str) -> str:
+    """The name a requirements class is queued under in one dispatch partition (the node_id
+    of the node that queued the task; node ids have no '@'): ``lua/task_lib.lua``'s
+    class_partition reads the partition back."""
+    return f"{requirements_class}@{partition}" if partition else requirements_class
+
+
+def dispatch_turn_keys(partition: str) -> tuple[str, str]:
+    """The lock and the 'wanted' flag of one partition's dispatch turn (as
+    ``lua/task_lib.lua``'s turn_keys)."""
+    if not partition:
+        return DISPATCH_LOCK, DISPATCH_WANTED
+    return f"{DISPATCH_LOCK}:{partition}", f"{DISPATCH_WANTED}:{partition}"
 
 
 def task_classes(priority_name: str) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.storage import keys
 from coordinator.tasks.calls import TaskToQueue
 
 NO_ASSIGNMENT = ("", "", "", "", "")
@@ -87,6 +88,9 @@ class SubmitTaskCall:
     """The agent the node chose for the task from its view, or None to queue it."""
     quota_args: Sequence[Any]
     """ARGV[12..15]: the submitter and its quotas (``SubmitQuota.script_args``)."""
+    partition: str = ""
+    """The dispatch partition the task queues in: the submitting node's NODE_ID (its
+    requirements class is named after both, ``keys.queued_class``)."""
 
     def args(self) -> list[Any]:
         """ARGV[1..15] and the task's field, value pairs (ARGV[16..])."""
@@ -106,7 +110,7 @@ class SubmitTaskCall:
             s.request_id,
             self.idempotency_window_ms,
             s.priority.name,
-            s.requirements.eligibility_class(),
+            keys.queued_class(s.requirements.eligibility_class(), self.partition),
             round(s.schedule_to_start_s * 1000),
             *(self.assignment.args() if self.assignment is not None else NO_ASSIGNMENT),
             *self.quota_args,

@@ -170,6 +170,7 @@ class TaskStore(TaskReads):
         assignments = plan.assignments if plan is not None else {}
         window_ms = round(self._settings.idempotency_window_s * 1000)
         quota_args = self._quota.script_args(submitted_by)
+        partition = self._settings.node_id  # this node's dispatch partition
         script = self._scripts.submit_task
         replies = await run_batch(
             self._multiplexed,
@@ -177,7 +178,9 @@ class TaskStore(TaskReads):
                 (
                     script,
                     (),
-                    SubmitTaskCall(t, window_ms, assignments.get(t.task_id), quota_args).args(),
+                    SubmitTaskCall(
+                        t, window_ms, assignments.get(t.task_id), quota_args, partition
+                    ).args(),
                 )
                 for t in to_queue
             ],

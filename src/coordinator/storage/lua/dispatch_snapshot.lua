@@ -17,26 +17,34 @@
 -- pass costs O(classes x log agents + agents read), whatever the number of agents, and a
 -- class that few agents fit finds them.
 --
--- ARGV[1]      '' to read only; 'view' to read only, the agents even with no task waiting
---              (a node's view, which it assigns tasks at submit from); or 'begin' or
---              'again' to take the dispatch turn first (task_lib.lua's dispatch_turn):
---              without the turn the reply is false and nothing is read
--- ARGV[2]      this node's token for the turn's lock (with ARGV[1])
--- ARGV[3]      the lock's time-to-live in milliseconds (with ARGV[1])
+-- ARGV[1]      '' to read only (every partition); 'view' to read only, the agents even
+--              with no task waiting (a node's view, which it assigns tasks at submit
+--              from); or 'begin' or 'again' to take the dispatch turns first
+--              (task_lib.lua's take_turns) of the partitions with tasks waiting, and read
+--              only those this node holds then: holding none, the reply is false and
+--              nothing is read
+-- ARGV[2]      this node's token for the turns' locks (with ARGV[1])
+-- ARGV[3]      the locks' time-to-live in milliseconds (with ARGV[1])
 -- ARGV[4]      most tasks per class (fewer when the free slots are fewer)
 -- ARGV[5]      agents read beyond a class's waiting tasks (a view reads this many)
 -- ARGV[6]      a number in [0, 1): where in a band of agents tied at the lowest load
 --              to start reading (0: at its first agent_id)
--- ARGV[7]      n, the number of priorities
--- ARGV[8..n+7] priority names, most urgent first
--- ARGV[n+8..]  the agent record fields to return, in this order (with status,
+-- ARGV[7]      this node's own partition (its node_id: where its submits queue tasks)
+-- ARGV[8]      h, the number of partitions whose turn this node holds already ('again':
+--              those it does not take again are handed back)
+-- ARGV[9..h+8] those partitions
+-- ARGV[h+9]    n, the number of priorities
+-- ARGV[h+10..] n priority names, most urgent first
+-- then         the agent record fields to return, in this order (with status,
 --              active_tasks and max_concurrency among them)
 -- Returns      {now_ms, stored strategy or '', balancer state or '',
 --               {{classes of priority 1}, ..., {classes of priority n}},
 --               {{fields of agent 1}, {fields of agent 2}, ...},
 --               {{heads of class 1 of priority 1, ...}, ..., {... of priority n}},
 --               the most tasks read per class,
---               1 when a class (or the view) left available agents unread, else 0}
+--               1 when a class (or the view) left available agents unread, else 0,
+--               {the partitions whose turn this node holds},
+--               the longest wait of the requests this pass serves in ms (-1: none)}
 --              where the heads of a class are {{task_id, seq, requirements, strategy,
 --              routing_key, avoid_agent_id}, ...} as in lua/queue_heads.lua (none without
 --              agents)
@@ -44,13 +52,13 @@ local turn_action = ARGV[1]
 local limit = tonumber(ARGV[4])
 local margin = tonumber(ARGV[5])
 local spread = tonumber(ARGV[6]) or 0
-local priority_count = tonumber(ARGV[7])
-local first_priority = 8
-local last_priority = priority_count + 7
+local home = ARGV[7]
+local held_count = tonumber(ARGV[8])
+local priority_count = tonumber(ARGV[held_count + 9])
+local first_priority = held_count + 10
+local last_priority = first_priority + priority_count - 1
 local for_view = turn_action == 'view'
-if turn_action ~= '' and not for_view and dispatch_turn(turn_action, ARGV[2], ARGV[3]) == 0 then
-  return false  -- another node's turn: it passes again (the 'wanted' flag)
-end
+local taking_turns = turn_action == 'begin' or turn_action == 'again'
 local fields = {}
 local at = {}
 for i = last_priority + 1, #ARGV do
@@ -58,12 +66,56 @@ for i = last_priority + 1, #ARGV do
   at[ARGV[i]] = #fields
 end
 
+-- The classes with tasks waiting, per priority; with the turns, only those of the
+-- partitions this node holds.
 local classes = {}
+local partitions = {}
+for i = first_priority, last_priority do
+  classes[#classes + 1] = redis.call('SMEMBERS', K.classes .. ARGV[i])
+  if taking_turns then
+    for _, class in ipairs(classes[#classes]) do
+      local partition = class_partition(class)
+      if not partitions[partition] then
+        partitions[partition] = true
+        partitions[#partitions + 1] = partition
+      end
+    end
+  end
+end
+local held = {}
+local waited = -1
+if taking_turns then
+  local now = now_ms()
+  held, waited = take_turns(partitions, ARGV[2], ARGV[3], now, home)
+  local holding = {}
+  for _, partition in ipairs(held) do
+    holding[partition] = true
+  end
+  local idle = {}
+  for i = 9, held_count + 8 do
+    if not holding[ARGV[i]] then
+      idle[#idle + 1] = ARGV[i]  -- nothing waits there any more, or it is left to its node
+    end
+  end
+  release_turns(idle, ARGV[2])
+  if #held == 0 then
+    return false  -- nothing waiting, or other nodes' turns: they pass again (their flags)
+  end
+  for i, of_priority in ipairs(classes) do
+    local mine = {}
+    for _, class in ipairs(of_priority) do
+      if holding[class_partition(class)] then
+        mine[#mine + 1] = class
+      end
+    end
+    classes[i] = mine
+  end
+end
+
 local waiting_in = {}  -- class -> {tasks waiting in all priorities, a priority it waits at}
 local class_order = {}
 for i = first_priority, last_priority do
-  classes[#classes + 1] = redis.call('SMEMBERS', K.classes .. ARGV[i])
-  for _, class in ipairs(classes[#classes]) do
+  for _, class in ipairs(classes[i - first_priority + 1]) do
     local count = redis.call('ZCARD', K.queue .. ARGV[i] .. ':' .. class)
     if waiting_in[class] then
       waiting_in[class][1] = waiting_in[class][1] + count
@@ -249,4 +301,6 @@ return {
   heads,
   limit,
   more_agents,
+  held,
+  waited,
 }

@@ -7,7 +7,8 @@
 -- ARGV[2]      request_id, or ''
 -- ARGV[3]      idempotency window in milliseconds
 -- ARGV[4]      priority name (URGENT, CRITICAL, HIGH, NORMAL, LOW)
--- ARGV[5]      requirements class (hash of the requirements)
+-- ARGV[5]      queued class: the requirements class (a hash of the requirements) in the
+--              submitting node's dispatch partition (keys.queued_class)
 -- ARGV[6]      schedule-to-start timeout in milliseconds
 -- ARGV[7]      agent_id to assign the task to at once, or '' to queue it
 -- ARGV[8..11]  for that assignment, as assign_task.lua's ARGV[3..6]: random part of the

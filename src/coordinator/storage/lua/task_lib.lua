@@ -355,48 +355,110 @@ local function class_heads(priority, class, after, limit)
   return heads
 end
 
--- Takes turns at dispatching: one node at a time runs dispatch passes, and no request for a
--- pass is lost. A node asks with 'begin': it gets the lock, or leaves the 'wanted' flag for
--- the node holding it. The holder, after each pass, asks with 'end': if the flag was set
--- meanwhile it keeps the lock and passes again, else it releases the lock. A holder asked
--- for a pass on its own node meanwhile says 'again' instead: it keeps the lock and passes
--- again (or, if the lock expired meanwhile, asks as with 'begin'). A holder that stops or
--- fails mid-turn hands the lock back with 'release', leaving the flag for others. ``token``
--- is the node's for the lock, ``ttl_ms`` the lock's time to live (a holder that dies frees
--- it by then). Returns 1: run a pass now (the lock is this node's); 0: do nothing more.
-local function dispatch_turn(action, token, ttl_ms)
-  local lock = K.dispatch_lock
-  local wanted = K.dispatch_wanted
-  if action == 'again' then
+-- Dispatch turns, one per partition. A partition is the tasks that one node queued: their
+-- requirements classes are named '{class}@{node_id}' (a class without '@', queued by a node
+-- from before partitions, is in the partition ''). One node at a time passes over a
+-- partition, and no request for a pass is lost: a node that wants a pass over a partition
+-- another node holds leaves that partition's 'wanted' flag (the time it was first set), and
+-- the holder, after its pass, sees the flag and passes again. So nodes that queue their own
+-- tasks pass at the same time, each over its own, and none waits for another's turn unless
+-- it wants a pass over that other's tasks (see docs/design.md, what ordering holds where).
+
+-- The partition of a queued requirements class: the node_id after its '@', or ''.
+local function class_partition(class)
+  return string.match(class, '@(.+)$') or ''
+end
+
+-- The lock and the 'wanted' flag of one partition's turn (the partition '' keeps the names
+-- of the single turn there was before partitions).
+local function turn_keys(partition)
+  if partition == '' then
+    return K.dispatch_lock, K.dispatch_wanted
+  end
+  return K.dispatch_lock .. ':' .. partition, K.dispatch_wanted .. ':' .. partition
+end
+
+-- Clears a partition's 'wanted' flag: the pass about to run serves every request so far.
+-- Returns whether the flag was set, and how long the oldest request waited for this pass
+-- in milliseconds (-1 for a flag without a time, left by a node from before partitions),
+-- which the cluster's statistics count.
+local function serve_requests(wanted, now)
+  local flag = redis.call('GET', wanted)
+  if not flag then
+    return false, -1
+  end
+  redis.call('DEL', wanted)
+  local since = tonumber(flag)
+  if not since or since < 1e12 then
+    return true, -1
+  end
+  local waited = math.max(0, now - since)
+  redis.call('HINCRBY', K.stats, 'dispatch_turn_waits', 1)
+  redis.call('HINCRBY', K.stats, 'dispatch_turn_wait_ms_total', waited)
+  return true, waited
+end
+
+-- Takes the turn of each of ``partitions`` that is free or ``token``'s already (renewing
+-- its lock for ``ttl_ms``), and leaves the 'wanted' flag of each that another node holds.
+-- While tasks wait in its ``home`` partition (the node's own), a node takes no other live
+-- node's partition: that node's own passes serve it, and neither waits for the other's
+-- turn. Returns the partitions ``token`` holds now, and the longest wait of the requests
+-- their passes serve (-1: none).
+local function take_turns(partitions, token, ttl_ms, now, home)
+  local home_waiting = false
+  for _, partition in ipairs(partitions) do
+    home_waiting = home_waiting or partition == home
+  end
+  local held = {}
+  local waited = -1
+  for _, partition in ipairs(partitions) do
+    local lock, wanted = turn_keys(partition)
+    local holder = redis.call('GET', lock)
+    if home_waiting and partition ~= home and partition ~= ''
+        and redis.call('EXISTS', K.node .. partition) == 1 then
+      -- another live node's tasks, while this node has its own: left to that node
+    elseif not holder or holder == token then
+      redis.call('SET', lock, token, 'PX', ttl_ms)
+      local _, served = serve_requests(wanted, now)
+      waited = math.max(waited, served)
+      held[#held + 1] = partition
+    else
+      redis.call('SET', wanted, now, 'NX')  -- the holder passes again when it sees this
+    end
+  end
+  return held, waited
+end
+
+-- After a pass over ``partitions`` by ``token``: keeps the turn of each whose 'wanted' flag
+-- was set meanwhile (to pass again) and hands back the others. A partition whose lock
+-- expired mid-pass and went to another node is left alone (that node sees the flag).
+-- Returns the partitions to pass again, and the longest wait of their requests (-1: none).
+local function end_turns(partitions, token, ttl_ms, now)
+  local again = {}
+  local waited = -1
+  for _, partition in ipairs(partitions) do
+    local lock, wanted = turn_keys(partition)
     if redis.call('GET', lock) == token then
-      redis.call('DEL', wanted)  -- the pass about to run serves every request so far
-      redis.call('PEXPIRE', lock, ttl_ms)
-      return 1
+      local asked, served = serve_requests(wanted, now)
+      if asked then
+        redis.call('PEXPIRE', lock, ttl_ms)
+        again[#again + 1] = partition
+        waited = math.max(waited, served)
+      else
+        redis.call('DEL', lock)
+      end
     end
-    action = 'begin'  -- the lock expired meanwhile: ask like any other node
   end
+  return again, waited
+end
 
-  if action == 'begin' then
-    if redis.call('SET', lock, token, 'NX', 'PX', ttl_ms) then
-      redis.call('DEL', wanted)  -- the pass about to run serves every request so far
-      return 1
+-- Hands back the turn of each of ``partitions`` that ``token`` holds, whatever was asked
+-- meanwhile (the flags stay for the next node).
+local function release_turns(partitions, token)
+  for _, partition in ipairs(partitions) do
+    local lock = turn_keys(partition)
+    if redis.call('GET', lock) == token then
+      redis.call('DEL', lock)
     end
-    redis.call('SET', wanted, '1')  -- the holder passes again when it sees this
-    return 0
   end
-
-  if redis.call('GET', lock) ~= token then
-    return 0  -- the lock expired mid-pass and another node took over: it sees the flag
-  end
-  if action == 'release' then
-    redis.call('DEL', lock)
-    return 0
-  end
-  -- 'end'
-  if redis.call('DEL', wanted) == 1 then
-    redis.call('PEXPIRE', lock, ttl_ms)
-    return 1
-  end
-  redis.call('DEL', lock)
-  return 0
 end
