@@ -11,7 +11,6 @@ from coordinator.dispatch.balancing import (
     choose,
     hash_ring,
 )
-from coordinator.dispatch.slots import nearby
 from coordinator.strategies import Strategy
 
 
@@ -434,32 +433,3 @@ def test_consistent_hash_without_a_routing_key_is_least_connections():
     ]
     # The ring would place "" on "b".
     assert pick(Strategy.CONSISTENT_HASH, candidates, routing_key="") == "c"
-
-
-def test_least_connections_keeps_an_assignment_on_its_node_within_one_task():
-    here = {"local-1", "local-2"}.__contains__
-    remote_idle = agent("remote", active_tasks=0)
-    one_more = agent("local-1", active_tasks=1)  # 1 of 4: one task above the least loaded
-    two_more = agent("local-2", active_tasks=2)
-
-    assert [c.agent_id for c in nearby([remote_idle, one_more, two_more], here)] == ["local-1"]
-    # Two tasks above the least loaded: the less loaded agent elsewhere, as without nodes.
-    assert nearby([remote_idle, two_more], here) == [remote_idle, two_more]
-    assert nearby([remote_idle], here) == [remote_idle]
-    # Relative to its own slots: 5 of 100 is within one task of 4 of 100.
-    big_here = agent("local-1", active_tasks=5, max_concurrency=100)
-    big_there = agent("remote", active_tasks=4, max_concurrency=100)
-    assert nearby([big_there, big_here], here) == [big_here]
-
-
-def test_two_nodes_passing_at_once_fill_their_own_agents():
-    """Each node's least-connections choice, among the same four free agents (two streaming
-    to each node), stays on its node: two passes at once do not race for one slot."""
-    agents = [agent(f"a{i}", active_tasks=i % 2) for i in range(4)]  # a0, a2 idle; a1, a3 one
-    on_node_1 = {"a0", "a1"}.__contains__
-    on_node_2 = {"a2", "a3"}.__contains__
-
-    first = choose(Strategy.LEAST_CONNECTIONS, nearby(agents, on_node_1), BalancerState())
-    second = choose(Strategy.LEAST_CONNECTIONS, nearby(agents, on_node_2), BalancerState())
-
-    assert (first.agent_id, second.agent_id) == ("a0", "a2")

@@ -12,7 +12,63 @@ from collections import Counter
 from test_dispatch_turns import LONG_TIMER
 
 from agent_harness import eventually, submit_request
+from coordinator.agents.records import AgentRecord, AgentStatus
+from coordinator.dispatch.slots import AgentSlots
 from coordinator.storage import keys
+
+
+def record(agent_id: str, active_tasks: int, max_concurrency: int = 4) -> AgentRecord:
+    return AgentRecord(
+        agent_id=agent_id,
+        agent_type="worker",
+        capabilities=(),
+        services=(),
+        endpoints={},
+        metadata={},
+        labels={},
+        max_concurrency=max_concurrency,
+        weight=1.0,
+        status=AgentStatus.ACTIVE,
+        stored_status=AgentStatus.ACTIVE,
+        health_score=1.0,
+        load_metrics={},
+        active_tasks=active_tasks,
+        registered_at_ms=0,
+        last_heartbeat_at_ms=0,
+        node_id="",
+        status_reason="",
+    )
+
+
+def least_loaded(agents: list[AgentRecord], here=None) -> list[str]:
+    slots = AgentSlots({a.agent_id: a for a in agents})
+    return [c.agent_id for c in slots.candidates("c0", agents, here)]
+
+
+def test_least_connections_keeps_an_assignment_on_its_node_within_one_task():
+    here = {"local-1", "local-2"}.__contains__
+    idle_there = record("remote", 0)
+    one_more = record("local-1", 1)  # 1 of 4: one task above the least loaded
+    two_more = record("local-2", 2)
+
+    assert least_loaded([idle_there, one_more, two_more], here) == ["local-1", "local-2"]
+    # Two tasks above the least loaded: every agent, least loaded first, as with no nodes.
+    assert least_loaded([idle_there, two_more], here) == ["remote", "local-2"]
+    assert least_loaded([idle_there], here) == ["remote"]
+    # Relative to its own slots: 5 of 100 is within one task of 4 of 100.
+    assert least_loaded([record("remote", 4, 100), record("local-1", 5, 100)], here) == ["local-1"]
+
+
+def test_among_many_idle_agents_each_node_chooses_its_own():
+    """The least loaded of all are not a sample of the nodes (ties go by agent_id): with a
+    thousand idle agents, the ones streaming here are still found."""
+    agents = [record(f"agent-{i:04}", 0) for i in range(1000)]
+    on_the_second = {f"agent-{i:04}" for i in range(500, 1000)}.__contains__
+
+    chosen = least_loaded(agents, on_the_second)
+
+    assert len(chosen) == 16 and all(on_the_second(a) for a in chosen)
+    assert least_loaded(agents)[0] == "agent-0000"  # without a node: the least loaded of all
 
 
 async def test_each_node_queues_in_its_own_partition_and_its_agents_take_its_tasks(

@@ -11,7 +11,7 @@ from typing import Any
 
 from coordinator.dispatch.assignments import Assignments
 from coordinator.dispatch.balancing import choose
-from coordinator.dispatch.slots import AgentSlots, fits, nearby
+from coordinator.dispatch.slots import AgentSlots, fits
 from coordinator.dispatch.view import NodeView
 from coordinator.strategies import Strategy
 from coordinator.tasks.calls import TaskToQueue
@@ -60,7 +60,8 @@ class SubmitAssigner:
         self._view = view
         self._assignments = assignments
         self._streams_here = streams_here
-        """As a pass's: least connections keeps what it can on this node (``nearby``)."""
+        """As a pass's: least connections keeps what it can on this node
+        (``AgentSlots.candidates``)."""
 
     def choose(self, tasks_to_queue: Sequence[TaskToQueue]) -> tuple[AgentSlots | None, Chosen]:
         """An agent for each task that can have one from the view, as a pass would choose
@@ -86,13 +87,12 @@ class SubmitAssigner:
                 eligible = view.eligible[cls] = [
                     a for a in view.slots.agents.values() if fits(a, s.requirements)
                 ]
-            candidates = view.slots.candidates(cls, eligible)
+            here = self._streams_here if strategy is Strategy.LEAST_CONNECTIONS else None
+            candidates = view.slots.candidates(cls, eligible, here)
             if not candidates:
                 if age > VIEW_USED_UP_REFRESH_S:
                     self._view.refresh_soon()
                 continue
-            if strategy is Strategy.LEAST_CONNECTIONS and self._streams_here is not None:
-                candidates = nearby(candidates, self._streams_here)
             agent_id = choose(
                 strategy,
                 candidates,

@@ -116,7 +116,7 @@ class Dispatcher:
         calls = []
         turn: tuple[str, int] | None = None
         if len(chosen) < len(tasks_to_queue) and not self._passing and self._handed is None:
-            turn = (uuid.uuid4().hex, self._requests)
+            turn = (self._new_token(), self._requests)
             calls.append(self._turns.snapshot_call("begin", turn[0]))
         if not chosen and not calls:
             return None
@@ -136,6 +136,11 @@ class Dispatcher:
 
         assignments = {task_id: self._assignments.to(agent_id) for task_id, agent_id in chosen}
         return SubmitPlan(assignments, PiggybackCalls(calls, take_replies))
+
+    def _new_token(self) -> str:
+        """A token for the turns' locks: '{node_id}/{random}', so that a snapshot knows
+        which nodes are passing now (and leaves their agents' free slots to them)."""
+        return f"{self._settings.node_id}/{uuid.uuid4().hex}"
 
     def slots_freed(self, agent_ids: Sequence[str]) -> None:
         """This node took reports that ended attempts of these agents: their slots are free
@@ -234,7 +239,7 @@ class Dispatcher:
     async def _take_turns(self, handed: HandedTurn | None) -> int:
         assigned = 0
         if handed is None:
-            token, served = uuid.uuid4().hex, self._requests
+            token, served = self._new_token(), self._requests
             # Asking for the turns and reading the snapshot are one step: the holder needs
             # the snapshot at once, and another node's request reads nothing.
             snapshot = await self._turns.snapshot("begin", token)

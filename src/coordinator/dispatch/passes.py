@@ -26,7 +26,6 @@ from coordinator.dispatch.slots import (
     Snapshot,
     elsewhere,
     fits,
-    nearby,
     requirements_of,
 )
 from coordinator.dispatch.view import NodeView
@@ -72,7 +71,7 @@ class Passes:
         self._view = view
         self._streams_here = streams_here
         """Whether this node holds an agent's stream (least connections keeps the
-        assignments it can on this node: ``slots.nearby``)."""
+        assignments it can on this node: ``AgentSlots.candidates``)."""
 
     async def run(self, snapshot: Snapshot) -> int:
         """One pass from ``snapshot``: returns the number of assignments."""
@@ -163,14 +162,14 @@ class Passes:
             for w in waiting:
                 if w.cls in slots.blocked:
                     continue
-                candidates = slots.candidates(w.cls, w.eligible)
+                least_connections = w.strategy is Strategy.LEAST_CONNECTIONS
+                here = self._streams_here if least_connections else None
+                candidates = slots.candidates(w.cls, w.eligible, here)
                 if not candidates:
                     slots.blocked.add(w.cls)
                     continue
                 if w.avoid_agent_id and len(candidates) > 1:
                     candidates = elsewhere(candidates, w.avoid_agent_id)
-                if w.strategy is Strategy.LEAST_CONNECTIONS and self._streams_here is not None:
-                    candidates = nearby(candidates, self._streams_here)
                 agent_id = choose(
                     w.strategy,
                     candidates,

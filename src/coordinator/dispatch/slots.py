@@ -54,26 +54,57 @@ class AgentSlots:
             if agent.active_tasks < agent.max_concurrency
         }
         self._candidates: dict[str, Candidate] = {}
-        self._by_load: dict[str, _LoadOrder] = {}
+        self._by_load: dict[tuple[str, bool], _LoadOrder] = {}
 
-    def candidates(self, cls: str, eligible: list[AgentRecord]) -> list[Candidate]:
+    def candidates(
+        self,
+        cls: str,
+        eligible: list[AgentRecord],
+        here: Callable[[str], bool] | None = None,
+    ) -> list[Candidate]:
         """The strategy's view of the least loaded eligible agents (of requirements class
         ``cls``) that still have a free slot, at most ``CANDIDATES_PER_TASK``, least loaded
         first; each built once per change of its slots, not once per task. A heap per class
-        keeps the order: O(CANDIDATES_PER_TASK x log agents) per task, not O(agents)."""
-        order = self._by_load.get(cls)
-        if order is None:
-            members = {a.agent_id for a in eligible if a.agent_id in self.agents}
-            order = self._by_load[cls] = _LoadOrder([(*self._load(a), a) for a in members], members)
-            heapq.heapify(order.heap)
+        keeps the order: O(CANDIDATES_PER_TASK x log agents) per task, not O(agents).
+
+        With ``here`` (whether this node holds an agent's stream; least connections): the
+        least loaded of those streaming here when the least loaded of them is within one
+        task of the least loaded of all (relative to its slots). So an assignment stays on
+        the node that made it (no pub/sub hop, and two nodes passing at once fill
+        different agents instead of racing for the same slots), while no agent ends up
+        more than a task or two above another."""
+        everywhere = self._least_loaded(self._order(cls, eligible))
+        chosen = everywhere
+        if here is not None and not all(here(agent_id) for agent_id in everywhere):
+            near = self._least_loaded(self._order(cls, eligible, here))
+            if near and self._load(near[0])[0] <= self._load(everywhere[0])[0] + 1 / max(
+                self.agents[near[0]].max_concurrency, 1
+            ):
+                chosen = near
         out = []
-        for agent_id in self._least_loaded(order):
+        for agent_id in chosen:
             candidate = self._candidates.get(agent_id)
             if candidate is None:
                 agent = self.agents[agent_id]
                 candidate = self._candidates[agent_id] = candidate_of(agent, self.used[agent_id])
             out.append(candidate)
         return out
+
+    def _order(
+        self, cls: str, eligible: list[AgentRecord], here: Callable[[str], bool] | None = None
+    ) -> _LoadOrder:
+        """The heap by load of the class's agents (of those streaming here, with ``here``)."""
+        key = (cls, here is not None)
+        order = self._by_load.get(key)
+        if order is None:
+            members = {
+                a.agent_id
+                for a in eligible
+                if a.agent_id in self.agents and (here is None or here(a.agent_id))
+            }
+            order = self._by_load[key] = _LoadOrder([(*self._load(a), a) for a in members], members)
+            heapq.heapify(order.heap)
+        return order
 
     def _load(self, agent_id: str) -> tuple[float, int]:
         """The least connections order: slot use, then active tasks."""
@@ -189,21 +220,6 @@ def elsewhere(candidates: list[Candidate], avoid_agent_id: str) -> list[Candidat
     one: a retry goes back to it only when no other eligible agent has a free slot now.
     (Waiting for another would hold the task for an agent that may never come.)"""
     return [c for c in candidates if c.agent_id != avoid_agent_id] or candidates
-
-
-def nearby(candidates: list[Candidate], streams_here: Callable[[str], bool]) -> list[Candidate]:
-    """For least connections, the candidates whose stream is on this node when one of them
-    is loaded at most one task more than the least loaded candidate (relative to its
-    slots); otherwise all of them. So an assignment stays on the node that made it (no
-    pub/sub hop, and two nodes passing at once fill different agents instead of racing
-    for the same slots), while no agent ends up more than a task or two above another."""
-    least = min(c.slot_use for c in candidates)
-    here = [
-        c
-        for c in candidates
-        if c.slot_use <= least + 1 / c.max_concurrency and streams_here(c.agent_id)
-    ]
-    return here or candidates
 
 
 def balancer_state(raw: str | None) -> BalancerState:

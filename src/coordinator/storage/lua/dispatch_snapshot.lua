@@ -84,9 +84,11 @@ for i = first_priority, last_priority do
 end
 local held = {}
 local waited = -1
+local passing_elsewhere = {}  -- nodes passing now: their agents' free slots are theirs
 if taking_turns then
   local now = now_ms()
-  held, waited = take_turns(partitions, ARGV[2], ARGV[3], now, home)
+  held, waited, passing_elsewhere = take_turns(partitions, ARGV[2], ARGV[3], now, home)
+  passing_elsewhere[home] = nil
   local holding = {}
   for _, partition in ipairs(held) do
     holding[partition] = true
@@ -132,13 +134,18 @@ local more_agents = 0
 local node_alive = {}
 
 -- Whether the agent's stream is open on a live node (the rest of being available, its
--- membership of the available sets says).
-local function streaming(agent_id)
+-- membership of the available sets says); with ``to_this_pass``, not on another node that
+-- is passing now (taking the turns): that node fills its own agents' free slots, and two
+-- nodes choosing the same slot at once would only see one of them refused.
+local function streaming(agent_id, to_this_pass)
   local connection = redis.call('HGET', K.connected, agent_id)
   if not connection then
     return false
   end
   local node_id = string.match(connection, '^(%S+)')
+  if to_this_pass and passing_elsewhere[node_id] then
+    return false
+  end
   if node_alive[node_id] == nil then
     node_alive[node_id] = redis.call('EXISTS', K.node .. node_id) == 1
   end
@@ -186,7 +193,7 @@ local function pick_least_loaded(source, filters, want, with_full)
         end
         if picked[agent_id] then
           found = found + 1
-        elseif in_all(agent_id, filters) and streaming(agent_id) then
+        elseif in_all(agent_id, filters) and streaming(agent_id, true) then
           picked[agent_id] = true
           picked_ids[#picked_ids + 1] = agent_id
           found = found + 1

@@ -402,8 +402,9 @@ end
 -- its lock for ``ttl_ms``), and leaves the 'wanted' flag of each that another node holds.
 -- While tasks wait in its ``home`` partition (the node's own), a node takes no other live
 -- node's partition: that node's own passes serve it, and neither waits for the other's
--- turn. Returns the partitions ``token`` holds now, and the longest wait of the requests
--- their passes serve (-1: none).
+-- turn. Returns the partitions ``token`` holds now, the longest wait of the requests their
+-- passes serve (-1: none), and the nodes holding the other turns ({node_id = true}, from
+-- their tokens, '{node_id}/{random}'): passing now, they fill their own agents' slots.
 local function take_turns(partitions, token, ttl_ms, now, home)
   local home_waiting = false
   for _, partition in ipairs(partitions) do
@@ -411,9 +412,13 @@ local function take_turns(partitions, token, ttl_ms, now, home)
   end
   local held = {}
   local waited = -1
+  local passing = {}
   for _, partition in ipairs(partitions) do
     local lock, wanted = turn_keys(partition)
     local holder = redis.call('GET', lock)
+    if holder and holder ~= token then
+      passing[string.match(holder, '^(.-)/') or ''] = true
+    end
     if home_waiting and partition ~= home and partition ~= ''
         and redis.call('EXISTS', K.node .. partition) == 1 then
       -- another live node's tasks, while this node has its own: left to that node
@@ -426,7 +431,7 @@ local function take_turns(partitions, token, ttl_ms, now, home)
       redis.call('SET', wanted, now, 'NX')  -- the holder passes again when it sees this
     end
   end
-  return held, waited
+  return held, waited, passing
 end
 
 -- After a pass over ``partitions`` by ``token``: keeps the turn of each whose 'wanted' flag
