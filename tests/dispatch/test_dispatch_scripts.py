@@ -408,6 +408,37 @@ async def test_a_node_with_tasks_of_its_own_leaves_other_live_nodes_tasks_to_the
     assert (await read(scripts, as_n1)).partitions == ("n2",)  # its free slots take n2's
 
 
+async def test_a_pass_leaves_the_agents_of_a_node_passing_now_to_it_unless_it_has_none(
+    scripts, registry, redis_client
+):
+    await new_task(scripts, requirements_class=keys.queued_class("c0", "node-a"))
+    await new_task(scripts, requirements_class=keys.queued_class("c0", "node-b"))
+    await make_agent(registry, redis_client, "on-b", max_concurrency=5, node="node-b")
+    await redis_client.set(keys.dispatch_turn_keys("node-b")[0], "node-b/its-turn")
+    as_a = DispatchSnapshotCall("begin", "node-a/turn", home="node-a")
+
+    # Node a has no agent of its own: it takes node b's, or its tasks would wait for as
+    # long as node b passes.
+    alone = await read(scripts, as_a)
+    assert alone is not None and len(alone.agent_rows) == 1
+    await turn(scripts, "release", "node-a/turn", "node-a")
+
+    await make_agent(registry, redis_client, "on-a", max_concurrency=5, node="node-a")
+    reply = await read(scripts, as_a)
+
+    agents = [dict(zip(RECORD_FIELDS, row, strict=True))["agent_id"] for row in reply.agent_rows]
+    assert agents == ["on-a"]  # node b, passing now, fills its own agent's slots
+    await turn(scripts, "release", "node-a/turn", "node-a")
+    await redis_client.delete(keys.dispatch_turn_keys("node-b")[0])  # node b's pass ended
+    reply = await read(scripts, as_a)
+    assert sorted(
+        dict(zip(RECORD_FIELDS, r, strict=True))["agent_id"] for r in reply.agent_rows
+    ) == [
+        "on-a",
+        "on-b",
+    ]
+
+
 async def turn(scripts, action: str, token: str, *partitions: str) -> TurnsEnded:
     call = DispatchTurnCall(action, token, partitions)
     return call.parse(await scripts.dispatch_turn(args=call.args()))

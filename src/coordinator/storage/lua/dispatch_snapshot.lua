@@ -166,13 +166,14 @@ end
 -- count) or the set ends; only those with a free slot (score below 1) unless
 -- ``with_full``. Agents tied at the lowest load beyond ``want`` are read from a place
 -- in their band that ARGV[6] chooses (then from its start), so that nodes and passes
--- spread their choices over them instead of all taking the first by agent_id. By rank:
--- O(log n + agents read).
-local function pick_least_loaded(source, filters, want, with_full)
+-- spread their choices over them instead of all taking the first by agent_id. With
+-- ``to_this_pass``, agents of other nodes passing now are left to them (``streaming``).
+-- By rank: O(log n + agents read). Returns how many it found.
+local function pick_least_loaded(source, filters, want, with_full, to_this_pass)
   local total = with_full and redis.call('ZCARD', source)
     or redis.call('ZCOUNT', source, '-inf', '(1')
   if total == 0 then
-    return
+    return 0
   end
   local start = 0
   if total > want and spread > 0 then
@@ -193,7 +194,7 @@ local function pick_least_loaded(source, filters, want, with_full)
         end
         if picked[agent_id] then
           found = found + 1
-        elseif in_all(agent_id, filters) and streaming(agent_id, true) then
+        elseif in_all(agent_id, filters) and streaming(agent_id, to_this_pass) then
           picked[agent_id] = true
           picked_ids[#picked_ids + 1] = agent_id
           found = found + 1
@@ -205,6 +206,7 @@ local function pick_least_loaded(source, filters, want, with_full)
   if not read(start, total - 1) and start > 0 then
     read(0, start - 1)
   end
+  return found
 end
 
 -- The index sets an agent must be in to fit requirements (JSON, Requirements.to_json).
@@ -261,7 +263,12 @@ local function pick_for_class(class, count, priority)
       filters[#filters + 1] = key
     end
   end
-  pick_least_loaded(source, filters, math.min(count, limit) + margin, false)
+  local want = math.min(count, limit) + margin
+  if pick_least_loaded(source, filters, want, false, true) == 0 and next(passing_elsewhere) then
+    -- Only other nodes passing now have agents for it: it takes them all the same, or a
+    -- node whose clients' tasks only those agents fit would wait as long as they pass.
+    pick_least_loaded(source, filters, want, false, false)
+  end
 end
 
 if for_view or #class_order > 0 then
@@ -269,7 +276,7 @@ if for_view or #class_order > 0 then
   -- classes waiting now. A view's own read takes full ones too when fewer are free (the
   -- node counts the slots its reports free in them); a pass's does not, or every pass
   -- beside thousands of full agents would read hundreds of them.
-  pick_least_loaded(K.available, {}, margin, for_view)
+  pick_least_loaded(K.available, {}, margin, for_view, true)
 end
 for _, class in ipairs(class_order) do
   pick_for_class(class, waiting_in[class][1], waiting_in[class][2])
