@@ -247,7 +247,7 @@ class Dispatcher:
                 return assigned  # nothing waits, or the holders will see the flags
         else:
             token, served, snapshot = handed.token, handed.requests, handed.snapshot
-        holding: tuple[str, ...] = ()
+        holding = snapshot.partitions  # until handed back (also when stopping before a pass)
         try:
             while snapshot is not None and not self._stopping.is_set():
                 holding = snapshot.partitions
