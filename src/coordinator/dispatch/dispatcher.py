@@ -18,12 +18,16 @@ the script queues the task, and a pass follows.
 Otherwise a submit to a node that is not passing asks for the turn and reads the pass's
 snapshot in that round trip, so the pass needs one round trip more, not two.
 
-Only the node holding ``coordinator:lock:dispatch`` runs passes; the others set
-``coordinator:dispatch:wanted``, and the holder keeps passing until that flag stays clear,
-so no request is lost, whichever node it came from, without any pub/sub message. The lock
-is an efficiency device, not a safety one: each assignment is one script that re-checks
-the task and the agent, so two passes racing (a lock that expired mid-pass), or a pass and
-an assignment at submit, can never assign a task twice or overfill a slot.
+Each node queues the tasks it accepts in its own dispatch partition, and only the node
+holding a partition's turn (``coordinator:lock:dispatch:{node_id}``) passes over it; a node
+that wants a pass over a partition another node holds sets its 'wanted' flag, and the
+holder keeps passing until that flag stays clear, so no request is lost, whichever node it
+came from, without any pub/sub message (``turns``). While tasks wait in its own partition a
+node leaves other live nodes' partitions to them, so nodes fed by their own clients pass at
+the same time. The locks are an efficiency device, not a safety one: each assignment is one
+script that re-checks the task and the agent, so two passes racing (a lock that expired
+mid-pass), or a pass and an assignment at submit, can never assign a task twice or
+overfill a slot.
 """
 
 from __future__ import annotations
@@ -250,7 +254,6 @@ class Dispatcher:
         holding = snapshot.partitions  # until handed back (also when stopping before a pass)
         try:
             while snapshot is not None and not self._stopping.is_set():
-                holding = snapshot.partitions
                 in_pass = await self._passes.run(snapshot)
                 assigned += in_pass
                 slots = snapshot.slots
