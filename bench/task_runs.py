@@ -21,7 +21,7 @@ from figures import (
 from harness import Bench, submitter_argv
 from processes import CoordinatorNode, cpu_s, free_port, rss_kib, wait_until
 
-from coordinator.storage import finished_records, keys
+from coordinator.storage import keys
 
 LATENCY_IN_FLIGHT = {"stream": 1, "coalesce": 2}
 """Steady-rate submits, by client: streams (one message in flight each), or calls at once."""
@@ -68,15 +68,11 @@ def _start_submitters(
 
 
 def wait_compacted(admin: Any, timeout_s: float) -> None:
-    """Wait until the newest finished task is in the compact form (the reaper compacts them
-    oldest first)."""
-
-    def compacted() -> bool:
-        newest = admin.zrange(keys.TASK_FINISHED, -1, -1)
-        piece = f"{finished_records.PACKED_PREFIX}1"  # the compact form's first field
-        return not newest or bool(admin.hexists(keys.task(newest[0].decode()), piece))
-
-    wait_until("the finished tasks compacted", compacted, timeout_s)
+    """Wait until every finished task is compacted and archived: none is left in
+    ``tasks:finished``."""
+    wait_until(
+        "the finished tasks compacted", lambda: admin.zcard(keys.TASK_FINISHED) == 0, timeout_s
+    )
 
 
 def measured_phase(

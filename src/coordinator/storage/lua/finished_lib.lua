@@ -19,73 +19,6 @@ local function unpacking_tables()
   return unpacking
 end
 
--- Rewrites a finished task's hash in the compact form (nothing for a task already in it,
--- or gone): its state, and the other fields (defaults and task_id left out) packed,
--- shortened and cut into listpack-sized pieces p1, p2, ...; a long value, or one with a
--- byte below 32 (only the free-text fields and fields without a code can hold one:
--- finished_records.FREE_TEXT), stays a field of its own.
-local function pack_finished(task_id)
-  local key = K.task .. task_id
-  local flat = redis.call('HGETALL', key)
-  local state, created = nil, ''
-  for i = 1, #flat, 2 do
-    if flat[i] == 'state' then
-      state = flat[i + 1]
-    elseif flat[i] == 'created_at_ms' then
-      created = flat[i + 1]
-    end
-  end
-  local p = packing_tables()
-  if #created < p.stamp_digits or string.find(created, '%D') then
-    return  -- not a record the scripts wrote: leave it as it is
-  end
-  local parts = {}
-  local hset = {'HSET', key, 'state', state}
-  for i = 1, #flat, 2 do
-    local name, value = flat[i], flat[i + 1]
-    if name ~= 'task_id' and name ~= 'state' and name ~= 'created_at_ms' and
-        p.defaults[name] ~= value then
-      local code = p.field_codes[name]
-      if #value > p.plain_bytes or
-          ((not code or p.free_text[name]) and string.find(value, '[%z\1-\31]')) then
-        hset[#hset + 1] = name
-        hset[#hset + 1] = value
-      else
-        parts[#parts + 1] = code or ('*' .. name .. '=')
-        parts[#parts + 1] = value
-        parts[#parts + 1] = PACKED_END
-      end
-    end
-  end
-  local packed = table.concat(parts)
-  packed = string.gsub(packed, '"([%w_]+)":', p.key_bytes)
-  packed = string.gsub(packed, '"([^"]*)"', p.value_bytes)
-  packed = string.gsub(packed, string.sub(created, 1, p.stamp_digits), PACKED_STAMP_BYTE)
-  packed = created .. PACKED_END .. packed
-  local size = p.piece_bytes
-  if #packed > size * p.max_pieces then
-    size = #packed  -- too long for a listpack anyway: one piece
-  end
-  local length, pos, piece = #packed, 1, 0
-  local names = p.piece_names
-  while pos <= length do
-    local cut = pos + size
-    while cut <= length and cut > pos + 1 do  -- never inside a UTF-8 character
-      local byte = string.byte(packed, cut)
-      if byte < 128 or byte >= 192 then
-        break
-      end
-      cut = cut - 1
-    end
-    piece = piece + 1
-    hset[#hset + 1] = names[piece] or ('p' .. piece)
-    hset[#hset + 1] = string.sub(packed, pos, cut - 1)
-    pos = cut
-  end
-  redis.call('DEL', key)
-  redis.call(unpack(hset))
-end
-
 -- The packed text of a compact hash (its pieces p1, p2, ... joined), where its creation
 -- time ends in it, and that time; makes the time's leading digits the stamp byte's
 -- expansion in ``tables``.
@@ -152,6 +85,81 @@ local function unpack_some(task_id, stored, names)
     end
   end
   return fields
+end
+
+-- Rewrites a finished task's hash in the compact form (nothing for a task already in it:
+-- compacted before the archive was): its state, and the other fields (defaults and task_id
+-- left out) packed, shortened and cut into listpack-sized pieces p1, p2, ...; a long value,
+-- or one with a byte below 32 (only the free-text fields and fields without a code can hold
+-- one: finished_records.FREE_TEXT), stays a field of its own. Returns what archiving the
+-- task needs, {task_id, state, seq, agent_id}; nil when there is no task.
+local function pack_finished(task_id)
+  local key = K.task .. task_id
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then
+    return nil
+  end
+  local stored = {}
+  for i = 1, #flat, 2 do
+    stored[flat[i]] = flat[i + 1]
+  end
+  local archived = {task_id, stored.state, stored.seq, stored.agent_id or ''}
+  if stored.p1 then
+    local fields = unpack_some(task_id, stored, {'seq', 'agent_id'})
+    archived[3], archived[4] = fields.seq, fields.agent_id
+    return archived
+  end
+  local created = stored.created_at_ms or ''
+  local p = packing_tables()
+  if #created < p.stamp_digits or string.find(created, '%D') then
+    return archived  -- not a record the scripts wrote: left as it is
+  end
+  local parts = {}
+  local hset = {'HSET', key, 'state', stored.state}
+  for i = 1, #flat, 2 do
+    local name, value = flat[i], flat[i + 1]
+    if name ~= 'task_id' and name ~= 'state' and name ~= 'created_at_ms' and
+        p.defaults[name] ~= value then
+      local code = p.field_codes[name]
+      if #value > p.plain_bytes or
+          ((not code or p.free_text[name]) and string.find(value, '[%z\1-\31]')) then
+        hset[#hset + 1] = name
+        hset[#hset + 1] = value
+      else
+        parts[#parts + 1] = code or ('*' .. name .. '=')
+        parts[#parts + 1] = value
+        parts[#parts + 1] = PACKED_END
+      end
+    end
+  end
+  local packed = table.concat(parts)
+  packed = string.gsub(packed, '"([%w_]+)":', p.key_bytes)
+  packed = string.gsub(packed, '"([^"]*)"', p.value_bytes)
+  packed = string.gsub(packed, string.sub(created, 1, p.stamp_digits), PACKED_STAMP_BYTE)
+  packed = created .. PACKED_END .. packed
+  local size = p.piece_bytes
+  if #packed > size * p.max_pieces then
+    size = #packed  -- too long for a listpack anyway: one piece
+  end
+  local length, pos, piece = #packed, 1, 0
+  local names = p.piece_names
+  while pos <= length do
+    local cut = pos + size
+    while cut <= length and cut > pos + 1 do  -- never inside a UTF-8 character
+      local byte = string.byte(packed, cut)
+      if byte < 128 or byte >= 192 then
+        break
+      end
+      cut = cut - 1
+    end
+    piece = piece + 1
+    hset[#hset + 1] = names[piece] or ('p' .. piece)
+    hset[#hset + 1] = string.sub(packed, pos, cut - 1)
+    pos = cut
+  end
+  redis.call('DEL', key)
+  redis.call(unpack(hset))
+  return archived
 end
 
 -- Every field of a task, whichever its form, as a table; nil when there is no task.
