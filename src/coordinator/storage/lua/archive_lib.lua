@@ -22,76 +22,94 @@ local function archive_chunk(index, seq)
   return found[1], found[2]
 end
 
--- Where ``sorted`` (a list of {seq, task_id} in ascending seq, none below ``low``: the
--- entries of a chunk whose range starts at ``low``, and more) is cut into chunks of at most
--- ARCHIVE_CHUNK_ENTRIES: a list of {first, last} positions, and the seq where each chunk
--- after the first starts. A chunk's entries never fill a Redis listpack past its limit,
--- which it would not go back to. Where the index holds most seqs (a state's: tasks arrive
--- in about the order they finished, not quite by seq), a chunk is cut to a range of
--- ARCHIVE_CHUNK_ENTRIES seqs, which the latecomers then fill without a cut again; where it
--- holds few (an agent's among many), by count: the last chunk of an index keeps
--- ARCHIVE_CHUNK_ENTRIES (later tasks come after it), another half.
-local function archive_slices(sorted, low, last)
-  local slices, starts, from = {}, {}, 1
-  while #sorted - from + 1 > ARCHIVE_CHUNK_ENTRIES do
-    local start = low + ARCHIVE_CHUNK_ENTRIES
-    local count = 0
-    while from + count <= #sorted and tonumber(sorted[from + count][1]) < start do
-      count = count + 1
+-- Where a chunk overfull with ``entries`` is cut: the seq from which its tasks go to a new
+-- chunk, so that none holds more than ARCHIVE_CHUNK_ENTRIES (Redis would make it a
+-- skiplist for good). ``key``: the chunk, of ``size`` tasks, whose range starts at
+-- ``low``; ``entries``: {seq, task_id, seq as a number}, ascending; ``last``: no chunk
+-- after it. Where the index holds most seqs (a state's: tasks arrive in about the order
+-- they finished, not quite by seq) the cut makes a range of ARCHIVE_CHUNK_ENTRIES seqs,
+-- which the latecomers then fill without a cut again; where it holds few (an agent's
+-- among many), it goes by count: the last chunk keeps ARCHIVE_CHUNK_ENTRIES (later tasks
+-- come after it), another half.
+local function archive_cut(key, low, size, entries, last)
+  local start = low + ARCHIVE_CHUNK_ENTRIES
+  local below = redis.call('ZCOUNT', key, '-inf', '(' .. start)
+  for _, entry in ipairs(entries) do
+    if entry[3] < start then
+      below = below + 1
     end
-    if count < ARCHIVE_CHUNK_ENTRIES / 2 then
-      count = ARCHIVE_CHUNK_ENTRIES
-      if not last then
-        count = math.floor((#sorted - from + 1) / 2)
-      end
-      start = tonumber(sorted[from + count][1])
-    end
-    slices[#slices + 1] = {from, from + count - 1}
-    starts[#starts + 1] = start
-    from, low = from + count, start
   end
-  slices[#slices + 1] = {from, #sorted}
-  return slices, starts
+  if below >= ARCHIVE_CHUNK_ENTRIES / 2 then
+    return start
+  end
+  local keep = ARCHIVE_CHUNK_ENTRIES
+  if not last then
+    keep = math.floor((size + #entries) / 2)
+  end
+  local highest = tonumber(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2])
+  if entries[1][3] > highest then  -- all after the chunk's: no need to read it
+    if keep < size then
+      return tonumber(redis.call('ZRANGE', key, keep, keep, 'WITHSCORES')[2])
+    end
+    return entries[keep - size + 1][3]
+  end
+  local stored = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local i, j = 2, 1  -- merge until the entry after the first ``keep``
+  for _ = 1, keep do
+    if j > #entries or (i <= #stored and tonumber(stored[i]) < entries[j][3]) then
+      i = i + 2
+    else
+      j = j + 1
+    end
+  end
+  if j > #entries or (i <= #stored and tonumber(stored[i]) < entries[j][3]) then
+    return tonumber(stored[i])
+  end
+  return entries[j][3]
 end
 
--- Adds ``entries`` (a list of {seq, task_id}) to chunk ``chunk`` of index ``index``, whose
--- range starts at ``low``; ``last``: no chunk comes after it. Past ARCHIVE_CHUNK_ENTRIES
--- the chunk is written again as several (archive_slices).
+-- Adds ``entries`` ({seq, task_id, seq as a number}, ascending) to chunk ``chunk`` of
+-- index ``index``, whose range starts at ``low``; ``last``: no chunk comes after it. Past
+-- ARCHIVE_CHUNK_ENTRIES the chunk is cut (archive_cut): its tasks from the cut on, and the
+-- new ones, go to a new chunk (and so on).
 local function archive_into(index, chunk, low, entries, last)
   local key = K.archive_chunk .. chunk
   local size = redis.call('ZCARD', key)
+  local cut = nil
   if size + #entries > ARCHIVE_CHUNK_ENTRIES then
-    local stored = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-    for i = 1, #stored, 2 do
-      entries[#entries + 1] = {stored[i + 1], stored[i]}
-    end
-    table.sort(entries, function(a, b) return tonumber(a[1]) < tonumber(b[1]) end)
-    local slices, starts = archive_slices(entries, tonumber(low), last)
-    redis.call('DEL', key)
-    for i, slice in ipairs(slices) do
-      if i > 1 then
-        chunk = redis.call('INCR', K.archive_chunks)
-        redis.call('ZADD', index, starts[i - 1], chunk)
-      end
-      local zadd = {'ZADD', K.archive_chunk .. chunk}
-      for j = slice[1], slice[2] do
-        zadd[#zadd + 1] = entries[j][1]
-        zadd[#zadd + 1] = entries[j][2]
-      end
-      redis.call(unpack(zadd))
-    end
-    return
+    cut = archive_cut(key, low, size, entries, last)
   end
-  local zadd = {'ZADD', key}
+  local zadd, rest = {'ZADD', key}, {}
   for _, entry in ipairs(entries) do
-    zadd[#zadd + 1] = entry[1]
-    zadd[#zadd + 1] = entry[2]
+    if cut and entry[3] >= cut then
+      rest[#rest + 1] = entry
+    else
+      zadd[#zadd + 1] = entry[1]
+      zadd[#zadd + 1] = entry[2]
+    end
   end
-  redis.call(unpack(zadd))
+  if cut then
+    local moved = redis.call('ZRANGEBYSCORE', key, cut, '+inf', 'WITHSCORES')
+    if #moved > 0 then  -- out first: the chunk never holds more than its limit
+      redis.call('ZREMRANGEBYSCORE', key, cut, '+inf')
+      for i = 1, #moved, 2 do
+        rest[#rest + 1] = {moved[i + 1], moved[i], tonumber(moved[i + 1])}
+      end
+      table.sort(rest, function(a, b) return a[3] < b[3] end)
+    end
+  end
+  if #zadd > 2 then
+    redis.call(unpack(zadd))
+  end
+  if cut then
+    local new = redis.call('INCR', K.archive_chunks)
+    redis.call('ZADD', index, cut, new)
+    archive_into(index, new, cut, rest, last)
+  end
 end
 
--- Adds tasks to index ``index``: ``entries`` is a list of {seq, task_id}, seq a string of
--- digits, in ascending seq. One ZADD per chunk they fall in.
+-- Adds tasks to index ``index``: ``entries`` is a list of {seq, task_id, seq as a
+-- number}, in ascending seq. One ZADD per chunk they fall in.
 local function archive_add(index, entries)
   local i = 1
   while i <= #entries do
@@ -106,11 +124,11 @@ local function archive_add(index, entries)
       'LIMIT', 0, 1)
     local upto = tonumber(after[2])  -- nil: the last chunk
     local into = {}
-    while i <= #entries and (not upto or tonumber(entries[i][1]) < upto) do
+    while i <= #entries and (not upto or entries[i][3] < upto) do
       into[#into + 1] = entries[i]
       i = i + 1
     end
-    archive_into(index, chunk, low, into, not upto)
+    archive_into(index, chunk, tonumber(low), into, not upto)
   end
 end
 
@@ -154,7 +172,7 @@ local function archive_finished(tasks)
       groups[index] = {listed_in = listed_in, entries = {}}
       indexes[#indexes + 1] = index
     end
-    table.insert(groups[index].entries, {seq, task_id})
+    table.insert(groups[index].entries, {seq, task_id, tonumber(seq)})
   end
   for _, task in ipairs(tasks) do
     local task_id, state, seq, agent_id = task[1], task[2], task[3], task[4]
@@ -169,7 +187,7 @@ local function archive_finished(tasks)
   redis.call('ZREM', K.finished, unpack(ids))
   for _, index in ipairs(indexes) do
     local entries = groups[index].entries
-    table.sort(entries, function(a, b) return tonumber(a[1]) < tonumber(b[1]) end)
+    table.sort(entries, function(a, b) return a[3] < b[3] end)
     local members = {}
     for j, entry in ipairs(entries) do
       members[j] = entry[2]
