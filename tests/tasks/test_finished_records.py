@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 
+import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from agent_harness import eventually, get_task, submit_request
@@ -24,7 +26,9 @@ from coordinator.tasks.models import (
 from script_support import (
     archived_ids,
     assign,
+    failure,
     make_agent,
+    report,
     submit_reply,
     task_record,
 )
@@ -58,7 +62,6 @@ async def _finish(scripts, registry, redis, action, payload, extra_fields=None, 
     report = await scripts.report_task(args=[task_id, "a", token, action, payload])
     before = dict(zip(report[3][::2], report[3][1::2], strict=True))
     assert before == await redis.hgetall(keys.task(task_id))  # not compacted yet
-    await asyncio.sleep(0.002)  # only tasks finished before the current millisecond
     assert await scripts.compact_finished_tasks(args=[10, 0]) == 1
     return task_id, report, before
 
@@ -131,6 +134,74 @@ async def test_unusual_values_survive_the_packing(scripts, registry, redis_clien
     assert len(await redis_client.hgetall(keys.task(task_id))) > 5  # several pieces
 
 
+def _joined(stored: dict[str, str]) -> str:
+    return "".join(stored[f"p{i}"] for i in range(1, len(stored)) if f"p{i}" in stored)
+
+
+@pytest.mark.parametrize("agent_id", ["agent0-00000", "a.b:c-1_x", "ab"])
+async def test_repeated_values_are_referred_to_and_read_back_exactly(
+    scripts, registry, redis_client, agent_id
+):
+    """The agent's id, the fencing token and two times come back in the transitions and
+    attempts: the packing refers to them (byte 0 and the field's code; an id too short to
+    gain is left as it is), and both readers give back every field. A task retried on
+    another agent refers to the last one."""
+    for agent in ("first-agent", agent_id):
+        await make_agent(registry, redis_client, agent, max_concurrency=5)
+    quick = RetryPolicy(initial_backoff_s=0.001, max_backoff_s=0.001)
+    task_id = (await submit_reply(scripts, request_id="r-1", retry=quick))[1]
+    await assign(scripts, task_id, "first-agent", nonce="nonce-1")
+    token = await redis_client.hget(keys.task(task_id), "fencing_token")
+    await report(scripts, task_id, "first-agent", token, "fail", failure())
+    await asyncio.sleep(0.01)  # the retry's backoff
+    await scripts.promote_due_tasks(args=[10])
+    assert (await assign(scripts, task_id, agent_id, nonce="nonce-2"))[0] == "ok"
+    token = await redis_client.hget(keys.task(task_id), "fencing_token")
+    await report(scripts, task_id, agent_id, token, "ack")
+    reply = await scripts.report_task(args=[task_id, agent_id, token, "complete", "{}"])
+    before = dict(zip(reply[3][::2], reply[3][1::2], strict=True))
+    assert await scripts.compact_finished_tasks(args=[10, 0]) == 1
+
+    packed = _joined(await redis_client.hgetall(keys.task(task_id)))
+    assert ("\x00O" in packed) == (len(agent_id) >= finished_records.MIN_REFERENCED)
+    assert "\x00P" in packed and "\x00a" in packed
+    same_ms = before["updated_at_ms"] == before["assigned_at_ms"]  # then one reference
+    assert ("\x00X" in packed) != same_ms
+    assert "first-agent" in packed  # the first attempt's agent, as it was
+    assert await task_record(redis_client, task_id) == before
+    again = await scripts.report_task(args=[task_id, agent_id, token, "complete", "{}"])
+    assert again[0] == "repeat" and dict(zip(again[3][::2], again[3][1::2], strict=True)) == before
+
+
+async def test_a_record_packed_before_byte_0_was_used_reads_the_same(
+    scripts, registry, redis_client
+):
+    """A compact record as the packing left it before its references and pieces of JSON
+    (byte 0): both readers read it as they read the new one."""
+    task_id, _, before = await _finish(
+        scripts, registry, redis_client, "complete", "{}", request_id="r-2"
+    )
+    stored = await redis_client.hgetall(keys.task(task_id))
+    packed = _joined(stored)
+    created, text = packed.split("\x1e", 1)
+    by_char = {
+        str(i): finished_records.shortened(t) for i, t in enumerate(finished_records.ESCAPED_TEXT)
+    }
+    for entry in text.split("\x1e")[:-1]:
+        for name, quoted in finished_records.REFERENCED.items():
+            if entry[:1] == finished_records.FIELD_CODES[name]:
+                by_char[entry[0]] = f'"{entry[1:]}"' if quoted else entry[1:]
+    old = created + "\x1e" + re.sub("\x00(.)", lambda m: by_char[m[1]], text)
+    assert "\x00" in packed and "\x00" not in old and len(old) > len(packed)
+    await redis_client.delete(keys.task(task_id))
+    pieces = {f"p{n + 1}": old[i : i + 64] for n, i in enumerate(range(0, len(old), 64))}
+    await redis_client.hset(keys.task(task_id), mapping={"state": stored["state"], **pieces})
+    assert await task_record(redis_client, task_id) == before
+    token = before["fencing_token"]
+    again = await scripts.report_task(args=[task_id, "a", token, "complete", "{}"])
+    assert again[0] == "repeat" and dict(zip(again[3][::2], again[3][1::2], strict=True)) == before
+
+
 async def test_a_large_result_stays_a_field_of_its_own(scripts, registry, redis_client):
     result = json.dumps({"blob": "x" * 20_000})
     task_id, _, before = await _finish(scripts, registry, redis_client, "complete", result)
@@ -190,7 +261,7 @@ async def test_finished_no_op_tasks_leave_their_compact_hash_and_listpack_archiv
         keys.tasks_by_agent(agent_id),
     ]
     assert not await redis_client.exists(*listed_in)
-    assert await redis_client.lrange(keys.TASK_ARCHIVED, 0, -1) == task_ids
+    assert sorted(await redis_client.lrange(keys.TASK_ARCHIVED, 0, -1)) == sorted(task_ids)
     archive_bytes = await usage(keys.TASK_ARCHIVED)
     for index in (keys.archived_in_state("COMPLETED"), keys.archived_by_agent(agent_id)):
         chunks = await redis_client.zrange(index, 0, -1)

@@ -34,12 +34,39 @@ local function joined_pieces(stored, tables)
   return packed, created_end, created
 end
 
+-- What byte 0 and each character stand for in a packed text (finished_records.REFERENCED,
+-- ESCAPED_TEXT): the pieces of JSON of ``tables``, and the values of the referenced fields
+-- as the text holds them (a string with its quotes).
+local function escapes_of(packed, created_end, tables)
+  local by_char = {}
+  for char, text in pairs(tables.escaped) do
+    by_char[char] = text
+  end
+  for code, quoted in pairs(tables.referenced) do
+    local start = string.find(packed, PACKED_END .. code, created_end, true)
+    if start then
+      local value = string.match(packed, '^[^\30]*', start + 2)
+      by_char[code] = quoted and ('"' .. value .. '"') or value
+    end
+  end
+  return by_char
+end
+
+-- ``text`` (part of a packed text) with byte 0 and its character expanded, then every
+-- other byte below 32: as the fields' values were before they were packed.
+local function expanded(text, packed, created_end, tables)
+  if string.find(text, '%z') then
+    text = string.gsub(text, '%z(.)', escapes_of(packed, created_end, tables))
+  end
+  return (string.gsub(text, '[\1-\29\31]', tables.by_byte))
+end
+
 -- The fields of a task in the compact form, given its hash as a table: every field its
 -- hash held before it was packed.
 local function unpack_finished(task_id, stored)
   local p = unpacking_tables()
   local packed, created_end, created = joined_pieces(stored, p)
-  local text = string.gsub(string.sub(packed, created_end + 1), '[\1-\29\31]', p.by_byte)
+  local text = expanded(string.sub(packed, created_end + 1), packed, created_end, p)
   local fields = {}
   for name, value in pairs(p.defaults) do
     fields[name] = value
@@ -77,14 +104,69 @@ local function unpack_some(task_id, stored, names)
       local start = string.find(packed, head, created_end, true)
       if start then
         local stop = string.find(packed, PACKED_END, start + #head, true)
-        fields[name] = (string.gsub(string.sub(packed, start + #head, stop - 1),
-          '[\1-\29\31]', u.by_byte))
+        fields[name] = expanded(string.sub(packed, start + #head, stop - 1), packed,
+          created_end, u)
       else
         fields[name] = u.defaults[name]
       end
     end
   end
   return fields
+end
+
+-- ``text`` with every ``piece`` in it (plain text, found by memory search: a Lua pattern
+-- costs several times more) replaced by ``by``; with ``number``, only where it is a number
+-- after a JSON key's byte (1 to 29), before ',' or '}'.
+local function replaced(text, piece, by, number)
+  local parts, from = {}, 1
+  local first, last = string.find(text, piece, 1, true)
+  while first do
+    local before, after = string.byte(text, first - 1), string.byte(text, last + 1)
+    if not number or (before and before <= 29 and (after == 44 or after == 125)) then
+      parts[#parts + 1] = string.sub(text, from, first - 1)
+      parts[#parts + 1] = by
+      from = last + 1
+    end
+    first, last = string.find(text, piece, last + 1, true)
+  end
+  if from == 1 then
+    return text
+  end
+  parts[#parts + 1] = string.sub(text, from)
+  return table.concat(parts)
+end
+
+-- The table of the pass that shortens JSON strings (p.value_bytes), with byte 0 and a
+-- field's code for the strings equal to that field's value (finished_records.REFERENCED:
+-- the agent's id, the fencing token), when it is plain and long enough to gain.
+local function string_references(stored, p)
+  local references = nil
+  for _, reference in ipairs(p.string_references) do
+    local value = stored[reference[1]]
+    if value and #value >= p.min_referenced and not string.find(value, '[^%w%.:_%-]') then
+      references = references or setmetatable({}, {__index = p.value_bytes})
+      references[value] = '\0' .. reference[2]
+    end
+  end
+  return references or p.value_bytes
+end
+
+-- A shortened packed text with byte 0 and a character for longer pieces, its strings done
+-- (string_references): the times of p.number_references where the JSON repeats them,
+-- after a key's byte, then the usual pieces of JSON (finished_records.ESCAPED_TEXT; the
+-- starts of transitions, in one pass: p.transition_starts).
+local function escaped(packed, p)
+  for _, code in ipairs(p.number_references) do
+    local start = string.find(packed, PACKED_END .. code, 1, true)
+    local value = start and string.match(packed, '^[^\30]*', start + 2)
+    if value and #value >= p.min_referenced and not string.find(value, '[^%d\31]') then
+      packed = replaced(packed, value, '\0' .. code, true)
+    end
+  end
+  for _, piece in ipairs(p.escaped) do
+    packed = replaced(packed, piece[1], piece[2])
+  end
+  return (string.gsub(packed, '},{\1(.),\2', p.transition_starts))
 end
 
 -- Rewrites a finished task's hash in the compact form (nothing for a task already in it:
@@ -134,9 +216,9 @@ local function pack_finished(task_id)
   end
   local packed = table.concat(parts)
   packed = string.gsub(packed, '"([%w_]+)":', p.key_bytes)
-  packed = string.gsub(packed, '"([^"]*)"', p.value_bytes)
+  packed = string.gsub(packed, '"([^"]*)"', string_references(stored, p))
   packed = string.gsub(packed, string.sub(created, 1, p.stamp_digits), PACKED_STAMP_BYTE)
-  packed = created .. PACKED_END .. packed
+  packed = escaped(created .. PACKED_END .. packed, p)
   local size = p.piece_bytes
   if #packed > size * p.max_pieces then
     size = #packed  -- too long for a listpack anyway: one piece
