@@ -109,20 +109,25 @@ local function archive_into(index, chunk, low, entries, last)
 end
 
 -- Adds tasks to index ``index``: ``entries`` is a list of {seq, task_id, seq as a
--- number}, in ascending seq. One ZADD per chunk they fall in.
+-- number}, in ascending seq. One ZADD per chunk they fall in; the last chunk, where most
+-- go, takes every entry from its start on.
 local function archive_add(index, entries)
+  local last = redis.call('ZREVRANGE', index, 0, 0, 'WITHSCORES')
   local i = 1
   while i <= #entries do
     local seq = entries[i][1]
-    local chunk, low = archive_chunk(index, seq)
-    if not chunk then  -- below every chunk: the first chunk's range grows down to it
-      chunk = redis.call('ZRANGE', index, 0, 0)[1] or redis.call('INCR', K.archive_chunks)
-      redis.call('ZADD', index, seq, chunk)
-      low = seq
+    local chunk, low, upto = last[1], last[2], nil
+    if not chunk or entries[i][3] < tonumber(low) then
+      chunk, low = archive_chunk(index, seq)
+      if not chunk then  -- below every chunk: the first chunk's range grows down to it
+        chunk = redis.call('ZRANGE', index, 0, 0)[1] or redis.call('INCR', K.archive_chunks)
+        redis.call('ZADD', index, seq, chunk)
+        low = seq
+      end
+      local after = redis.call('ZRANGEBYSCORE', index, '(' .. low, '+inf', 'WITHSCORES',
+        'LIMIT', 0, 1)
+      upto = tonumber(after[2])  -- nil: the last chunk
     end
-    local after = redis.call('ZRANGEBYSCORE', index, '(' .. low, '+inf', 'WITHSCORES',
-      'LIMIT', 0, 1)
-    local upto = tonumber(after[2])  -- nil: the last chunk
     local into = {}
     while i <= #entries and (not upto or entries[i][3] < upto) do
       into[#into + 1] = entries[i]
