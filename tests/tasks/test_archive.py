@@ -115,6 +115,28 @@ async def test_tasks_finishing_in_any_order_are_archived_by_seq_in_listpack_chun
     assert await redis_client.keys("tasks:archive*") == [keys.TASK_ARCHIVE_CHUNKS]
 
 
+async def test_a_forgotten_task_takes_its_idempotency_record_with_it(scripts, redis_client):
+    """While the window lasts, a request_id's record outlived its task once the retention
+    forgot it: a submit found no task and created one. Now the record goes with the task
+    (the same submit creates a task), unless it names a newer task already."""
+    archived, waiting, reused = [
+        (await submit_reply(scripts, request_id=f"r-{n}", submitted_by=by))[1]
+        for n, by in ((1, ""), (2, "alice"), (3, ""))
+    ]
+    for task_id in (archived, waiting, reused):
+        await scripts.cancel_task(args=[task_id, "done", "", ""])
+    await scripts.compact_finished_tasks(args=[1, 0])  # the first archived, the others not
+    newer = (await submit_reply(scripts))[1]
+    await redis_client.set(keys.task_request("r-3"), newer)  # as when reused after the window
+    assert await scripts.forget_finished_tasks(args=[2**50, 10, 0]) == 3
+
+    assert await redis_client.get(keys.task_request("r-1")) is None
+    assert await redis_client.get(keys.task_request("r-2", "alice")) is None
+    assert await redis_client.get(keys.task_request("r-3")) == newer
+    again = await submit_reply(scripts, request_id="r-1")
+    assert again[0] == 1 and again[1] != archived  # a new task, as before
+
+
 async def test_the_retention_takes_the_oldest_finished_first_archived_or_not(
     scripts, registry, redis_client
 ):
