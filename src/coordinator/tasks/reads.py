@@ -83,9 +83,12 @@ class TaskReads:
         cursor = after
         last_listed: tuple[float, str] | None = None
         more = False
+        # A page, whether more follow and the entry the page token names: enough unfiltered.
+        batch = min(BATCH, query.page_size + 2)
         while not more:
             high: float | str = "+inf" if cursor is None else cursor[0]
-            reply = await self._scripts.list_index_entries(args=[high, BATCH, *indexes])
+            reply = await self._scripts.list_index_entries(args=[high, batch, *indexes])
+            batch = BATCH
             entries = [
                 (float(score), str(member))
                 for member, score in zip(reply[::2], reply[1::2], strict=True)

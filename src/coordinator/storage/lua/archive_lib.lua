@@ -148,7 +148,8 @@ local function archive_remove(index, seq, task_id)
 end
 
 -- Appends to ``out`` the entries of index ``index`` whose seq is at most ``high`` (a
--- number or '+inf'), highest first, at most ``most``: each as {seq, task_id}.
+-- number or '+inf'), highest first, at most ``most``: task_id, seq, task_id, seq, ... as
+-- ZREVRANGEBYSCORE WITHSCORES gives them.
 local function archive_read(index, high, most, out)
   local bound, taken = high, 0
   while taken < most do
@@ -159,8 +160,9 @@ local function archive_read(index, high, most, out)
     end
     local entries = redis.call('ZREVRANGEBYSCORE', K.archive_chunk .. chunk[1], high, '-inf',
       'WITHSCORES', 'LIMIT', 0, most - taken)
-    for i = 1, #entries, 2 do
-      out[#out + 1] = {entries[i + 1], entries[i]}
+    local length = #out
+    for i = 1, #entries do
+      out[length + i] = entries[i]
     end
     taken = taken + #entries / 2
     bound = '(' .. chunk[2]

@@ -13,27 +13,39 @@ local high = ARGV[1]
 local most = tonumber(ARGV[2])
 local sets = tonumber(ARGV[3])
 
-local found = {}
-for i = 4, 3 + sets do
-  local entries = redis.call('ZREVRANGEBYSCORE', ARGV[i], high, '-inf', 'WITHSCORES',
-    'LIMIT', 0, most)
-  for j = 1, #entries, 2 do
-    found[#found + 1] = {entries[j + 1], entries[j]}
+-- Each source's entries, highest seq first, as task_id, seq, task_id, seq, ...
+local sources = {}
+for i = 4, #ARGV do
+  local entries
+  if i <= 3 + sets then
+    entries = redis.call('ZREVRANGEBYSCORE', ARGV[i], high, '-inf', 'WITHSCORES', 'LIMIT', 0,
+      most)
+  else
+    entries = {}
+    archive_read(ARGV[i], high, most, entries)
+  end
+  if #entries > 0 then
+    sources[#sources + 1] = {entries = entries, at = 1, seq = tonumber(entries[2])}
   end
 end
-for i = 4 + sets, #ARGV do
-  archive_read(ARGV[i], high, most, found)
+if #sources == 1 then  -- nothing to merge (a final state's listing, once archived)
+  return sources[1].entries
 end
-table.sort(found, function(a, b)
-  local x, y = tonumber(a[1]), tonumber(b[1])
-  if x ~= y then
-    return x > y
-  end
-  return a[2] > b[2]
-end)
+-- Merged, highest seq first: a task is in one source only, so no two share a seq.
 local out = {}
-for i = 1, math.min(most, #found) do
-  out[#out + 1] = found[i][2]
-  out[#out + 1] = found[i][1]
+while #out < 2 * most do
+  local best = nil
+  for _, source in ipairs(sources) do
+    if source.seq and (not best or source.seq > best.seq) then
+      best = source
+    end
+  end
+  if not best then
+    break
+  end
+  out[#out + 1] = best.entries[best.at]
+  out[#out + 1] = best.entries[best.at + 1]
+  best.at = best.at + 2
+  best.seq = tonumber(best.entries[best.at + 1])
 end
 return out
