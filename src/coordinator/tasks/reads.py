@@ -213,22 +213,18 @@ class TaskReads:
 
 
 def _indexes(query: ListTasksQuery) -> list[str | int]:
-    """ARGV[3..] of ``lua/list_index_entries.lua`` for a listing: the one index that holds
-    every task it may show, as its sorted set and, for finished tasks once archived, the
-    archive's indexes (dead-lettered tasks are never archived)."""
+    """ARGV[3..] of ``lua/list_index_entries.lua`` for a listing: the one sorted set that
+    lists every task it may show, and the archive's indexes that list its finished tasks
+    once archived (a dead-lettered task stays in ``tasks:dead-letter``, archived or not)."""
     if query.dead_letter:
         return [1, keys.TASK_DEAD_LETTER]
     if query.agent_id:
         return [1, keys.tasks_by_agent(query.agent_id), keys.archived_by_agent(query.agent_id)]
-    states = query.states or set(TaskState)
-    archived = [keys.archived_in_state(s.name) for s in sorted(states, key=_by_name) if s.final]
+    final = sorted(s.name for s in query.states or TaskState if s.final)
+    archived = [keys.archived_in_state(name) for name in final]
     if len(query.states) == 1:
         return [1, keys.tasks_in_state(next(iter(query.states)).name), *archived]
     return [1, keys.TASK_ALL, *archived]
-
-
-def _by_name(state: TaskState) -> str:
-    return state.name
 
 
 def _matches(task: Task, query: ListTasksQuery) -> bool:
