@@ -150,4 +150,41 @@ def queued_keys(priority="NORMAL", requirements_class="c0") -> list[str]:
     return [keys.task_queue(priority), keys.task_queue(priority, requirements_class)]
 
 
+# --- counts and the archive -------------------------------------------------------------
+
+
+async def tasks_in_state(redis, state: str) -> int:
+    """How many tasks are in ``state``, archived or not (``tasks:state:{STATE}`` holds only
+    those not archived), read in one MULTI: a task archived meanwhile counts once."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zcard(keys.tasks_in_state(state))
+        pipe.hget(keys.TASK_ARCHIVED_STATES, state)
+        listed, archived = await pipe.execute()
+    return int(listed) + int(archived or 0)
+
+
+async def finished_kept(redis) -> int:
+    """How many finished tasks Redis keeps: archived, or waiting for the archive."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zcard(keys.TASK_FINISHED)
+        pipe.llen(keys.TASK_ARCHIVED)
+        waiting, archived = await pipe.execute()
+    return int(waiting) + int(archived)
+
+
+async def archive_chunks(redis, index: str) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    """The chunks of one of the archive's indexes, lowest first: each chunk's key, its
+    score (where its range starts) and its entries (task_id, seq), lowest first."""
+    chunks = []
+    for number, start in await redis.zrange(index, 0, -1, withscores=True):
+        chunk = f"{keys.TASK_ARCHIVE_CHUNK_PREFIX}{number}"
+        chunks.append((chunk, start, await redis.zrange(chunk, 0, -1, withscores=True)))
+    return chunks
+
+
+async def archived_ids(redis, index: str) -> list[str]:
+    """The task ids in one of the archive's indexes, by seq."""
+    return [task_id for *_, entries in await archive_chunks(redis, index) for task_id, _ in entries]
+
+
 # --- every script ----------------------------------------------------------------------------

@@ -1117,7 +1117,10 @@ def check_node(node: LiveNode) -> None:
         problems.extend(agent.news())
 
     # Tasks stored or changed since the last check: each through GetTask.
-    task_ids = [t.decode() for t in node.redis.zrange(keys.TASK_ALL, 0, -1)]
+    with node.redis.pipeline(transaction=True) as pipe:  # archived meanwhile: seen once
+        pipe.zrange(keys.TASK_ALL, 0, -1)
+        pipe.lrange(keys.TASK_ARCHIVED, 0, -1)
+        task_ids = [t.decode() for listed in pipe.execute() for t in listed]
     with node.redis.pipeline(transaction=False) as pipe:
         for task_id in task_ids:
             pipe.hget(keys.task(task_id), "updated_at_ms")

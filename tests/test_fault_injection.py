@@ -154,6 +154,17 @@ class AgentEvents:
         return sum(1 for t, _ in self.started - settled if among is None or t in among)
 
 
+def stored_tasks(check: redis.Redis) -> tuple[int, int]:
+    """The tasks Redis holds and those of them finished, archived or not, in one MULTI."""
+    with check.pipeline(transaction=True) as pipe:
+        pipe.zcard(keys.TASK_ALL)
+        pipe.llen(keys.TASK_ARCHIVED)
+        for state in FINAL_STATES:
+            pipe.zcard(keys.tasks_in_state(state))
+        listed, archived, *finished = pipe.execute()
+    return listed + archived, archived + sum(finished)
+
+
 async def wait_in_flight(
     agent: AgentProcess, among: Callable[[], set[str]] | None = None, timeout_s: float = 15.0
 ) -> None:
@@ -270,13 +281,12 @@ async def test_no_task_lost_or_completed_twice_through_node_agent_and_redis_faul
             # Every task ends (or the test reports which did not).
             check = redis.Redis.from_url(store.url())
             try:
-                finals = [keys.tasks_in_state(s) for s in FINAL_STATES]
                 deadline = time.monotonic() + 90
                 while time.monotonic() < deadline:
-                    if sum(check.zcard(k) for k in finals) >= TASKS:
+                    if stored_tasks(check)[1] >= TASKS:
                         break
                     await asyncio.sleep(0.2)
-                created = check.zcard(keys.TASK_ALL)
+                created = stored_tasks(check)[0]
             finally:
                 check.close()
 

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from agent_harness import eventually, submit_request
 from aitbc.coordinator.v1 import agent_pb2, task_pb2
 from coordinator.config import ConfigError, Settings, load_settings
+from coordinator.storage import keys
 from metrics_support import (
     AGENTS,
     TASKS,
@@ -24,6 +25,9 @@ from metrics_support import (
     value,
 )
 from support import free_port, wait_until
+
+NOBODY = task_pb2.TaskRequirements(capabilities=["nobody-has-this"])
+"""Requirements no agent in these tests meets: the task waits in line."""
 
 
 async def test_a_task_round_shows_in_the_scraped_metrics(start_node, pool):
@@ -86,6 +90,30 @@ async def test_a_task_round_shows_in_the_scraped_metrics(start_node, pool):
 
     samples = await eventually(stream_counted, what="the closed stream to leave the gauge")
     assert handled(samples, AGENTS, "StreamAssignments", "CANCELLED", "server_stream") == 1
+
+
+async def test_tasks_by_state_count_archived_tasks_too(start_node, pool, redis_client):
+    """Finished tasks leave tasks:state:{STATE} for the archive once the reaper compacts
+    them: the gauge counts them as long as they are kept."""
+    node = await start_node(metrics_enabled=True, metrics_port=0)
+    agent = await pool.start(node.channel, "metrics-agent")
+    for _ in range(3):
+        await node.tasks.SubmitTask(submit_request())
+        assignment = await agent.next_assignment()
+        await agent.acknowledge(assignment)
+        await agent.complete(assignment)
+    cancelled = (await node.tasks.SubmitTask(submit_request(requirements=NOBODY))).task
+    await node.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=cancelled.task_id))
+
+    async def archived() -> bool:
+        return await redis_client.llen(keys.TASK_ARCHIVED) == 4
+
+    await eventually(archived, what="the reaper archived the finished tasks")
+    assert not await redis_client.exists(keys.tasks_in_state("COMPLETED"))
+    samples = await scrape(node.coordinator.metrics_port)
+    assert value(samples, "aitbc_coordinator_tasks", state="COMPLETED") == 3
+    assert value(samples, "aitbc_coordinator_tasks", state="CANCELLED") == 1
+    assert value(samples, "aitbc_coordinator_tasks", state="FAILED") == 0
 
 
 async def test_nodes_in_one_process_count_only_their_own_calls(start_node, pool):

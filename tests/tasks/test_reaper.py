@@ -14,6 +14,7 @@ from coordinator.agents.registry import AgentRegistry
 from coordinator.server import connect_redis
 from coordinator.storage import keys
 from coordinator.tasks.reaper import TaskReaper
+from script_support import finished_kept
 
 
 @pytest.fixture
@@ -81,4 +82,4 @@ async def test_the_reaper_keeps_at_most_the_newest_finished_tasks(start_node, re
         return present if present == [0, 0, 1, 1] else []
 
     await eventually(kept, timeout_s=5, what="only the two newest finished tasks")
-    assert await redis_client.zcard(keys.TASK_FINISHED) == 2
+    assert await finished_kept(redis_client) == 2

@@ -21,6 +21,7 @@ from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_g
 from coordinator.delivery.streams import Session
 from coordinator.storage import keys
 from coordinator.tasks.store import TaskStore
+from script_support import tasks_in_state
 from support import CoordinatorProcess
 
 PENDING = task_pb2.TASK_STATE_PENDING
@@ -354,7 +355,7 @@ async def assert_all_completed_once(
     assert [t for t, count in completions.items() if count > 1] == []
     found = {t: await get_task(tasks, t) for t in task_ids}
     assert {t.state for t in found.values()} == {COMPLETED}
-    assert await redis_client.zcard(keys.tasks_in_state("COMPLETED")) == len(task_ids)
+    assert await tasks_in_state(redis_client, "COMPLETED") == len(task_ids)
     for worker in workers:
         for task_id, attempt in worker.completed:
             assert (found[task_id].agent_id, found[task_id].attempt) == (worker.agent_id, attempt)

@@ -19,6 +19,7 @@ from agent_harness import AutoAgent, ScriptedAgent, submit_request
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_grpc
 from coordinator.config import load_settings
 from coordinator.storage import keys
+from script_support import tasks_in_state
 
 PENDING = task_pb2.TASK_STATE_PENDING
 ASSIGNED = task_pb2.TASK_STATE_ASSIGNED
@@ -256,7 +257,7 @@ async def test_two_thousand_tasks_through_three_nodes_complete_exactly_once(
     assert [(w.agent_id, w.refused) for w in workers if w.refused] == []
     assert [(w.agent_id, w.redelivered) for w in workers if w.redelivered] == []
     assert [(w.agent_id, w.cancels) for w in workers if w.cancels] == []
-    assert await redis_client.zcard(keys.tasks_in_state("COMPLETED")) == TASK_COUNT
+    assert await tasks_in_state(redis_client, "COMPLETED") == TASK_COUNT
 
     # No agent ever held more than its slots, by its own count or the coordinator's.
     for worker in workers:

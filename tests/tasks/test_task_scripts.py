@@ -711,19 +711,18 @@ async def test_forget_finished_tasks_removes_every_trace(scripts, registry, redi
 
     for task_id in forgotten:
         assert not await redis_client.exists(keys.task(task_id))
-    # No index still names a forgotten task. (The request_id record is left to expire with
-    # its idempotency window; a submit checks that its task still exists.)
+    # No index or record still names a forgotten task: its request_id's record went with it.
     for key, (kind, value) in (await dump(redis_client)).items():
         if kind == "zset":
             members = {member for member, _ in value}
-        elif kind == "set":
+        elif kind in ("set", "hash"):
             members = set(value)
-        elif kind == "hash":
-            members = set(value)
+        elif kind == "string":
+            members = {value}
         else:
             continue
         assert not members & forgotten, key
-    assert await redis_client.get(keys.task_request("req-1")) == cancelled
+    assert await redis_client.get(keys.task_request("req-1")) is None
     assert await redis_client.hget(keys.task(kept), "state") == "PENDING"
     assert await redis_client.zrange(keys.TASK_ALL, 0, -1) == [kept]
     assert not await redis_client.exists(

@@ -271,6 +271,10 @@ class NodeMetrics:
             collector.close()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _memory_reading(memory: MemoryWatch, field: str) -> float:
     """One field of the last Redis memory reading, 0 before the first."""
     return float(getattr(memory.last, field)) if memory.last else 0.0
@@ -295,9 +299,11 @@ class TaskIndexCollector(Collector):
         states = [state.name for state in TaskState]
         priorities = [priority.name for priority in PRIORITIES_MOST_URGENT_FIRST]
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
+            # One MULTI: a task that compaction archives meanwhile is counted once.
+            with self._redis.pipeline(transaction=True) as pipe:
                 for state in states:
                     pipe.zcard(keys.tasks_in_state(state))
+                pipe.hgetall(keys.TASK_ARCHIVED_STATES)
                 for priority in priorities:
                     pipe.zcard(keys.task_queue(priority))
                 sizes = pipe.execute()
@@ -305,9 +311,10 @@ class TaskIndexCollector(Collector):
             log.warning("metrics: cannot read the task indexes from Redis (%r)", exc)
             return
         tasks, queued = self._families()
+        archived = {_text(k): int(v) for k, v in sizes[len(states)].items()}
         for state, size in zip(states, sizes[: len(states)], strict=True):
-            tasks.add_metric([state], size)
-        for priority, size in zip(priorities, sizes[len(states) :], strict=True):
+            tasks.add_metric([state], size + archived.get(state, 0))
+        for priority, size in zip(priorities, sizes[len(states) + 1 :], strict=True):
             queued.add_metric([priority], size)
         yield from (tasks, queued)
 

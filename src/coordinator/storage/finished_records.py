@@ -22,8 +22,16 @@ text in Lua's string library: the JSON keys of ``KEY_TOKENS`` (with their quotes
 colon), then the JSON strings of ``VALUE_TOKENS`` (with their quotes), each becoming the
 byte of its place in ``FRAGMENTS`` (1 to 29), then the first eight digits of
 ``created_at_ms`` (the stamp), byte 31, so that timestamps near the task's creation take
-six bytes. Reading replaces each byte by what it stands for, in one pass, which gives back
-the text exactly: what a pass replaced never holds a byte of an earlier pass.
+six bytes. Byte 0 and one character stand for longer pieces: the code of a field of
+``REFERENCED``, that field's value where the JSON of the others repeats it (the agent's id
+and the fencing token, JSON strings, replaced in the pass over strings; two times, numbers
+after their key's byte, replaced after the stamp), or a digit, a piece of ``ESCAPED_TEXT``
+once shortened (the usual start of the transitions, of the requirements, ...). No other
+byte 0 is in the text (it is below 32), and a referenced value (letters, digits, ``.:_-``
+and the stamp byte) holds no piece of another. Reading expands byte 0 first, with the
+referenced values as the text holds them, then replaces each byte below 32 by what it
+stands for, in one pass, which gives back the text exactly: what a pass replaced never
+holds a byte of an earlier pass. Records packed before byte 0 was used read the same.
 
 This module is the one home of these tables: ``coordinator.storage.scripts`` gives them to
 the task scripts (``lua_tables``), and ``expand`` is the Python reader.
@@ -32,6 +40,7 @@ the task scripts (``lua_tables``), and ``expand`` is the Python reader.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 PACKED_PREFIX = "p"
 """The packed record's pieces are the fields ``p1``, ``p2``, ... in order."""
@@ -144,6 +153,34 @@ VALUE_TOKENS: tuple[str, ...] = (
 
 STAMP_BYTE = 31
 
+ESCAPE_BYTE = 0
+
+REFERENCED: dict[str, bool] = {
+    "agent_id": True,
+    "fencing_token": True,
+    "assigned_at_ms": False,
+    "updated_at_ms": False,
+}
+"""Fields whose value the transitions and attempts repeat, in the order the packing refers
+to them, and whether a reference stands for a JSON string (quoted) or a number. Only a
+value of at least ``MIN_REFERENCED`` characters of ``[A-Za-z0-9._:-]`` and the stamp byte
+is referred to (agent ids, tokens and times are)."""
+
+MIN_REFERENCED = 3
+
+ESCAPED_TEXT: tuple[str, ...] = (
+    '[{"state":"PENDING","agent_id":"","attempt":0,"reason":"submitted","at_ms":',
+    '"assigned by node ',
+    '"services":[],"labels":{},"agent_id":"","min_health_score":0.0,"preferred_capabilities":[]}',
+    '{"agent_type":"","capabilities":',
+    '},{"state":"ASSIGNED","agent_id":',
+    '},{"state":"COMPLETED","agent_id":',
+    '},{"state":"RUNNING","agent_id":',
+)
+"""JSON that most tasks' transitions and requirements hold (cjson's order of a transition's
+keys, ``json.dumps``' of the requirements); byte 0 and the digit of its place stand for
+each, once shortened like the rest (``shortened``)."""
+
 FRAGMENTS: tuple[str, ...] = (
     *(f'"{key}":' for key in KEY_TOKENS),
     *(f'"{value}"' for value in VALUE_TOKENS),
@@ -155,8 +192,23 @@ assert len(FRAGMENTS) < END_BYTE, "one byte per fragment; 30 ends entries, 31 is
 _CODE_NAMES = {code: name for name, code in FIELD_CODES.items()}
 _PIECE = re.compile(rf"{PACKED_PREFIX}[1-9][0-9]*")
 _SHORTENED = re.compile("[\x01-\x1d\x1f]")
+_ESCAPES = re.compile("\x00(.)", re.DOTALL)
 _BY_BYTE = {chr(i): fragment for i, fragment in enumerate(FRAGMENTS, start=1)}
 _END = chr(END_BYTE)
+
+
+def shortened(text: str) -> str:
+    """``text`` as the packing's passes shorten it, but the stamp: the JSON keys of
+    ``KEY_TOKENS``, then the strings of ``VALUE_TOKENS``, as their bytes."""
+    byte_of = {fragment: chr(i) for i, fragment in enumerate(FRAGMENTS, start=1)}
+    text = re.sub(r'"[A-Za-z0-9_]+":', lambda m: byte_of.get(m[0], m[0]), text)
+    return re.sub(r'"[^"]*"', lambda m: byte_of.get(m[0], m[0]), text)
+
+
+_ESCAPED_BY_DIGIT = {str(i): shortened(text) for i, text in enumerate(ESCAPED_TEXT)}
+_TRANSITION_START = re.compile("},{\x01(.),\x02")
+"""How a transition after the first starts, shortened: its state's byte is the group."""
+assert len(ESCAPED_TEXT) <= 10 and not set(FIELD_CODES.values()) & set(_ESCAPED_BY_DIGIT)
 
 
 def is_compact(record: dict[str, str]) -> bool:
@@ -171,6 +223,8 @@ def expand(record: dict[str, str], task_id: str) -> dict[str, str]:
         return record
     pieces = sorted((int(k[1:]), v) for k, v in record.items() if _PIECE.fullmatch(k))
     created, text = "".join(v for _, v in pieces).split(_END, 1)
+    if chr(ESCAPE_BYTE) in text:
+        text = _ESCAPES.sub(_escapes(text), text)
     by_byte = {**_BY_BYTE, chr(STAMP_BYTE): created[:STAMP_DIGITS]}
     text = _SHORTENED.sub(lambda m: by_byte[m[0]], text)
     fields = dict(DEFAULTS)
@@ -189,48 +243,98 @@ def expand(record: dict[str, str], task_id: str) -> dict[str, str]:
     return fields
 
 
+def _escapes(text: str) -> Callable[[re.Match[str]], str]:
+    """What byte 0 and each character stand for in one record's packed entries."""
+    by_char = dict(_ESCAPED_BY_DIGIT)
+    for entry in text.split(_END)[:-1]:
+        name = _CODE_NAMES.get(entry[:1], "")
+        if name in REFERENCED:
+            by_char[entry[0]] = f'"{entry[1:]}"' if REFERENCED[name] else entry[1:]
+    return lambda m: by_char[m[1]]
+
+
 def lua_tables() -> str:
     """The tables of this module as Lua, for the task scripts (finished_lib.lua): two
     functions, ``packing_constants()`` and ``unpacking_constants()``, each building its
     tables when first called (most script calls neither pack nor read a finished task), from
     literals: no loop or string work in Lua."""
-
-    def string(value: str) -> str:
-        escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-        return "'" + "".join(c if ord(c) >= 32 else f"\\{ord(c):03d}" for c in escaped) + "'"
-
-    def table(pairs: dict[str, str]) -> str:
-        return "{" + ", ".join(f"[{string(k)}] = {string(v)}" for k, v in pairs.items()) + "}"
-
     tokens = {f'"{t}":': t for t in KEY_TOKENS} | {f'"{t}"': t for t in VALUE_TOKENS}
     byte_of = {fragment: chr(i) for i, fragment in enumerate(FRAGMENTS, start=1)}
     key_bytes = {t: byte_of[f'"{t}":'] for t in KEY_TOKENS}
     value_bytes = {t: byte_of[f'"{t}"'] for t in VALUE_TOKENS}
     assert len(tokens) == len(FRAGMENTS)
     free_text = ", ".join(f"{name} = true" for name in FREE_TEXT)
-    piece_names = ", ".join(string(f"{PACKED_PREFIX}{i}") for i in range(1, 17))
+    piece_names = ", ".join(_lua_string(f"{PACKED_PREFIX}{i}") for i in range(1, 17))
+    packing_escapes, unpacking_escapes = _escape_tables()
     return "\n".join(
         (
             "local function packing_constants()",
             "  return {",
-            f"    field_codes = {table(FIELD_CODES)},",
-            f"    defaults = {table(DEFAULTS)},",
+            f"    field_codes = {_lua_table(FIELD_CODES)},",
+            f"    defaults = {_lua_table(DEFAULTS)},",
             f"    free_text = {{{free_text}}},",
-            f"    key_bytes = {table(key_bytes)},",
-            f"    value_bytes = {table(value_bytes)},",
+            f"    key_bytes = {_lua_table(key_bytes)},",
+            f"    value_bytes = {_lua_table(value_bytes)},",
             f"    piece_bytes = {PIECE_BYTES}, max_pieces = {MAX_PIECES},",
             f"    plain_bytes = {PLAIN_BYTES}, stamp_digits = {STAMP_DIGITS},",
             f"    piece_names = {{{piece_names}}},",
+            *packing_escapes,
             "  }",
             "end",
             "local function unpacking_constants()",
             "  return {",
-            f"    code_names = {table(_CODE_NAMES)},",
-            f"    field_codes = {table(FIELD_CODES)},",
-            f"    defaults = {table(DEFAULTS)},",
-            f"    by_byte = {table({b: f for f, b in byte_of.items()})},",
+            f"    code_names = {_lua_table(_CODE_NAMES)},",
+            f"    field_codes = {_lua_table(FIELD_CODES)},",
+            f"    defaults = {_lua_table(DEFAULTS)},",
+            f"    by_byte = {_lua_table({b: f for f, b in byte_of.items()})},",
             f"    stamp_digits = {STAMP_DIGITS},",
+            *unpacking_escapes,
             "  }",
             "end",
         )
     )
+
+
+def _escape_tables() -> tuple[list[str], list[str]]:
+    """The Lua table fields of byte 0 (``REFERENCED``, ``ESCAPED_TEXT``), for packing and for
+    unpacking."""
+    escape = chr(ESCAPE_BYTE)
+    string_references = ", ".join(
+        f"{{{_lua_string(name)}, {_lua_string(FIELD_CODES[name])}}}"
+        for name, quoted in REFERENCED.items()
+        if quoted
+    )
+    number_references = ", ".join(
+        _lua_string(FIELD_CODES[name]) for name, quoted in REFERENCED.items() if not quoted
+    )
+    quoted_by_code = {FIELD_CODES[name]: quoted for name, quoted in REFERENCED.items()}
+    referenced = ", ".join(
+        f"[{_lua_string(c)}] = {str(q).lower()}" for c, q in quoted_by_code.items()
+    )
+    starts: dict[str, str] = {}
+    pieces = []
+    for digit, text in _ESCAPED_BY_DIGIT.items():
+        match = _TRANSITION_START.fullmatch(text)
+        if match:  # one pass finds them all
+            starts[match[1]] = escape + digit
+        else:
+            pieces.append(f"{{{_lua_string(text)}, {_lua_string(escape + digit)}}}")
+    packing = [
+        f"    string_references = {{{string_references}}},",
+        f"    number_references = {{{number_references}}}, min_referenced = {MIN_REFERENCED},",
+        f"    escaped = {{{', '.join(pieces)}}}, transition_starts = {_lua_table(starts)},",
+    ]
+    unpacking = [
+        f"    referenced = {{{referenced}}},",
+        f"    escaped = {_lua_table(_ESCAPED_BY_DIGIT)},",
+    ]
+    return packing, unpacking
+
+
+def _lua_string(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return "'" + "".join(c if ord(c) >= 32 else f"\\{ord(c):03d}" for c in escaped) + "'"
+
+
+def _lua_table(pairs: dict[str, str]) -> str:
+    return "{" + ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in pairs.items()) + "}"

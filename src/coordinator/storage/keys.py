@@ -141,20 +141,44 @@ TASK_DEAD_LETTER = "tasks:dead-letter"
 """Sorted set: FAILED tasks, scored by their place in line (seq: creation order)."""
 
 TASK_ALL = "tasks:all"
-"""Sorted set: every task scored by seq, its creation order (ListTasks, newest first)."""
+"""Sorted set: every task not archived, scored by seq, its creation order (ListTasks, newest
+first, with the archive's indexes of the final states)."""
 
 TASK_STATE_PREFIX = "tasks:state:"
-"""``tasks:state:{STATE}``: sorted set of the tasks in one state, scored by seq."""
+"""``tasks:state:{STATE}``: sorted set of the tasks in one state not archived, scored by seq."""
 
 TASK_FINISHED = "tasks:finished"
-"""Sorted set: tasks in a final state, scored by when they ended (the retention clean-up)."""
+"""Sorted set: tasks in a final state not yet archived, scored by when they ended (the work
+of the reaper's compaction, then of the retention clean-up)."""
 
-TASK_COMPACTED = "tasks:compacted"
-"""``{finished score} {task_id}`` of the last finished task compacted (the place the
-reaper's compaction reached in ``tasks:finished``)."""
+# The archive: finished tasks, once compacted, leave the sorted sets above (a skiplist costs
+# about 150 bytes an entry) for these, which Redis keeps packed (about 40 bytes an entry).
+
+TASK_ARCHIVED = "tasks:archived"
+"""List: the archived tasks, in the order they finished (oldest first: the retention)."""
+
+TASK_ARCHIVED_STATES = "tasks:archived-states"
+"""Hash: final state to the number of archived tasks in it."""
+
+TASK_ARCHIVE_STATE_PREFIX = "tasks:archive:state:"
+"""``tasks:archive:state:{STATE}`` (a final state): the archived tasks in that state, an
+index of chunks (a sorted set of chunk numbers, each scored by the lowest seq of its range;
+see ``lua/archive_lib.lua``)."""
+
+TASK_ARCHIVE_AGENT_PREFIX = "tasks:archive:agent:"
+"""``tasks:archive:agent:{agent_id}``: the archived tasks whose last attempt was on that
+agent, an index of chunks like the above."""
+
+TASK_ARCHIVE_CHUNK_PREFIX = "tasks:archive-chunk:"
+"""``tasks:archive-chunk:{n}``: sorted set of at most 128 archived tasks of one index, scored
+by seq, a consecutive range of that index."""
+
+TASK_ARCHIVE_CHUNKS = "tasks:archive-chunks"
+"""Counter numbering the chunks."""
 
 TASK_BY_AGENT_PREFIX = "tasks:agent:"
-"""``tasks:agent:{agent_id}``: tasks whose current (or last) attempt is on that agent, by seq."""
+"""``tasks:agent:{agent_id}``: tasks not archived whose current (or last) attempt is on that
+agent, by seq."""
 
 TASK_REQUEST_PREFIX = "tasks:request:"
 """``tasks:request:{request_id}``: the task a request_id created, for the idempotency window,
@@ -236,7 +260,12 @@ TASK_SCRIPT_KEYS = {
     "all": TASK_ALL,
     "state": TASK_STATE_PREFIX,
     "finished": TASK_FINISHED,
-    "compacted": TASK_COMPACTED,
+    "archived": TASK_ARCHIVED,
+    "archived_states": TASK_ARCHIVED_STATES,
+    "archive_state": TASK_ARCHIVE_STATE_PREFIX,
+    "archive_agent": TASK_ARCHIVE_AGENT_PREFIX,
+    "archive_chunk": TASK_ARCHIVE_CHUNK_PREFIX,
+    "archive_chunks": TASK_ARCHIVE_CHUNKS,
     "by_agent": TASK_BY_AGENT_PREFIX,
     "request": TASK_REQUEST_PREFIX,
     "principal_request": TASK_PRINCIPAL_REQUEST_PREFIX,
@@ -309,6 +338,16 @@ def tasks_in_state(state_name: str) -> str:
 def tasks_by_agent(agent_id: str) -> str:
     """The tasks whose current attempt is on one agent."""
     return f"{TASK_BY_AGENT_PREFIX}{agent_id}"
+
+
+def archived_in_state(state_name: str) -> str:
+    """The archive's index of the archived tasks in one final state."""
+    return f"{TASK_ARCHIVE_STATE_PREFIX}{state_name}"
+
+
+def archived_by_agent(agent_id: str) -> str:
+    """The archive's index of the archived tasks whose last attempt was on one agent."""
+    return f"{TASK_ARCHIVE_AGENT_PREFIX}{agent_id}"
 
 
 def task_request(request_id: str, principal: str = "") -> str:

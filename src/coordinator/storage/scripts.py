@@ -8,8 +8,10 @@ and ``lua/availability_lib.lua`` (which keeps ``agents:available`` exact: the re
 scripts change status and liveness, the task scripts slots and streams).
 Task scripts share more helpers: each is sent as ``K``, the tables of ``finished_records``,
 the availability helpers, then ``lua/quota_lib.lua`` (the principals' quotas),
-``lua/finished_lib.lua`` (finished tasks' compact form), then
-``lua/task_lib.lua``, then its own file. Their keys are
+``lua/finished_lib.lua`` (reading finished tasks' compact form), the helpers of
+``TASK_SCRIPT_LIBS`` it uses (``lua/packing_lib.lua``, writing that form;
+``lua/archive_lib.lua``, the archive of finished tasks), then ``lua/task_lib.lua``, then its
+own file. Their keys are
 built from ``K`` inside the script, because which agent or queue a task touches is only
 known there; like the registry's, they need a single Redis, not Redis Cluster.
 """
@@ -54,9 +56,19 @@ TASK_SCRIPT_NAMES = (
     "disconnect_stream",
     "forget_finished_tasks",
     "compact_finished_tasks",
+    "list_index_entries",
     "rebuild_available",
     "holders_in_doubt",
 )
+
+
+TASK_SCRIPT_LIBS = {
+    "compact_finished_tasks": ("packing_lib", "archive_lib"),
+    "forget_finished_tasks": ("archive_lib",),
+    "list_index_entries": ("archive_lib",),
+}
+"""The helpers only some task scripts use, sent only with them: every script call defines
+each of its helpers again (a few microseconds a call for the whole set)."""
 
 
 @cache
@@ -71,6 +83,7 @@ def source(name: str) -> str:
             _read("availability_lib"),
             _read("quota_lib"),
             _read("finished_lib"),
+            *(_read(lib) for lib in TASK_SCRIPT_LIBS.get(name, ())),
         )
         return "\n".join((*parts, _read("task_lib"), _read(name)))
     raise KeyError(f"no Lua script named {name!r}")
@@ -128,6 +141,7 @@ class TaskScripts:
     disconnect_stream: AsyncScript
     forget_finished_tasks: AsyncScript
     compact_finished_tasks: AsyncScript
+    list_index_entries: AsyncScript
     rebuild_available: AsyncScript
     holders_in_doubt: AsyncScript
 

@@ -15,6 +15,7 @@ from coordinator.config import Settings
 from coordinator.errors import NotFound
 from coordinator.storage import finished_records, keys, page_tokens
 from coordinator.storage.redis_time import epoch_ms
+from coordinator.storage.scripts import TaskScripts
 from coordinator.strategies import Strategy
 from coordinator.tasks.models import (
     PRIORITIES_MOST_URGENT_FIRST,
@@ -24,6 +25,7 @@ from coordinator.tasks.models import (
     QueueStats,
     Task,
     TaskPage,
+    TaskState,
     TaskStats,
 )
 from coordinator.tasks.records import decode_task
@@ -40,6 +42,7 @@ class TaskReads:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
         self._settings = settings
+        self._scripts = TaskScripts(redis)
         self._liveness_timeout_ms = int(settings.liveness_timeout_s * 1000)
 
     async def get(self, task_id: str) -> Task:
@@ -74,25 +77,22 @@ class TaskReads:
         next_page_token then continues right after the last task returned."""
         fingerprint = _fingerprint(query)
         after = page_tokens.decode(query.page_token, fingerprint)
-        if query.dead_letter:
-            index = keys.TASK_DEAD_LETTER
-        elif query.agent_id:
-            index = keys.tasks_by_agent(query.agent_id)
-        elif len(query.states) == 1:
-            index = keys.tasks_in_state(next(iter(query.states)).name)
-        else:
-            index = keys.TASK_ALL
+        indexes = _indexes(query)
         page: list[Task] = []
         page_bytes = 0
         cursor = after
         last_listed: tuple[float, str] | None = None
         more = False
+        # A page, whether more follow and the entry the page token names: enough unfiltered.
+        batch = min(BATCH, query.page_size + 2)
         while not more:
             high: float | str = "+inf" if cursor is None else cursor[0]
-            replies: list[tuple[Any, Any]] = await self._redis.zrevrangebyscore(
-                index, high, "-inf", start=0, num=BATCH, withscores=True
-            )  # type: ignore[assignment]
-            entries = [(float(score), str(member)) for member, score in replies]
+            reply = await self._scripts.list_index_entries(args=[high, batch, *indexes])
+            batch = BATCH
+            entries = [
+                (float(score), str(member))
+                for member, score in zip(reply[::2], reply[1::2], strict=True)
+            ]
             if cursor is not None:
                 entries = [entry for entry in entries if entry < cursor]
             if not entries:
@@ -210,6 +210,21 @@ class TaskReads:
             ),
             queues=(await self.queues()).queues,
         )
+
+
+def _indexes(query: ListTasksQuery) -> list[str | int]:
+    """ARGV[3..] of ``lua/list_index_entries.lua`` for a listing: the one sorted set that
+    lists every task it may show, and the archive's indexes that list its finished tasks
+    once archived (a dead-lettered task stays in ``tasks:dead-letter``, archived or not)."""
+    if query.dead_letter:
+        return [1, keys.TASK_DEAD_LETTER]
+    if query.agent_id:
+        return [1, keys.tasks_by_agent(query.agent_id), keys.archived_by_agent(query.agent_id)]
+    final = sorted(s.name for s in query.states or TaskState if s.final)
+    archived = [keys.archived_in_state(name) for name in final]
+    if len(query.states) == 1:
+        return [1, keys.tasks_in_state(next(iter(query.states)).name), *archived]
+    return [1, keys.TASK_ALL, *archived]
 
 
 def _matches(task: Task, query: ListTasksQuery) -> bool:

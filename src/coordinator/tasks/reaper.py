@@ -40,17 +40,17 @@ log = logging.getLogger(__name__)
 BATCH = 500
 """Most tasks one step handles per round; the next round takes the rest."""
 
-COMPACT_BATCH = 20
-"""Finished tasks compacted by one script call: under 1 ms of Redis time (about 40 µs a
-task), so that the calls waiting behind it wait little."""
+COMPACT_BATCH = 12
+"""Finished tasks compacted and archived by one script call: about 1.1-1.4 ms of Redis
+time (about 100 µs a task), so that the calls waiting behind it wait little."""
 
-COMPACT_CALLS = 50
-"""Most compaction calls per round: 1,000 tasks, 2,000 a second at the default interval."""
+COMPACT_CALLS = 84
+"""Most compaction calls per round: 1,008 tasks, 2,000 a second at the default interval."""
 
 COMPACT_DEFERRED = 20_000
 """Compaction is background work: while tasks wait in line it waits, unless more finished
-tasks than this wait for it (about 50 MB more than compacted), so that a burst does not pay
-for it and a long one does not grow Redis without bound."""
+tasks than this wait for it (about 65 MB more than compacted and archived), so that a
+burst does not pay for it and a long one does not grow Redis without bound."""
 
 HOLDERS_PER_ROUND = 1000
 """About how many agents holding tasks a round looks at (lua/holders_in_doubt.lua): with

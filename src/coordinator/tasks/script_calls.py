@@ -290,8 +290,8 @@ class ForgetFinishedTasksCall:
 @dataclass(frozen=True, slots=True)
 class CompactFinishedTasksCall:
     """``lua/compact_finished_tasks.lua``: rewrites up to ``most`` finished tasks, oldest
-    finished first from where the last call stopped, in the compact form; while tasks wait
-    in line, only when more than ``most_deferred`` wait to be compacted."""
+    finished first, in the compact form and archives them; while tasks wait in line, only
+    when more than ``most_deferred`` wait to be archived."""
 
     most: int
     most_deferred: int

@@ -29,7 +29,7 @@ from coordinator.errors import CoordinatorError, FailedPrecondition, NotFound
 from coordinator.storage import keys
 from coordinator.storage.connection import run_script_durably
 from coordinator.storage.multiplex import MultiplexedConnection
-from coordinator.storage.scripts import TaskScripts, run_batch
+from coordinator.storage.scripts import run_batch
 from coordinator.tasks.calls import (
     SETTLING_ACTIONS,
     Report,
@@ -78,7 +78,6 @@ class TaskStore(TaskReads):
         super().__init__(redis, settings)
         self._multiplexed = multiplexed
         """Task-script batches: the hot path (submits, reports) goes through it."""
-        self._scripts = TaskScripts(redis)
         self._quota = SubmitQuota.of(settings)
         self._dispatch: DispatchHooks = dispatch or NoDispatch()
         """Told when a task joined a queue or a slot came free, and asked to plan the round

@@ -1,53 +1,36 @@
--- Rewrites finished tasks in the compact form of finished_lib.lua, oldest finished first,
--- from where the previous call stopped: background work of the reaper, which calls it in
--- small batches (each call holds Redis for the time its tasks take). While tasks wait in
--- line it does nothing, unless more than ARGV[2] finished tasks wait to be compacted: a
--- burst of work does not pay for it, and memory stays bounded if the burst lasts. The
--- place reached is K.compacted, '{finished score} {task_id}' of the last task compacted;
--- when that task was forgotten meanwhile (and with it every one before it), the next call
--- starts at its score. Only tasks that finished before the current millisecond are
--- compacted: one finishing later cannot sort before the place reached.
+-- Compacts finished tasks (the form of finished_lib.lua) and archives them (archive_lib.lua),
+-- oldest finished first: background work of the reaper, which calls it in small batches
+-- (each call holds Redis for the time its tasks take). While tasks wait in line it does
+-- nothing, unless more than ARGV[2] finished tasks wait to be archived: a burst of work does
+-- not pay for it, and memory stays bounded if the burst lasts. A task archived leaves
+-- K.finished, so each call starts at its head; K.archived gets the tasks in the order they
+-- finished.
 --
--- ARGV[1]      most tasks to compact in one call
--- ARGV[2]      most finished tasks left uncompacted while tasks wait in line
--- Returns      the number of finished tasks compacted (fewer than ARGV[1]: none is
---              left for now, or tasks wait in line)
+-- ARGV[1]      most tasks to archive in one call
+-- ARGV[2]      most finished tasks left unarchived while tasks wait in line
+-- Returns      the number of finished tasks gone through (fewer than ARGV[1]: none is left
+--              for now, or tasks wait in line)
 local most = tonumber(ARGV[1])
 local most_deferred = tonumber(ARGV[2])
 
-local entries
-local place = redis.call('GET', K.compacted)
-local score, task_id = nil, nil
-if place then
-  score, task_id = string.match(place, '^(%S+) (.*)$')
-end
--- (those finished since the task at the place reached, less that one: about the number left)
-if tasks_waiting() == 1 and
-    redis.call('ZCOUNT', K.finished, score or '-inf', '+inf') - (place and 1 or 0) <=
-      most_deferred then
+if tasks_waiting() == 1 and redis.call('ZCARD', K.finished) <= most_deferred then
   return 0
 end
-if place then
-  local rank = redis.call('ZRANK', K.finished, task_id)
-  if rank then
-    entries = redis.call('ZRANGE', K.finished, rank + 1, rank + most, 'WITHSCORES')
+local finished = redis.call('ZRANGE', K.finished, 0, most - 1)
+local tasks, gone = {}, {}
+for _, task_id in ipairs(finished) do
+  local task = pack_finished(task_id)
+  if task then
+    tasks[#tasks + 1] = task
   else
-    entries = redis.call('ZRANGEBYSCORE', K.finished, score, '+inf', 'WITHSCORES', 'LIMIT', 0,
-      most)
+    gone[#gone + 1] = task_id  -- its hash was deleted: only its entries are left
   end
-else
-  entries = redis.call('ZRANGE', K.finished, 0, most - 1, 'WITHSCORES')
 end
-local now = now_ms()
-local count = 0
-for i = 1, #entries, 2 do
-  if tonumber(entries[i + 1]) >= now then
-    break
-  end
-  pack_finished(entries[i])
-  count = count + 1
+if #gone > 0 then
+  redis.call('ZREM', K.finished, unpack(gone))
+  redis.call('ZREM', K.all, unpack(gone))
 end
-if count > 0 then
-  redis.call('SET', K.compacted, entries[2 * count] .. ' ' .. entries[2 * count - 1])
+if #tasks > 0 then
+  archive_finished(tasks)
 end
-return count
+return #finished

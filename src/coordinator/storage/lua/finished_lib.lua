@@ -1,89 +1,18 @@
--- Shared by every task script, before task_lib.lua: the compact form of a finished task's
--- hash (coordinator/storage/finished_records.py describes it and holds its constants, which
--- coordinator.storage.scripts puts before this file: packing_constants() and
--- unpacking_constants()). compact_finished_tasks.lua packs finished tasks, in the
--- background; every read of a task's fields goes through task_fields, task_field,
--- task_record or load_task, which read both forms.
+-- Shared by every task script, before task_lib.lua: reading the compact form of a finished
+-- task's hash (coordinator/storage/finished_records.py describes it and holds its
+-- constants, which coordinator.storage.scripts puts before this file: packing_constants()
+-- and unpacking_constants()). compact_finished_tasks.lua packs finished tasks, in the
+-- background (with packing_lib.lua); every read of a task's fields goes through
+-- task_fields, task_field, task_record or load_task, which read both forms.
 
 local PACKED_END = string.char(30)
 local PACKED_STAMP_BYTE = string.char(31)
 
 -- The tables of finished_records.py (lua_tables), built on first use.
-local packing, unpacking = nil, nil
-local function packing_tables()
-  packing = packing or packing_constants()
-  return packing
-end
+local unpacking = nil
 local function unpacking_tables()
   unpacking = unpacking or unpacking_constants()
   return unpacking
-end
-
--- Rewrites a finished task's hash in the compact form (nothing for a task already in it,
--- or gone): its state, and the other fields (defaults and task_id left out) packed,
--- shortened and cut into listpack-sized pieces p1, p2, ...; a long value, or one with a
--- byte below 32 (only the free-text fields and fields without a code can hold one:
--- finished_records.FREE_TEXT), stays a field of its own.
-local function pack_finished(task_id)
-  local key = K.task .. task_id
-  local flat = redis.call('HGETALL', key)
-  local state, created = nil, ''
-  for i = 1, #flat, 2 do
-    if flat[i] == 'state' then
-      state = flat[i + 1]
-    elseif flat[i] == 'created_at_ms' then
-      created = flat[i + 1]
-    end
-  end
-  local p = packing_tables()
-  if #created < p.stamp_digits or string.find(created, '%D') then
-    return  -- not a record the scripts wrote: leave it as it is
-  end
-  local parts = {}
-  local hset = {'HSET', key, 'state', state}
-  for i = 1, #flat, 2 do
-    local name, value = flat[i], flat[i + 1]
-    if name ~= 'task_id' and name ~= 'state' and name ~= 'created_at_ms' and
-        p.defaults[name] ~= value then
-      local code = p.field_codes[name]
-      if #value > p.plain_bytes or
-          ((not code or p.free_text[name]) and string.find(value, '[%z\1-\31]')) then
-        hset[#hset + 1] = name
-        hset[#hset + 1] = value
-      else
-        parts[#parts + 1] = code or ('*' .. name .. '=')
-        parts[#parts + 1] = value
-        parts[#parts + 1] = PACKED_END
-      end
-    end
-  end
-  local packed = table.concat(parts)
-  packed = string.gsub(packed, '"([%w_]+)":', p.key_bytes)
-  packed = string.gsub(packed, '"([^"]*)"', p.value_bytes)
-  packed = string.gsub(packed, string.sub(created, 1, p.stamp_digits), PACKED_STAMP_BYTE)
-  packed = created .. PACKED_END .. packed
-  local size = p.piece_bytes
-  if #packed > size * p.max_pieces then
-    size = #packed  -- too long for a listpack anyway: one piece
-  end
-  local length, pos, piece = #packed, 1, 0
-  local names = p.piece_names
-  while pos <= length do
-    local cut = pos + size
-    while cut <= length and cut > pos + 1 do  -- never inside a UTF-8 character
-      local byte = string.byte(packed, cut)
-      if byte < 128 or byte >= 192 then
-        break
-      end
-      cut = cut - 1
-    end
-    piece = piece + 1
-    hset[#hset + 1] = names[piece] or ('p' .. piece)
-    hset[#hset + 1] = string.sub(packed, pos, cut - 1)
-    pos = cut
-  end
-  redis.call('DEL', key)
-  redis.call(unpack(hset))
 end
 
 -- The packed text of a compact hash (its pieces p1, p2, ... joined), where its creation
@@ -101,12 +30,39 @@ local function joined_pieces(stored, tables)
   return packed, created_end, created
 end
 
+-- What byte 0 and each character stand for in a packed text (finished_records.REFERENCED,
+-- ESCAPED_TEXT): the pieces of JSON of ``tables``, and the values of the referenced fields
+-- as the text holds them (a string with its quotes).
+local function escapes_of(packed, created_end, tables)
+  local by_char = {}
+  for char, text in pairs(tables.escaped) do
+    by_char[char] = text
+  end
+  for code, quoted in pairs(tables.referenced) do
+    local start = string.find(packed, PACKED_END .. code, created_end, true)
+    if start then
+      local value = string.match(packed, '^[^\30]*', start + 2)
+      by_char[code] = quoted and ('"' .. value .. '"') or value
+    end
+  end
+  return by_char
+end
+
+-- ``text`` (part of a packed text) with byte 0 and its character expanded, then every
+-- other byte below 32: as the fields' values were before they were packed.
+local function expanded(text, packed, created_end, tables)
+  if string.find(text, '%z') then
+    text = string.gsub(text, '%z(.)', escapes_of(packed, created_end, tables))
+  end
+  return (string.gsub(text, '[\1-\29\31]', tables.by_byte))
+end
+
 -- The fields of a task in the compact form, given its hash as a table: every field its
 -- hash held before it was packed.
 local function unpack_finished(task_id, stored)
   local p = unpacking_tables()
   local packed, created_end, created = joined_pieces(stored, p)
-  local text = string.gsub(string.sub(packed, created_end + 1), '[\1-\29\31]', p.by_byte)
+  local text = expanded(string.sub(packed, created_end + 1), packed, created_end, p)
   local fields = {}
   for name, value in pairs(p.defaults) do
     fields[name] = value
@@ -144,8 +100,8 @@ local function unpack_some(task_id, stored, names)
       local start = string.find(packed, head, created_end, true)
       if start then
         local stop = string.find(packed, PACKED_END, start + #head, true)
-        fields[name] = (string.gsub(string.sub(packed, start + #head, stop - 1),
-          '[\1-\29\31]', u.by_byte))
+        fields[name] = expanded(string.sub(packed, start + #head, stop - 1), packed,
+          created_end, u)
       else
         fields[name] = u.defaults[name]
       end

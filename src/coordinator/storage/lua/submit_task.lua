@@ -38,11 +38,7 @@ local agent_id = ARGV[7] or ''
 local submitted_by = ARGV[12] or ''
 local first_field_arg = 16
 
--- keys.task_request: a principal's request_ids are its own.
-local request_key = K.request .. request_id
-if submitted_by ~= '' then
-  request_key = K.principal_request .. #submitted_by .. ':' .. submitted_by .. ':' .. request_id
-end
+local request_key = idempotency_key(request_id, submitted_by)
 if request_id ~= '' then
   local existing = redis.call('GET', request_key)
   if existing then

@@ -37,6 +37,27 @@ local function load_task(task_id, fields)
   return task
 end
 
+-- The idempotency record of a request_id (keys.task_request): a principal's request_ids
+-- are its own.
+local function idempotency_key(request_id, submitted_by)
+  if submitted_by ~= '' then
+    return K.principal_request .. #submitted_by .. ':' .. submitted_by .. ':' .. request_id
+  end
+  return K.request .. request_id
+end
+
+-- Deletes the idempotency record of a task being forgotten, while it is still the task's:
+-- a submit of its request_id then creates a task, as it did when the record outlived the
+-- task (it found no task), and records are kept no longer than the tasks they name.
+local function forget_request(task_id, request_id, submitted_by)
+  if request_id and request_id ~= '' then
+    local key = idempotency_key(request_id, submitted_by or '')
+    if redis.call('GET', key) == task_id then
+      redis.call('DEL', key)
+    end
+  end
+end
+
 local function decode_list(raw)
   if not raw or raw == '' or raw == '[]' then
     return {}
