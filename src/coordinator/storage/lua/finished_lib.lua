@@ -110,16 +110,22 @@ local function unpack_some(task_id, stored, names)
   return fields
 end
 
+-- A hash as HGETALL gives it (a flat list of field, value), as a table.
+local function fields_of(flat)
+  local stored = {}
+  for i = 1, #flat, 2 do
+    stored[flat[i]] = flat[i + 1]
+  end
+  return stored
+end
+
 -- Every field of a task, whichever its form, as a table; nil when there is no task.
 local function task_fields(task_id)
   local flat = redis.call('HGETALL', K.task .. task_id)
   if #flat == 0 then
     return nil
   end
-  local stored = {}
-  for i = 1, #flat, 2 do
-    stored[flat[i]] = flat[i + 1]
-  end
+  local stored = fields_of(flat)
   if stored.p1 then
     return unpack_finished(task_id, stored)
   end
@@ -128,12 +134,7 @@ end
 
 -- The named fields of a task in the compact form (a table).
 local function compact_task_fields(task_id, names)
-  local flat = redis.call('HGETALL', K.task .. task_id)
-  local stored = {}
-  for i = 1, #flat, 2 do
-    stored[flat[i]] = flat[i + 1]
-  end
-  return unpack_some(task_id, stored, names)
+  return unpack_some(task_id, fields_of(redis.call('HGETALL', K.task .. task_id)), names)
 end
 
 -- A task's fields as HGETALL gives them (a flat list of field, value), whichever its form;
@@ -141,9 +142,9 @@ end
 local function task_record(task_id)
   local flat = redis.call('HGETALL', K.task .. task_id)
   for i = 1, #flat, 2 do
-    if flat[i] == 'p1' then
+    if flat[i] == 'p1' then  -- the compact form: unpacked from what was read
       local record = {}
-      for name, value in pairs(task_fields(task_id)) do
+      for name, value in pairs(unpack_finished(task_id, fields_of(flat))) do
         record[#record + 1] = name
         record[#record + 1] = value
       end

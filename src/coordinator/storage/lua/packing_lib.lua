@@ -77,10 +77,7 @@ local function pack_finished(task_id)
   if #flat == 0 then
     return nil
   end
-  local stored = {}
-  for i = 1, #flat, 2 do
-    stored[flat[i]] = flat[i + 1]
-  end
+  local stored = fields_of(flat)
   local archived = {task_id, stored.state, stored.seq, stored.agent_id or ''}
   if stored.p1 then
     local fields = unpack_some(task_id, stored, {'seq', 'agent_id'})
