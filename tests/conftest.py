@@ -24,6 +24,7 @@ from coordinator.config import Settings
 from coordinator.server import Coordinator, create_server
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.storage.scripts import TaskScripts
+from cluster_support import RedisCluster
 from script_support import LIVENESS_MS
 from support import CoordinatorProcess, RedisServer
 
@@ -37,6 +38,29 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[RedisCluster]:
+    """One real Redis Cluster of three primaries for the session (started when first used)."""
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: RedisCluster) -> Iterator[RedisCluster]:
+    """The session's Redis Cluster, every primary flushed; the key names are untagged again
+    at the end (a node of the test may have tagged them: ``key_tags``)."""
+    from coordinator.storage import key_tags
+
+    for port in redis_cluster_session.ports:
+        redis_cluster_session.client(port).flushall()
+    yield redis_cluster_session
+    key_tags.use_tag("")
 
 
 @pytest.fixture

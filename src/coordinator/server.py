@@ -40,6 +40,7 @@ from coordinator.node.health_port import HealthListener
 from coordinator.node.metrics import NodeMetrics
 from coordinator.node.redis_memory import MemoryWatch
 from coordinator.storage import page_tokens
+from coordinator.storage import key_tags
 from coordinator.storage.connection import Durability, connect_redis
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.tasks.reaper import TaskReaper
@@ -91,6 +92,8 @@ class Coordinator:
 
     def __init__(self, settings: Settings) -> None:
         check_exposure(settings)  # settings built in code get the protected-mode rule too
+        # Before anything builds a key: Redis Cluster mode spells every key with the hash tag.
+        key_tags.use_tag(settings.redis_cluster_tag)
         # Reads the credential files first: a bad one stops the node before it opens anything.
         self.authenticator = Authenticator.from_settings(settings)
         self.settings = settings
