@@ -101,7 +101,9 @@ class RedisCluster:
         from_port = self.owner_of(slot)
         source, target = self.client(from_port), self.client(to_port)
         target_id = target.execute_command("CLUSTER MYID")
-        target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source.execute_command("CLUSTER MYID"))
+        target.execute_command(
+            "CLUSTER SETSLOT", slot, "IMPORTING", source.execute_command("CLUSTER MYID")
+        )
         moved = int(source.eval(_MOVE_SLOT, 0, slot, target_id, "127.0.0.1", to_port))
         target.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         for port in self.ports:

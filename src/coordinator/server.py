@@ -39,8 +39,7 @@ from coordinator.node.health import RedisHealthMonitor
 from coordinator.node.health_port import HealthListener
 from coordinator.node.metrics import NodeMetrics
 from coordinator.node.redis_memory import MemoryWatch
-from coordinator.storage import page_tokens
-from coordinator.storage import key_tags
+from coordinator.storage import key_tags, page_tokens
 from coordinator.storage.connection import Durability, connect_redis
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.tasks.reaper import TaskReaper

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from aitbc.coordinator.v1 import agent_pb2
+from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2
 from cluster_support import RedisCluster
+from coordinator.config import ConfigError, Settings, load_settings
 from coordinator.sdk import Agent, Backoff, Client, TaskContext, TaskState
+from coordinator.sdk.errors import RpcError
+from coordinator.storage.connection import connect_redis
 from coordinator.storage.key_tags import slot_of
 
 TAG = "aitbc"
@@ -88,3 +92,189 @@ async def test_a_node_serves_from_the_owner_of_its_slot_and_every_key_is_tagged(
     untagged = [name for name in stored[owner] if not name.startswith("{aitbc}")]
     assert untagged == [] and len(stored[owner]) > 20
     assert "{aitbc}agent:idle" in stored[owner] and "{aitbc}agents:all" in stored[owner]
+
+
+async def test_two_nodes_of_one_coordinator_cluster_share_its_slot(redis_cluster, start_node):
+    url = redis_cluster.url(0)
+    first = await start_node(redis_url=url, redis_cluster_tag=TAG, node_id="node-a")
+    second = await start_node(redis_url=url, redis_cluster_tag=TAG, node_id="node-b")
+    agent, run = await start_sdk_agent(second, "on-b")
+    client = Client(address(first))
+    try:
+        task = await client.submit("double", {"x": 5})
+        assert await client.wait(task.task_id, timeout_s=10) == {"doubled": 10}
+        done = await Client(address(second)).get(task.task_id)
+        assert done.state == TaskState.COMPLETED and done.agent_id == "on-b"
+    finally:
+        await client.close()
+        await stop_sdk_agent(agent, run)
+    owner = redis_cluster.owner_of(slot_of(TAG))
+    stored = redis_cluster.keys_on(owner)
+    assert {"{aitbc}coordinator:nodes:node-a", "{aitbc}coordinator:nodes:node-b"} <= set(stored)
+
+
+async def test_coordinator_clusters_with_other_tags_live_on_other_shards_apart(
+    redis_cluster, spawn_node, channel_to
+):
+    tags = tags_on_different_shards(redis_cluster, 2)
+    nodes = [
+        spawn_node(
+            env={
+                "REDIS_URL": redis_cluster.url(0),
+                "COORDINATOR_REDIS_CLUSTER_TAG": tag,
+                "NODE_ID": "same-node-id",  # channels are tagged: no cross-talk
+            }
+        )
+        for tag in tags
+    ]
+    for node in nodes:
+        node.wait_serving()
+    clients = [Client(node.address) for node in nodes]
+    agents = [
+        await start_sdk_agent(node, f"agent-of-{tag}")
+        for node, tag in zip(nodes, tags, strict=True)
+    ]
+    try:
+        submitted = [await client.submit("double", {"x": 3}) for client in clients]
+        for client, task in zip(clients, submitted, strict=True):
+            assert await client.wait(task.task_id, timeout_s=10) == {"doubled": 6}
+            assert (await client.get(task.task_id)).agent_id.startswith("agent-of-")
+        for i, client in enumerate(clients):
+            other = submitted[1 - i]
+            with pytest.raises(RpcError) as refused:
+                await client.get(other.task_id)
+            assert refused.value.code == grpc.StatusCode.NOT_FOUND
+            stub = agent_pb2_grpc.AgentServiceStub(channel_to(nodes[i]))
+            reply = await stub.DiscoverAgents(agent_pb2.DiscoverAgentsRequest(statuses=[]))
+            assert {a.agent_id for a in reply.agents} == {f"agent-of-{tags[i]}"}
+    finally:
+        for client in clients:
+            await client.close()
+        for agent, run in agents:
+            await stop_sdk_agent(agent, run)
+
+    stored = every_key(redis_cluster)
+    for tag in tags:
+        owner = redis_cluster.owner_of(slot_of(tag))
+        assert any(name.startswith(f"{{{tag}}}") for name in stored[owner])
+        for port, names in stored.items():
+            if port != owner:
+                assert not any(name.startswith(f"{{{tag}}}") for name in names)
+    everything = [name for names in stored.values() for name in names]
+    prefixes = tuple(f"{{{tag}}}" for tag in tags)
+    assert everything and all(name.startswith(prefixes) for name in everything)
+
+
+async def submit_steadily(
+    node: Any, stop: asyncio.Event, acked: dict[str, str], refusals: list[grpc.StatusCode]
+) -> None:
+    """Submit tasks with request_ids until ``stop``; each refused one is sent again (same
+    request_id) until it is acknowledged. ``acked``: request_id -> task_id."""
+    for n in itertools.count():
+        if stop.is_set():
+            return
+        request = task_pb2.SubmitTaskRequest(task_type="double", request_id=f"r{n}")
+        request.task_data.update({"x": n})
+        while True:
+            try:
+                reply = await node.tasks.SubmitTask(request, timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                refusals.append(exc.code())
+                await asyncio.sleep(0.02)
+                continue
+            acked[request.request_id] = reply.task.task_id
+            break
+        await asyncio.sleep(0.005)
+
+
+async def test_a_resharding_of_the_slot_is_followed_and_loses_nothing_acknowledged(
+    redis_cluster, start_node
+):
+    slot = slot_of(TAG)
+    before = redis_cluster.owner_of(slot)
+    target = next(port for port in redis_cluster.ports if port != before)
+    node = await start_node(redis_url=redis_cluster.url(0), redis_cluster_tag=TAG)
+    agent, run = await start_sdk_agent(node, "sdk-agent")
+    stop, acked, refusals = asyncio.Event(), {}, []
+    submitter = asyncio.create_task(submit_steadily(node, stop, acked, refusals))
+    try:
+        await asyncio.sleep(1.0)
+        acked_before_move = len(acked)
+        moved = await asyncio.to_thread(redis_cluster.move_slot, slot, target)
+        moved_at = asyncio.get_running_loop().time()
+        count_at_move = len(acked)
+        while len(acked) < count_at_move + 20:  # service is back: submits are acknowledged
+            assert asyncio.get_running_loop().time() - moved_at < 5, "no submit acknowledged"
+            await asyncio.sleep(0.02)
+        stop.set()
+        await submitter
+
+        assert acked_before_move > 10 and moved > 0
+        assert set(refusals) <= {grpc.StatusCode.UNAVAILABLE}, refusals
+        for task_id in acked.values():
+            for _ in range(200):
+                reply = await node.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id))
+                if reply.task.state == task_pb2.TASK_STATE_COMPLETED:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"task {task_id} was acknowledged but did not complete")
+    finally:
+        stop.set()
+        await stop_sdk_agent(agent, run)
+    assert redis_cluster.owner_of(slot) == target
+    assert redis_cluster.keys_on(before) == []
+    on_target = redis_cluster.keys_on(target)
+    assert f"{{{TAG}}}coordinator:nodes:test-node" in on_target  # written after the move
+    assert sum(name.startswith(f"{{{TAG}}}task:") for name in on_target) == len(acked)
+    print(
+        f"\nacknowledged {len(acked)} submits, {len(refusals)} refusals (UNAVAILABLE) around the move"
+    )
+
+
+async def test_health_is_serving_only_while_the_owner_answers(redis_cluster, start_node):
+    node = await start_node(redis_url=redis_cluster.url(0), redis_cluster_tag=TAG)
+    owner = redis_cluster.owner_of(slot_of(TAG))
+    process = redis_cluster.processes[redis_cluster.ports.index(owner)]
+
+    async def status() -> int:
+        reply = await node.health.Check(health_pb2.HealthCheckRequest())
+        return reply.status
+
+    assert await status() == health_pb2.HealthCheckResponse.SERVING
+    process.send_signal(signal.SIGSTOP)  # the owner stops answering (shorter than the
+    try:  # cluster's node timeout, so the cluster itself does not fail over or go down)
+        for _ in range(100):
+            if await status() == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("health stayed SERVING while the owner of the slot was stopped")
+    finally:
+        process.send_signal(signal.SIGCONT)
+    for _ in range(200):
+        if await status() == health_pb2.HealthCheckResponse.SERVING:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("health did not come back once the owner answered again")
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:7000/1", "redis://127.0.0.1:7000?db=2"])
+def test_a_database_other_than_0_is_refused_in_cluster_mode(url):
+    env = {"REDIS_URL": url, "COORDINATOR_REDIS_CLUSTER_TAG": "aitbc"}
+    with pytest.raises(
+        ConfigError, match="COORDINATOR_REDIS_CLUSTER_TAG: a Redis Cluster has only database 0"
+    ):
+        load_settings(env)
+    with pytest.raises(ConfigError, match="only database 0"):
+        connect_redis(Settings(redis_url=url, redis_cluster_tag="aitbc"))
+    assert load_settings({"REDIS_URL": url}).redis_cluster_tag == ""  # no tag: a plain Redis
+
+
+@pytest.mark.parametrize("tag", ["{aitbc}", "a b", "x" * 65])
+def test_a_tag_that_would_not_hash_as_one_is_refused(tag):
+    with pytest.raises(ConfigError, match="COORDINATOR_REDIS_CLUSTER_TAG"):
+        load_settings(
+            {"REDIS_URL": "redis://127.0.0.1:7000/0", "COORDINATOR_REDIS_CLUSTER_TAG": tag}
+        )

@@ -386,4 +386,3 @@ def node_channel(node_id: str) -> str:
 def task_channel(task_id: str) -> str:
     """The pub/sub channel of one task's transitions."""
     return f"{TASK_CHANNEL_PREFIX}{task_id}"
-
