@@ -46,6 +46,7 @@ class ClusterOwner:
         self._node_kwargs = node_kwargs
         self.known: Address | None = None
         """The owner as last learned; None: ask again."""
+        self._last_failure = ""
 
     async def address(self) -> Address:
         """The owner's host and port (asked of the nodes when not known)."""
@@ -55,7 +56,7 @@ class ClusterOwner:
                 try:
                     reply = await client.execute_command("CLUSTER SLOTS")
                 except (RedisError, OSError) as exc:
-                    log.debug("cluster node %s:%s did not answer CLUSTER SLOTS: %r", *node, exc)
+                    self._failed(node, exc)
                     continue
                 finally:
                     await client.aclose()
@@ -71,7 +72,7 @@ class ClusterOwner:
                 try:
                     reply = client.execute_command("CLUSTER SLOTS")
                 except (RedisError, OSError) as exc:
-                    log.debug("cluster node %s:%s did not answer CLUSTER SLOTS: %r", *node, exc)
+                    self._failed(node, exc)
                     continue
                 finally:
                     client.close()
@@ -89,6 +90,12 @@ class ClusterOwner:
             self.known = moved
         elif cluster_redirect(exc) or isinstance(exc, RedisConnectionError | OSError):
             self.known = None
+
+    def _failed(self, node: Address, exc: BaseException) -> None:
+        """Keep why a node did not answer, for the error when none did ("cluster support
+        disabled": REDIS_URL is a plain Redis, not a node of a Redis Cluster)."""
+        self._last_failure = f"{node[0]}:{node[1]}: {exc}"
+        log.debug("cluster node %s:%s did not answer CLUSTER SLOTS: %r", *node, exc)
 
     def _candidates(self) -> list[Address]:
         return list(self._seeds)
@@ -108,7 +115,8 @@ class ClusterOwner:
         if self.known is None:
             nodes = ", ".join(f"{h}:{p}" for h, p in self._candidates())
             raise RedisConnectionError(
-                f"no node of the Redis Cluster ({nodes}) named an owner of slot {self.slot}"
+                f"no node of the Redis Cluster ({nodes}) named an owner of slot {self.slot} "
+                f"(last: {self._last_failure or 'the slot is not assigned'})"
             )
         return self.known
 
