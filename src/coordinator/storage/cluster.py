@@ -6,11 +6,13 @@ the seed, then every node a previous answer named) ``CLUSTER SLOTS``, connects t
 primary that owns the slot, and uses it like a single Redis, the way Sentinel mode uses the
 primary Sentinel names (``connection``). Each new connection asks where the owner is now.
 
-Resharding and failover: when the slot moves, the old owner answers MOVED (with the new
-owner's address, remembered at once), a script touching a key that is no longer local fails
-before its first write, and a dead owner refuses connections (the owner is then asked again
-of the seeds). Each of those calls fails (UNAVAILABLE at the edge, ``redis_errors``), and
-the pooled connections still on the old owner are replaced when next taken from the pool.
+Resharding and failover: once the slot has moved, the old owner answers MOVED (with the new
+owner's address, remembered at once) and a script's first key is "non local" (it stops
+before any write); a dead owner refuses connections (the owner is then asked again of the
+seeds). Each of those calls fails (UNAVAILABLE at the edge, ``redis_errors``), and the
+pooled connections still on the old owner are replaced when next taken from the pool. The
+scripts name their keys inside (``K``), not in KEYS, so Redis cannot refuse them whole
+while the slot is half moved: move it in one step (docs/scaling.md, "Resharding").
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ CLUSTER_REDIRECTS = (AskError, TryAgainError, ClusterDownError)
 the cluster cannot serve it (CLUSTERDOWN). The next connection goes to the owner then."""
 
 NON_LOCAL_KEY = "Script attempted to access a non local key in a cluster node"
-"""A script's error when its first key is no longer on the node (the slot moved away since
-the script was sent): it stopped before any write."""
+"""A script's error when a key it touches is not on the node: the slot moved away (its first
+key fails: nothing written), or is being moved key by key (MIGRATING: the script may stop
+half-way, so the slot is best moved in one step; docs/scaling.md, "Resharding")."""
 
 
 def cluster_redirect(exc: BaseException) -> bool:
