@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2
 
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2
@@ -19,7 +20,8 @@ from cluster_support import RedisCluster
 from coordinator.config import ConfigError, Settings, load_settings
 from coordinator.sdk import Agent, Backoff, Client, TaskContext, TaskState
 from coordinator.sdk.errors import RpcError
-from coordinator.storage.connection import connect_redis
+from coordinator.storage import key_tags, keys
+from coordinator.storage.connection import connect_redis, connect_redis_sync
 from coordinator.storage.key_tags import slot_of
 
 TAG = "aitbc"
@@ -278,3 +280,20 @@ def test_a_tag_that_would_not_hash_as_one_is_refused(tag):
         load_settings(
             {"REDIS_URL": "redis://127.0.0.1:7000/0", "COORDINATOR_REDIS_CLUSTER_TAG": tag}
         )
+
+
+def test_the_synchronous_client_of_the_metrics_follows_a_move(redis_cluster):
+    settings = Settings(redis_url=redis_cluster.url(0), redis_cluster_tag=TAG)
+    key_tags.use_tag(TAG)  # the fixture untags the names again
+    client = connect_redis_sync(settings, "metrics-check")
+    try:
+        client.hset(keys.TASK_STATS, "tasks_completed", 7)
+        slot = slot_of(TAG)
+        target = next(p for p in redis_cluster.ports if p != redis_cluster.owner_of(slot))
+        assert redis_cluster.move_slot(slot, target) == 1
+        with pytest.raises(redis.exceptions.MovedError):  # the one call that learns it
+            client.hget(keys.TASK_STATS, "tasks_completed")
+        assert client.hget(keys.TASK_STATS, "tasks_completed") == b"7"
+        assert redis_cluster.keys_on(target) == [keys.TASK_STATS]
+    finally:
+        client.close()
