@@ -29,39 +29,44 @@ class RedisCluster:
         """A seed URL (database 0, the only one of a cluster)."""
         return f"redis://127.0.0.1:{self.ports[index]}/0"
 
+    def _start_server(self, port: int) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(self.dir / f"nodes-{port}.conf"),
+                # The bus on a free port too (by default the port + 10000).
+                "--cluster-port",
+                str(free_port()),
+                "--cluster-node-timeout",
+                "2000",
+                # A replica syncs at once (Redis waits 5 s by default for more replicas).
+                "--repl-diskless-sync-delay",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                f"redis-{port}.log",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        self.processes.append(process)
+        wait_until(lambda: self._pings(port), 10, what=f"redis-server on port {port}")
+        return process
+
     def start(self) -> None:
         for port in self.ports:
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        "redis-server",
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(self.dir / f"nodes-{port}.conf"),
-                        # The bus on a free port too (by default the port + 10000).
-                        "--cluster-port",
-                        str(free_port()),
-                        "--cluster-node-timeout",
-                        "2000",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(self.dir),
-                        "--logfile",
-                        f"redis-{port}.log",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                )
-            )
-        for port in self.ports:
-            wait_until(lambda p=port: self._pings(p), 10, what=f"redis-server on port {port}")
+            self._start_server(port)
         subprocess.run(
             [
                 "redis-cli",
@@ -110,6 +115,22 @@ class RedisCluster:
             if port not in (from_port, to_port):
                 self.client(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         return moved
+
+    def add_replica(self, primary_port: int) -> int:
+        """Start a node replicating the primary on ``primary_port``: its port, once in sync."""
+        port = free_port()
+        self._start_server(port)
+        primary_id = self.client(primary_port).execute_command("CLUSTER MYID")
+        add = ["redis-cli", "--cluster", "add-node", f"127.0.0.1:{port}"]
+        add += [f"127.0.0.1:{primary_port}", "--cluster-slave", "--cluster-master-id", primary_id]
+        subprocess.run(add, check=True, stdout=subprocess.DEVNULL, timeout=60)
+        replica = self.client(port)
+        wait_until(
+            lambda: replica.info("replication").get("master_link_status") == "up",
+            20,
+            what=f"the replica on {port} in sync",
+        )
+        return port
 
     def info_cpu_s(self, port: int) -> float:
         """CPU seconds (user + system) one primary has used since it started."""

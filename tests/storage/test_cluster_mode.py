@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -189,6 +190,18 @@ async def submit_steadily(
         await asyncio.sleep(0.005)
 
 
+async def all_completed(node: Any, task_ids: Iterable[str]) -> None:
+    """Every one of ``task_ids`` reaches COMPLETED (within 10 s each)."""
+    for task_id in task_ids:
+        for _ in range(200):
+            reply = await node.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id))
+            if reply.task.state == task_pb2.TASK_STATE_COMPLETED:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"task {task_id} was acknowledged but did not complete")
+
+
 async def test_a_resharding_of_the_slot_is_followed_and_loses_nothing_acknowledged(
     redis_cluster, start_node
 ):
@@ -213,14 +226,7 @@ async def test_a_resharding_of_the_slot_is_followed_and_loses_nothing_acknowledg
 
         assert acked_before_move > 10 and moved > 0
         assert set(refusals) <= {grpc.StatusCode.UNAVAILABLE}, refusals
-        for task_id in acked.values():
-            for _ in range(200):
-                reply = await node.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id))
-                if reply.task.state == task_pb2.TASK_STATE_COMPLETED:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"task {task_id} was acknowledged but did not complete")
+        await all_completed(node, acked.values())
     finally:
         stop.set()
         await stop_sdk_agent(agent, run)
@@ -297,3 +303,49 @@ def test_the_synchronous_client_of_the_metrics_follows_a_move(redis_cluster):
         assert redis_cluster.keys_on(target) == [keys.TASK_STATS]
     finally:
         client.close()
+
+
+async def test_a_failover_of_the_owner_is_followed_and_loses_nothing_acknowledged(start_node):
+    """The owner of the slot is killed (SIGKILL) and one of its two replicas takes its slots
+    over (CLUSTER FAILOVER TAKEOVER: at once, without waiting for the node timeout). The
+    node's seed is the dead primary: it must find the new owner through the nodes it learned.
+    With COORDINATOR_REDIS_MIN_REPLICAS=1 every acknowledged submit was on a replica."""
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        owner = cluster.owner_of(slot_of(TAG))
+        replica, _ = cluster.add_replica(owner), cluster.add_replica(owner)
+        node = await start_node(
+            redis_url=f"redis://127.0.0.1:{owner}/0",
+            redis_cluster_tag=TAG,
+            redis_min_replicas=1,
+            redis_replica_timeout_ms=300,
+        )
+        agent, run = await start_sdk_agent(node, "sdk-agent")
+        stop, acked, refusals = asyncio.Event(), {}, []
+        submitter = asyncio.create_task(submit_steadily(node, stop, acked, refusals))
+        try:
+            await asyncio.sleep(1.0)
+            cluster.processes[cluster.ports.index(owner)].kill()
+            cluster.client(replica).execute_command("CLUSTER FAILOVER", "TAKEOVER")
+            killed_at, count = asyncio.get_running_loop().time(), len(acked)
+            while len(acked) < count + 20:
+                assert asyncio.get_running_loop().time() - killed_at < 15, "no submit acknowledged"
+                await asyncio.sleep(0.05)
+            back_s = asyncio.get_running_loop().time() - killed_at
+            stop.set()
+            await submitter
+            assert set(refusals) <= {grpc.StatusCode.UNAVAILABLE}, refusals
+            await all_completed(node, acked.values())
+            done_s = asyncio.get_running_loop().time() - killed_at
+            print(
+                f"\nfailover: 20 submits acknowledged {back_s:.1f} s after the kill, all "
+                f"{len(acked)} completed {done_s:.1f} s after; {len(refusals)} refusals"
+            )
+        finally:
+            stop.set()
+            await stop_sdk_agent(agent, run)
+        assert cluster.owner_of(slot_of(TAG)) == replica
+    finally:
+        key_tags.use_tag("")
+        cluster.close()

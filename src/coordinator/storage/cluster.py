@@ -24,11 +24,14 @@ from typing import Any
 import redis
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.connection import Connection as SyncConnection
 from redis.connection import ConnectionPool as SyncConnectionPool
 from redis.connection import SSLConnection as SyncSSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, RedisError
+from redis.retry import Retry
 
 from coordinator.storage.packing import PackedConnection, PackedSSLConnection
 from coordinator.storage.redis_errors import cluster_redirect
@@ -42,7 +45,8 @@ class ClusterOwner:
     """Where the primary owning one hash slot is, asked of the cluster's nodes when unknown."""
 
     def __init__(self, seed: Address, slot: int, node_kwargs: dict[str, Any]) -> None:
-        """``node_kwargs``: how to talk to any node (user, password, TLS, timeouts)."""
+        """``node_kwargs``: how to talk to any node (user, password, TLS, timeouts). Each
+        node is asked once, without retries: a dead one must not hold up asking the next."""
         self.slot = slot
         self._seeds: list[Address] = [seed]
         self._node_kwargs = node_kwargs
@@ -54,7 +58,12 @@ class ClusterOwner:
         """The owner's host and port (asked of the nodes when not known)."""
         if self.known is None:
             for node in self._candidates():
-                client = AsyncRedis(host=node[0], port=node[1], **self._node_kwargs)
+                client = AsyncRedis(
+                    host=node[0],
+                    port=node[1],
+                    retry=AsyncRetry(NoBackoff(), 0),
+                    **self._node_kwargs,
+                )
                 try:
                     reply = await client.execute_command("CLUSTER SLOTS")
                 except (RedisError, OSError) as exc:
@@ -70,7 +79,9 @@ class ClusterOwner:
         """``address`` for synchronous clients."""
         if self.known is None:
             for node in self._candidates():
-                client = redis.Redis(host=node[0], port=node[1], **self._node_kwargs)
+                client = redis.Redis(
+                    host=node[0], port=node[1], retry=Retry(NoBackoff(), 0), **self._node_kwargs
+                )
                 try:
                     reply = client.execute_command("CLUSTER SLOTS")
                 except (RedisError, OSError) as exc:
