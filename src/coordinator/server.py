@@ -91,8 +91,7 @@ class Coordinator:
 
     def __init__(self, settings: Settings) -> None:
         check_exposure(settings)  # settings built in code get the protected-mode rule too
-        # Before anything builds a key: Redis Cluster mode spells every key with the hash tag.
-        key_tags.use_tag(settings.redis_cluster_tag)
+        key_tags.use_tag(settings.redis_cluster_tag)  # before any key is built (Redis Cluster)
         # Reads the credential files first: a bad one stops the node before it opens anything.
         self.authenticator = Authenticator.from_settings(settings)
         self.settings = settings
@@ -122,6 +121,7 @@ class Coordinator:
             settings.node_id,
             on_node_message=self.streams.on_node_message,
             on_reconnect=self._resynchronise,
+            sharded=bool(settings.redis_cluster_tag),
         )
         self.reaper = TaskReaper(self.redis, settings, wake_dispatcher=self.dispatcher.request)
         self.admission = AdmissionLimiter.of(settings)

@@ -349,3 +349,47 @@ async def test_a_failover_of_the_owner_is_followed_and_loses_nothing_acknowledge
     finally:
         key_tags.use_tag("")
         cluster.close()
+
+
+async def test_after_a_move_the_nodes_listen_on_the_new_owner_and_hand_tasks_across(
+    redis_cluster, start_node
+):
+    """The channels are sharded (SPUBLISH, SSUBSCRIBE on the owner): when the slot moves,
+    Redis unsubscribes each node from them and the node subscribes again on the new owner,
+    so an assignment made on one node still reaches the agent on the other."""
+    url = redis_cluster.url(0)
+    first = await start_node(redis_url=url, redis_cluster_tag=TAG, node_id="node-a")
+    second = await start_node(redis_url=url, redis_cluster_tag=TAG, node_id="node-b")
+    agent, run = await start_sdk_agent(second, "on-b")
+    client = Client(address(first))
+    slot = slot_of(TAG)
+    target = next(p for p in redis_cluster.ports if p != redis_cluster.owner_of(slot))
+    channel = keys.node_channel("node-b")  # tagged: the nodes tagged the names
+    try:
+        await asyncio.to_thread(redis_cluster.move_slot, slot, target)
+        new_owner = redis_cluster.client(target)
+        for _ in range(200):
+            if new_owner.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1] == 1:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("node-b did not subscribe to its channel on the new owner")
+        for x in range(5):
+            task = await submit_retrying(client, x)
+            assert await client.wait(task.task_id, timeout_s=10) == {"doubled": 2 * x}
+            assert (await client.get(task.task_id)).agent_id == "on-b"
+    finally:
+        await client.close()
+        await stop_sdk_agent(agent, run)
+
+
+async def submit_retrying(client: Client, x: int) -> Any:
+    """Submit until the node answers other than UNAVAILABLE (it may still learn the move)."""
+    for _ in range(50):
+        try:
+            return await client.submit("double", {"x": x}, request_id=f"after-move-{x}")
+        except RpcError as exc:
+            if exc.code != grpc.StatusCode.UNAVAILABLE:
+                raise
+            await asyncio.sleep(0.05)
+    raise AssertionError("still UNAVAILABLE")

@@ -3,7 +3,8 @@
 Each script documents its KEYS and ARGV at the top of its file. redis-py sends EVALSHA and
 falls back to EVAL (loading the script) after a Redis restart.
 
-Every script is sent after the Lua table ``K`` (the key names of ``keys.TASK_SCRIPT_KEYS``)
+Every script is sent after the Lua table ``K`` (the key names of ``keys.TASK_SCRIPT_KEYS``,
+and ``K.publish``, the command that publishes on a channel: SPUBLISH with a hash tag)
 and ``lua/availability_lib.lua`` (which keeps ``agents:available`` exact: the registry's
 scripts change status and liveness, the task scripts slots and streams).
 Task scripts share more helpers: each is sent as ``K``, the tables of ``finished_records``,
@@ -99,10 +100,11 @@ def _read(name: str) -> str:
 
 
 def _key_table() -> str:
-    entries = ", ".join(
-        f"{name} = {_lua_string(value)}" for name, value in keys.TASK_SCRIPT_KEYS.items()
-    )
-    return f"local K = {{{entries}}}"
+    entries = [f"{name} = {_lua_string(value)}" for name, value in keys.TASK_SCRIPT_KEYS.items()]
+    # Redis Cluster broadcasts a PUBLISH to every node of the cluster; SPUBLISH (sharded
+    # pub/sub, Redis 7) keeps it on the shard of the channel's slot, the tag's.
+    entries.append(f"publish = '{'SPUBLISH' if key_tags.current_tag() else 'PUBLISH'}'")
+    return f"local K = {{{', '.join(entries)}}}"
 
 
 def _lua_string(value: str) -> str:
