@@ -73,14 +73,17 @@ class AgentSlots:
         the node that made it (no pub/sub hop, and two nodes passing at once fill
         different agents instead of racing for the same slots), while no agent ends up
         more than a task or two above another."""
-        everywhere = self._least_loaded(self._order(cls, eligible))
-        chosen = everywhere
-        if here is not None and not all(here(agent_id) for agent_id in everywhere):
+        order = self._order(cls, eligible)
+        chosen = []
+        if here is not None:
             near = self._least_loaded(self._order(cls, eligible, here))
-            if near and self._load(near[0])[0] <= self._load(everywhere[0])[0] + 1 / max(
-                self.agents[near[0]].max_concurrency, 1
-            ):
-                chosen = near
+            lowest = self._lowest_load(order)
+            if near and lowest is not None:
+                slack = 1 / max(self.agents[near[0]].max_concurrency, 1)
+                if self._load(near[0])[0] <= lowest + slack:
+                    chosen = near
+        if not chosen:
+            chosen = self._least_loaded(order)
         out = []
         for agent_id in chosen:
             candidate = self._candidates.get(agent_id)
@@ -134,6 +137,26 @@ class AgentSlots:
         for entry in kept:
             heapq.heappush(heap, entry)
         return chosen
+
+    def _lowest_load(self, order: _LoadOrder) -> float | None:
+        """The slot use of the least loaded free agent of ``order`` (None: none is free),
+        fixing only the stale entries on top: cheaper than ``_least_loaded``."""
+        heap = order.heap
+        skipped: list[tuple[float, int, str]] = []
+        lowest = None
+        while heap and heap[0][0] < 1:
+            use, used, agent_id = heap[0]
+            load = self._load(agent_id)
+            if load != (use, used):
+                heapq.heapreplace(heap, (*load, agent_id))
+            elif agent_id in self.free:
+                lowest = use
+                break
+            else:  # refused: kept for its place, never chosen
+                skipped.append(heapq.heappop(heap))
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return lowest
 
     def free_slots(self) -> int:
         return sum(agent.max_concurrency - self.used[a] for a, agent in self.free.items())
