@@ -199,9 +199,12 @@ def checks(agg: dict[str, Any]) -> list[tuple[str, str, float | None, float, Any
     drain_many = median(f"agents_{many}.drain.completed_per_s")
     commands_few = median(f"agents_{few}.drain.redis_commands_per_task.total")
     commands_many = median(f"agents_{many}.drain.redis_commands_per_task.total")
-    share = round(drain_many / drain_few, 2) if drain_few and drain_many else None
+    compared = few < many  # one count alone compares with nothing
+    share = round(drain_many / drain_few, 2) if compared and drain_few and drain_many else None
     drift = (
-        round(abs(commands_many / commands_few - 1), 3) if commands_few and commands_many else None
+        round(abs(commands_many / commands_few - 1), 3)
+        if compared and commands_few and commands_many
+        else None
     )
     return [
         (f"one task to each of {many:,} agents ≤ 2 s", "s", each, 2.0, float.__le__),
