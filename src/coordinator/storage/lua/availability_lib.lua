@@ -8,7 +8,9 @@
 -- loaded first. (The full ones are kept too: a node's view holds them, and counts the
 -- slots its reports free.) K.available_in .. index_key is the same set for the agents of
 -- one descriptive index set (agents:capability:gpu, ...), so a requirements class reads
--- its least loaded eligible agents from the smallest of them.
+-- its least loaded eligible agents from the smallest of them. K.rotation (and
+-- K.rotation_in .. index_key) has the same members, all scored 0: round robin walks it in
+-- agent_id order (ZRANGEBYLEX, rotation_lib.lua). Its slot use changing leaves it alone.
 -- Every script that changes one of the inputs calls available_refresh in the same call, so
 -- the sets are exact between scripts. Whether the node holding the stream is alive is not
 -- part of it (its presence key expires by itself, and a node starting writes it after its
@@ -23,11 +25,13 @@ local function available_index_keys(raw)
   return cjson.decode(raw)
 end
 
--- Takes the agent out of every available set (given its index keys, JSON).
+-- Takes the agent out of every available set and rotation (given its index keys, JSON).
 local function available_clear(agent_id, raw_index_keys)
   redis.call('ZREM', K.available, agent_id)
+  redis.call('ZREM', K.rotation, agent_id)
   for _, key in ipairs(available_index_keys(raw_index_keys)) do
     redis.call('ZREM', K.available_in .. key, agent_id)
+    redis.call('ZREM', K.rotation_in .. key, agent_id)
   end
 end
 
@@ -58,6 +62,7 @@ local function available_refresh(agent_id)
     'active_tasks', 'index_keys')
   if not record[1] then
     redis.call('ZREM', K.available, agent_id)
+    redis.call('ZREM', K.rotation, agent_id)
     return false
   end
   local score = available_score(agent_id, record)
@@ -66,8 +71,10 @@ local function available_refresh(agent_id)
     return false
   end
   redis.call('ZADD', K.available, score, agent_id)
+  redis.call('ZADD', K.rotation, 0, agent_id)
   for _, key in ipairs(available_index_keys(record[4])) do
     redis.call('ZADD', K.available_in .. key, score, agent_id)
+    redis.call('ZADD', K.rotation_in .. key, 0, agent_id)
   end
   return true
 end
@@ -97,4 +104,74 @@ local function available_check(agent_id)
       or (score and tonumber(in_set) ~= score) then
     available_refresh(agent_id)
   end
+end
+
+-- The consistent hash ring (rotation_lib.lua walks it): RING_POINTS points an agent,
+-- member '{agent_id}#{i}', scored by ring_hash of that member, in K.ring and in
+-- K.ring_in .. index_key for each of its descriptive index sets. It holds every registered
+-- agent, free or not (register_agent.lua and deregister_agent.lua keep it), so a key keeps
+-- its agent while that agent can take it. coordinator.dispatch.balancing hashes alike.
+local RING_POINTS = 64
+
+-- A point's place on the ring: the first 52 bits of SHA-1 (a double holds them exactly).
+local function ring_hash(text)
+  return tonumber(string.sub(redis.sha1hex(text), 1, 13), 16)
+end
+
+-- Puts the agent's points in the rings given (those that have its first point are left).
+local function ring_put(agent_id, ring_keys)
+  local points = nil
+  for _, ring in ipairs(ring_keys) do
+    if not redis.call('ZSCORE', ring, agent_id .. '#0') then
+      if not points then
+        points = {}
+        for i = 0, RING_POINTS - 1 do
+          local member = agent_id .. '#' .. i
+          points[#points + 1] = string.format('%.0f', ring_hash(member))
+          points[#points + 1] = member
+        end
+      end
+      redis.call('ZADD', ring, unpack(points))
+    end
+  end
+end
+
+-- Takes the agent's points out of the rings given.
+local function ring_take(agent_id, ring_keys)
+  local members = {}
+  for i = 0, RING_POINTS - 1 do
+    members[#members + 1] = agent_id .. '#' .. i
+  end
+  for _, ring in ipairs(ring_keys) do
+    redis.call('ZREM', ring, unpack(members))
+  end
+end
+
+-- The rings of an agent of these descriptive index keys (a list): K.ring and one each.
+local function ring_keys_of(index_keys)
+  local rings = {K.ring}
+  for _, key in ipairs(index_keys) do
+    rings[#rings + 1] = K.ring_in .. key
+  end
+  return rings
+end
+
+-- The descriptive index sets an agent must be in to fit requirements (JSON,
+-- Requirements.to_json), and the agent_id they pin ('' for none).
+local function requirement_index_sets(requirements)
+  local r = cjson.decode(requirements)
+  local sets = {}
+  if r.agent_type and r.agent_type ~= '' then
+    sets[#sets + 1] = K.type_index .. r.agent_type
+  end
+  for _, capability in ipairs(r.capabilities or {}) do
+    sets[#sets + 1] = K.capability_index .. capability
+  end
+  for _, service in ipairs(r.services or {}) do
+    sets[#sets + 1] = K.service_index .. service
+  end
+  for key, value in pairs(r.labels or {}) do
+    sets[#sets + 1] = K.label_index .. key .. '=' .. value
+  end
+  return sets, r.agent_id or ''
 end
