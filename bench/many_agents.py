@@ -60,6 +60,8 @@ def submit_one_each(
             out = bench.next_path(f"submitter{i}")
             outs.append(out)
             options = {"count": count, "start_at_ns": start_at, **scenario_drain_options(bench)}
+            if bench.args.strategy == "consistent_hash":
+                options["routing_keys"] = True  # else it chooses as least connections
             argv = submitter_argv(node.address, out, **options)
             submitters.append(bench.python_child("load_submitter.py", argv))
         bench.wait_exit(submitters, "the submitters", 300)

@@ -72,7 +72,7 @@ async def structures(redis) -> dict[str, dict[str, float]]:
 
 async def assert_exact(redis, scripts) -> dict[str, dict[str, float]]:
     """The rings and rotations as the scripts kept them equal those built afresh from the
-    records, and each rotation has the members of its available set."""
+    records, and each rotation has the members of its available set with a free slot."""
     kept = await structures(redis)
     for key in kept:
         await redis.delete(key)
@@ -81,7 +81,7 @@ async def assert_exact(redis, scripts) -> dict[str, dict[str, float]]:
     for key, members in kept.items():
         if key.startswith(keys.AGENTS_ROTATION):
             available = key.replace(keys.AGENTS_ROTATION, keys.AGENTS_AVAILABLE, 1)
-            assert set(members) == set(await redis.zrange(available, 0, -1))
+            assert set(members) == set(await redis.zrangebyscore(available, "-inf", "(1"))
     return kept
 
 
@@ -228,22 +228,26 @@ async def test_two_nodes_assigning_at_once_share_the_rotation(
     assert Counter(one + two) == dict.fromkeys(ids, 4)
 
 
-async def test_a_walk_that_finds_none_near_falls_back_and_is_counted(
-    scripts, registry, redis_client
-):
-    ids = await agents(registry, redis_client, 600, max_concurrency=1)
-    for agent_id in ids[:-1]:  # the record says full: its available score becomes 1
-        await redis_client.hset(keys.agent(agent_id), "active_tasks", 1)
-    await scripts.rebuild_available(args=["force"])
+async def test_a_walk_that_finds_none_near_stops_and_is_counted(scripts, registry, redis_client):
+    # 600 agents whose node is gone (their stream's node no longer present: they stay in
+    # the sets until they stop heartbeating), and one that can take the task, after them.
+    await agents(registry, redis_client, 600, node="node-gone")
+    await redis_client.delete(keys.node_presence("node-gone"))
+    await make_agent(registry, redis_client, "zz-live")
 
     reply = await chosen(scripts, await queued(scripts, redis_client), "round_robin")
     assert reply[0] == "walk_bound"
     assert await redis_client.hget(keys.TASK_STATS, "walk_bound_fallbacks") == "1"
-    await redis_client.hset(keys.agent(ids[-1]), "active_tasks", 1)
-    await scripts.rebuild_available(args=["force"])
-    assert (await chosen(scripts, await queued(scripts, redis_client), "round_robin"))[0] == (
-        "no_free_agent"
-    )
+
+
+async def test_with_every_agent_full_the_class_has_no_free_agent(scripts, registry, redis_client):
+    ids = await agents(registry, redis_client, 2, max_concurrency=1)
+    replies = [
+        await chosen(scripts, await queued(scripts, redis_client), "round_robin") for _ in range(3)
+    ]
+    assert [reply[0] for reply in replies] == ["ok", "ok", "no_free_agent"]
+    assert [reply[4] for reply in replies[:2]] == ids
+    assert await redis_client.zcard(keys.AGENTS_ROTATION) == 0  # full: out of the rotation
 
 
 async def test_every_change_of_an_agent_keeps_the_ring_and_the_rotations_exact(

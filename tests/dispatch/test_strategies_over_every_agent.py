@@ -60,12 +60,15 @@ async def test_consistent_hash_keeps_each_key_on_its_agent_among_all_of_them(nod
 
 
 async def test_a_walk_that_finds_none_near_falls_back_to_the_nodes_choice(node, redis_client):
-    ids = await agents(redis_client, 600, max_concurrency=1)
-    for agent_id in ids[:-1]:  # full, as their records say
-        await redis_client.hset(keys.agent(agent_id), "active_tasks", 1)
-    await TaskScripts(redis_client).rebuild_available(args=["force"])
+    # 600 agents whose node is gone, before the one that can take the task: the script's
+    # walk stops at its bound; the snapshot skips them, and the node chooses the live one.
+    registry = AgentRegistry(redis_client, Settings())
+    for index in range(600):
+        await make_agent(registry, redis_client, f"agent-{index:03d}", node="node-gone")
+    await redis_client.delete(keys.node_presence("node-gone"))
+    await make_agent(registry, redis_client, "zz-live")
 
     got = await assigned_to(node, balancing_strategy=S.Value("BALANCING_STRATEGY_ROUND_ROBIN"))
 
-    assert got == ids[-1]
+    assert got == "zz-live"
     assert await redis_client.hget(keys.TASK_STATS, "walk_bound_fallbacks") == "1"

@@ -109,9 +109,9 @@ def available_in(index_key: str) -> str:
 
 
 AGENTS_ROTATION = "agents:rotation"
-"""Sorted set, every score 0: the agents of ``agents:available`` (the same members, kept by
+"""Sorted set, every score 0: the agents of ``agents:available`` with a free slot (kept by
 the same scripts), in ``agent_id`` order by ZRANGEBYLEX: round robin's rotation over every
-available agent, found in O(log n) from the last agent chosen."""
+free available agent, the next found in O(log n) from the last agent chosen."""
 
 AGENTS_ROTATION_PREFIX = "agents:rotation:"
 """``agents:rotation:{index set}``: the same for the agents of one descriptive index set."""

@@ -9,8 +9,10 @@
 -- slots its reports free.) K.available_in .. index_key is the same set for the agents of
 -- one descriptive index set (agents:capability:gpu, ...), so a requirements class reads
 -- its least loaded eligible agents from the smallest of them. K.rotation (and
--- K.rotation_in .. index_key) has the same members, all scored 0: round robin walks it in
--- agent_id order (ZRANGEBYLEX, rotation_lib.lua). Its slot use changing leaves it alone.
+-- K.rotation_in .. index_key) holds those of them with a free slot, all scored 0: round
+-- robin walks it in agent_id order (ZRANGEBYLEX, rotation_lib.lua), and a walk
+-- never passes full agents (a slot taken or freed moves an agent in or out of it only when
+-- it fills or frees its last slot).
 -- Every script that changes one of the inputs calls available_refresh in the same call, so
 -- the sets are exact between scripts. Whether the node holding the stream is alive is not
 -- part of it (its presence key expires by itself, and a node starting writes it after its
@@ -55,6 +57,21 @@ local function available_score(agent_id, record)
   return available_slot_use(tonumber(record[3]) or 0, tonumber(record[2]) or 0)
 end
 
+-- Puts the agent in round robin's rotations when it has a free slot, else takes it out.
+local function rotation_refresh(agent_id, free, index_keys)
+  local rotations = {K.rotation}
+  for _, key in ipairs(index_keys) do
+    rotations[#rotations + 1] = K.rotation_in .. key
+  end
+  for _, rotation in ipairs(rotations) do
+    if free then
+      redis.call('ZADD', rotation, 0, agent_id)
+    else
+      redis.call('ZREM', rotation, agent_id)
+    end
+  end
+end
+
 -- Puts the agent in the available sets, or takes it out, as its record says now. Returns
 -- whether it is available.
 local function available_refresh(agent_id)
@@ -71,11 +88,11 @@ local function available_refresh(agent_id)
     return false
   end
   redis.call('ZADD', K.available, score, agent_id)
-  redis.call('ZADD', K.rotation, 0, agent_id)
-  for _, key in ipairs(available_index_keys(record[4])) do
+  local index_keys = available_index_keys(record[4])
+  for _, key in ipairs(index_keys) do
     redis.call('ZADD', K.available_in .. key, score, agent_id)
-    redis.call('ZADD', K.rotation_in .. key, 0, agent_id)
   end
+  rotation_refresh(agent_id, score < 1, index_keys)
   return true
 end
 
@@ -85,11 +102,16 @@ end
 -- the caller gives the record's max_concurrency and index_keys, which it read already.
 local function available_slots_changed(agent_id, active, max_concurrency, raw_index_keys)
   local score = available_slot_use(active, tonumber(max_concurrency) or 0)
-  if redis.call('ZADD', K.available, 'XX', 'CH', score, agent_id) == 0 then
+  local was_free = redis.call('ZSCORE', K.available, agent_id)
+  if not was_free or redis.call('ZADD', K.available, 'XX', 'CH', score, agent_id) == 0 then
     return  -- not available, or the same score
   end
-  for _, key in ipairs(available_index_keys(raw_index_keys)) do
+  local index_keys = available_index_keys(raw_index_keys)
+  for _, key in ipairs(index_keys) do
     redis.call('ZADD', K.available_in .. key, 'XX', score, agent_id)
+  end
+  if (tonumber(was_free) < 1) ~= (score < 1) then
+    rotation_refresh(agent_id, score < 1, index_keys)
   end
 end
 
