@@ -60,10 +60,8 @@ async def agents(registry, redis, count: int, **options) -> list[str]:
 async def structures(redis) -> dict[str, dict[str, float]]:
     """Every ring and rotation, as {key: {member: score}}."""
     found = {}
-    patterns = (keys.AGENTS_RING_PREFIX + "*", keys.AGENTS_ROTATION_PREFIX + "*")
     names = [keys.AGENTS_RING, keys.AGENTS_ROTATION]
-    for pattern in patterns:
-        names += await redis.keys(pattern)
+    names += await redis.keys(keys.AGENTS_ROTATION_PREFIX + "*")
     for key in names:
         if await redis.exists(key):
             found[key] = dict(await redis.zrange(key, 0, -1, withscores=True))
@@ -253,32 +251,41 @@ async def test_with_every_agent_full_the_class_has_no_free_agent(scripts, regist
 async def test_every_change_of_an_agent_keeps_the_ring_and_the_rotations_exact(
     scripts, registry, redis_client
 ):
-    gpu_ring = keys.AGENTS_RING_PREFIX + keys.capability_index("gpu")
+    points = VIRTUAL_POINTS_PER_AGENT
     gpu_rotation = keys.AGENTS_ROTATION_PREFIX + keys.capability_index("gpu")
     await registry.register(
         AgentRegistration(agent_id="a", agent_type="w", capabilities=("gpu",), max_concurrency=2)
     )
     kept = await assert_exact(redis_client, scripts)
-    assert len(kept[gpu_ring]) == VIRTUAL_POINTS_PER_AGENT and keys.AGENTS_ROTATION not in kept
+    assert len(kept[keys.AGENTS_RING]) == points and keys.AGENTS_ROTATION not in kept
     await make_agent(registry, redis_client, "b")
     await scripts.connect_stream(args=["a", NODE, "s-a"])
     kept = await assert_exact(redis_client, scripts)
     assert kept[gpu_rotation] == {"a": 0.0} and set(kept[keys.AGENTS_ROTATION]) == {"a", "b"}
-    assert len(kept[keys.AGENTS_RING]) == 2 * VIRTUAL_POINTS_PER_AGENT
+    assert len(kept[keys.AGENTS_RING]) == 2 * points
+
+    first = await queued(scripts, redis_client)
+    assert (await chosen(scripts, first, "round_robin"))[4] == "a"
+    second = await queued(scripts, redis_client)
+    assert (await chosen(scripts, second, "round_robin"))[4] == "b"  # b is full now
+    assert set((await assert_exact(redis_client, scripts))[keys.AGENTS_ROTATION]) == {"a"}
+    token = await redis_client.hget(keys.task(second), "fencing_token")
+    await scripts.report_task(args=[second, "b", token, "complete", "{}"])  # b is free again
+    assert set((await assert_exact(redis_client, scripts))[keys.AGENTS_ROTATION]) == {"a", "b"}
 
     await registry.update_status("a", AgentStatus.MAINTENANCE, {}, "test")
     assert set((await assert_exact(redis_client, scripts))[keys.AGENTS_ROTATION]) == {"b"}
     await registry.update_status("a", AgentStatus.ACTIVE, {}, "test")
-    await registry.register(  # re-registered without gpu: off the gpu ring and rotation
+    await registry.register(  # re-registered without gpu: out of the gpu rotation
         AgentRegistration(agent_id="a", agent_type="w", capabilities=("cpu",), max_concurrency=2)
     )
     kept = await assert_exact(redis_client, scripts)
-    assert gpu_ring not in kept and gpu_rotation not in kept
-    assert len(kept[keys.AGENTS_RING_PREFIX + keys.capability_index("cpu")]) == 64
+    assert gpu_rotation not in kept and len(kept[keys.AGENTS_RING]) == 2 * points
+    assert kept[keys.AGENTS_ROTATION_PREFIX + keys.capability_index("cpu")] == {"a": 0.0}
 
     await scripts.disconnect_stream(args=["a", NODE, "s-a"])
     kept = await assert_exact(redis_client, scripts)
-    assert set(kept[keys.AGENTS_ROTATION]) == {"b"} and len(kept[keys.AGENTS_RING]) == 128
+    assert set(kept[keys.AGENTS_ROTATION]) == {"b"} and len(kept[keys.AGENTS_RING]) == 2 * points
     await scripts.connect_stream(args=["a", NODE, "s-a2"])
     await redis_client.zadd(keys.AGENTS_HEARTBEATS, {"a": 0})  # stale: the sweep takes it out
     assert await registry.sweep_stale() == ["a"]
@@ -288,14 +295,14 @@ async def test_every_change_of_an_agent_keeps_the_ring_and_the_rotations_exact(
 
     await registry.deregister("a")
     kept = await assert_exact(redis_client, scripts)
-    assert set(kept[keys.AGENTS_ROTATION]) == {"b"} and len(kept[keys.AGENTS_RING]) == 64
-    assert not await redis_client.exists(keys.AGENTS_RING_PREFIX + keys.capability_index("cpu"))
+    assert set(kept[keys.AGENTS_ROTATION]) == {"b"} and len(kept[keys.AGENTS_RING]) == points
+    assert not any(member.startswith("a#") for member in kept[keys.AGENTS_RING])
 
 
 async def test_a_redis_from_before_gets_its_ring_built_once(scripts, registry, redis_client):
     await make_agent(registry, redis_client, "a", streaming=False)
     ring = await redis_client.zrange(keys.AGENTS_RING, 0, -1, withscores=True)
-    await redis_client.delete(keys.AGENTS_RING, keys.AGENTS_RING_PREFIX + keys.type_index("worker"))
+    await redis_client.delete(keys.AGENTS_RING)
     assert await scripts.rebuild_available(args=[""]) == 0  # no stream open: none available
     assert await redis_client.zrange(keys.AGENTS_RING, 0, -1, withscores=True) == ring
     assert await scripts.rebuild_available(args=[""]) == -1

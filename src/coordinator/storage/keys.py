@@ -122,10 +122,6 @@ AGENTS_RING = "agents:ring"
 (member ``{agent_id}#{i}``, scored by the point's 52-bit hash, ``balancing.ring_hash``),
 kept by registration and deregistration only: it does not depend on who is free."""
 
-AGENTS_RING_PREFIX = "agents:ring:"
-"""``agents:ring:{index set}``: the same ring for the agents of one descriptive index set
-(a class walks the smallest of its sets' rings)."""
-
 
 # --- Tasks -----------------------------------------------------------------------------------
 # The task scripts build some of these keys themselves (a task's agent is only known inside
@@ -310,7 +306,6 @@ TASK_SCRIPT_KEYS = {
     "rotation": AGENTS_ROTATION,
     "rotation_in": AGENTS_ROTATION_PREFIX,
     "ring": AGENTS_RING,
-    "ring_in": AGENTS_RING_PREFIX,
     "rotation_positions": ROTATION_POSITIONS,
     "type_index": TYPE_INDEX_PREFIX,
     "capability_index": CAPABILITY_INDEX_PREFIX,

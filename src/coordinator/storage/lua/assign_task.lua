@@ -81,7 +81,7 @@ local over_bound
 if choose_by == 'round_robin' then
   agent_id, over_bound = rotation_next(class, sets, accept, details[3] or '')
 else
-  agent_id, over_bound = ring_next(details[2] or '', sets, accept, details[3] or '')
+  agent_id, over_bound = ring_next(details[2] or '', accept, details[3] or '')
 end
 if over_bound then
   redis.call('HINCRBY', K.stats, 'walk_bound_fallbacks', 1)

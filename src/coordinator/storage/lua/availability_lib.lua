@@ -128,11 +128,12 @@ local function available_check(agent_id)
   end
 end
 
--- The consistent hash ring (rotation_lib.lua walks it): RING_POINTS points an agent,
--- member '{agent_id}#{i}', scored by ring_hash of that member, in K.ring and in
--- K.ring_in .. index_key for each of its descriptive index sets. It holds every registered
--- agent, free or not (register_agent.lua and deregister_agent.lua keep it), so a key keeps
--- its agent while that agent can take it. coordinator.dispatch.balancing hashes alike.
+-- The consistent hash ring K.ring (rotation_lib.lua walks it): RING_POINTS points an
+-- agent, member '{agent_id}#{i}', scored by ring_hash of that member. It holds every
+-- registered agent, free or not (register_agent.lua and deregister_agent.lua keep it), so a
+-- key keeps its agent while that agent can take it; one ring for all (a ring per index set
+-- would cost as much again per set: about 8.5 KB an agent each). coordinator.dispatch.
+-- balancing hashes alike.
 local RING_POINTS = 64
 
 -- A point's place on the ring: the first 52 bits of SHA-1 (a double holds them exactly).
@@ -140,42 +141,27 @@ local function ring_hash(text)
   return tonumber(string.sub(redis.sha1hex(text), 1, 13), 16)
 end
 
--- Puts the agent's points in the rings given (those that have its first point are left).
-local function ring_put(agent_id, ring_keys)
-  local points = nil
-  for _, ring in ipairs(ring_keys) do
-    if not redis.call('ZSCORE', ring, agent_id .. '#0') then
-      if not points then
-        points = {}
-        for i = 0, RING_POINTS - 1 do
-          local member = agent_id .. '#' .. i
-          points[#points + 1] = string.format('%.0f', ring_hash(member))
-          points[#points + 1] = member
-        end
-      end
-      redis.call('ZADD', ring, unpack(points))
-    end
+-- Puts the agent's points on the ring, unless they are on it.
+local function ring_put(agent_id)
+  if redis.call('ZSCORE', K.ring, agent_id .. '#0') then
+    return
   end
+  local points = {}
+  for i = 0, RING_POINTS - 1 do
+    local member = agent_id .. '#' .. i
+    points[#points + 1] = string.format('%.0f', ring_hash(member))
+    points[#points + 1] = member
+  end
+  redis.call('ZADD', K.ring, unpack(points))
 end
 
--- Takes the agent's points out of the rings given.
-local function ring_take(agent_id, ring_keys)
+-- Takes the agent's points off the ring.
+local function ring_take(agent_id)
   local members = {}
   for i = 0, RING_POINTS - 1 do
     members[#members + 1] = agent_id .. '#' .. i
   end
-  for _, ring in ipairs(ring_keys) do
-    redis.call('ZREM', ring, unpack(members))
-  end
-end
-
--- The rings of an agent of these descriptive index keys (a list): K.ring and one each.
-local function ring_keys_of(index_keys)
-  local rings = {K.ring}
-  for _, key in ipairs(index_keys) do
-    rings[#rings + 1] = K.ring_in .. key
-  end
-  return rings
+  redis.call('ZREM', K.ring, unpack(members))
 end
 
 -- The descriptive index sets an agent must be in to fit requirements (JSON,

@@ -1,8 +1,8 @@
 -- Builds agents:available, its per-index sets and round robin's rotations
--- (availability_lib.lua) from the agent records, and the consistent hash rings: a node
+-- (availability_lib.lua) from the agent records, and the consistent hash ring: a node
 -- starting against a Redis from before they existed runs it. The available sets and
 -- rotations are built when agents:available or agents:rotation is missing while a stream
--- is open (no agent can be in them otherwise); the rings when agents:ring is missing while
+-- is open (no agent can be in them otherwise); the ring when agents:ring is missing while
 -- agents are registered; both with ARGV[1] 'force'. The scripts keep them exact after.
 -- Costs O(registered agents), at a node's start only.
 --
@@ -24,7 +24,7 @@ for _, agent_id in ipairs(redis.call('SMEMBERS', K.agents_all)) do
     available_refresh(agent_id)
   end
   if build_ring and index_keys then  -- a registered agent (its record has index_keys)
-    ring_put(agent_id, ring_keys_of(available_index_keys(index_keys)))
+    ring_put(agent_id)
   end
 end
 return redis.call('ZCARD', K.available)

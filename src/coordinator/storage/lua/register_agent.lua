@@ -1,8 +1,7 @@
 -- Registers an agent, or updates its record, keeping every index exact.
 -- Re-registration keeps registered_at_ms, active_tasks and node_id, and an operator-set
 -- MAINTENANCE or ERROR status; any other status becomes ACTIVE. Index entries the new
--- registration no longer has (capabilities, services, labels, type) are removed, and
--- its points from those sets' consistent hash rings (availability_lib.lua's ring_put).
+-- registration no longer has (capabilities, services, labels, type) are removed.
 -- Time is Redis's clock, so every node shares one clock.
 --
 -- KEYS[1]      agent hash                agent:{agent_id}
@@ -40,16 +39,13 @@ for i = first_index_key, #KEYS do
 end
 if old[3] then
   available_clear(agent_id, old[3])  -- refreshed below, under the new index keys
-  local dropped = {}
   for _, key in ipairs(cjson.decode(old[3])) do
     if not keep[key] then
       redis.call('SREM', key, agent_id)
-      dropped[#dropped + 1] = K.ring_in .. key
     end
   end
-  ring_take(agent_id, dropped)
 end
-ring_put(agent_id, ring_keys_of(new_index_keys))
+ring_put(agent_id)  -- on the consistent hash ring from its first registration on
 for _, key in ipairs(new_index_keys) do
   redis.call('SADD', key, agent_id)
 end

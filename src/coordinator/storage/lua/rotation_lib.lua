@@ -4,19 +4,22 @@
 -- task_lib.lua: the caller gives ``accept(agent_id)``, which says whether the agent can take
 -- the task now (free slot, eligible, live, streaming).
 --
--- Round robin walks K.rotation (or K.rotation_in .. index_key: the available agents by
--- agent_id, availability_lib.lua) from just after the class's last agent
--- (K.rotation_positions), wrapping once; consistent hash walks K.ring (or K.ring_in ..
--- index_key, every registered agent's points) clockwise from the routing key's hash,
--- wrapping once. Either walks the smallest of the structures of the class's index sets:
--- every eligible agent is in each, so the first acceptable one is the same whichever is
--- walked. A walk reads pages of ROTATION_PAGE (O(log n + page) each) and stops after
--- WALK_BOUND entries: then the caller falls back to choosing among the snapshot's agents.
+-- Round robin walks K.rotation (or K.rotation_in .. index_key, the smallest of the class's
+-- index sets': the available agents with a free slot by agent_id, availability_lib.lua)
+-- from just after the class's last agent (K.rotation_positions), wrapping once; every
+-- eligible agent is in each, so the first acceptable one is the same whichever is walked.
+-- Consistent hash walks K.ring (every registered agent's points) clockwise from the
+-- routing key's hash, wrapping once, past the points of agents that are full, not
+-- eligible or not available. A walk reads pages of ROTATION_PAGE (O(log n + page) each)
+-- and stops after WALK_BOUND entries: then the caller falls back to choosing among the
+-- snapshot's agents (on the ring, a class that fewer than about one registered agent in
+-- 100 fits and is free; the node's own ring over those agents, all in its snapshot when
+-- they are at most 16, places a key as this one would).
 
 local WALK_BOUND = 512
 local ROTATION_PAGE = 64
 
--- The structure to walk for a class of index sets ``sets``: ``whole`` without any, else
+-- The rotation to walk for a class of index sets ``sets``: ``whole`` without any, else
 -- the smallest of ``prefix .. set``.
 local function smallest_structure(whole, prefix, sets)
   local best, size = whole, -1
@@ -95,8 +98,8 @@ end
 
 -- Consistent hash: the agent of the first point clockwise from the key's hash (a point
 -- scored exactly the key's hash belongs to the next: as bisect_right in balancing.py).
-local function ring_next(routing_key, sets, accept, avoid)
-  local ring = smallest_structure(K.ring, K.ring_in, sets)
+local function ring_next(routing_key, accept, avoid)
+  local ring = K.ring
   local at = string.format('%.0f', ring_hash(routing_key))
   local function read(range, offset, count)
     return redis.call('ZRANGEBYSCORE', ring, range[1], range[2], 'LIMIT', offset, count)
