@@ -96,22 +96,24 @@ local function available_refresh(agent_id)
   return true
 end
 
--- The agent's active_tasks became ``active`` (an assignment, or an attempt's end): its
--- score changes in the sets it is in, and nothing else (ZADD XX leaves out an agent that
--- is not available; its other inputs did not change). The cheap refresh, for every task:
--- the caller gives the record's max_concurrency and index_keys, which it read already.
-local function available_slots_changed(agent_id, active, max_concurrency, raw_index_keys)
-  local score = available_slot_use(active, tonumber(max_concurrency) or 0)
-  local was_free = redis.call('ZSCORE', K.available, agent_id)
-  if not was_free or redis.call('ZADD', K.available, 'XX', 'CH', score, agent_id) == 0 then
+-- The agent's active_tasks became ``active`` (an assignment, ``taken`` true, or an
+-- attempt's end): its score changes in the sets it is in, and nothing else (ZADD XX leaves
+-- out an agent that is not available; its other inputs did not change); it leaves the
+-- rotations when this took its last free slot, and comes back when this freed it. The
+-- cheap refresh, for every task: the caller gives the record's max_concurrency and
+-- index_keys, which it read already.
+local function available_slots_changed(agent_id, active, max_concurrency, raw_index_keys, taken)
+  local most = tonumber(max_concurrency) or 0
+  local score = available_slot_use(active, most)
+  if redis.call('ZADD', K.available, 'XX', 'CH', score, agent_id) == 0 then
     return  -- not available, or the same score
   end
   local index_keys = available_index_keys(raw_index_keys)
   for _, key in ipairs(index_keys) do
     redis.call('ZADD', K.available_in .. key, 'XX', score, agent_id)
   end
-  if (tonumber(was_free) < 1) ~= (score < 1) then
-    rotation_refresh(agent_id, score < 1, index_keys)
+  if (taken and active == most) or (not taken and active == most - 1) then
+    rotation_refresh(agent_id, not taken, index_keys)
   end
 end
 
