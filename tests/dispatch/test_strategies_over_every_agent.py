@@ -5,6 +5,9 @@ the node falls back to its own choice when the script finds no agent near."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
+
 from agent_harness import submit_request, wait_for_state
 from aitbc.coordinator.v1 import task_pb2
 from coordinator.agents.registry import AgentRegistry
@@ -72,3 +75,18 @@ async def test_a_walk_that_finds_none_near_falls_back_to_the_nodes_choice(node, 
 
     assert got == "zz-live"
     assert await redis_client.hget(keys.TASK_STATS, "walk_bound_fallbacks") == "1"
+
+
+async def test_two_nodes_passing_at_once_share_one_rotation(start_node, redis_client):
+    nodes = [await start_node(node_id="node-a"), await start_node(node_id="node-b")]
+    ids = await agents(redis_client, 3 * CANDIDATES_PER_TASK, max_concurrency=3)
+    strategy = S.Value("BALANCING_STRATEGY_ROUND_ROBIN")
+
+    # Each node queues its half in its own partition and passes over it at the same time.
+    chosen = await asyncio.gather(
+        *(assigned_to(nodes[i % 2], balancing_strategy=strategy) for i in range(2 * len(ids)))
+    )
+
+    # Two tasks for each agent: neither node's passes went back over the other's part of
+    # the rotation.
+    assert Counter(chosen) == dict.fromkeys(ids, 2)
