@@ -67,9 +67,7 @@ async def main_async(args: argparse.Namespace) -> None:
         nonlocal calls
         calls += 1
         # Like the SDK's Client: a fresh request_id, so that a retry could not duplicate.
-        request = task_pb2.SubmitTaskRequest(
-            task_type="noop", requirements=requirements, request_id=uuid.uuid4().hex
-        )
+        request = new_request()
         submitted = time.time_ns()
         try:
             reply = await stubs[i % len(stubs)].SubmitTask(request, timeout=60)
@@ -78,13 +76,17 @@ async def main_async(args: argparse.Namespace) -> None:
             return
         records.append((reply.task.task_id, submitted, time.time_ns()))
 
+    def new_request() -> task_pb2.SubmitTaskRequest:
+        request_id = uuid.uuid4().hex
+        return task_pb2.SubmitTaskRequest(
+            task_type="noop",
+            requirements=requirements,
+            request_id=request_id,
+            routing_key=request_id if args.routing_keys else "",
+        )
+
     def new_requests(size: int) -> list[task_pb2.SubmitTaskRequest]:
-        return [
-            task_pb2.SubmitTaskRequest(
-                task_type="noop", requirements=requirements, request_id=uuid.uuid4().hex
-            )
-            for _ in range(size)
-        ]
+        return [new_request() for _ in range(size)]
 
     async def submit_many(sender: int, due: list[int] | None, size: int) -> None:
         """One SubmitTasks call, or one message on stream ``sender`` (--stream), of
@@ -234,6 +236,11 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.0, help="tasks/s; 0 = as fast as possible")
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--start-at-ns", type=int, default=0)
+    parser.add_argument(
+        "--routing-keys",
+        action="store_true",
+        help="each task its own routing key (consistent_hash)",
+    )
     parser.add_argument("--out", required=True)
     transport.add_arguments(parser)
     args = parser.parse_args()

@@ -298,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="tasks of each of the 3 partitions of the cluster scenario (3000; --quick: 300)",
     )
     parser.add_argument("--log-level", default="INFO", help="the coordinator nodes' log level")
+    parser.add_argument(
+        "--strategy",
+        default="",
+        help="the nodes' COORDINATOR_BALANCING_STRATEGY (default: theirs); with consistent_hash "
+        "the many_agents scenario gives each task its own routing key",
+    )
     add_baseline_options(parser)
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     return parser
@@ -370,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     workdir = Path(tempfile.mkdtemp(prefix="aitbc-bench-"))
     bench = Bench(args, args.plan, workdir, RedisServer(workdir))
+    if args.strategy:
+        bench.node_env = {"COORDINATOR_BALANCING_STRATEGY": args.strategy}
     started = time.monotonic()
     results = measure(bench, chosen)
     if isinstance(results, int):

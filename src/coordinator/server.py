@@ -8,7 +8,6 @@ SIGTERM or SIGINT.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from coordinator.delivery.events import EventHub
 from coordinator.delivery.streams import AssignmentStreams, QueueLimits
 from coordinator.dispatch.dispatcher import Dispatcher
 from coordinator.node import reflection
+from coordinator.node.gc_pauses import CollectorPolicy
 from coordinator.node.health import RedisHealthMonitor
 from coordinator.node.health_port import HealthListener
 from coordinator.node.metrics import NodeMetrics
@@ -323,12 +323,14 @@ async def serve(settings: Settings, on_serving: Callable[[], None] | None = None
     coordinator, _ = await create_server(settings)
     if on_serving is not None:
         on_serving()
-    # Everything allocated so far (modules, descriptors) lives as long as the process: keep
-    # it out of the garbage collector's scans, which shortens the pauses on the hot paths.
-    gc.freeze()
+    # Everything allocated so far (modules, descriptors) lives as long as the process, and
+    # so do most streams' objects: keep them out of most of the collector's scans.
+    collector = CollectorPolicy()
+    collector.install()
     await stop.wait()
     log.info("signal received: shutting down")
     await coordinator.stop()
+    collector.uninstall()
     return 0
 
 

@@ -282,7 +282,9 @@ class Session:
             if events:
                 return events
             try:
-                await asyncio.wait_for(self._wakeup.wait(), self._resync_s)
+                # (asyncio.timeout, not wait_for: no task created per wake-up of the stream)
+                async with asyncio.timeout(self._resync_s):
+                    await self._wakeup.wait()
             except TimeoutError:
                 self._resync_due = True
             raise_if_cancelled()

@@ -22,9 +22,11 @@ AT_SUBMIT_STRATEGIES = frozenset(
     {Strategy.LEAST_CONNECTIONS, Strategy.CAPABILITY_BASED, Strategy.CONSISTENT_HASH}
 )
 """Strategies whose choice depends only on what a node's view keeps current (the agents,
-their registration and their slots): only their tasks are assigned at submit. The others
-read metrics that the agents report all the time, or keep a shared turn that passes
-persist (round robin): their tasks wait for a pass, which reads everything afresh."""
+their registration and their slots): only their tasks are assigned at submit (consistent
+hash only without a routing key: the ring of every agent is in Redis, and a pass's
+assignment script walks it). The others read metrics that the agents report all the
+time, or keep a rotation in Redis (round robin): their tasks wait for a pass, which reads
+everything afresh."""
 
 VIEW_MAX_AGE_S = 0.5
 """A view older than this is not chosen from: the submit takes a pass's way, whose snapshot
@@ -81,6 +83,8 @@ class SubmitAssigner:
             strategy = s.strategy or view.default_strategy
             if strategy not in AT_SUBMIT_STRATEGIES or s.requirements.min_health_score:
                 continue  # their choice needs what only a fresh snapshot says
+            if strategy is Strategy.CONSISTENT_HASH and s.routing_key:
+                continue  # its ring is in Redis: a pass's assignment script walks it
             cls = s.requirements.eligibility_class()
             eligible = view.eligible.get(cls)
             if eligible is None:

@@ -47,12 +47,20 @@ PREDICTIVE
     (0 if none has): an unknown agent is assumed typical, neither shunned nor favoured.
     Ties in the least connections order.
 CONSISTENT_HASH
-    A hash ring with 64 virtual points per candidate, hashed with 8-byte BLAKE2b (stable across
-    processes, unlike ``hash()``); the task goes to the first point clockwise from the hash of
-    ``routing_key``. The same key and eligible set give the same agent, and an agent leaving
-    moves only the keys it held. An empty ``routing_key`` falls back to LEAST_CONNECTIONS.
+    A hash ring with 64 virtual points per candidate (``{agent_id}#{i}``), each hashed to the
+    first 52 bits of its SHA-1 (``ring_hash``: stable across processes, unlike ``hash()``,
+    and the hash ``lua/availability_lib.lua`` places the points of the ring kept in Redis
+    with); the task goes to the first point clockwise from the hash of ``routing_key``. The
+    same key and eligible set give the same agent, and an agent leaving moves only the keys
+    it held. An empty ``routing_key`` falls back to LEAST_CONNECTIONS.
 
 ROUND_ROBIN and WEIGHTED_ROUND_ROBIN need no tie-break of their own: they rotate.
+
+A pass lets the assignment script choose for ROUND_ROBIN and for CONSISTENT_HASH with a
+routing key (``lua/rotation_lib.lua``: the same rotation by ``agent_id`` and the same ring,
+kept in Redis over every agent rather than the few candidates here); the functions here
+choose for those when the script found no agent within its walk bound, and for a task
+pinned to an agent or wanting a ``min_health_score``.
 """
 
 from __future__ import annotations
@@ -141,11 +149,17 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
+def ring_hash(text: str) -> int:
+    """A point's place on the consistent hash ring: the first 52 bits of SHA-1 (Redis' Lua
+    has SHA-1, and a sorted set's score, a double, holds 52 bits exactly)."""
+    return int(hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:13], 16)
+
+
 @functools.lru_cache(maxsize=256)
 def hash_ring(agent_ids: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """The ring of ``agent_ids`` (sorted) as parallel tuples: point positions and their owners."""
     points = sorted(
-        (stable_hash(f"{agent_id}#{index}"), agent_id)
+        (ring_hash(f"{agent_id}#{index}"), agent_id)
         for agent_id in agent_ids
         for index in range(VIRTUAL_POINTS_PER_AGENT)
     )
@@ -210,7 +224,7 @@ def _consistent_hash(candidates: Sequence[Candidate], routing_key: str, tie_key:
     points, owners = hash_ring(tuple(sorted(by_id)))
     # bisect_right: a key hashing exactly onto a point belongs to that point's successor,
     # which is as good as any fixed rule; the modulo wraps past the last point.
-    index = bisect.bisect_right(points, stable_hash(routing_key)) % len(points)
+    index = bisect.bisect_right(points, ring_hash(routing_key)) % len(points)
     return by_id[owners[index]]
 
 

@@ -10,6 +10,7 @@ only one with a free slot that fits it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -50,6 +51,24 @@ class _Waiting:
     avoid_agent_id: str = ""
     """The agent whose attempt of this task just expired or failed: the retry goes to
     another agent when another can take it."""
+    fallback: bool = False
+    """The assignment script found no agent for it within its walk (``choose_by``): the
+    strategy chooses among the snapshot's agents, as it does for the other strategies."""
+
+    def choose_by(self) -> str:
+        """How ``lua/assign_task.lua`` chooses this task's agent itself, over every free
+        eligible agent of its class (``lua/rotation_lib.lua``): 'round_robin', or
+        'consistent_hash' for a task with a routing key; '' when this node chooses (the
+        other strategies, a pinned agent or a min_health_score, which only the node
+        computes, or a fallback)."""
+        r = self.requirements
+        if self.fallback or r.agent_id or r.min_health_score:
+            return ""
+        if self.strategy is Strategy.ROUND_ROBIN or (
+            self.strategy is Strategy.CONSISTENT_HASH and self.routing_key
+        ):
+            return self.strategy.name.lower()
+        return ""
 
 
 class Passes:
@@ -152,54 +171,97 @@ class Passes:
     async def _assign_in_order(
         self, waiting: list[_Waiting], slots: AgentSlots, state: BalancerState
     ) -> int:
-        """Choose an agent for each waiting task in turn, then send every assignment in one
-        round trip. A task whose agent refused (its slot went meanwhile) gets the next
-        choice in another round; a class with no free eligible agent left is blocked."""
+        """Choose an agent for each waiting task in turn (or let the assignment script
+        choose: ``_Waiting.choose_by``), then send every assignment in one round trip. A
+        task whose agent refused (its slot went meanwhile) gets the next choice in another
+        round; a class with no free eligible agent left is blocked."""
         assigned = 0
         script = self._scripts.assign_task
         while waiting:
-            chosen: list[tuple[_Waiting, str]] = []
+            chosen: list[tuple[_Waiting, str, str]] = []
             for w in waiting:
                 if w.cls in slots.blocked:
                     continue
-                least_connections = w.strategy is Strategy.LEAST_CONNECTIONS
-                here = self._streams_here if least_connections else None
-                candidates = slots.candidates(w.cls, w.eligible, here)
-                if not candidates:
+                choice = self._choose(w, slots, state)
+                if choice is None:
                     slots.blocked.add(w.cls)
                     continue
-                if w.avoid_agent_id and len(candidates) > 1:
-                    candidates = elsewhere(candidates, w.avoid_agent_id)
-                agent_id = choose(
-                    w.strategy,
-                    candidates,
-                    state,
-                    preferred_capabilities=w.requirements.preferred_capabilities,
-                    routing_key=w.routing_key,
-                    tie_key=w.task_id,
-                ).agent_id
-                slots.take_slot(agent_id)
-                chosen.append((w, agent_id))
+                chosen.append((w, *choice))
             if not chosen:
                 break
             replies = await run_batch(
                 self._multiplexed,
                 [
-                    (script, (), AssignTaskCall(w.task_id, self._assignments.to(agent_id)).args())
-                    for w, agent_id in chosen
+                    (
+                        script,
+                        (),
+                        AssignTaskCall(w.task_id, self._assignments.to(agent_id), by).args(),
+                    )
+                    for w, agent_id, by in chosen
                 ],
             )
             waiting = []
-            for (w, agent_id), raw in zip(chosen, replies, strict=True):
+            for (w, agent_id, by), raw in zip(chosen, replies, strict=True):
                 reply = AssignReply.parse(raw)
                 if reply.ok:
                     assigned += 1
-                    self._assignments.record(w.task_id, agent_id, reply, way="pass")
-                    self._view.taken_by_pass(slots, agent_id)
+                    self._took(w.task_id, reply.agent_id or agent_id, reply, slots, by)
                     continue
-                if slots.not_assigned(agent_id, reply.verdict, reply.detail):
-                    waiting.append(w)  # try its next choice
+                again = self._refused(w, agent_id, reply, slots, by)
+                if again is not None:
+                    waiting.append(again)  # try its next choice
         return assigned
+
+    def _choose(
+        self, w: _Waiting, slots: AgentSlots, state: BalancerState
+    ) -> tuple[str, str] | None:
+        """(agent_id, '') as the strategy chooses among the snapshot's least loaded free
+        eligible agents, its slot taken; ('', choose_by) for the script to choose; None
+        when the snapshot has no free agent for the class."""
+        here = self._streams_here if w.strategy is Strategy.LEAST_CONNECTIONS else None
+        candidates = slots.candidates(w.cls, w.eligible, here)
+        if not candidates:
+            return None
+        by = w.choose_by()
+        if by:
+            return "", by
+        if w.avoid_agent_id and len(candidates) > 1:
+            candidates = elsewhere(candidates, w.avoid_agent_id)
+        agent_id = choose(
+            w.strategy,
+            candidates,
+            state,
+            preferred_capabilities=w.requirements.preferred_capabilities,
+            routing_key=w.routing_key,
+            tie_key=w.task_id,
+        ).agent_id
+        slots.take_slot(agent_id)
+        return agent_id, ""
+
+    def _took(
+        self, task_id: str, agent_id: str, reply: AssignReply, slots: AgentSlots, by: str
+    ) -> None:
+        """An assignment made: recorded, and its slot taken in the view (and in the pass's
+        slots when the script chose the agent)."""
+        if by:
+            slots.take_slot(agent_id)
+        self._assignments.record(task_id, agent_id, reply, way="pass")
+        self._view.taken_by_pass(slots, agent_id)
+
+    @staticmethod
+    def _refused(
+        w: _Waiting, agent_id: str, reply: AssignReply, slots: AgentSlots, by: str
+    ) -> _Waiting | None:
+        """What to try next for a task whose assignment was refused: its next choice after
+        a refusal of its agent, the snapshot's agents after the script's walk found none
+        near, or nothing (the task went, or no agent of its class is free)."""
+        if not by:
+            return w if slots.not_assigned(agent_id, reply.verdict, reply.detail) else None
+        if reply.verdict == "walk_bound":
+            return dataclasses.replace(w, fallback=True)
+        if reply.verdict == "no_free_agent":
+            slots.blocked.add(w.cls)
+        return None
 
 
 def _waiting(

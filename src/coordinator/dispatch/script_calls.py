@@ -50,15 +50,20 @@ def read_heads(entries: Sequence[Sequence[Any]]) -> list[Head]:
 
 @dataclass(frozen=True, slots=True)
 class AssignTaskCall:
-    """``lua/assign_task.lua`` for one queued task and the agent chosen for it. Its reply
-    is ``AssignReply`` (``coordinator.tasks.script_calls``), as a submit's assignment."""
+    """``lua/assign_task.lua`` for one queued task and the agent chosen for it (or the way
+    the script chooses it). Its reply is ``AssignReply`` (``coordinator.tasks.script_calls``),
+    as a submit's assignment."""
 
     task_id: str
     assignment: AgentAssignment
+    choose_by: str = ""
+    """'round_robin' or 'consistent_hash' for the script to choose the agent (the
+    assignment's agent_id is then ''), over every free eligible agent; '' to assign to the
+    assignment's agent."""
 
     def args(self) -> list[Any]:
-        """ARGV[1..6]."""
-        return [self.task_id, *self.assignment.args()]
+        """ARGV[1..7]."""
+        return [self.task_id, *self.assignment.args(), self.choose_by]
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ dispatcher reads and writes, these keep count."""
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import json
@@ -65,7 +66,8 @@ class AgentSlots:
         """The strategy's view of the least loaded eligible agents (of requirements class
         ``cls``) that still have a free slot, at most ``CANDIDATES_PER_TASK``, least loaded
         first; each built once per change of its slots, not once per task. A heap per class
-        keeps the order: O(CANDIDATES_PER_TASK x log agents) per task, not O(agents).
+        keeps the order, its top ``CANDIDATES_PER_TASK`` off it: a task that takes a
+        slot costs O(CANDIDATES_PER_TASK + log agents), not O(agents).
 
         With ``here`` (whether this node holds an agent's stream; least connections): the
         least loaded of those streaming here when the least loaded of them is within one
@@ -73,14 +75,17 @@ class AgentSlots:
         the node that made it (no pub/sub hop, and two nodes passing at once fill
         different agents instead of racing for the same slots), while no agent ends up
         more than a task or two above another."""
-        everywhere = self._least_loaded(self._order(cls, eligible))
-        chosen = everywhere
-        if here is not None and not all(here(agent_id) for agent_id in everywhere):
+        order = self._order(cls, eligible)
+        chosen = []
+        if here is not None:
             near = self._least_loaded(self._order(cls, eligible, here))
-            if near and self._load(near[0])[0] <= self._load(everywhere[0])[0] + 1 / max(
-                self.agents[near[0]].max_concurrency, 1
-            ):
-                chosen = near
+            lowest = self._lowest_load(order)
+            if near and lowest is not None:
+                slack = 1 / max(self.agents[near[0]].max_concurrency, 1)
+                if self._load(near[0])[0] <= lowest + slack:
+                    chosen = near
+        if not chosen:
+            chosen = self._least_loaded(order)
         out = []
         for agent_id in chosen:
             candidate = self._candidates.get(agent_id)
@@ -112,28 +117,74 @@ class AgentSlots:
         return used / max(self.agents[agent_id].max_concurrency, 1), used
 
     def _least_loaded(self, order: _LoadOrder) -> list[str]:
-        """The free agents at the top of ``order``, at most ``CANDIDATES_PER_TASK``: an
-        entry whose agent's load changed since is pushed again with its load now; the
-        full ones sink below every free one (slot use 1)."""
-        heap = order.heap
-        chosen: list[str] = []
-        kept: list[tuple[float, int, str]] = []
-        seen: set[str] = set()
-        while heap and len(chosen) < CANDIDATES_PER_TASK and heap[0][0] < 1:
+        """The free agents at the top of ``order``, at most ``CANDIDATES_PER_TASK``, least
+        loaded first. They stay off the heap, in ``order.top``, until their load changes:
+        a task that takes one agent's slot costs one entry out and one in, not
+        ``CANDIDATES_PER_TASK`` of each. A heap entry whose agent's load changed since is
+        pushed again with its load now; the full ones sink below every free one (slot
+        use 1)."""
+        self._refresh_top(order)
+        heap, top = order.heap, order.top
+        on_top = {entry[2] for entry in top}
+        free = self._trim_top(order, sum(entry[2] in self.free for entry in top))
+        while heap and heap[0][0] < 1 and (free < CANDIDATES_PER_TASK or heap[0] < top[-1]):
             use, used, agent_id = heapq.heappop(heap)
-            if agent_id in seen:
+            if agent_id in on_top:
                 continue  # a copy pushed when its slot came free
             load = self._load(agent_id)
             if load != (use, used):
                 heapq.heappush(heap, (*load, agent_id))
                 continue
-            seen.add(agent_id)
-            kept.append((use, used, agent_id))
-            if agent_id in self.free:  # else refused: kept, never chosen
-                chosen.append(agent_id)
-        for entry in kept:
+            bisect.insort(top, (use, used, agent_id))
+            on_top.add(agent_id)
+            free = self._trim_top(order, free + (agent_id in self.free))
+        # A refused agent stays on top in its place, never chosen.
+        return [agent_id for _, _, agent_id in top if agent_id in self.free]
+
+    def _refresh_top(self, order: _LoadOrder) -> None:
+        """The entries of ``order.top`` whose agent's load changed go back to the heap."""
+        fresh = []
+        for entry in order.top:
+            load = self._load(entry[2])
+            if load == (entry[0], entry[1]):
+                fresh.append(entry)
+            else:
+                heapq.heappush(order.heap, (*load, entry[2]))
+        order.top = fresh
+
+    def _trim_top(self, order: _LoadOrder, free: int) -> int:
+        """Back to the heap, the entries of ``order.top`` after its
+        ``CANDIDATES_PER_TASK``-th free agent; the number of free agents left on top."""
+        top = order.top
+        while top and (
+            free > CANDIDATES_PER_TASK
+            or (free == CANDIDATES_PER_TASK and top[-1][2] not in self.free)
+        ):
+            entry = top.pop()
+            free -= entry[2] in self.free
+            heapq.heappush(order.heap, entry)
+        return free
+
+    def _lowest_load(self, order: _LoadOrder) -> float | None:
+        """The slot use of the least loaded free agent of ``order`` (None: none is free),
+        fixing only the stale entries it meets: cheaper than ``_least_loaded``."""
+        self._refresh_top(order)
+        lowest = next((use for use, _, a in order.top if a in self.free), None)
+        heap = order.heap
+        skipped: list[tuple[float, int, str]] = []
+        while heap and heap[0][0] < 1 and (lowest is None or heap[0][0] < lowest):
+            use, used, agent_id = heap[0]
+            load = self._load(agent_id)
+            if load != (use, used):
+                heapq.heapreplace(heap, (*load, agent_id))
+            elif agent_id in self.free:
+                lowest = use
+                break
+            else:  # refused: kept for its place, never chosen
+                skipped.append(heapq.heappop(heap))
+        for entry in skipped:
             heapq.heappush(heap, entry)
-        return chosen
+        return lowest
 
     def free_slots(self) -> int:
         return sum(agent.max_concurrency - self.used[a] for a, agent in self.free.items())
@@ -183,6 +234,9 @@ class _LoadOrder:
 
     heap: list[tuple[float, int, str]]
     members: set[str]
+    top: list[tuple[float, int, str]] = field(default_factory=list)
+    """The least loaded entries, off the heap and sorted: the free agents a strategy
+    chooses among (and refused ones between them)."""
 
 
 @dataclass

@@ -116,6 +116,21 @@ def available_in(index_key: str) -> str:
     return f"{AGENTS_AVAILABLE_PREFIX}{index_key}"
 
 
+AGENTS_ROTATION = "agents:rotation"
+"""Sorted set, every score 0: the agents of ``agents:available`` with a free slot (kept by
+the same scripts), in ``agent_id`` order by ZRANGEBYLEX: round robin's rotation over every
+free available agent, the next found in O(log n) from the last agent chosen."""
+
+AGENTS_ROTATION_PREFIX = "agents:rotation:"
+"""``agents:rotation:{index set}``: the same for the agents of one descriptive index set."""
+
+
+AGENTS_RING = "agents:ring"
+"""Sorted set: the consistent hash ring of every registered agent, 64 points an agent
+(member ``{agent_id}#{i}``, scored by the point's 52-bit hash, ``balancing.ring_hash``),
+kept by registration and deregistration only: it does not depend on who is free."""
+
+
 # --- Tasks -----------------------------------------------------------------------------------
 # The task scripts build some of these keys themselves (a task's agent is only known inside
 # the script), so the prefixes below are injected into every task script by
@@ -256,6 +271,10 @@ found none (SET NX); see ``page_tokens``."""
 BALANCER_STATE = "coordinator:balancing:state"
 """JSON memory of the rotating strategies (round robin position, weighted round robin)."""
 
+ROTATION_POSITIONS = "coordinator:balancing:rotation"
+"""Hash: requirements class to the agent round robin gave its last task (the rotation's
+position, moved by the assigning script itself, so nodes passing at once share it)."""
+
 TASK_SCRIPT_KEYS = {
     "task": TASK_KEY_PREFIX,
     "sequence": TASK_SEQUENCE,
@@ -292,6 +311,10 @@ TASK_SCRIPT_KEYS = {
     "agents_all": AGENTS_ALL,
     "available": AGENTS_AVAILABLE,
     "available_in": AGENTS_AVAILABLE_PREFIX,
+    "rotation": AGENTS_ROTATION,
+    "rotation_in": AGENTS_ROTATION_PREFIX,
+    "ring": AGENTS_RING,
+    "rotation_positions": ROTATION_POSITIONS,
     "type_index": TYPE_INDEX_PREFIX,
     "capability_index": CAPABILITY_INDEX_PREFIX,
     "service_index": SERVICE_INDEX_PREFIX,

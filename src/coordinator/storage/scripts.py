@@ -65,6 +65,7 @@ TASK_SCRIPT_NAMES = (
 
 
 TASK_SCRIPT_LIBS = {
+    "assign_task": ("rotation_lib",),
     "compact_finished_tasks": ("packing_lib", "archive_lib"),
     "forget_finished_tasks": ("archive_lib",),
     "list_index_entries": ("archive_lib",),

@@ -53,13 +53,16 @@ class AssignReply:
 
     verdict: str
     """'ok', or the refusal: 'task_gone', 'agent_gone', 'agent_unavailable', 'agent_full'
-    (or 'not_first' from a submit whose task had another waiting ahead)."""
+    (or 'not_first' from a submit whose task had another waiting ahead; 'no_free_agent'
+    or 'walk_bound' from a script that was to choose the agent)."""
     detail: Any
     """After 'ok' the attempt number; after a refusal what the script said."""
     latency_ms: int = -1
     """From the submit to this assignment for a first attempt, else -1."""
     message: str | None = None
     """The assignment message (JSON) for an agent streaming from the assigning node."""
+    agent_id: str = ""
+    """The agent the script chose, when it chose (``AssignTaskCall.choose_by``)."""
 
     @property
     def ok(self) -> bool:
@@ -75,6 +78,7 @@ class AssignReply:
             reply[1] if size > 1 else None,
             int(reply[2]) if size > 2 else -1,
             reply[3] if size > 3 else None,
+            reply[4] if size > 4 else "",
         )
 
 

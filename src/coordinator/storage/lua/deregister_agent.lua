@@ -1,6 +1,6 @@
--- Removes every trace of an agent: its record, its liveness entry and every index entry,
--- and its open stream, which the node holding it is told to end. (Tasks it holds are given
--- back by the task reaper.)
+-- Removes every trace of an agent: its record, its liveness entry, every index entry, its
+-- points on the consistent hash ring, and its open stream, which the node holding it is
+-- told to end. (Tasks it holds are given back by the task reaper.)
 -- With a heartbeat bound, removes it only if its last heartbeat is at or before the bound
 -- (the retention clean-up must not delete an agent that came back meanwhile).
 --
@@ -31,6 +31,7 @@ end
 
 local index_keys = redis.call('HGET', agent_key, 'index_keys')
 available_clear(agent_id, index_keys)
+ring_take(agent_id)
 if index_keys then
   for _, key in ipairs(cjson.decode(index_keys)) do
     redis.call('SREM', key, agent_id)

@@ -209,25 +209,6 @@ local function pick_least_loaded(source, filters, want, with_full, to_this_pass)
   return found
 end
 
--- The index sets an agent must be in to fit requirements (JSON, Requirements.to_json).
-local function index_sets(requirements)
-  local r = cjson.decode(requirements)
-  local sets = {}
-  if r.agent_type and r.agent_type ~= '' then
-    sets[#sets + 1] = K.type_index .. r.agent_type
-  end
-  for _, capability in ipairs(r.capabilities or {}) do
-    sets[#sets + 1] = K.capability_index .. capability
-  end
-  for _, service in ipairs(r.services or {}) do
-    sets[#sets + 1] = K.service_index .. service
-  end
-  for key, value in pairs(r.labels or {}) do
-    sets[#sets + 1] = K.label_index .. key .. '=' .. value
-  end
-  return sets, r.agent_id or ''
-end
-
 -- Picks the agents a class's tasks may go to (its first task's requirements stand for the
 -- class's: tasks of a class have the same).
 local function pick_for_class(class, count, priority)
@@ -236,7 +217,7 @@ local function pick_for_class(class, count, priority)
   if not requirements or requirements == '' then
     return
   end
-  local sets, agent_id = index_sets(requirements)
+  local sets, agent_id = requirement_index_sets(requirements)
   if agent_id ~= '' then
     local score = redis.call('ZSCORE', K.available, agent_id)
     if score and tonumber(score) < 1 and in_all(agent_id, sets)

@@ -45,6 +45,7 @@ if old[3] then
     end
   end
 end
+ring_put(agent_id)  -- on the consistent hash ring from its first registration on
 for _, key in ipairs(new_index_keys) do
   redis.call('SADD', key, agent_id)
 end

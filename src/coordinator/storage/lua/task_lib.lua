@@ -157,7 +157,7 @@ local function release_slot(task)
     if active < 0 then  -- only reachable if a record was rewritten by hand
       redis.call('HSET', agent_key, 'active_tasks', 0)
     end
-    available_slots_changed(agent_id, math.max(active, 0), agent[1], agent[2])
+    available_slots_changed(agent_id, math.max(active, 0), agent[1], agent[2], false)
   end
   if redis.call('SCARD', K.agent_tasks .. agent_id) == 0 then
     redis.call('SREM', K.holding, agent_id)
@@ -248,7 +248,7 @@ local function assign(task, agent_id, token_nonce, node_id, accepted, deliver_he
   redis.call('SADD', K.agent_tasks .. agent_id, task_id)
   redis.call('SADD', K.holding, agent_id)
   available_slots_changed(agent_id, redis.call('HINCRBY', K.agent .. agent_id, 'active_tasks', 1),
-    accepted.max_concurrency, accepted.index_keys)
+    accepted.max_concurrency, accepted.index_keys, true)
   if previous_agent ~= '' and previous_agent ~= agent_id then
     redis.call('ZREM', K.by_agent .. previous_agent, task_id)
   end
