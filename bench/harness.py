@@ -58,6 +58,8 @@ class Plan:
     """Agents connected (over 2 nodes) in each run of the many-agents scenario (issue 18)."""
     many_processes: int
     """Agent processes of a many-agents run (at most one per agent), over the 2 nodes."""
+    cluster_tasks: int
+    """Tasks of each of the three partitions of the Redis Cluster scenario (bench/cluster.py)."""
 
 
 FULL = Plan(
@@ -75,6 +77,7 @@ FULL = Plan(
     stream_processes=4,
     many_agents=(4, 1000, 10_000),
     many_processes=4,
+    cluster_tasks=3000,
 )
 QUICK = Plan(
     runs=1,
@@ -91,6 +94,7 @@ QUICK = Plan(
     stream_processes=2,
     many_agents=(4, 40),
     many_processes=2,
+    cluster_tasks=300,
 )
 
 

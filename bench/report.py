@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cluster
 import flood
 import many_agents
 import spread
@@ -199,6 +200,7 @@ ROWS_BY_PREFIX: tuple[tuple[str, Callable[[str, dict[str, Any]], list[Row]]], ..
     ("watchers", lambda title, agg: watchers.table_rows(title, agg, fmt)),
     ("tls", lambda title, agg: tls_cost.table_rows(title, agg, fmt)),
     ("many_agents", lambda title, agg: many_agents.table_rows(title, agg, fmt)),
+    ("cluster", lambda title, agg: cluster.table_rows(title, agg, fmt)),
 )
 """Each scenario's rows, by the start of its key (drain_unary, latency_200 ...)."""
 

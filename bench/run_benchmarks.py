@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cluster
 import flood
 import many_agents
 import spread
@@ -86,6 +87,7 @@ SCENARIOS = (
     "celery",
     "echo",
     "many_agents",
+    "cluster",
 )
 SCENARIO_SETS = {
     "unary": (
@@ -198,6 +200,8 @@ def other_jobs(bench: Bench, chosen: list[str]) -> list[Job]:
     if "many_agents" in chosen:
         title = many_agents.title(bench)
         jobs.append(("many_agents", title, lambda: many_agents.scenario_many_agents(bench)))
+    if "cluster" in chosen:
+        jobs.append(("cluster", cluster.title(bench), lambda: cluster.scenario_cluster(bench)))
     if "tls" in chosen:
 
         def tls() -> dict[str, Any]:
@@ -288,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="agent counts of the many_agents scenario, comma-separated, fewest first "
         "(4,1000,10000; --quick: 4,40)",
     )
+    parser.add_argument(
+        "--cluster-tasks",
+        type=int,
+        help="tasks of each of the 3 partitions of the cluster scenario (3000; --quick: 300)",
+    )
     parser.add_argument("--log-level", default="INFO", help="the coordinator nodes' log level")
     parser.add_argument(
         "--strategy",
@@ -315,6 +324,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     chosen = [scenario for name in names for scenario in SCENARIO_SETS.get(name, (name,))]
     if args.many_agents:
         plan.many_agents = tuple(int(n) for n in args.many_agents.split(","))
+    if args.cluster_tasks:
+        plan.cluster_tasks = args.cluster_tasks
     if args.rates:
         plan.rates = tuple(int(r) for r in args.rates.split(","))
     elif "unary" in names:

@@ -19,15 +19,21 @@ from grpc_health.v1 import health_pb2_grpc
 
 from agent_harness import AgentPool, ScriptedAgent
 from aitbc.coordinator.v1 import agent_pb2_grpc, task_pb2_grpc
+from cluster_support import RedisCluster
 from coordinator.agents.registry import AgentRegistry
 from coordinator.config import Settings
 from coordinator.server import Coordinator, create_server
+from coordinator.storage import key_tags
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.storage.scripts import TaskScripts
 from script_support import LIVENESS_MS
 from support import CoordinatorProcess, RedisServer
 
 TEST_DB = 1
+
+CLUSTER_TAG = os.environ.get("COORDINATOR_TEST_REDIS_CLUSTER_TAG", "")
+"""Set: the tests run in Redis Cluster mode, on the session's Redis Cluster, every key tagged
+with this (tests/storage/test_cluster_task_suite.py runs a selection of modules so)."""
 
 
 @pytest.fixture(scope="session")
@@ -39,9 +45,40 @@ def redis_server() -> Iterator[RedisServer]:
     server.close()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[RedisCluster]:
+    """One real Redis Cluster of three primaries for the session (started when first used)."""
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """URL of the session Redis's test database, flushed before each test."""
+def redis_cluster(redis_cluster_session: RedisCluster) -> Iterator[RedisCluster]:
+    """The session's Redis Cluster, every primary flushed; the key names are untagged again
+    at the end (a node of the test may have tagged them: ``key_tags``)."""
+    for port in redis_cluster_session.ports:
+        redis_cluster_session.client(port).flushall()
+    yield redis_cluster_session
+    key_tags.use_tag("")
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of the session Redis's test database, flushed before each test; in cluster mode
+    (``CLUSTER_TAG``) the owner of the tag's slot in the session's flushed Redis Cluster."""
+    if CLUSTER_TAG:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        key_tags.use_tag(CLUSTER_TAG)  # for the tests' own reads of keys before a node starts
+        yield f"redis://127.0.0.1:{cluster.owner_of(key_tags.slot_of(CLUSTER_TAG))}/0"
+        return
+    yield _flushed_test_db(request.getfixturevalue("redis_server"))
+
+
+def _flushed_test_db(redis_server: RedisServer) -> str:
     import redis as sync_redis
 
     client = sync_redis.Redis.from_url(redis_server.url(TEST_DB))
@@ -84,6 +121,7 @@ def make_settings(redis_url: str) -> Callable[..., Settings]:
             redis_timeout_s=0.5,
             shutdown_grace_s=1.0,
             task_timer_interval_s=0.1,
+            redis_cluster_tag=CLUSTER_TAG,
         )
         return dataclasses.replace(base, **overrides)
 
@@ -177,7 +215,8 @@ def spawn_node(redis_url: str) -> Iterator[Callable[..., CoordinatorProcess]]:
     processes: list[CoordinatorProcess] = []
 
     def spawn(env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> CoordinatorProcess:
-        process = CoordinatorProcess({"REDIS_URL": redis_url, **(env or {})}, args)
+        tag = {"COORDINATOR_REDIS_CLUSTER_TAG": CLUSTER_TAG} if CLUSTER_TAG else {}
+        process = CoordinatorProcess({"REDIS_URL": redis_url, **tag, **(env or {})}, args)
         processes.append(process)
         return process
 

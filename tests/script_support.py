@@ -8,7 +8,7 @@ import uuid
 
 from coordinator.agents.records import AgentRegistration
 from coordinator.auth.quotas import SubmitQuota
-from coordinator.storage import finished_records, keys
+from coordinator.storage import finished_records, key_tags, keys
 from coordinator.storage.scripts import TaskScripts
 from coordinator.tasks.models import RetryPolicy
 from coordinator.tasks.script_calls import NO_ASSIGNMENT
@@ -22,6 +22,15 @@ NO_QUOTA = SubmitQuota()
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+async def subscribe(pubsub, *channels: str) -> None:
+    """Subscribe as the node does: SSUBSCRIBE when the key names carry a Redis Cluster hash
+    tag (the scripts then SPUBLISH), SUBSCRIBE otherwise."""
+    if key_tags.current_tag():
+        await pubsub.ssubscribe(*channels)
+    else:
+        await pubsub.subscribe(*channels)
 
 
 async def dump(redis) -> dict[str, tuple[str, object]]:

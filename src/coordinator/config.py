@@ -76,6 +76,9 @@ class Settings:
     """Serve on a Redis whose maxmemory-policy may evict keys (refused by default)."""
     redis_memory_warn_ratio: float = 0.9
     """Log a warning when Redis' used memory passes this share of its maxmemory."""
+    redis_cluster_tag: str = ""
+    """Redis Cluster mode: REDIS_URL names a node of the cluster and every key carries the
+    hash tag ``{redis_cluster_tag}`` (empty: a single Redis, no tag)."""
     redis_sentinels: tuple[tuple[str, int], ...] = ()
     """Sentinels to ask for the primary (none: REDIS_URL's host is the Redis)."""
     redis_sentinel_master: str = "mymaster"
@@ -225,6 +228,7 @@ VARIABLES: dict[str, tuple[str, Any, Callable[[str], Any]]] = {
     "redis_max_connections": ("COORDINATOR_REDIS_MAX_CONNECTIONS", 256, parse.connections),
     "redis_allow_eviction": ("COORDINATOR_REDIS_ALLOW_EVICTION", False, parse.boolean),
     "redis_memory_warn_ratio": ("COORDINATOR_REDIS_MEMORY_WARN_RATIO", 0.9, parse.ratio),
+    "redis_cluster_tag": ("COORDINATOR_REDIS_CLUSTER_TAG", "", parse.cluster_tag),
     "redis_sentinels": ("COORDINATOR_REDIS_SENTINELS", (), parse.sentinels),
     "redis_sentinel_master": (
         "COORDINATOR_REDIS_SENTINEL_MASTER",

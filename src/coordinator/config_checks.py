@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlparse
 
 from coordinator import tls
 from coordinator.config_values import ConfigError
@@ -24,6 +25,7 @@ def check_settings(settings: Settings, values: Mapping[str, str]) -> None:
     _check_ports(settings)
     _check_worker_ports(settings)
     _check_redis_failover(settings)
+    check_redis_cluster(settings)
 
 
 def _check_limits(settings: Settings) -> None:
@@ -190,4 +192,28 @@ def _check_redis_failover(settings: Settings) -> None:
             "COORDINATOR_REDIS_REPLICA_TIMEOUT_MS: must be below COORDINATOR_REDIS_TIMEOUT_S "
             f"({settings.redis_replica_timeout_ms} ms >= {settings.redis_timeout_s:g} s), "
             "or the wait for replicas would read as Redis being unreachable"
+        )
+
+
+def check_redis_cluster(settings: Settings) -> None:
+    """Cluster mode: REDIS_URL is a TCP node of the cluster, database 0 (the only one a Redis
+    Cluster has), and no Sentinel (a cluster elects its own primaries)."""
+    if not settings.redis_cluster_tag:
+        return
+    url = urlparse(settings.redis_url)
+    if url.scheme == "unix":
+        raise ConfigError(
+            "COORDINATOR_REDIS_CLUSTER_TAG: REDIS_URL must name a node of the Redis Cluster as "
+            "redis://host:port or rediss://host:port, not a unix socket"
+        )
+    db = parse_qs(url.query).get("db", [url.path.strip("/") or "0"])[0]
+    if db != "0":
+        raise ConfigError(
+            "COORDINATOR_REDIS_CLUSTER_TAG: a Redis Cluster has only database 0; REDIS_URL "
+            f"asks for database {db} (write redis://host:port/0 or leave the database out)"
+        )
+    if settings.redis_sentinels:
+        raise ConfigError(
+            "COORDINATOR_REDIS_CLUSTER_TAG: cannot be used with COORDINATOR_REDIS_SENTINELS "
+            "(a Redis Cluster fails over by itself; REDIS_URL names one of its nodes)"
         )

@@ -142,6 +142,16 @@ def sentinels(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(found)
 
 
+_CLUSTER_TAG = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def cluster_tag(raw: str) -> str:
+    """The Redis Cluster hash tag of every key (empty: a single Redis, no tag)."""
+    if raw and not _CLUSTER_TAG.fullmatch(raw):
+        raise ValueError("must be 1-64 letters, digits, '.', '_' or '-' (no braces), such as aitbc")
+    return raw
+
+
 def sentinel_master(raw: str) -> str:
     if not raw.isprintable() or " " in raw or len(raw) > 200:
         raise ValueError("must be the master set name the sentinels monitor, such as mymaster")

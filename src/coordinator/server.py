@@ -39,7 +39,7 @@ from coordinator.node.health import RedisHealthMonitor
 from coordinator.node.health_port import HealthListener
 from coordinator.node.metrics import NodeMetrics
 from coordinator.node.redis_memory import MemoryWatch
-from coordinator.storage import page_tokens
+from coordinator.storage import key_tags, page_tokens
 from coordinator.storage.connection import Durability, connect_redis
 from coordinator.storage.multiplex import MultiplexedConnection
 from coordinator.tasks.reaper import TaskReaper
@@ -91,6 +91,7 @@ class Coordinator:
 
     def __init__(self, settings: Settings) -> None:
         check_exposure(settings)  # settings built in code get the protected-mode rule too
+        key_tags.use_tag(settings.redis_cluster_tag)  # before any key is built (Redis Cluster)
         # Reads the credential files first: a bad one stops the node before it opens anything.
         self.authenticator = Authenticator.from_settings(settings)
         self.settings = settings
@@ -120,6 +121,7 @@ class Coordinator:
             settings.node_id,
             on_node_message=self.streams.on_node_message,
             on_reconnect=self._resynchronise,
+            sharded=bool(settings.redis_cluster_tag),
         )
         self.reaper = TaskReaper(self.redis, settings, wake_dispatcher=self.dispatcher.request)
         self.admission = AdmissionLimiter.of(settings)

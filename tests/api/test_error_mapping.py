@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
+from redis._parsers.base import BaseParser
 from redis.exceptions import (
     BusyLoadingError,
     ConnectionError,
@@ -17,6 +18,7 @@ from redis.exceptions import (
 from aitbc.coordinator.v1 import agent_pb2
 from coordinator import errors
 from coordinator.api.error_mapping import to_status
+from coordinator.storage.redis_errors import redis_error_kind
 
 
 @pytest.mark.parametrize(
@@ -45,6 +47,33 @@ from coordinator.api.error_mapping import to_status
 )
 def test_codes(error, code):
     assert to_status(error).code == code
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "MOVED 11373 127.0.0.1:7001",
+        "ASK 11373 127.0.0.1:7001",
+        "TRYAGAIN Multiple keys request during rehashing of slot",
+        "CLUSTERDOWN The cluster is down",
+        "ERR Script attempted to access a non local key in a cluster node script: 5c5a",
+    ],
+)
+def test_a_slot_moving_or_down_is_unavailable(reply):
+    """Redis Cluster mode: the errors as redis-py parses them from the reply."""
+    error = BaseParser.parse_error(reply)
+    status = to_status(error)
+
+    assert status.code == code_pb2.UNAVAILABLE
+    assert "Redis Cluster slot" in status.message and "retry later" in status.message
+    assert redis_error_kind(error) == "unavailable"
+
+
+def test_a_cross_slot_script_is_a_bug_not_an_outage():
+    status = to_status(
+        BaseParser.parse_error("CROSSSLOT Keys in request don't hash to the same slot")
+    )
+    assert status.code == code_pb2.INTERNAL
 
 
 def test_an_exhausted_connection_pool_is_overload_not_an_unreachable_redis():

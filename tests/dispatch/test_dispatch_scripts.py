@@ -25,6 +25,7 @@ from script_support import (
     make_agent,
     new_task,
     submit_reply,
+    subscribe,
     task_record,
 )
 
@@ -217,7 +218,7 @@ async def test_assignment_for_the_assigning_nodes_own_stream_comes_back(
     task_id = await new_task(scripts)
     await make_agent(registry, redis_client, "a")
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(keys.node_channel(NODE))
+    await subscribe(pubsub, keys.node_channel(NODE))
     await pubsub.get_message(timeout=1)  # the subscription confirmation
 
     reply = await scripts.assign_task(args=[task_id, "a", "n1", LIVENESS_MS, NODE, "1"])
@@ -234,7 +235,7 @@ async def test_assignment_for_another_nodes_stream_is_published(scripts, registr
     task_id = await new_task(scripts)
     await make_agent(registry, redis_client, "a", node="node-2")
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(keys.node_channel("node-2"))
+    await subscribe(pubsub, keys.node_channel("node-2"))
     await pubsub.get_message(timeout=1)
 
     reply = await scripts.assign_task(args=[task_id, "a", "n1", LIVENESS_MS, NODE, "1"])

@@ -36,6 +36,7 @@ from script_support import (
     report,
     submit,
     submit_reply,
+    subscribe,
     task_record,
 )
 
@@ -206,7 +207,7 @@ async def test_assign_moves_everything_together(scripts, registry, redis_client)
     other = await new_task(scripts)  # same queue and class: they stay
     await make_agent(registry, redis_client, "a", max_concurrency=2)
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(keys.node_channel(NODE))
+    await subscribe(pubsub, keys.node_channel(NODE))
     await pubsub.get_message(timeout=1)  # the subscription confirmation
 
     reply = await assign(scripts, task_id, "a", nonce="n1")
@@ -485,7 +486,7 @@ async def test_release_on_lease_does_nothing_when_the_lease_was_extended(
     # The lease really ended: the attempt is given up and the task waits for a retry.
     await redis_client.hset(keys.task(task_id), "lease_expires_at_ms", 1)
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(keys.node_channel(NODE))
+    await subscribe(pubsub, keys.node_channel(NODE))
     await pubsub.get_message(timeout=1)
     reply = await scripts.release_task(args=[task_id, "", "lease", "lease_expired", "late"])
     assert reply == "PENDING"
@@ -563,7 +564,7 @@ async def test_cancel_an_assigned_task_frees_the_slot_and_tells_the_agent(
     assert await dump(redis_client) == before
 
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(keys.node_channel(NODE))
+    await subscribe(pubsub, keys.node_channel(NODE))
     await pubsub.get_message(timeout=1)
     assert await scripts.cancel_task(args=[task_id, "changed my mind", ""]) == ["ok"]
     record = await task_record(redis_client, task_id)
@@ -649,7 +650,7 @@ async def test_connect_and_disconnect_stream(scripts, registry, redis_client):
 
     await make_agent(registry, redis_client, "a", streaming=False)
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(keys.node_channel("node-1"))
+    await subscribe(pubsub, keys.node_channel("node-1"))
     await pubsub.get_message(timeout=1)
 
     assert await scripts.connect_stream(args=["a", "node-1", "s1"]) == 1

@@ -36,6 +36,7 @@ from coordinator.storage.redis_errors import (
     POOL_EXHAUSTED,
     REDIS_OUTAGES,
     ReplicationShortfall,
+    cluster_redirect,
     redis_error_kind,
     redis_unavailable,
 )
@@ -96,6 +97,12 @@ def to_status(exc: BaseException) -> status_pb2.Status:
         return status_pb2.Status(
             code=code_pb2.UNAVAILABLE,
             message=f"Redis is unreachable ({type(exc).__name__}); retry later",
+        )
+    if cluster_redirect(exc):
+        return status_pb2.Status(
+            code=code_pb2.UNAVAILABLE,
+            message=f"the Redis Cluster slot of this coordinator cluster is moving or its owner "
+            f"is down ({type(exc).__name__}); retry later",
         )
     if isinstance(exc, RedisError) and redis_unavailable(exc):
         return status_pb2.Status(

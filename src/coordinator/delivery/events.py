@@ -14,6 +14,11 @@ last goes, and no reads. Redis delivers every message on a live connection, in o
 only a reconnect can lose one: the hub then wakes each watcher once Redis confirmed its
 channel again, and the watcher reads its task. A new watcher likewise waits for that
 confirmation before its first read, so that no transition falls between the two.
+
+Redis Cluster mode (``sharded``): the channels carry the node's hash tag and the scripts
+SPUBLISH on them, so the hub SSUBSCRIBEs on the owner of that slot. When the slot moves,
+Redis unsubscribes the hub from its channels (an SUNSUBSCRIBE of the node channel, which the
+hub never asks for): the hub reconnects, to the new owner, and resynchronises.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from coordinator.delivery.messages import NodeMessage, parse_node_message
 from coordinator.storage import keys
@@ -65,8 +71,10 @@ class EventHub:
         node_id: str,
         on_node_message: Callable[[NodeMessage], None],
         on_reconnect: Callable[[], None],
+        sharded: bool = False,
     ) -> None:
         self._redis = redis
+        self._sharded = sharded
         self._node_channel = keys.node_channel(node_id)
         self._on_node_message = on_node_message
         self._on_reconnect = on_reconnect
@@ -153,7 +161,7 @@ class EventHub:
         self._changed.clear()
         self._sent = set(self._watched)
         self._unconfirmed = Counter(self._sent)
-        await pubsub.subscribe(self._node_channel, *self._sent)
+        await self._subscribe(pubsub, self._node_channel, *self._sent)
         # Anything published while we were not subscribed was missed: resynchronise. (The
         # watchers are woken when Redis confirms their channels, see _confirmed.)
         self._on_reconnect()
@@ -177,12 +185,20 @@ class EventHub:
             flusher.cancel()
             await asyncio.wait({flusher}, timeout=FLUSHER_STOP_TIMEOUT_S)
 
+    async def _subscribe(self, pubsub: PubSub, *channels: str) -> None:
+        if self._sharded:
+            await pubsub.ssubscribe(*channels)
+        else:
+            await pubsub.subscribe(*channels)
+
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         channel = message["channel"]
-        if kind == "subscribe":
+        if kind in ("subscribe", "ssubscribe"):
             self._confirmed(channel)
-        elif kind != "message":
+        elif kind == "sunsubscribe" and channel == self._node_channel:
+            raise RedisConnectionError("the Redis Cluster moved the slot of this node's channels")
+        elif kind not in ("message", "smessage"):
             return
         elif channel == self._node_channel:
             data = message["data"]
@@ -215,10 +231,10 @@ class EventHub:
             if subscribe:
                 self._sent.update(subscribe)
                 self._unconfirmed.update(subscribe)
-                await pubsub.subscribe(*subscribe)
+                await self._subscribe(pubsub, *subscribe)
             if unsubscribe:
                 self._sent.difference_update(unsubscribe)
-                await pubsub.unsubscribe(*unsubscribe)
+                await (pubsub.sunsubscribe if self._sharded else pubsub.unsubscribe)(*unsubscribe)
 
     def _confirmed(self, channel: str) -> None:
         """Redis confirmed a SUBSCRIBE: messages on ``channel`` reach us from now on."""

@@ -1,4 +1,5 @@
-"""How a node reaches Redis: one Redis at REDIS_URL, or the primary a Sentinel set names.
+"""How a node reaches Redis: one Redis at REDIS_URL, the primary a Sentinel set names, or
+the primary of a Redis Cluster that owns the slot of the node's hash tag (``cluster``).
 
 With ``COORDINATOR_REDIS_SENTINELS`` set, every client of the node asks the sentinels for
 the primary of ``COORDINATOR_REDIS_SENTINEL_MASTER`` each time it opens a connection (redis-py's
@@ -31,6 +32,9 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from coordinator.config import Settings
+from coordinator.config_checks import check_redis_cluster
+from coordinator.storage import cluster
+from coordinator.storage.key_tags import slot_of
 from coordinator.storage.packing import PACKED_CLASSES
 from coordinator.storage.redis_errors import ReplicationShortfall
 
@@ -98,8 +102,18 @@ def connect_redis(settings: Settings, max_connections: int | None = None) -> Red
         "max_connections": max_connections or settings.redis_max_connections,
         "timeout": settings.redis_timeout_s,
     }
-    if settings.redis_sentinels:
-        pool: BlockingConnectionPool = _BlockingSentinelPool(
+    if settings.redis_cluster_tag:
+        url, tls = _cluster_url(settings)
+        pool: BlockingConnectionPool = cluster.ClusterOwnerPool(
+            _cluster_owner(settings),
+            **url,
+            **pool_kwargs,
+            connection_class=(
+                cluster.ClusterOwnerSSLConnection if tls else cluster.ClusterOwnerConnection
+            ),
+        )
+    elif settings.redis_sentinels:
+        pool = _BlockingSentinelPool(
             settings.redis_sentinel_master,
             _sentinels(settings),
             **_without_address(dict(parse_url(settings.redis_url))),
@@ -110,6 +124,31 @@ def connect_redis(settings: Settings, max_connections: int | None = None) -> Red
         # The URL chose the connection class (TCP, TLS, unix socket): the same, packing in C.
         pool.connection_class = PACKED_CLASSES.get(pool.connection_class, pool.connection_class)
     return Redis.from_pool(pool)  # the client owns the pool and closes it
+
+
+def _cluster_url(settings: Settings) -> tuple[dict[str, Any], bool]:
+    """REDIS_URL's settings but its address (the cluster names the owner's) and database
+    (0, the only one), and whether it asks for TLS (rediss://)."""
+    url = dict(parse_url(settings.redis_url))
+    for name in ("host", "port", "db"):
+        url.pop(name, None)
+    return url, url.pop("connection_class", None) is not None
+
+
+def _cluster_owner(settings: Settings) -> cluster.ClusterOwner:
+    """Where the owner of the tag's slot is, asked of REDIS_URL's node first."""
+    check_redis_cluster(settings)  # settings built in code get the database rule too
+    address = parse_url(settings.redis_url)
+    url, tls = _cluster_url(settings)
+    node_kwargs = {
+        **url,
+        "ssl": tls,
+        "decode_responses": True,
+        "socket_timeout": settings.redis_timeout_s,
+        "socket_connect_timeout": settings.redis_timeout_s,
+    }
+    seed = (str(address.get("host", "localhost")), int(address.get("port", 6379)))
+    return cluster.ClusterOwner(seed, slot_of(settings.redis_cluster_tag), node_kwargs)
 
 
 def _sentinels(settings: Settings) -> Sentinel:
@@ -136,6 +175,17 @@ def connect_redis_sync(settings: Settings, client_name: str) -> redis.Redis:
         "retry": redis.retry.Retry(NoBackoff(), retries=0),
         "client_name": client_name,
     }
+    if settings.redis_cluster_tag:
+        url, tls = _cluster_url(settings)
+        pool = cluster.SyncClusterOwnerPool(
+            _cluster_owner(settings),
+            **url,
+            **kwargs,
+            connection_class=(
+                cluster.SyncClusterOwnerSSLConnection if tls else cluster.SyncClusterOwnerConnection
+            ),
+        )
+        return redis.Redis(connection_pool=pool)
     if not settings.redis_sentinels:
         return redis.Redis.from_url(settings.redis_url, **kwargs)
     sentinels = redis.sentinel.Sentinel(

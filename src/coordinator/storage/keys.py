@@ -4,8 +4,13 @@ The layout keeps what operators of the old REST coordinator know: an agent's rec
 hash ``agent:{agent_id}`` and the set ``agents:active`` holds the agents that are ACTIVE and
 live. The other keys are indexes kept exact by the Lua scripts in ``coordinator/storage/lua``.
 
-The coordinator needs a single Redis (or a primary with replicas), not Redis Cluster: the
-registry's scripts touch index keys that do not share a hash slot.
+The registry's and the task scripts touch index keys that only a single Redis (or a primary
+with replicas) holds together, unless every key shares one hash slot: with
+``COORDINATOR_REDIS_CLUSTER_TAG`` set, ``key_tags.use_tag`` (at the node's start-up, before
+any key is built) puts the Redis Cluster hash tag ``{tag}`` in front of every name here,
+e.g. ``{aitbc}agent:a1``: one coordinator cluster lives in one slot of a Redis Cluster.
+Import this module and read its names at call time (``keys.AGENTS_ACTIVE``), never ``from
+keys import NAME``: such a copy would keep the untagged name.
 """
 
 from __future__ import annotations
@@ -50,8 +55,11 @@ def status_index(status: str) -> str:
         return AGENTS_ACTIVE
     if status == "INACTIVE":
         raise ValueError("INACTIVE is derived from agents:heartbeats and has no index set")
-    return f"agents:status:{status.lower()}"
+    return f"{STATUS_INDEX_PREFIX}{status.lower()}"
 
+
+STATUS_INDEX_PREFIX = "agents:status:"
+"""``agents:status:{status}`` (lower case): the agents of one stored status but ACTIVE."""
 
 STORED_STATUSES = ("ACTIVE", "BUSY", "MAINTENANCE", "ERROR")
 """The AgentStatus names that are stored (and indexed); INACTIVE is only ever computed."""
@@ -254,11 +262,11 @@ TASK_REAP_LOCK = "coordinator:lock:task-reaper"
 """Held by the node running a reaper round (leases, retries, expiries, lost agents)."""
 
 BALANCING_STRATEGY = "coordinator:balancing:strategy"
+"""The cluster's load-balancing strategy (lower-case name)."""
 
 PAGE_TOKEN_KEY = "coordinator:page-token-key"
 """The cluster's key for signing page tokens (64 hex digits), made by the first node that
 found none (SET NX); see ``page_tokens``."""
-"""The cluster's load-balancing strategy (lower-case name)."""
 
 BALANCER_STATE = "coordinator:balancing:state"
 """JSON memory of the rotating strategies (round robin position, weighted round robin)."""

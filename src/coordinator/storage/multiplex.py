@@ -23,6 +23,10 @@ to a replica) retires the connection: the batches already written on it get thei
 the next batch goes to a new connection, to the new primary. Durability: with
 ``min_replicas`` (the node's ``Durability``, or per call), WAIT is appended to the batch, in
 the same write, and fewer acknowledgements raise ``ReplicationShortfall``.
+
+Redis Cluster mode: each (re)connection goes to the primary owning the node's slot
+(``cluster.ClusterOwner``); a reply saying the slot moved (MOVED, with the new owner, or a
+script's "non local key") retires the connection the same way, and the owner is learned.
 """
 
 from __future__ import annotations
@@ -49,8 +53,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from coordinator.storage.cluster import ClusterOwner, ClusterOwnerPool
 from coordinator.storage.connection import Durability
 from coordinator.storage.packing import pack_command
+from coordinator.storage.redis_errors import cluster_redirect
 
 AddressOfPrimary = Callable[[], Awaitable[tuple[str, int]]]
 """Where the primary is now (asked of Sentinel on each connection)."""
@@ -191,12 +197,17 @@ class MultiplexedConnection:
         *,
         address_of_primary: AddressOfPrimary | None = None,
         durability: Durability | None = None,
+        cluster_owner: ClusterOwner | None = None,
     ) -> None:
         """``settings``: an unconnected redis-py connection, read for its URL settings only;
         ``address_of_primary``: where to connect instead of its host and port (Sentinel);
-        ``durability``: WAIT after every batch (unless a call says otherwise)."""
+        ``durability``: WAIT after every batch (unless a call says otherwise);
+        ``cluster_owner``: the owner of the node's slot, in Redis Cluster mode."""
         self._settings = settings
         self._timeout_s = timeout_s
+        self._cluster_owner = cluster_owner
+        if cluster_owner is not None:
+            address_of_primary = cluster_owner.address
         self._address_of_primary = address_of_primary
         self.durability = durability or Durability()
         self._protocol: _ReplyMatcher | None = None
@@ -212,7 +223,14 @@ class MultiplexedConnection:
         pool = client.connection_pool
         settings = pool.connection_class(**pool.connection_kwargs)
         address = pool.get_master_address if isinstance(pool, SentinelConnectionPool) else None
-        return cls(settings, timeout_s, address_of_primary=address, durability=durability)
+        owner = pool.cluster_owner if isinstance(pool, ClusterOwnerPool) else None
+        return cls(
+            settings,
+            timeout_s,
+            address_of_primary=address,
+            durability=durability,
+            cluster_owner=owner,
+        )
 
     async def execute(
         self, commands: Sequence[Sequence[Any]], *, min_replicas: int | None = None
@@ -242,9 +260,19 @@ class MultiplexedConnection:
             protocol.retire(RedisConnectionError("Redis became a read-only replica"))
             if waits:  # WAIT was refused too (a replica): nothing to check, the batch failed
                 raise RedisConnectionError("Redis became a read-only replica (a failover?)")
+        if self._cluster_owner is not None:
+            self._follow_the_slot(protocol, replies)
         if waits:
             durability.check(replies.pop())
         return replies
+
+    def _follow_the_slot(self, protocol: _ReplyMatcher, replies: list[Any]) -> None:
+        """Redis Cluster: a reply saying the slot is elsewhere retires the connection; the
+        next batch goes to the owner (MOVED names it; otherwise it is asked again)."""
+        redirect = next((r for r in replies if cluster_redirect(r)), None)
+        if redirect is not None and self._cluster_owner is not None:
+            self._cluster_owner.redirected(redirect)
+            protocol.retire(RedisConnectionError(f"the Redis Cluster slot moved ({redirect})"))
 
     async def aclose(self) -> None:
         """Close the connection; batches still waiting fail. Later calls fail too."""
@@ -325,6 +353,8 @@ class MultiplexedConnection:
         except BaseException as exc:
             if transport is not None:
                 transport.abort()
+            if self._cluster_owner is not None and isinstance(exc, OSError | TimeoutError):
+                self._cluster_owner.redirected(RedisConnectionError(str(exc)))  # ask again
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError(f"Timeout connecting to Redis at {where}") from None
             if isinstance(exc, OSError):

@@ -3,7 +3,8 @@
 Each script documents its KEYS and ARGV at the top of its file. redis-py sends EVALSHA and
 falls back to EVAL (loading the script) after a Redis restart.
 
-Every script is sent after the Lua table ``K`` (the key names of ``keys.TASK_SCRIPT_KEYS``)
+Every script is sent after the Lua table ``K`` (the key names of ``keys.TASK_SCRIPT_KEYS``,
+and ``K.publish``, the command that publishes on a channel: SPUBLISH with a hash tag)
 and ``lua/availability_lib.lua`` (which keeps ``agents:available`` exact: the registry's
 scripts change status and liveness, the task scripts slots and streams).
 Task scripts share more helpers: each is sent as ``K``, the tables of ``finished_records``,
@@ -13,7 +14,9 @@ the availability helpers, then ``lua/quota_lib.lua`` (the principals' quotas),
 ``lua/archive_lib.lua``, the archive of finished tasks), then ``lua/task_lib.lua``, then its
 own file. Their keys are
 built from ``K`` inside the script, because which agent or queue a task touches is only
-known there; like the registry's, they need a single Redis, not Redis Cluster.
+known there; like the registry's, they run on a single Redis, or on Redis Cluster when every
+key carries one hash tag (``key_tags``): then ``K`` is tagged too, and all a script touches
+is in one slot. A script's source is built for the tag in use when it is asked for.
 """
 
 from __future__ import annotations
@@ -28,8 +31,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from coordinator.storage import finished_records
-from coordinator.storage.keys import TASK_SCRIPT_KEYS
+from coordinator.storage import finished_records, key_tags, keys
 from coordinator.storage.multiplex import MultiplexedConnection
 
 SCRIPT_NAMES = (
@@ -72,9 +74,13 @@ TASK_SCRIPT_LIBS = {
 each of its helpers again (a few microseconds a call for the whole set)."""
 
 
-@cache
 def source(name: str) -> str:
-    """The Lua source of one named script."""
+    """The Lua source of one named script, its keys spelled with the hash tag in use."""
+    return _source(name, key_tags.current_tag())
+
+
+@cache
+def _source(name: str, tag: str) -> str:  # the tag: a key of the cache, K spells it
     if name in SCRIPT_NAMES:
         return "\n".join((_key_table(), _read("availability_lib"), _read(name)))
     if name in TASK_SCRIPT_NAMES:
@@ -95,10 +101,11 @@ def _read(name: str) -> str:
 
 
 def _key_table() -> str:
-    entries = ", ".join(
-        f"{name} = {_lua_string(value)}" for name, value in TASK_SCRIPT_KEYS.items()
-    )
-    return f"local K = {{{entries}}}"
+    entries = [f"{name} = {_lua_string(value)}" for name, value in keys.TASK_SCRIPT_KEYS.items()]
+    # Redis Cluster broadcasts a PUBLISH to every node of the cluster; SPUBLISH (sharded
+    # pub/sub, Redis 7) keeps it on the shard of the channel's slot, the tag's.
+    entries.append(f"publish = '{'SPUBLISH' if key_tags.current_tag() else 'PUBLISH'}'")
+    return f"local K = {{{', '.join(entries)}}}"
 
 
 def _lua_string(value: str) -> str:

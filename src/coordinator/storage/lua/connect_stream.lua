@@ -21,7 +21,7 @@ redis.call('ZREM', K.disconnected, agent_id)
 available_refresh(agent_id)
 if previous then
   local previous_node, previous_session = string.match(previous, '^(%S+) (%S+)$')
-  redis.call('PUBLISH', K.node_channel .. previous_node,
+  redis.call(K.publish, K.node_channel .. previous_node,
     cjson.encode({kind = 'replaced', agent_id = agent_id, session_id = previous_session}))
 end
 return 1

@@ -45,7 +45,7 @@ local connection = redis.call('HGET', connected, agent_id)
 if connection then
   redis.call('HDEL', connected, agent_id)
   local node_id = string.match(connection, '^(%S+)')
-  redis.call('PUBLISH', node_channel_prefix .. node_id,
+  redis.call(K.publish, node_channel_prefix .. node_id,
     cjson.encode({kind = 'deregistered', agent_id = agent_id}))
 end
 local was_member = redis.call('SREM', all_agents, agent_id)

@@ -106,7 +106,7 @@ local function transition(task, state, now, reason)
     redis.call('HSET', key, 'lease_expires_at_ms', '')
   end
   task.state = state
-  redis.call('PUBLISH', K.task_channel .. task.id, state)
+  redis.call(K.publish, K.task_channel .. task.id, state)
 end
 
 -- Puts a task in line: its priority queue, its requirements-class queue, and the
@@ -140,7 +140,7 @@ local function notify_agent(agent_id, message)
   if connection then
     local node_id = string.match(connection, '^(%S+)')
     message.agent_id = agent_id
-    redis.call('PUBLISH', K.node_channel .. node_id, cjson.encode(message))
+    redis.call(K.publish, K.node_channel .. node_id, cjson.encode(message))
   end
 end
 
