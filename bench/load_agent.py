@@ -228,19 +228,23 @@ async def raw_agent(
                 await asyncio.sleep(0.1 * (attempt + 1))
 
     async def complete(assignment: agent_pb2.Assignment) -> None:
-        rec.calls["report_calls"] += 1
-        try:
-            await tasks.CompleteTask(
-                task_pb2.CompleteTaskRequest(
-                    task_id=assignment.task_id,
-                    agent_id=agent_id,
-                    fencing_token=assignment.fencing_token,
-                ),
-                timeout=CALL_TIMEOUT_S,
-            )
-        except grpc.aio.AioRpcError as exc:
-            rec.error(f"CompleteTask {exc.code().name}")
-            return
+        # A report the overloaded server drops (CANCELLED, UNAVAILABLE) is sent again, as
+        # the SDK does: the same fencing token, so it cannot complete the task twice. (Not
+        # retried, one CompleteTask CANCELLED in 20,000 left the relay's drain waiting.)
+        request = task_pb2.CompleteTaskRequest(
+            task_id=assignment.task_id, agent_id=agent_id, fencing_token=assignment.fencing_token
+        )
+        for attempt in range(REGISTER_ATTEMPTS):
+            rec.calls["report_calls"] += 1
+            try:
+                await tasks.CompleteTask(request, timeout=CALL_TIMEOUT_S)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRIED or attempt == REGISTER_ATTEMPTS - 1:
+                    rec.error(f"CompleteTask {exc.code().name}")
+                    return
+                rec.error(f"CompleteTask {exc.code().name} (retried)")
+                await asyncio.sleep(0.1 * (attempt + 1))
         rec.complete(assignment.task_id)
 
     batched: BatchedCompletions | None = None
