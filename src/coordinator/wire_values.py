@@ -9,6 +9,7 @@ side: the node's replies in ``api/wire.py``, the SDK's decoding in ``sdk/decodin
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -49,10 +50,18 @@ class WireEnum(Generic[E]):
 
     def parse(self, number: int) -> E | None:
         """The domain value of a wire number; None for UNSPECIFIED or an unknown number."""
-        try:
-            return self.domain[self.wire.Name(number).removeprefix(self.prefix)]
-        except (ValueError, KeyError):
-            return None
+        return self._by_number.get(number)
+
+    @functools.cached_property
+    def _by_number(self) -> dict[int, E]:
+        """Each wire number whose name (after the prefix) is a domain value: built once, as
+        every submit parses its enums (a miss used to raise and catch a KeyError)."""
+        by_number = {}
+        for name, number in self.wire.items():
+            value = self.domain.__members__.get(name.removeprefix(self.prefix))
+            if value is not None:
+                by_number[number] = value
+        return by_number
 
     def known_names(self) -> str:
         """The wire names a client may send, for a message that refuses another."""
