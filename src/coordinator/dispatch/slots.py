@@ -142,14 +142,16 @@ class AgentSlots:
         return [agent_id for _, _, agent_id in top if agent_id in self.free]
 
     def _refresh_top(self, order: _LoadOrder) -> None:
-        """The entries of ``order.top`` whose agent's load changed go back to the heap."""
+        """The entries of ``order.top`` whose agent's load changed go back to the heap
+        (an agent's load changes with its slots used alone: compared first, cheaply)."""
         fresh = []
+        used = self.used
         for entry in order.top:
-            load = self._load(entry[2])
-            if load == (entry[0], entry[1]):
+            agent_id = entry[2]
+            if used[agent_id] == entry[1]:
                 fresh.append(entry)
             else:
-                heapq.heappush(order.heap, (*load, entry[2]))
+                heapq.heappush(order.heap, (*self._load(agent_id), agent_id))
         order.top = fresh
 
     def _trim_top(self, order: _LoadOrder, free: int) -> int:
