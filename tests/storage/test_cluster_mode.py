@@ -16,6 +16,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2
 
+from agent_harness import eventually
 from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2
 from cluster_support import RedisCluster
 from coordinator.config import ConfigError, Settings, load_settings
@@ -249,23 +250,27 @@ async def test_health_is_serving_only_while_the_owner_answers(redis_cluster, sta
         reply = await node.health.Check(health_pb2.HealthCheckRequest())
         return reply.status
 
+    def status_is(expected: int):  # a probe for eventually
+        async def probe() -> bool:
+            return await status() == expected
+
+        return probe
+
     assert await status() == health_pb2.HealthCheckResponse.SERVING
     process.send_signal(signal.SIGSTOP)  # the owner stops answering (shorter than the
     try:  # cluster's node timeout, so the cluster itself does not fail over or go down)
-        for _ in range(100):
-            if await status() == health_pb2.HealthCheckResponse.NOT_SERVING:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("health stayed SERVING while the owner of the slot was stopped")
+        await eventually(
+            status_is(health_pb2.HealthCheckResponse.NOT_SERVING),
+            2.0,
+            what="NOT_SERVING while the owner of the slot is stopped",
+        )
     finally:
         process.send_signal(signal.SIGCONT)
-    for _ in range(200):
-        if await status() == health_pb2.HealthCheckResponse.SERVING:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        raise AssertionError("health did not come back once the owner answered again")
+    await eventually(
+        status_is(health_pb2.HealthCheckResponse.SERVING),
+        4.0,
+        what="SERVING once the owner answers again",
+    )
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:7000/1", "redis://127.0.0.1:7000?db=2"])
