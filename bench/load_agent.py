@@ -33,7 +33,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,9 @@ from aitbc.coordinator.v1 import agent_pb2, agent_pb2_grpc, task_pb2, task_pb2_g
 
 CAPABILITY = "bench"
 CALL_TIMEOUT_S = 60.0
-REGISTER_ATTEMPTS = 5
+CALL_ATTEMPTS = 5
 RETRIED = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE})
+"""What an overloaded server drops: the call is made again, as the SDK would."""
 REGISTERING = asyncio.Semaphore(64)
 MAX_REPORTS_PER_CALL = 1000
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
@@ -200,6 +201,20 @@ class StreamedCompletions(BatchedCompletions):
         await self._stream.close()
 
 
+async def retried(rec: Recorder, name: str, call: Callable[[], Awaitable[Any]]) -> Any:
+    """``call()``, made again after a drop (``RETRIED``), at most ``CALL_ATTEMPTS`` times in
+    all; any other error, or the last attempt's, is raised."""
+    for attempt in range(CALL_ATTEMPTS - 1):
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in RETRIED:
+                raise
+            rec.error(f"{name} {exc.code().name} (retried)")
+            await asyncio.sleep(0.1 * (attempt + 1))
+    return await call()
+
+
 async def raw_agent(
     channel: grpc.aio.Channel, agent_id: str, args: argparse.Namespace, rec: Recorder
 ) -> None:
@@ -217,15 +232,9 @@ async def raw_agent(
     # Registration is not what is measured: a bounded number at once per process, and a
     # call the overloaded node drops (CANCELLED, UNAVAILABLE) is retried, as the SDK would.
     async with REGISTERING:
-        for attempt in range(REGISTER_ATTEMPTS):
-            try:
-                await agents.RegisterAgent(request, timeout=CALL_TIMEOUT_S)
-                break
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRIED or attempt == REGISTER_ATTEMPTS - 1:
-                    raise
-                rec.error(f"RegisterAgent {exc.code().name} (retried)")
-                await asyncio.sleep(0.1 * (attempt + 1))
+        await retried(
+            rec, "RegisterAgent", lambda: agents.RegisterAgent(request, timeout=CALL_TIMEOUT_S)
+        )
 
     async def complete(assignment: agent_pb2.Assignment) -> None:
         # A report the overloaded server drops (CANCELLED, UNAVAILABLE) is sent again, as
@@ -234,17 +243,16 @@ async def raw_agent(
         request = task_pb2.CompleteTaskRequest(
             task_id=assignment.task_id, agent_id=agent_id, fencing_token=assignment.fencing_token
         )
-        for attempt in range(REGISTER_ATTEMPTS):
+
+        async def report() -> None:
             rec.calls["report_calls"] += 1
-            try:
-                await tasks.CompleteTask(request, timeout=CALL_TIMEOUT_S)
-                break
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRIED or attempt == REGISTER_ATTEMPTS - 1:
-                    rec.error(f"CompleteTask {exc.code().name}")
-                    return
-                rec.error(f"CompleteTask {exc.code().name} (retried)")
-                await asyncio.sleep(0.1 * (attempt + 1))
+            await tasks.CompleteTask(request, timeout=CALL_TIMEOUT_S)
+
+        try:
+            await retried(rec, "CompleteTask", report)
+        except grpc.aio.AioRpcError as exc:
+            rec.error(f"CompleteTask {exc.code().name}")
+            return
         rec.complete(assignment.task_id)
 
     batched: BatchedCompletions | None = None
