@@ -138,3 +138,51 @@ async def test_an_agent_gone_since_the_view_was_read_is_refused_and_the_task_wai
     assert record["state"] == "PENDING" and record["agent_id"] == ""
     other = await pool.start(node.channel, "agent-b")
     assert (await other.next_assignment(timeout_s=5)).task_id == submitted.task_id
+
+
+async def test_after_a_task_waited_ahead_submits_are_not_chosen_for_a_while(
+    start_node, pool, redis_client, monkeypatch
+):
+    """Under a burst every submit's assignment would be refused for the task waiting ahead
+    of it: once one was, the next ones are not chosen from the view at all (for
+    WAITING_AHEAD_S), and each still reaches the agent through a pass; then the node chooses
+    again."""
+    monkeypatch.setattr(at_submit, "WAITING_AHEAD_S", 60.0)
+    node = await start_node(**LONG_TIMER)
+    agent = await pool.start(node.channel, "agent-1", max_concurrency=4)
+    await with_a_view(node, agent, redis_client)
+    assigner = node.coordinator.dispatcher._at_submit
+    chosen: list[int] = []
+    refused: list[bool] = []
+    choose, take_replies = assigner.choose, assigner.take_replies
+
+    def counting_choose(tasks_to_queue):
+        slots, picked = choose(tasks_to_queue)
+        chosen.append(len(picked))
+        return slots, picked
+
+    def counting_replies(slots, picked, submits):
+        was_refused = take_replies(slots, picked, submits)
+        if picked:
+            refused.append(was_refused)
+        return was_refused
+
+    monkeypatch.setattr(assigner, "choose", counting_choose)
+    monkeypatch.setattr(assigner, "take_replies", counting_replies)
+    # No agent can take this one: it waits ahead of every NORMAL task.
+    no_agent = task_pb2.TaskRequirements(capabilities=["none-has-it"])
+    stuck = (await node.tasks.SubmitTask(submit_request(requirements=no_agent))).task
+
+    submitted = [(await node.tasks.SubmitTask(submit_request())).task for _ in range(3)]
+
+    # The first was chosen and refused ('not_first'); the next two were not chosen.
+    assert chosen == [0, 1, 0, 0] and refused == [True]
+    received = {(await agent.next_assignment(timeout_s=5)).task_id for _ in submitted}
+    assert received == {t.task_id for t in submitted}  # each through a pass
+    await node.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=stuck.task_id))
+    monkeypatch.setattr(assigner, "_waiting_until", 0.0)  # as when WAITING_AHEAD_S is over
+
+    last = (await node.tasks.SubmitTask(submit_request())).task
+
+    assert chosen[-1] == 1 and refused[-1] is False  # assigned at its submit
+    assert (await agent.next_assignment(timeout_s=5)).task_id == last.task_id

@@ -43,10 +43,17 @@ than this, rather than VIEW_REFRESH_S: one task to each of thousands of agents u
 view's free agents in a few submits, and the tasks that found none wait for a pass, all on
 the node holding the turn."""
 
+WAITING_AHEAD_S = 0.05
+"""After the script refused a submit's assignment because a task waited ahead of it
+('not_first'), tasks of its priority and less urgent ones are not chosen for this long:
+they would be refused too, and wait for a pass in any case. Under a burst (a drain, one
+task to each of thousands of agents) every submit was refused so, and choosing their
+agents, and reading again the view they were chosen from, was a tenth of a node's CPU."""
+
 _PRIORITY_RANK = {priority: rank for rank, priority in enumerate(PRIORITIES_MOST_URGENT_FIRST)}
 
-Chosen = list[tuple[str, str]]
-"""(task_id, agent_id) of each task assigned at submit, in the order chosen."""
+Chosen = list[tuple[str, str, int]]
+"""(task_id, agent_id, priority rank) of each task assigned at submit, in the order chosen."""
 
 
 class SubmitAssigner:
@@ -64,21 +71,36 @@ class SubmitAssigner:
         self._streams_here = streams_here
         """As a pass's: least connections keeps what it can on this node
         (``AgentSlots.candidates``)."""
+        self._waiting_until = 0.0
+        """Loop time until which tasks are known to wait at ``_waiting_rank`` or a more
+        urgent priority (``WAITING_AHEAD_S``)."""
+        self._waiting_rank = len(_PRIORITY_RANK)
 
     def choose(self, tasks_to_queue: Sequence[TaskToQueue]) -> tuple[AgentSlots | None, Chosen]:
         """An agent for each task that can have one from the view, as a pass would choose
         (most urgent first, then in line), each taking its slot in the view's slot table:
-        that table, and the (task_id, agent_id) chosen."""
+        that table, and the (task_id, agent_id, rank) chosen. None of the tasks that would
+        be refused for a task waiting ahead (``WAITING_AHEAD_S``)."""
+        now = asyncio.get_running_loop().time()
+        waiting_rank = self._waiting_rank if now < self._waiting_until else len(_PRIORITY_RANK)
+        ranked = sorted(
+            (
+                (rank, to_queue)
+                for to_queue in tasks_to_queue
+                if (rank := _PRIORITY_RANK[to_queue.submission.priority]) < waiting_rank
+            ),
+            key=lambda ranked_task: ranked_task[0],
+        )
         view = self._view.current
-        if view is None:
+        if view is None or not ranked:
             return None, []
-        age = asyncio.get_running_loop().time() - view.read_at
+        age = now - view.read_at
         if age > VIEW_REFRESH_S:
             self._view.refresh_soon()
         if age > VIEW_MAX_AGE_S:
             return None, []
         chosen = []
-        for to_queue in sorted(tasks_to_queue, key=lambda t: _PRIORITY_RANK[t.submission.priority]):
+        for rank, to_queue in ranked:
             s = to_queue.submission
             strategy = s.strategy or view.default_strategy
             if strategy not in AT_SUBMIT_STRATEGIES or s.requirements.min_health_score:
@@ -106,7 +128,7 @@ class SubmitAssigner:
                 tie_key=to_queue.task_id,
             ).agent_id
             view.slots.take_slot(agent_id)
-            chosen.append((to_queue.task_id, agent_id))
+            chosen.append((to_queue.task_id, agent_id, rank))
         return view.slots, chosen
 
     def take_replies(self, slots: AgentSlots | None, chosen: Chosen, submits: list[Any]) -> bool:
@@ -114,7 +136,7 @@ class SubmitAssigner:
         submits of their tasks; True when one was refused (its task waits in line: a pass
         must follow)."""
         refused = False
-        for (task_id, agent_id), raw in zip(chosen, submits, strict=True):
+        for (task_id, agent_id, rank), raw in zip(chosen, submits, strict=True):
             detail: Any
             if isinstance(raw, Exception):
                 verdict, detail = "error", raw
@@ -128,6 +150,17 @@ class SubmitAssigner:
             else:
                 verdict, detail = reply.verdict, reply.detail
                 refused = True
+                if verdict == "not_first":
+                    self._tasks_wait_ahead(rank)
             if slots is not None:  # that table still counts the slot as taken
                 slots.not_assigned(agent_id, verdict, detail)
         return refused
+
+    def _tasks_wait_ahead(self, rank: int) -> None:
+        """A submit's assignment at ``rank`` was refused for a task waiting ahead: for
+        ``WAITING_AHEAD_S``, tasks of that rank and less urgent ones are not chosen."""
+        now = asyncio.get_running_loop().time()
+        if now >= self._waiting_until:
+            self._waiting_rank = rank
+        self._waiting_rank = min(self._waiting_rank, rank)
+        self._waiting_until = now + WAITING_AHEAD_S

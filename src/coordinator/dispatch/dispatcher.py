@@ -130,7 +130,7 @@ class Dispatcher:
             submits: list[Any], piggybacked: list[Any], after_the_submits: bool
         ) -> None:
             refused = self._at_submit.take_replies(
-                slots, chosen, [submits[position[task_id]] for task_id, _ in chosen]
+                slots, chosen, [submits[position[task_id]] for task_id, _, _ in chosen]
             )
             if turn is not None:
                 (reply,) = piggybacked
@@ -138,7 +138,7 @@ class Dispatcher:
             elif refused or len(chosen) < len(tasks_to_queue):
                 self.request()
 
-        assignments = {task_id: self._assignments.to(agent_id) for task_id, agent_id in chosen}
+        assignments = {task_id: self._assignments.to(agent_id) for task_id, agent_id, _ in chosen}
         return SubmitPlan(assignments, PiggybackCalls(calls, take_replies))
 
     def _new_token(self) -> str:
