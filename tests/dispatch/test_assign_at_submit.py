@@ -140,16 +140,14 @@ async def test_an_agent_gone_since_the_view_was_read_is_refused_and_the_task_wai
     assert (await other.next_assignment(timeout_s=5)).task_id == submitted.task_id
 
 
-async def test_after_a_task_waited_ahead_submits_are_not_chosen_for_a_while(
+async def test_while_a_task_waits_ahead_one_probe_at_a_time_is_chosen(
     start_node, pool, redis_client, monkeypatch
 ):
     """Under a burst every submit's assignment would be refused for the task waiting ahead
-    of it: once one was, the next ones are not chosen from the view at all (for
-    WAITING_AHEAD_S), and each still reaches the agent through a pass; then the node chooses
-    again."""
-    monkeypatch.setattr(at_submit, "WAITING_AHEAD_S", 60.0)
+    of it: once one was, of a batch only one task, the probe, is chosen, and the others
+    reach the agent through a pass; the first probe assigned ends this."""
     node = await start_node(**LONG_TIMER)
-    agent = await pool.start(node.channel, "agent-1", max_concurrency=4)
+    agent = await pool.start(node.channel, "agent-1", max_concurrency=16)
     await with_a_view(node, agent, redis_client)
     assigner = node.coordinator.dispatcher._at_submit
     chosen: list[int] = []
@@ -167,22 +165,30 @@ async def test_after_a_task_waited_ahead_submits_are_not_chosen_for_a_while(
             refused.append(was_refused)
         return was_refused
 
+    async def batch(n: int) -> list[str]:
+        entries = [submit_request() for _ in range(n)]
+        reply = await node.tasks.SubmitTasks(task_pb2.SubmitTasksRequest(tasks=entries))
+        return [result.task_id for result in reply.results]
+
+    async def received(task_ids: list[str]) -> None:
+        got = {(await agent.next_assignment(timeout_s=5)).task_id for _ in task_ids}
+        assert got == set(task_ids)
+
     monkeypatch.setattr(assigner, "choose", counting_choose)
     monkeypatch.setattr(assigner, "take_replies", counting_replies)
     # No agent can take this one: it waits ahead of every NORMAL task.
     no_agent = task_pb2.TaskRequirements(capabilities=["none-has-it"])
     stuck = (await node.tasks.SubmitTask(submit_request(requirements=no_agent))).task
+    await received([(await node.tasks.SubmitTask(submit_request())).task.task_id])
 
-    submitted = [(await node.tasks.SubmitTask(submit_request())).task for _ in range(3)]
+    await received(await batch(4))
 
-    # The first was chosen and refused ('not_first'); the next two were not chosen.
-    assert chosen == [0, 1, 0, 0] and refused == [True]
-    received = {(await agent.next_assignment(timeout_s=5)).task_id for _ in submitted}
-    assert received == {t.task_id for t in submitted}  # each through a pass
+    # The lone task was chosen and refused ('not_first'); of the batch only the probe.
+    assert chosen == [0, 1, 1] and refused == [True, True]
     await node.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=stuck.task_id))
-    monkeypatch.setattr(assigner, "_waiting_until", 0.0)  # as when WAITING_AHEAD_S is over
+    await received(await batch(3))  # its probe is assigned at submit, the others by a pass
+    assert chosen[-1] == 1 and refused[-1] is False
 
-    last = (await node.tasks.SubmitTask(submit_request())).task
+    await received(await batch(3))
 
-    assert chosen[-1] == 1 and refused[-1] is False  # assigned at its submit
-    assert (await agent.next_assignment(timeout_s=5)).task_id == last.task_id
+    assert chosen[-1] == 3 and refused[-1] is False  # all three assigned at submit

@@ -43,12 +43,9 @@ than this, rather than VIEW_REFRESH_S: one task to each of thousands of agents u
 view's free agents in a few submits, and the tasks that found none wait for a pass, all on
 the node holding the turn."""
 
-WAITING_AHEAD_S = 0.05
-"""After the script refused a submit's assignment because a task waited ahead of it
-('not_first'), tasks of its priority and less urgent ones are not chosen for this long:
-they would be refused too, and wait for a pass in any case. Under a burst (a drain, one
-task to each of thousands of agents) every submit was refused so, and choosing their
-agents, and reading again the view they were chosen from, was a tenth of a node's CPU."""
+PROBE_TIMEOUT_S = 1.0
+"""A probe (``SubmitAssigner``) whose reply never came, its submit having failed before its
+round trip, stops counting as under way after this long."""
 
 _PRIORITY_RANK = {priority: rank for rank, priority in enumerate(PRIORITIES_MOST_URGENT_FIRST)}
 
@@ -58,7 +55,15 @@ Chosen = list[tuple[str, str, int]]
 
 class SubmitAssigner:
     """Chooses agents for tasks about to be queued, and takes what the submits' replies say
-    became of those assignments."""
+    became of those assignments.
+
+    Once the script refused one for a task waiting ahead ('not_first'), tasks of that
+    priority and less urgent ones would be refused too until the passes catch up: under a
+    burst (a drain, one task to each of 10,000 agents) every submit was, and choosing their
+    agents, and reading the view again for them, was a tenth of a node's CPU for nothing.
+    So from then on only one such task at a time, the probe, is chosen; the others wait
+    for a pass as they would have. The first probe assigned ends this.
+    """
 
     def __init__(
         self,
@@ -71,23 +76,24 @@ class SubmitAssigner:
         self._streams_here = streams_here
         """As a pass's: least connections keeps what it can on this node
         (``AgentSlots.candidates``)."""
-        self._waiting_until = 0.0
-        """Loop time until which tasks are known to wait at ``_waiting_rank`` or a more
-        urgent priority (``WAITING_AHEAD_S``)."""
-        self._waiting_rank = len(_PRIORITY_RANK)
+        self._waiting_rank: int | None = None
+        """The rank of the priority at which, or more urgent, a task waits ahead (as a
+        refusal said); None when none is known to."""
+        self._probe: tuple[str, float] | None = None
+        """The probe under way: its task_id, and the loop time it was chosen."""
 
     def choose(self, tasks_to_queue: Sequence[TaskToQueue]) -> tuple[AgentSlots | None, Chosen]:
         """An agent for each task that can have one from the view, as a pass would choose
         (most urgent first, then in line), each taking its slot in the view's slot table:
-        that table, and the (task_id, agent_id, rank) chosen. None of the tasks that would
-        be refused for a task waiting ahead (``WAITING_AHEAD_S``)."""
+        that table, and the (task_id, agent_id, rank) chosen. While tasks wait ahead, of the
+        tasks they would be refused for only a probe is chosen, when none is under way."""
         now = asyncio.get_running_loop().time()
-        waiting_rank = self._waiting_rank if now < self._waiting_until else len(_PRIORITY_RANK)
+        waiting_rank, probing = self._waiting_and_probing(now)
         ranked = sorted(
             (
                 (rank, to_queue)
                 for to_queue in tasks_to_queue
-                if (rank := _PRIORITY_RANK[to_queue.submission.priority]) < waiting_rank
+                if (rank := _PRIORITY_RANK[to_queue.submission.priority]) < waiting_rank or probing
             ),
             key=lambda ranked_task: ranked_task[0],
         )
@@ -101,6 +107,8 @@ class SubmitAssigner:
             return None, []
         chosen = []
         for rank, to_queue in ranked:
+            if rank >= waiting_rank and not probing:
+                continue  # a probe is chosen already
             s = to_queue.submission
             strategy = s.strategy or view.default_strategy
             if strategy not in AT_SUBMIT_STRATEGIES or s.requirements.min_health_score:
@@ -129,7 +137,17 @@ class SubmitAssigner:
             ).agent_id
             view.slots.take_slot(agent_id)
             chosen.append((to_queue.task_id, agent_id, rank))
+            if rank >= waiting_rank:
+                self._probe, probing = (to_queue.task_id, now), False
         return view.slots, chosen
+
+    def _waiting_and_probing(self, now: float) -> tuple[int, bool]:
+        """The rank from which tasks are refused for a task waiting ahead (past the least
+        urgent when none is known to), and whether a probe may be chosen now."""
+        if self._waiting_rank is None:
+            return len(_PRIORITY_RANK), False
+        probing = self._probe is None or now - self._probe[1] > PROBE_TIMEOUT_S
+        return self._waiting_rank, probing
 
     def take_replies(self, slots: AgentSlots | None, chosen: Chosen, submits: list[Any]) -> bool:
         """Record the assignments made at submit from ``slots``, from the replies of the
@@ -137,6 +155,9 @@ class SubmitAssigner:
         must follow)."""
         refused = False
         for (task_id, agent_id, rank), raw in zip(chosen, submits, strict=True):
+            probe = self._probe is not None and self._probe[0] == task_id
+            if probe:
+                self._probe = None
             detail: Any
             if isinstance(raw, Exception):
                 verdict, detail = "error", raw
@@ -146,6 +167,8 @@ class SubmitAssigner:
                 verdict, detail = "task_gone", "not created"
             elif reply.ok:
                 self._assignments.record(task_id, agent_id, reply, way="submit")
+                if probe:  # nothing waits ahead of its priority any more
+                    self._waiting_rank = None
                 continue
             else:
                 verdict, detail = reply.verdict, reply.detail
@@ -157,10 +180,6 @@ class SubmitAssigner:
         return refused
 
     def _tasks_wait_ahead(self, rank: int) -> None:
-        """A submit's assignment at ``rank`` was refused for a task waiting ahead: for
-        ``WAITING_AHEAD_S``, tasks of that rank and less urgent ones are not chosen."""
-        now = asyncio.get_running_loop().time()
-        if now >= self._waiting_until:
+        """A submit's assignment at ``rank`` was refused for a task waiting ahead."""
+        if self._waiting_rank is None or rank < self._waiting_rank:
             self._waiting_rank = rank
-        self._waiting_rank = min(self._waiting_rank, rank)
-        self._waiting_until = now + WAITING_AHEAD_S
