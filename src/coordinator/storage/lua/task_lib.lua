@@ -94,7 +94,9 @@ local function transition(task, state, now, reason)
   if FINAL[state] and not FINAL[task.state] then
     release_unfinished(redis.call('HGET', key, 'submitted_by'))
   end
-  redis.call('ZREM', K.state .. task.state, task.id)
+  if task.state ~= state then  -- a new task is created PENDING: nothing to remove
+    redis.call('ZREM', K.state .. task.state, task.id)
+  end
   redis.call('ZADD', K.state .. state, tonumber(task.seq), task.id)
   task.transitions = append_to_list(task.transitions, {
     state = state, at_ms = now, attempt = tonumber(task.attempt) or 0,
