@@ -78,6 +78,24 @@ async def test_valid_entries_are_queued_and_invalid_ones_refused_in_order(node):
     assert {t.task_id for t in listed} == {first.task_id, third.task_id}
 
 
+async def test_entries_sharing_requirements_each_get_their_own_verdict(node):
+    """Valid requirements are checked once per distinct set (``tasks.validation``'s
+    ``requirements_of``); invalid ones are never kept, so each entry repeating them is
+    refused again, and the valid ones still match their agents exactly."""
+    bad = task_pb2.TaskRequirements(capabilities=["not a tag"], labels={"zone": "a"})
+    good = task_pb2.TaskRequirements(capabilities=["gpu"], labels={"zone": "a"})
+    results = await submit_tasks(
+        node, *(submit_request(requirements=r) for r in (bad, good, bad, good))
+    )
+
+    for refused in (results[0], results[2]):
+        assert list(violations(refused.error)) == ["requirements.capabilities[0]"]
+    for queued in (results[1], results[3]):
+        task = await get_task(node.tasks, queued.task_id)
+        assert list(task.requirements.capabilities) == ["gpu"]
+        assert dict(task.requirements.labels) == {"zone": "a"}
+
+
 @pytest.mark.parametrize(
     "entry",
     [

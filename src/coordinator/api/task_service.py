@@ -102,6 +102,7 @@ class TaskService(task_pb2_grpc.TaskServiceServicer):
                 "min_health_score": r.min_health_score,
                 "preferred_capabilities": r.preferred_capabilities,
             },
+            requirements_serialized=r.SerializeToString(deterministic=True),
             max_attempts=request.max_attempts,
             schedule_to_start_s=_optional_s(request, "schedule_to_start_timeout"),
             start_to_close_s=_optional_s(request, "start_to_close_timeout"),

@@ -111,6 +111,28 @@ def requirements(
     )
 
 
+VALID_REQUIREMENTS_KEPT = 1024
+"""Distinct valid requirements kept, by their serialized form (``requirements_of``)."""
+
+_valid_requirements: dict[bytes, Requirements] = {}
+
+
+def requirements_of(serialized: bytes, fields: Mapping[str, Any], v: Violations) -> Requirements:
+    """``requirements(**fields)``, where ``serialized`` is the wire form the fields were
+    parsed from: valid requirements are kept under it, so that the tasks of a batch, which
+    mostly share theirs, are checked once (13 µs a task; a Requirements is immutable)."""
+    kept = _valid_requirements.get(serialized)
+    if kept is not None:
+        return kept
+    found = len(v.items)
+    checked = requirements(**fields, v=v)
+    if len(v.items) == found:
+        if len(_valid_requirements) >= VALID_REQUIREMENTS_KEPT:
+            _valid_requirements.clear()
+        _valid_requirements[serialized] = checked
+    return checked
+
+
 def submission(
     *,
     task_data: dict[str, Any],
@@ -119,6 +141,7 @@ def submission(
     task_type: str,
     priority: Priority | None,
     requirements_fields: Mapping[str, Any],
+    requirements_serialized: bytes | None = None,
     max_attempts: int,
     schedule_to_start_s: float | None,
     start_to_close_s: float | None,
@@ -141,7 +164,10 @@ def submission(
         )
     if task_type and not TASK_TYPE.match(task_type):
         v.add("task_type", "must be 1 to 128 letters, digits or . _ : / - starting with one")
-    reqs = requirements(**requirements_fields, v=v)
+    if requirements_serialized is None:
+        reqs = requirements(**requirements_fields, v=v)
+    else:
+        reqs = requirements_of(requirements_serialized, requirements_fields, v)
     attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
     if not 1 <= attempts <= MAX_MAX_ATTEMPTS:
         v.add("max_attempts", f"must be from 1 to {MAX_MAX_ATTEMPTS}; got {max_attempts}")
