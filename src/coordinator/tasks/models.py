@@ -71,16 +71,22 @@ class Requirements:
         return _requirements_json(self._key())
 
     def _key(self) -> tuple[Any, ...]:
-        """The fields as a hashable value (labels sorted): equal requirements, equal key."""
-        return (
-            self.agent_type,
-            tuple(sorted(self.capabilities)),
-            tuple(sorted(self.services)),
-            tuple(sorted(self.labels.items())),
-            self.agent_id,
-            self.min_health_score,
-            tuple(sorted(self.preferred_capabilities)),
-        )
+        """The fields as a hashable value (labels sorted): equal requirements, equal key.
+        Computed once per instance (the tasks of a batch mostly share one: ``tasks.validation``
+        ``requirements_of``)."""
+        key = self.__dict__.get("_cached_key")
+        if key is None:
+            key = (
+                self.agent_type,
+                tuple(sorted(self.capabilities)),
+                tuple(sorted(self.services)),
+                tuple(sorted(self.labels.items())),
+                self.agent_id,
+                self.min_health_score,
+                tuple(sorted(self.preferred_capabilities)),
+            )
+            object.__setattr__(self, "_cached_key", key)  # frozen: not a field, not compared
+        return key
 
     @classmethod
     def from_json(cls, raw: str) -> Requirements:

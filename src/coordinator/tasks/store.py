@@ -15,7 +15,7 @@ REPORTS_PER_ROUND_TRIP (reports) entries: a few round trips however many entries
 from __future__ import annotations
 
 import logging
-import uuid
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -164,7 +164,7 @@ class TaskStore(TaskReads):
         dispatched: the script
         assigns a task at once to the agent this node's dispatcher chose for it, and the
         dispatch turn and snapshot ride in that round trip, when the dispatcher plans them."""
-        to_queue = [TaskToQueue(uuid.uuid4().hex, s) for s in submissions]
+        to_queue = [TaskToQueue(secrets.token_hex(16), s) for s in submissions]
         plan = self._dispatch.plan_submit(to_queue)
         assignments = plan.assignments if plan is not None else {}
         window_ms = round(self._settings.idempotency_window_s * 1000)
