@@ -109,12 +109,7 @@ class Passes:
             if not slots.free:
                 break
             assigned += await self._dispatch_priority(
-                priority.name,
-                classes,
-                (heads, snapshot.heads_limit),
-                slots,
-                snapshot.default_strategy,
-                state,
+                priority.name, classes, (heads, snapshot.heads_limit), snapshot, state
             )
         if json.dumps(asdict(state), sort_keys=True) != before:
             await self._redis.set(keys.BALANCER_STATE, json.dumps(asdict(state)))
@@ -125,16 +120,15 @@ class Passes:
         priority: str,
         classes: Sequence[str],
         first_heads: tuple[dict[str, list[Head]], int],
-        slots: AgentSlots,
-        default_strategy: Strategy,
+        snapshot: Snapshot,
         state: BalancerState,
     ) -> int:
         """FIFO over the class queues of one priority, skipping classes no free agent fits.
         ``first_heads`` are the snapshot's heads of each class with the most it read of one;
         later ones are read here, no more per class than the free slots left."""
+        slots, default_strategy = snapshot.slots, snapshot.default_strategy
         assigned = 0
         after = dict.fromkeys(classes, "-inf")
-        eligible_by_class: dict[str, list[AgentRecord]] = {}
         open_classes = list(classes)
         snapshot_heads, limit = first_heads
         heads = [snapshot_heads.get(cls, []) for cls in open_classes]
@@ -156,7 +150,7 @@ class Passes:
                 for cls, entries in zip(open_classes, heads, strict=True)
                 if len(entries) < limit and (not entries or entries[-1][1] <= horizon)
             }
-            waiting = _waiting(in_line, after, eligible_by_class, slots, default_strategy)
+            waiting = _waiting(in_line, after, snapshot.eligible, slots, default_strategy)
             assigned += await self._assign_in_order(waiting, slots, state)
             open_classes = [
                 c for c in open_classes if c not in slots.blocked and c not in exhausted
@@ -273,7 +267,9 @@ def _waiting(
 ) -> list[_Waiting]:
     """The heads ``in_line`` (seq, task_id, class, details), in order, with what choosing
     their agents needs; moves each class's ``after`` past its heads, and fills in
-    ``eligible_by_class`` for a class met the first time."""
+    ``eligible_by_class`` (the snapshot's, shared with the view made of it: keyed by
+    requirements class, whichever partition queued the task) for a class met the first
+    time."""
     waiting: list[_Waiting] = []
     for seq, task_id, cls, (raw_requirements, raw_strategy, routing_key, avoid) in in_line:
         after[cls] = f"({seq:.0f}"
@@ -281,15 +277,19 @@ def _waiting(
             continue  # deleted meanwhile
         requirements = requirements_of(raw_requirements)
         strategy = Strategy.parse(raw_strategy) if raw_strategy else None
-        if cls not in eligible_by_class:
-            eligible_by_class[cls] = [a for a in slots.agents.values() if fits(a, requirements)]
+        requirements_class = requirements.eligibility_class()
+        eligible = eligible_by_class.get(requirements_class)
+        if eligible is None:
+            eligible = eligible_by_class[requirements_class] = [
+                a for a in slots.agents.values() if fits(a, requirements)
+            ]
         waiting.append(
             _Waiting(
                 task_id,
                 requirements,
                 strategy or default_strategy,
                 routing_key,
-                eligible_by_class[cls],
+                eligible,
                 cls,
                 avoid,
             )

@@ -35,9 +35,10 @@ class NodeView:
         """Make a copy of ``snapshot`` the view, with its own slots and balancer state:
         submits and reports change the view's all the time, and must not change a snapshot
         under a pass (one taken with no free slot read no task; a slot freed in it later
-        made its pass look for them)."""
+        made its pass look for them). Which agents fit a class depends on the agents
+        alone, which the copy shares: so does the snapshot's ``eligible``."""
         self.current = dataclasses.replace(
-            snapshot, slots=AgentSlots(agents), state=balancer_state(raw_state), eligible={}
+            snapshot, slots=AgentSlots(agents), state=balancer_state(raw_state)
         )
 
     def slots_freed(self, agent_ids: Sequence[str]) -> None:
