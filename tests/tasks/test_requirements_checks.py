@@ -6,20 +6,9 @@ from __future__ import annotations
 import pytest
 
 from aitbc.coordinator.v1 import task_pb2
+from coordinator.api.wire import requirements_fields
 from coordinator.tasks import validation as tv
 from coordinator.violations import Violations
-
-
-def fields_of(r: task_pb2.TaskRequirements) -> dict:
-    return {
-        "agent_type": r.agent_type,
-        "capabilities": r.capabilities,
-        "services": r.services,
-        "labels": r.labels,
-        "agent_id": r.agent_id,
-        "min_health_score": r.min_health_score,
-        "preferred_capabilities": r.preferred_capabilities,
-    }
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +28,7 @@ def counted(monkeypatch):
 
 def of(r: task_pb2.TaskRequirements, v: Violations | None = None):
     return tv.requirements_of(
-        r.SerializeToString(deterministic=True), fields_of(r), v or Violations()
+        r.SerializeToString(deterministic=True), requirements_fields(r), v or Violations()
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -103,6 +103,19 @@ def enums_from_proto(
     if violations is None:
         found.raise_if_any()
     return values
+
+
+def requirements_fields(r: task_pb2.TaskRequirements) -> dict[str, Any]:
+    """A TaskRequirements' fields, as ``tasks.validation.requirements`` takes them."""
+    return {
+        "agent_type": r.agent_type,
+        "capabilities": r.capabilities,
+        "services": r.services,
+        "labels": r.labels,
+        "agent_id": r.agent_id,
+        "min_health_score": r.min_health_score,
+        "preferred_capabilities": r.preferred_capabilities,
+    }
 
 
 def agent_to_proto(agent: AgentRecord) -> agent_pb2.Agent:
