@@ -1,4 +1,4 @@
-"""Requirements checked once per distinct set: ``tasks.validation.requirements_of`` keeps
+"""Requirements checked once per distinct set: ``tasks.validation.checked_requirements`` keeps
 valid requirements under their wire form, never invalid ones, and keeps a bounded number."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def counted(monkeypatch):
 
 
 def of(r: task_pb2.TaskRequirements, v: Violations | None = None):
-    return tv.requirements_of(
+    return tv.checked_requirements(
         r.SerializeToString(deterministic=True), requirements_fields(r), v or Violations()
     )
 

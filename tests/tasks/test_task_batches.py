@@ -80,7 +80,7 @@ async def test_valid_entries_are_queued_and_invalid_ones_refused_in_order(node):
 
 async def test_entries_sharing_requirements_each_get_their_own_verdict(node):
     """Valid requirements are checked once per distinct set (``tasks.validation``'s
-    ``requirements_of``); invalid ones are never kept, so each entry repeating them is
+    ``checked_requirements``); invalid ones are never kept, so each entry repeating them is
     refused again, and the valid ones still match their agents exactly."""
     bad = task_pb2.TaskRequirements(capabilities=["not a tag"], labels={"zone": "a"})
     good = task_pb2.TaskRequirements(capabilities=["gpu"], labels={"zone": "a"})

@@ -73,7 +73,7 @@ class Requirements:
     def _key(self) -> tuple[Any, ...]:
         """The fields as a hashable value (labels sorted): equal requirements, equal key.
         Computed once per instance (the tasks of a batch mostly share one: ``tasks.validation``
-        ``requirements_of``)."""
+        ``checked_requirements``)."""
         key = self.__dict__.get("_cached_key")
         if key is None:
             key = (

@@ -112,12 +112,14 @@ def requirements(
 
 
 VALID_REQUIREMENTS_KEPT = 1024
-"""Distinct valid requirements kept, by their serialized form (``requirements_of``)."""
+"""Distinct valid requirements kept, by their serialized form (``checked_requirements``)."""
 
 _valid_requirements: dict[bytes, Requirements] = {}
 
 
-def requirements_of(serialized: bytes, fields: Mapping[str, Any], v: Violations) -> Requirements:
+def checked_requirements(
+    serialized: bytes, fields: Mapping[str, Any], v: Violations
+) -> Requirements:
     """``requirements(**fields)``, where ``serialized`` is the wire form the fields were
     parsed from: valid requirements are kept under it, so that the tasks of a batch, which
     mostly share theirs, are checked once (13 µs a task; a Requirements is immutable)."""
@@ -167,7 +169,7 @@ def submission(
     if requirements_serialized is None:
         reqs = requirements(**requirements_fields, v=v)
     else:
-        reqs = requirements_of(requirements_serialized, requirements_fields, v)
+        reqs = checked_requirements(requirements_serialized, requirements_fields, v)
     attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
     if not 1 <= attempts <= MAX_MAX_ATTEMPTS:
         v.add("max_attempts", f"must be from 1 to {MAX_MAX_ATTEMPTS}; got {max_attempts}")
