@@ -139,8 +139,9 @@ def _text(value: Any) -> str:
     return "" if text == "?" else text
 
 
-class _OwnerAddressed:
-    """Mixed in before a redis-py asyncio connection class: connects to the slot's owner."""
+class _OwnerAware:
+    """What the connection mixins below share: the ``ClusterOwner`` their pool passes in
+    the connection keyword arguments (``_OwnerPool``)."""
 
     cluster_owner: ClusterOwner
     host: str
@@ -149,6 +150,10 @@ class _OwnerAddressed:
     def __init__(self, **kwargs: Any) -> None:
         self.cluster_owner = kwargs.pop("cluster_owner")
         super().__init__(**kwargs)
+
+
+class _OwnerAddressed(_OwnerAware):
+    """Mixed in before a redis-py asyncio connection class: connects to the slot's owner."""
 
     async def _connect(self) -> None:
         self.host, self.port = await self.cluster_owner.address()
@@ -174,14 +179,21 @@ class ClusterOwnerSSLConnection(_OwnerAddressed, PackedSSLConnection):
     """TLS (rediss://) to the slot's owner."""
 
 
-class ClusterOwnerPool(BlockingConnectionPool):
-    """The node's pool in cluster mode: a connection still on a former owner is made again
-    (to the owner now) when taken from the pool."""
+class _OwnerPool:
+    """Mixed in before a redis-py pool class: its connections are given the owner."""
+
+    cluster_owner: ClusterOwner
+    connection_kwargs: dict[str, Any]
 
     def __init__(self, cluster_owner: ClusterOwner, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cluster_owner = cluster_owner
         self.connection_kwargs["cluster_owner"] = cluster_owner
+
+
+class ClusterOwnerPool(_OwnerPool, BlockingConnectionPool):
+    """The node's pool in cluster mode: a connection still on a former owner is made again
+    (to the owner now) when taken from the pool."""
 
     async def ensure_connection(self, connection: Any) -> None:
         known = self.cluster_owner.known
@@ -190,16 +202,8 @@ class ClusterOwnerPool(BlockingConnectionPool):
         await super().ensure_connection(connection)
 
 
-class _SyncOwnerAddressed:
+class _SyncOwnerAddressed(_OwnerAware):
     """Mixed in before a synchronous redis-py connection class (the metrics' scrapes)."""
-
-    cluster_owner: ClusterOwner
-    host: str
-    port: int
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.cluster_owner = kwargs.pop("cluster_owner")
-        super().__init__(**kwargs)
 
     def _connect(self) -> Any:
         self.host, self.port = self.cluster_owner.address_sync()
@@ -225,13 +229,8 @@ class SyncClusterOwnerSSLConnection(_SyncOwnerAddressed, SyncSSLConnection):
     """TLS to the slot's owner, synchronous."""
 
 
-class SyncClusterOwnerPool(SyncConnectionPool):
+class SyncClusterOwnerPool(_OwnerPool, SyncConnectionPool):
     """``ClusterOwnerPool`` for synchronous clients."""
-
-    def __init__(self, cluster_owner: ClusterOwner, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.cluster_owner = cluster_owner
-        self.connection_kwargs["cluster_owner"] = cluster_owner
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         connection = super().get_connection(*args, **kwargs)
