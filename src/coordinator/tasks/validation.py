@@ -143,7 +143,7 @@ def submission(
     task_type: str,
     priority: Priority | None,
     requirements_fields: Mapping[str, Any],
-    requirements_serialized: bytes | None = None,
+    requirements_serialized: bytes,
     max_attempts: int,
     schedule_to_start_s: float | None,
     start_to_close_s: float | None,
@@ -166,10 +166,7 @@ def submission(
         )
     if task_type and not TASK_TYPE.match(task_type):
         v.add("task_type", "must be 1 to 128 letters, digits or . _ : / - starting with one")
-    if requirements_serialized is None:
-        reqs = requirements(**requirements_fields, v=v)
-    else:
-        reqs = checked_requirements(requirements_serialized, requirements_fields, v)
+    reqs = checked_requirements(requirements_serialized, requirements_fields, v)
     attempts = max_attempts or DEFAULT_MAX_ATTEMPTS
     if not 1 <= attempts <= MAX_MAX_ATTEMPTS:
         v.add("max_attempts", f"must be from 1 to {MAX_MAX_ATTEMPTS}; got {max_attempts}")
