@@ -42,6 +42,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from coordinator.storage.lua_source import lua_string
+
 PACKED_PREFIX = "p"
 """The packed record's pieces are the fields ``p1``, ``p2``, ... in order."""
 
@@ -264,7 +266,7 @@ def lua_tables() -> str:
     value_bytes = {t: byte_of[f'"{t}"'] for t in VALUE_TOKENS}
     assert len(tokens) == len(FRAGMENTS)
     free_text = ", ".join(f"{name} = true" for name in FREE_TEXT)
-    piece_names = ", ".join(_lua_string(f"{PACKED_PREFIX}{i}") for i in range(1, 17))
+    piece_names = ", ".join(lua_string(f"{PACKED_PREFIX}{i}") for i in range(1, 17))
     packing_escapes, unpacking_escapes = _escape_tables()
     return "\n".join(
         (
@@ -300,16 +302,16 @@ def _escape_tables() -> tuple[list[str], list[str]]:
     unpacking."""
     escape = chr(ESCAPE_BYTE)
     string_references = ", ".join(
-        f"{{{_lua_string(name)}, {_lua_string(FIELD_CODES[name])}}}"
+        f"{{{lua_string(name)}, {lua_string(FIELD_CODES[name])}}}"
         for name, quoted in REFERENCED.items()
         if quoted
     )
     number_references = ", ".join(
-        _lua_string(FIELD_CODES[name]) for name, quoted in REFERENCED.items() if not quoted
+        lua_string(FIELD_CODES[name]) for name, quoted in REFERENCED.items() if not quoted
     )
     quoted_by_code = {FIELD_CODES[name]: quoted for name, quoted in REFERENCED.items()}
     referenced = ", ".join(
-        f"[{_lua_string(c)}] = {str(q).lower()}" for c, q in quoted_by_code.items()
+        f"[{lua_string(c)}] = {str(q).lower()}" for c, q in quoted_by_code.items()
     )
     starts: dict[str, str] = {}
     pieces = []
@@ -318,7 +320,7 @@ def _escape_tables() -> tuple[list[str], list[str]]:
         if match:  # one pass finds them all
             starts[match[1]] = escape + digit
         else:
-            pieces.append(f"{{{_lua_string(text)}, {_lua_string(escape + digit)}}}")
+            pieces.append(f"{{{lua_string(text)}, {lua_string(escape + digit)}}}")
     packing = [
         f"    string_references = {{{string_references}}},",
         f"    number_references = {{{number_references}}}, min_referenced = {MIN_REFERENCED},",
@@ -331,10 +333,5 @@ def _escape_tables() -> tuple[list[str], list[str]]:
     return packing, unpacking
 
 
-def _lua_string(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return "'" + "".join(c if ord(c) >= 32 else f"\\{ord(c):03d}" for c in escaped) + "'"
-
-
 def _lua_table(pairs: dict[str, str]) -> str:
-    return "{" + ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in pairs.items()) + "}"
+    return "{" + ", ".join(f"[{lua_string(k)}] = {lua_string(v)}" for k, v in pairs.items()) + "}"

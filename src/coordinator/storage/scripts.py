@@ -3,20 +3,22 @@
 Each script documents its KEYS and ARGV at the top of its file. redis-py sends EVALSHA and
 falls back to EVAL (loading the script) after a Redis restart.
 
-Every script is sent after the Lua table ``K`` (the key names of ``keys.TASK_SCRIPT_KEYS``,
-and ``K.publish``, the command that publishes on a channel: SPUBLISH with a hash tag)
-and ``lua/availability_lib.lua`` (which keeps ``agents:available`` exact: the registry's
-scripts change status and liveness, the task scripts slots and streams).
-Task scripts share more helpers: each is sent as ``K``, the tables of ``finished_records``,
-the availability helpers, then ``lua/quota_lib.lua`` (the principals' quotas),
-``lua/finished_lib.lua`` (reading finished tasks' compact form), the helpers of
-``TASK_SCRIPT_LIBS`` it uses (``lua/packing_lib.lua``, writing that form;
-``lua/archive_lib.lua``, the archive of finished tasks), then ``lua/task_lib.lua``, then its
-own file. Their keys are
-built from ``K`` inside the script, because which agent or queue a task touches is only
+Every script is sent with the helpers of ``lua/availability_lib.lua`` it uses (which keep
+``agents:available`` exact: the registry's scripts change status and liveness, the task
+scripts slots and streams). Task scripts draw on more helpers (``TASK_HELPERS``): the
+tables of ``finished_records``, ``lua/quota_lib.lua`` (the principals' quotas),
+``lua/finished_lib.lua`` (reading finished tasks' compact form), ``lua/packing_lib.lua``
+(writing that form), ``lua/archive_lib.lua`` (the archive of finished tasks),
+``lua/rotation_lib.lua`` (round robin and the hash ring inside Redis) and
+``lua/task_lib.lua``, then comes its own file. Only the
+helpers a script reaches are sent, and its key names (``K.queue``: the names of
+``keys.TASK_SCRIPT_KEYS``, and ``K.publish``, the command that publishes on a channel:
+SPUBLISH with a hash tag) are written in as literals (``lua_source``): Redis runs the
+whole text every call. The task scripts' keys are
+built inside the script, because which agent or queue a task touches is only
 known there; like the registry's, they run on a single Redis, or on Redis Cluster when every
-key carries one hash tag (``key_tags``): then ``K`` is tagged too, and all a script touches
-is in one slot. A script's source is built for the tag in use when it is asked for.
+key carries one hash tag (``key_tags``): then the literals are tagged too, and all a script
+touches is in one slot. A script's source is built for the tag in use when it is asked for.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from coordinator.storage import finished_records, key_tags, keys
+from coordinator.storage import finished_records, key_tags, keys, lua_source
 from coordinator.storage.multiplex import MultiplexedConnection
 
 SCRIPT_NAMES = (
@@ -64,14 +66,18 @@ TASK_SCRIPT_NAMES = (
 )
 
 
-TASK_SCRIPT_LIBS = {
-    "assign_task": ("rotation_lib",),
-    "compact_finished_tasks": ("packing_lib", "archive_lib"),
-    "forget_finished_tasks": ("archive_lib",),
-    "list_index_entries": ("archive_lib",),
-}
-"""The helpers only some task scripts use, sent only with them: every script call defines
-each of its helpers again (a few microseconds a call for the whole set)."""
+AGENT_HELPERS = ("availability_lib",)
+TASK_HELPERS = (
+    "availability_lib",
+    "quota_lib",
+    "finished_lib",
+    "packing_lib",
+    "archive_lib",
+    "rotation_lib",
+    "task_lib",
+)
+"""The helper files of ``lua/`` the registry's and the task scripts draw on, in the order
+they are defined in (each may use those before it); a script gets those it reaches."""
 
 
 def source(name: str) -> str:
@@ -80,36 +86,28 @@ def source(name: str) -> str:
 
 
 @cache
-def _source(name: str, tag: str) -> str:  # the tag: a key of the cache, K spells it
+def _source(name: str, tag: str) -> str:  # the tag: a key of the cache, the literals spell it
     if name in SCRIPT_NAMES:
-        return "\n".join((_key_table(), _read("availability_lib"), _read(name)))
-    if name in TASK_SCRIPT_NAMES:
-        parts = (
-            _key_table(),
-            finished_records.lua_tables(),
-            _read("availability_lib"),
-            _read("quota_lib"),
-            _read("finished_lib"),
-            *(_read(lib) for lib in TASK_SCRIPT_LIBS.get(name, ())),
-        )
-        return "\n".join((*parts, _read("task_lib"), _read(name)))
-    raise KeyError(f"no Lua script named {name!r}")
+        helpers = [(f"{lib}.lua", _read(lib)) for lib in AGENT_HELPERS]
+    elif name in TASK_SCRIPT_NAMES:
+        helpers = [
+            ("finished_records.lua_tables()", finished_records.lua_tables()),
+            *((f"{lib}.lua", _read(lib)) for lib in TASK_HELPERS),
+        ]
+    else:
+        raise KeyError(f"no Lua script named {name!r}")
+    return lua_source.assembled(_read(name), helpers, _key_names())
 
 
 def _read(name: str) -> str:
     return resources.files("coordinator.storage").joinpath("lua", f"{name}.lua").read_text()
 
 
-def _key_table() -> str:
-    entries = [f"{name} = {_lua_string(value)}" for name, value in keys.TASK_SCRIPT_KEYS.items()]
+def _key_names() -> dict[str, str]:
     # Redis Cluster broadcasts a PUBLISH to every node of the cluster; SPUBLISH (sharded
     # pub/sub, Redis 7) keeps it on the shard of the channel's slot, the tag's.
-    entries.append(f"publish = '{'SPUBLISH' if key_tags.current_tag() else 'PUBLISH'}'")
-    return f"local K = {{{', '.join(entries)}}}"
-
-
-def _lua_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    publish = "SPUBLISH" if key_tags.current_tag() else "PUBLISH"
+    return {**keys.TASK_SCRIPT_KEYS, "publish": publish}
 
 
 class Scripts:

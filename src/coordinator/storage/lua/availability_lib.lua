@@ -1,6 +1,6 @@
 -- Shared by every script that changes whether an agent can take a task now: its status,
 -- its liveness set (agents:active), its open stream, its slots, its registration.
--- coordinator.storage.scripts prepends it, after the table K of key names.
+-- coordinator.storage.scripts sends the helpers of it a script uses before the script.
 --
 -- K.available is a sorted set of the agents that can be given tasks: ACTIVE, in
 -- agents:active, their stream open (agents:connected); scored by slot use (active_tasks /

@@ -1,7 +1,7 @@
 -- Writing the compact form of a finished task's hash (finished_lib.lua reads it;
 -- coordinator/storage/finished_records.py describes it and holds its constants): only
--- compact_finished_tasks.lua packs, so only it is sent with this file, after
--- finished_lib.lua.
+-- compact_finished_tasks.lua packs, so only it is sent with this file's helpers, after
+-- finished_lib.lua's.
 
 -- The tables of finished_records.py (lua_tables), built on first use.
 local packing = nil

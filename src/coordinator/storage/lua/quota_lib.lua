@@ -1,5 +1,5 @@
 -- The principals' quotas (coordinator.auth.quotas), shared by every task script:
--- coordinator.scripts prepends this file after the table K and before task_lib.lua, whose
+-- coordinator.storage.scripts sends this file before task_lib.lua, whose
 -- transition() gives back a task's place in its submitter's count of unfinished tasks.
 --
 -- The counters live in Redis, so every node enforces the same budget; the check and the

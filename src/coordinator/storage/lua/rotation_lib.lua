@@ -1,7 +1,7 @@
 -- Choosing the agent inside Redis, over every free eligible agent of a class rather than
 -- the few a dispatch snapshot read: round robin's rotation and the consistent hash ring.
--- coordinator.storage.scripts sends it with assign_task.lua (TASK_SCRIPT_LIBS), before
--- task_lib.lua: the caller gives ``accept(agent_id)``, which says whether the agent can take
+-- coordinator.storage.scripts sends what assign_task.lua uses of it, before task_lib.lua:
+-- the caller gives ``accept(agent_id)``, which says whether the agent can take
 -- the task now (free slot, eligible, live, streaming).
 --
 -- Round robin walks K.rotation (or K.rotation_in .. index_key, the smallest of the class's

@@ -1,6 +1,6 @@
--- Shared by every task script: coordinator.scripts prepends this file, after the table K of
--- key names and prefixes that coordinator/keys.py defines (TASK_SCRIPT_KEYS) and the quota
--- functions of quota_lib.lua.
+-- Shared by every task script: coordinator.storage.scripts sends what a script uses of this
+-- file, after the other helper files (TASK_HELPERS), with K.<name> written in as the key
+-- names and prefixes that coordinator/storage/keys.py defines (TASK_SCRIPT_KEYS).
 --
 -- A task is the hash K.task .. task_id. Its attempts and transitions are JSON lists in the
 -- hash; the scripts append to them, so every change of state and its history are one
