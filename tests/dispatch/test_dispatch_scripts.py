@@ -334,6 +334,7 @@ async def test_run_batch_runs_every_call_in_order_and_reloads_flushed_scripts(
     tasks = [await new_task(scripts) for _ in range(3)]
     await make_agent(registry, redis_client, "a", max_concurrency=2)
     await redis_client.script_flush()
+    await redis_client.config_resetstat()
 
     replies = await run_batch(
         multiplexed,
@@ -349,6 +350,9 @@ async def test_run_batch_runs_every_call_in_order_and_reloads_flushed_scripts(
         "ASSIGNED",
         "PENDING",
     ]
+    stats = await redis_client.info("commandstats")
+    assert stats["cmdstat_script|load"]["calls"] == 1  # once for the three calls
+    assert stats["cmdstat_evalsha"]["calls"] == 6 and "cmdstat_eval" not in stats
 
 
 async def test_run_batch_raises_a_script_error(scripts, multiplexed):

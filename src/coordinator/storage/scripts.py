@@ -177,7 +177,8 @@ async def run_batch(
     """Run many script calls in one write on the node's shared connection: one round trip.
 
     Sends EVALSHA only; a call refused with NOSCRIPT (Redis restarted, or SCRIPT FLUSH) did
-    not run, so it is sent again with EVAL, which also loads the script. Returns the
+    not run, so it is sent again after its script is loaded (SCRIPT LOAD, in the same
+    write). Returns the
     replies in order. A script's error is raised (the first), like a single call's, or with
     ``raise_on_error=False`` left in its place so that the other replies are not lost; an
     outage (no connection, a timeout) always raises. A ``piggyback``'s calls run after
@@ -194,13 +195,19 @@ async def run_batch(
     )
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:
+        # Each script missing is loaded once, in the same write as the calls sent again: a
+        # batch of a hundred calls after a restart sends its script once, not a hundred times.
+        loads = {calls[i][0].sha: calls[i][0].script for i in missing}
         again = await connection.execute(
             [
-                ("EVAL", calls[i][0].script, len(calls[i][1]), *calls[i][1], *calls[i][2])
-                for i in missing
+                *(("SCRIPT", "LOAD", script) for script in loads.values()),
+                *(
+                    ("EVALSHA", calls[i][0].sha, len(calls[i][1]), *calls[i][1], *calls[i][2])
+                    for i in missing
+                ),
             ]
         )
-        for i, reply in zip(missing, again, strict=True):
+        for i, reply in zip(missing, again[len(loads) :], strict=True):
             replies[i] = reply
     if piggyback is not None:
         replies, piggybacked = replies[:own], replies[own:]
