@@ -351,13 +351,27 @@ async def test_run_batch_runs_every_call_in_order_and_reloads_flushed_scripts(
         "PENDING",
     ]
     stats = await redis_client.info("commandstats")
-    assert stats["cmdstat_script|load"]["calls"] == 1  # once for the three calls
-    assert stats["cmdstat_evalsha"]["calls"] == 6 and "cmdstat_eval" not in stats
+    # The three calls went as the entries of one call (refused, loaded once, sent again).
+    assert stats["cmdstat_script|load"]["calls"] == 1
+    assert stats["cmdstat_evalsha"]["calls"] == 2 and "cmdstat_eval" not in stats
 
 
 async def test_run_batch_raises_a_script_error(scripts, multiplexed):
     with pytest.raises(ResponseError, match="script"):
         await run_batch(multiplexed, [(scripts.queue_heads, [], ["NORMAL", "not-a-number", "c0"])])
+
+
+async def test_run_batch_gives_each_call_of_one_script_its_own_reply(scripts, multiplexed):
+    """Calls of one script in a row go as the entries of one call: an error stays its own."""
+    good, bad = ["NORMAL", "5", "c0", "-inf"], ["NORMAL", "5", "c0", "not-a-bound"]
+    calls = [(scripts.queue_heads, [], args) for args in (good, bad, good)]
+
+    replies = await run_batch(multiplexed, calls, raise_on_error=False)
+
+    assert replies[0] == replies[2] and not isinstance(replies[0], Exception)
+    assert isinstance(replies[1], ResponseError)
+    with pytest.raises(ResponseError):
+        await run_batch(multiplexed, calls)
 
 
 async def test_old_style_assign_still_publishes(scripts, registry, redis_client):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from redis.exceptions import ResponseError
 
 from coordinator.storage import key_tags, scripts
 from coordinator.storage.lua_source import assembled, definitions
@@ -72,3 +73,28 @@ async def test_every_script_compiles_as_assembled(redis_client, tag):
             await redis_client.script_load(source)  # a syntax error is refused here
     finally:
         key_tags.use_tag("")
+
+
+async def test_each_entry_answers_as_its_own_call_would(redis_client, multiplexed):
+    body = """
+if ARGV[1] == 'nil' then
+  return nil
+elseif ARGV[1] == 'lua error' then
+  return 1 + nil
+elseif ARGV[1] == 'redis error' then
+  return redis.call('LPUSH', 'a string', 1)
+end
+redis.call('RPUSH', 'done', ARGV[1])
+return {ARGV[1], #ARGV}
+"""
+    await redis_client.set("a string", "x")
+    entries = assembled(body, [], {}, entries=True)
+    sha = await redis_client.script_load(entries)
+    argv = [1, "first", 1, "nil", 1, "lua error", 1, "redis error", 2, "last", "extra"]
+
+    (replies,) = await multiplexed.execute([("EVALSHA", sha, 0, *argv)])
+
+    assert replies[0] == ["first", 1] and replies[1] is None and replies[4] == ["last", 2]
+    assert isinstance(replies[2], ResponseError) and "arithmetic" in str(replies[2])
+    assert type(replies[3]) is ResponseError and str(replies[3]).startswith("WRONGTYPE")
+    assert await redis_client.lrange("done", 0, -1) == ["first", "last"]  # the rest ran

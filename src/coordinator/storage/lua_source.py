@@ -78,10 +78,39 @@ def names_used(code: str) -> set[str]:
     return set(_NAME.findall(_COMMENT.sub("", code)))
 
 
-def assembled(body: str, helpers: Iterable[tuple[str, str]], keys: Mapping[str, str]) -> str:
+ENTRIES_LOOP = """
+local replies = {}
+local at = 1
+while at <= #ARGV do
+  local count = tonumber(ARGV[at])
+  local ok, reply = pcall(one_entry, {unpack(ARGV, at + 1, at + count)})
+  if not ok then  -- as the call alone would have answered: an error, the entries before kept
+    reply = type(reply) == 'table' and reply or redis.error_reply(tostring(reply))
+  elseif reply == nil then
+    reply = false  -- a nil reply, and no hole in the list
+  end
+  replies[#replies + 1] = reply
+  at = at + count + 1
+end
+return replies"""
+"""The end of a script's entries form (``assembled(..., entries=True)``): its ARGV is
+entries, each its count of arguments then the arguments of one call of the script; it runs
+the script's own file once per entry, in order, and answers the list of their replies."""
+
+
+def assembled(
+    body: str,
+    helpers: Iterable[tuple[str, str]],
+    keys: Mapping[str, str],
+    *,
+    entries: bool = False,
+) -> str:
     """A script's source: the definitions of ``helpers`` (file name, text; in that order)
     that ``body`` reaches, then ``body``; every ``K.<name>`` written as the literal of
-    ``keys[name]``."""
+    ``keys[name]``. With ``entries``, its entries form: ``body`` becomes the function
+    ``one_entry(ARGV)``, which ``ENTRIES_LOOP`` calls for each entry, so that many calls
+    of one script share one run's fixed cost (the definitions, Redis' setting up a call).
+    No entry may use KEYS (the form is for calls that have none)."""
     every = [d for file_name, text in helpers for d in definitions(text, file_name)]
     wanted = names_used(body)
     kept = [False] * len(every)
@@ -94,6 +123,8 @@ def assembled(body: str, helpers: Iterable[tuple[str, str]], keys: Mapping[str, 
                 wanted |= names_used(definition.text)
                 grew = True
     parts = [d.text for d, keep in zip(every, kept, strict=True) if keep]
+    if entries:
+        body = f"local function one_entry(ARGV)\n{body}\nend\n{ENTRIES_LOOP}"
     return _with_key_literals("\n".join([*parts, body]), keys)
 
 

@@ -23,6 +23,7 @@ touches is in one slot. A script's source is built for the tag in use when it is
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -31,7 +32,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from coordinator.storage import finished_records, key_tags, keys, lua_source
 from coordinator.storage.multiplex import MultiplexedConnection
@@ -85,8 +86,31 @@ def source(name: str) -> str:
     return _source(name, key_tags.current_tag())
 
 
+@dataclass(frozen=True, slots=True)
+class ScriptText:
+    """A script as Redis knows it: its SHA1 and its source."""
+
+    sha: str
+    script: str | bytes | memoryview
+
+    @classmethod
+    def of(cls, script: str) -> ScriptText:
+        return cls(hashlib.sha1(script.encode()).hexdigest(), script)
+
+
+ENTRIES_FORM: dict[str, ScriptText] = {}
+"""The entries form (``lua_source.ENTRIES_LOOP``) of every named script, by the SHA1 of its
+own form: ``run_batch`` sends consecutive calls of one script as entries of one call."""
+
+
 @cache
 def _source(name: str, tag: str) -> str:  # the tag: a key of the cache, the literals spell it
+    own = _assembled(name, entries=False)
+    ENTRIES_FORM[ScriptText.of(own).sha] = ScriptText.of(_assembled(name, entries=True))
+    return own
+
+
+def _assembled(name: str, *, entries: bool) -> str:
     if name in SCRIPT_NAMES:
         helpers = [(f"{lib}.lua", _read(lib)) for lib in AGENT_HELPERS]
     elif name in TASK_SCRIPT_NAMES:
@@ -96,7 +120,7 @@ def _source(name: str, tag: str) -> str:  # the tag: a key of the cache, the lit
         ]
     else:
         raise KeyError(f"no Lua script named {name!r}")
-    return lua_source.assembled(_read(name), helpers, _key_names())
+    return lua_source.assembled(_read(name), helpers, _key_names(), entries=entries)
 
 
 def _read(name: str) -> str:
@@ -167,6 +191,55 @@ class PiggybackCalls:
     had to be sent again after them (its script was loaded after a NOSCRIPT)."""
 
 
+ENTRIES_PER_CALL = 128
+"""Most calls of one script sent as the entries of one call (which holds Redis while they
+all run, as the calls sent together would)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """One EVALSHA of a batch: ``count`` calls from ``first``, one call or the entries of
+    one call (``entries``) of the script ``text``."""
+
+    text: ScriptText
+    first: int
+    count: int
+    entries: bool
+    argv: tuple[Any, ...]
+
+    def wire(self) -> tuple[Any, ...]:
+        return ("EVALSHA", self.text.sha, *self.argv)
+
+
+def _commands(calls: Sequence[ScriptCall], start: int, end: int) -> list[_Command]:
+    """The EVALSHAs for calls[start:end]: each run of calls of one script without KEYS that
+    has an entries form, in entries of at most ENTRIES_PER_CALL; any other call alone."""
+    commands: list[_Command] = []
+    i = start
+    while i < end:
+        script, keys, args = calls[i]
+        form = ENTRIES_FORM.get(script.sha) if not keys else None
+        j = i + 1
+        while (
+            form is not None
+            and j < end
+            and j - i < ENTRIES_PER_CALL
+            and calls[j][0].sha == script.sha
+            and not calls[j][1]
+        ):
+            j += 1
+        if form is not None and j - i > 1:
+            argv: list[Any] = [0]
+            for _, _, entry in calls[i:j]:
+                argv += (len(entry), *entry)
+            commands.append(_Command(form, i, j - i, True, tuple(argv)))
+        else:
+            text = ScriptText(script.sha, script.script)
+            commands.append(_Command(text, i, 1, False, (len(keys), *keys, *args)))
+        i = j
+    return commands
+
+
 async def run_batch(
     connection: MultiplexedConnection,
     calls: Sequence[ScriptCall],
@@ -176,10 +249,11 @@ async def run_batch(
 ) -> list[Any]:
     """Run many script calls in one write on the node's shared connection: one round trip.
 
-    Sends EVALSHA only; a call refused with NOSCRIPT (Redis restarted, or SCRIPT FLUSH) did
+    Sends EVALSHA only; consecutive calls of one script go as the entries of one call of
+    its entries form (``ENTRIES_FORM``): they run in order, each as if alone, its reply or
+    error its own. A call refused with NOSCRIPT (Redis restarted, or SCRIPT FLUSH) did
     not run, so it is sent again after its script is loaded (SCRIPT LOAD, in the same
-    write). Returns the
-    replies in order. A script's error is raised (the first), like a single call's, or with
+    write). Returns the replies in order. A script's error is raised (the first), like a single call's, or with
     ``raise_on_error=False`` left in its place so that the other replies are not lost; an
     outage (no connection, a timeout) always raises. A ``piggyback``'s calls run after
     ``calls``; its ``take_replies`` gets every reply (before any error is raised), and only
@@ -190,28 +264,37 @@ async def run_batch(
         calls = [*calls, *piggyback.calls]
     if not calls:
         return []
-    replies = await connection.execute(
-        [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
-    )
+    commands = [*_commands(calls, 0, own), *_commands(calls, own, len(calls))]
+    replies = await connection.execute([command.wire() for command in commands])
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:
         # Each script missing is loaded once, in the same write as the calls sent again: a
         # batch of a hundred calls after a restart sends its script once, not a hundred times.
-        loads = {calls[i][0].sha: calls[i][0].script for i in missing}
+        loads = {commands[i].text.sha: commands[i].text.script for i in missing}
         again = await connection.execute(
             [
                 *(("SCRIPT", "LOAD", script) for script in loads.values()),
-                *(
-                    ("EVALSHA", calls[i][0].sha, len(calls[i][1]), *calls[i][1], *calls[i][2])
-                    for i in missing
-                ),
+                *(commands[i].wire() for i in missing),
             ]
         )
         for i, reply in zip(missing, again[len(loads) :], strict=True):
             replies[i] = reply
+    by_call: list[Any] = []
+    for command, reply in zip(commands, replies, strict=True):
+        if not command.entries:
+            by_call.append(reply)
+        elif isinstance(reply, Exception):
+            by_call += [reply] * command.count  # refused as a whole: none of them ran
+        elif not isinstance(reply, list) or len(reply) != command.count:
+            by_call += [ResponseError("an entries form gave no reply per entry")] * command.count
+        else:
+            by_call += reply
+    replies = by_call
     if piggyback is not None:
         replies, piggybacked = replies[:own], replies[own:]
-        piggyback.take_replies(replies, piggybacked, not (missing and missing[0] < own))
+        piggyback.take_replies(
+            replies, piggybacked, not (missing and commands[missing[0]].first < own)
+        )
     if raise_on_error:
         for reply in replies:
             if isinstance(reply, Exception):
