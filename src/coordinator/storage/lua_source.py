@@ -5,8 +5,8 @@ makes a closure and each table of constants a table, every call, used or not, an
 is garbage the next moment. So a script is sent with only the helpers it reaches (its own
 file's names, then theirs, to a fixed point), and with its key names written in as string
 literals (``K.queue`` becomes ``'tasks:queue:'``), not read from a table built each call.
-On the task scripts' hot path this is about 10 microseconds of Redis a call (the
-assignment script: 26 to 16 on an idle Redis).
+On the task scripts' hot path this is several microseconds of Redis a call (the
+assignment script: about 23 to 17 on an idle Redis).
 
 The helper files keep one layout, which ``definitions`` checks: at the top level, only
 comments, blank lines, ``local function name(...)`` ... up to a line that is ``end``

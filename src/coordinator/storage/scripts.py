@@ -1,7 +1,8 @@
 """The named Lua scripts of ``coordinator/storage/lua``, loaded once and bound to a Redis client.
 
 Each script documents its KEYS and ARGV at the top of its file. redis-py sends EVALSHA and
-falls back to EVAL (loading the script) after a Redis restart.
+loads the script (SCRIPT LOAD) when Redis does not know it, after a restart; ``run_batch``
+does the same for a batch.
 
 Every script is sent with the helpers of ``lua/availability_lib.lua`` it uses (which keep
 ``agents:available`` exact: the registry's scripts change status and liveness, the task
