@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from redis.exceptions import ResponseError
+import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from coordinator.agents.record_codec import RECORD_FIELDS
 from coordinator.dispatch.script_calls import (
@@ -17,7 +18,11 @@ from coordinator.dispatch.script_calls import (
     TurnsEnded,
 )
 from coordinator.storage import keys
-from coordinator.storage.scripts import run_batch
+from coordinator.storage.multiplex import MultiplexedConnection
+from coordinator.storage.scripts import TaskScripts, run_batch
+from coordinator.tasks.calls import TaskToQueue
+from coordinator.tasks.models import TaskSubmission
+from coordinator.tasks.script_calls import SubmitTaskCall
 from script_support import (
     LIVENESS_MS,
     NODE,
@@ -518,3 +523,37 @@ async def test_tasks_queued_before_partitions_have_the_turn_of_before(
     reply = await read(scripts, DispatchSnapshotCall("again", "this-node", held=("",)))
     assert reply is not None and reply.class_sets[3] == ["c0"] and len(reply.agent_rows) == 1
     assert reply.partitions == ("",) and reply.waited_ms >= 0  # it served that request
+
+
+async def test_a_batch_on_a_full_redis_is_refused_call_by_call_and_writes_nothing(own_redis):
+    """A batch's submits, sent as the entries of one call, on a Redis at maxmemory: each
+    is refused as Redis refuses a write (OutOfMemoryError, which the API answers as
+    "Redis is full"), as it was when each was a call of its own."""
+    client = aioredis.Redis.from_url(own_redis.url(1), decode_responses=True)
+    connection = MultiplexedConnection.like(client, timeout_s=2.0)
+    try:
+        script = TaskScripts(client).submit_task
+        calls = [
+            (
+                script,
+                (),
+                SubmitTaskCall(
+                    TaskToQueue(f"t{i}", TaskSubmission("noop", {"pad": "x" * 100_000})),
+                    60_000,
+                    None,
+                    ["", 0, 1, 0],
+                    "n1",
+                ).args(),
+            )
+            for i in range(3)
+        ]
+        await client.config_set("maxmemory", str((await client.info("memory"))["used_memory"]))
+
+        replies = await run_batch(connection, calls, raise_on_error=False)
+
+        await client.config_set("maxmemory", "0")
+        assert [type(r) for r in replies] == [OutOfMemoryError] * 3
+        assert await client.keys("task*") == []
+    finally:
+        await connection.aclose()
+        await client.aclose()
