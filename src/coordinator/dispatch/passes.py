@@ -108,9 +108,7 @@ class Passes:
         ):
             if not slots.free:
                 break
-            assigned += await self._dispatch_priority(
-                priority.name, classes, (heads, snapshot.heads_limit), snapshot, state
-            )
+            assigned += await self._dispatch_priority(priority.name, classes, heads, snapshot)
         if json.dumps(asdict(state), sort_keys=True) != before:
             await self._redis.set(keys.BALANCER_STATE, json.dumps(asdict(state)))
         return assigned
@@ -119,19 +117,18 @@ class Passes:
         self,
         priority: str,
         classes: Sequence[str],
-        first_heads: tuple[dict[str, list[Head]], int],
+        first_heads: dict[str, list[Head]],
         snapshot: Snapshot,
-        state: BalancerState,
     ) -> int:
         """FIFO over the class queues of one priority, skipping classes no free agent fits.
-        ``first_heads`` are the snapshot's heads of each class with the most it read of one;
-        later ones are read here, no more per class than the free slots left."""
-        slots, default_strategy = snapshot.slots, snapshot.default_strategy
+        ``first_heads`` are the snapshot's heads of each class (at most its ``heads_limit``
+        of one); later ones are read here, no more per class than the free slots left."""
+        slots, state, default_strategy = snapshot.slots, snapshot.state, snapshot.default_strategy
         assigned = 0
         after = dict.fromkeys(classes, "-inf")
         open_classes = list(classes)
-        snapshot_heads, limit = first_heads
-        heads = [snapshot_heads.get(cls, []) for cls in open_classes]
+        limit = snapshot.heads_limit
+        heads = [first_heads.get(cls, []) for cls in open_classes]
         while open_classes and slots.free:
             # A class that filled its batch may have more tasks beyond it: merge the classes
             # only up to the earliest such batch end, so FIFO holds across classes too.
