@@ -199,14 +199,17 @@ all run, as the calls sent together would)."""
 
 @dataclass(frozen=True, slots=True)
 class _Command:
-    """One EVALSHA of a batch: ``count`` calls from ``first``, one call or the entries of
-    one call (``entries``) of the script ``text``."""
+    """One EVALSHA of a batch: ``count`` calls from ``first``, one call of the script
+    ``text``, or (``entries``: more than one) the entries of one call of its entries form."""
 
     text: ScriptText
     first: int
     count: int
-    entries: bool
     argv: tuple[Any, ...]
+
+    @property
+    def entries(self) -> bool:
+        return self.count > 1
 
     def wire(self) -> tuple[Any, ...]:
         return ("EVALSHA", self.text.sha, *self.argv)
@@ -233,10 +236,10 @@ def _commands(calls: Sequence[ScriptCall], start: int, end: int) -> list[_Comman
             argv: list[Any] = [0]
             for _, _, entry in calls[i:j]:
                 argv += (len(entry), *entry)
-            commands.append(_Command(form, i, j - i, True, tuple(argv)))
+            commands.append(_Command(form, i, j - i, tuple(argv)))
         else:
             text = ScriptText(script.sha, script.script)
-            commands.append(_Command(text, i, 1, False, (len(keys), *keys, *args)))
+            commands.append(_Command(text, i, 1, (len(keys), *keys, *args)))
         i = j
     return commands
 
